@@ -1,0 +1,1 @@
+"""Ray actors of chainray: the RateLimiter, the Coordinator and the step runners."""

@@ -1,0 +1,1 @@
+"""chainray: run LLM prompt chains on Ray under one rate limit, and measure the schedules."""

@@ -1,0 +1,83 @@
+"""chainray's error tree.
+
+    ChainrayError
+     ├ SpecError          a chain file or chain model is invalid (file, step, field)
+     ├ InputError         bad command-line input: --set, --inputs, limits, unknown scenario
+     ├ EndpointError      an HTTP call to the LLM endpoint failed (status, code, retry_after)
+     ├ PermitRefused      the RateLimiter can never grant a request of this size
+     └ StepError          a step failed after its retries (step id, cause)
+
+Every error keeps its fields in ``args`` so that it survives pickling across Ray
+(openai's own exceptions do not; see shared/notes/openai-rate-limits.md §2.5).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChainrayError",
+    "SpecError",
+    "InputError",
+    "EndpointError",
+    "PermitRefused",
+    "StepError",
+]
+
+
+class ChainrayError(Exception):
+    """Base of every error chainray raises on purpose."""
+
+
+class SpecError(ChainrayError):
+    """A chain is invalid; names where (file, step, field) and what to do."""
+
+    def __init__(
+        self, message: str, file: str | None = None, step: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        super().__init__(message, file, step, field)
+        self.message, self.file, self.step, self.field = message, file, step, field
+
+    def __str__(self) -> str:
+        where = [f"{name} {value!r}" for name, value in
+                 (("file", self.file), ("step", self.step), ("field", self.field)) if value]
+        return f"{', '.join(where)}: {self.message}" if where else self.message
+
+
+class InputError(ChainrayError):
+    """Bad input given on the command line (nothing was sent anywhere)."""
+
+
+class EndpointError(ChainrayError):
+    """An LLM endpoint answered with an error, or could not be reached.
+
+    ``status`` is the HTTP status (None for connection errors and timeouts), ``code`` and
+    ``type`` come from OpenAI's error body, ``retry_after`` is in seconds.
+    """
+
+    def __init__(
+        self, message: str, status: int | None = None, code: str | None = None,
+        type: str | None = None, retry_after: float | None = None, retryable: bool = False,
+    ) -> None:
+        super().__init__(message, status, code, type, retry_after, retryable)
+        self.message, self.status, self.code, self.type = message, status, code, type
+        self.retry_after, self.retryable = retry_after, retryable
+
+    def __str__(self) -> str:
+        status = f"HTTP {self.status}" if self.status else "no response"
+        code = f" ({self.code})" if self.code else ""
+        return f"{status}{code}: {self.message}"
+
+
+class PermitRefused(ChainrayError):
+    """A request is larger than the rate limit can ever admit; it is not retried."""
+
+
+class StepError(ChainrayError):
+    """A step failed; ``cause`` is the last error's text."""
+
+    def __init__(self, step: str, cause: str) -> None:
+        super().__init__(step, cause)
+        self.step, self.cause = step, cause
+
+    def __str__(self) -> str:
+        return f"step {self.step!r} failed: {self.cause}"

@@ -1,0 +1,42 @@
+"""Prompt templates: Python format strings whose fields name inputs and upstream outputs.
+
+``{topic}`` inserts an input, ``{hardware}`` an upstream step's output and ``{hardware:.500}``
+its first 500 characters (the standard format spec for strings, as the seed's ``content[:500]``).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+
+__all__ = ["template_fields", "fill_template", "check_template"]
+
+_FORMATTER = string.Formatter()
+
+
+def template_fields(template: str) -> list[tuple[str, str]]:
+    """The (name, format spec) pairs a template uses, in order of appearance."""
+    return [(name, spec or "") for _, name, spec, _ in _FORMATTER.parse(template)
+            if name is not None]
+
+
+def check_template(template: str) -> str | None:
+    """Return why a template is malformed, or None when it is usable."""
+    try:
+        fields = template_fields(template)
+    except ValueError as exc:
+        return f"malformed template: {exc} (write {{{{ and }}}} for literal braces)"
+    for name, spec in fields:
+        if not name.isidentifier():
+            return f"template field {{{name}}} must be a plain name such as {{topic}}"
+        try:
+            format("", spec)
+        except ValueError as exc:
+            return f"template field {{{name}:{spec}}} has a bad format spec: {exc}"
+    return None
+
+
+def fill_template(template: str, values: Mapping[str, str]) -> str:
+    """Fill a checked template; every field must be present in ``values``."""
+    return template.format_map({name: str(values[name]) for name, _ in
+                                template_fields(template)})

@@ -1,0 +1,39 @@
+"""The plan and scenarios commands, and bad input exiting 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from runtime.cli import main
+
+
+def test_plan_prints_critical_paths(capsys):
+    assert main(["plan", "quantum_research"]) == 0
+    out = capsys.readouterr().out
+    assert "critical path: 6 steps" in out
+    assert "critical path: 2 steps" in out
+    assert "critical path: 4 steps" in out
+
+
+def test_cycle_exits_2_naming_it(tmp_path, capsys):
+    path = tmp_path / "cycle.yaml"
+    path.write_text("name: c\nsteps:\n  - {id: a, prompt: x, after: [b]}\n"
+                    "  - {id: b, prompt: x, after: [a]}\n")
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "cycle" in err and str(path) in err
+
+
+def test_scenarios_lists_quantum_research(capsys):
+    assert main(["scenarios"]) == 0
+    assert "quantum_research" in capsys.readouterr().out
+
+
+def test_console_script_help_and_bad_flag():
+    help_out = subprocess.run([sys.executable, "-m", "runtime.cli", "--help"],
+                              capture_output=True, text=True)
+    assert help_out.returncode == 0 and "plan" in help_out.stdout
+    bad = subprocess.run([sys.executable, "-m", "runtime.cli", "plan"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "SCENARIO" in bad.stderr.upper()
