@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         "makespan, tokens and cost, then the recommended strategy. Sends nothing anywhere.")
     plan.add_argument("scenario", metavar="SCENARIO", help="bundled name or chain YAML path")
     _add_prediction_flags(plan)
+    from runtime import cli_sim
+
+    cli_sim.add_sim_parser(commands, _positive_int, _positive_float)
     return parser
 
 
@@ -104,8 +107,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from runtime import cli_sim
+
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "scenarios": _cmd_scenarios, "plan": _cmd_plan,
+        "scenarios": _cmd_scenarios, "plan": _cmd_plan, "sim": cli_sim.cmd_sim,
     }
     try:
         return handlers[args.command](args)

@@ -1,0 +1,57 @@
+"""The simulator's settings: latency profile, rate limits, faults. Changeable while it runs."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["SimConfig", "FaultConfig"]
+
+
+class FaultConfig(BaseModel):
+    """Shares of requests (0..1) that fail on purpose, drawn from the seeded generator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error_500: float = Field(0.0, ge=0, le=1, description="answer 500 server_error")
+    error_429: float = Field(0.0, ge=0, le=1, description="answer a spurious 429 with retry-after")
+    slow: float = Field(0.0, ge=0, le=1, description="take slow_factor times longer")
+    hang: float = Field(0.0, ge=0, le=1, description="never answer (until hang_s passes)")
+    drop: float = Field(0.0, ge=0, le=1, description="close the connection without an answer")
+    slow_factor: float = Field(4.0, ge=1)
+    hang_s: float = Field(300.0, gt=0)
+    quota_exhausted: bool = Field(False, description="answer every call 429 insufficient_quota")
+
+
+class SimConfig(BaseModel):
+    """Everything the simulator does. Rate limits are per real minute; ``speed`` scales latency.
+
+    The default profile is about a gpt-4o-mini: time to first token lognormal with median 0.5 s
+    and p95 about 1.5 s, 0.05 ms a prompt token of prefill, 70 tokens/s of decode.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    rpm: int = Field(500, gt=0, description="requests per minute")
+    tpm: int = Field(200_000, gt=0, description="tokens per minute")
+    burst_s: float = Field(60.0, gt=0, description="bucket capacity in seconds of refill")
+    refund_unused: bool = True
+    retry_after_headers: bool = True
+    seed: int = 0
+    speed: float = Field(1.0, gt=0, description="latency runs this many times faster")
+    ttft_median_s: float = Field(0.5, ge=0)
+    ttft_sigma: float = Field(0.65, ge=0, description="lognormal shape of time to first token")
+    prefill_s_per_token: float = Field(0.00005, ge=0)
+    tokens_per_s: float = Field(70.0, gt=0)
+    itl_jitter: float = Field(0.1, ge=0, lt=1)
+    completion_share: tuple[float, float] = (0.85, 1.0)
+    default_max_tokens: int = Field(512, gt=0)
+    api_key: str | None = Field(None, repr=False)
+    faults: FaultConfig = FaultConfig()
+
+    def expected_ttft_s(self) -> float:
+        """Mean of the lognormal time to first token (what a latency model should use)."""
+        return self.ttft_median_s * math.exp(self.ttft_sigma**2 / 2)

@@ -1,0 +1,58 @@
+"""What the simulator saw: one record per request, so tests can check a client's claims."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+__all__ = ["RequestRecord", "ServerStats"]
+
+
+@dataclass
+class RequestRecord:
+    id: str
+    tag: str | None
+    model: str
+    stream: bool
+    start: float
+    end: float = 0.0
+    status: int = 0
+    outcome: str = "pending"  # ok, rate_limited, server_error, dropped, hung, unauthorized, ...
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class ServerStats:
+    records: list[RequestRecord] = field(default_factory=list)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+
+    def begin(self, record: RequestRecord) -> RequestRecord:
+        self.records.append(record)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        return record
+
+    def finish(self, record: RequestRecord, status: int, outcome: str) -> None:
+        record.end, record.status, record.outcome = time.time(), status, outcome
+        self.in_flight -= 1
+
+    def summary(self, include_requests: bool = True) -> dict:
+        ok = [r for r in self.records if r.status == 200]
+        prompt = sum(r.prompt_tokens for r in ok)
+        completion = sum(r.completion_tokens for r in ok)
+        out = {
+            "requests": len(self.records),
+            "by_status": dict(Counter(str(r.status) for r in self.records)),
+            "by_outcome": dict(Counter(r.outcome for r in self.records)),
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+        }
+        if include_requests:
+            out["request_log"] = [asdict(r) for r in self.records]
+        return out

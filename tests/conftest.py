@@ -1,0 +1,41 @@
+"""One simulator and one Ray instance per test session (``ray.init`` costs seconds)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.pop("OPENAI_API_KEY", None)
+os.environ.pop("OPENAI_BASE_URL", None)
+os.environ.pop("RAY_ADDRESS", None)
+
+from runtime.simulator import start_simulator  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def simulator():
+    with start_simulator("--speed", "20", "--seed", "7") as sim:
+        yield sim
+
+
+@pytest.fixture
+def sim(simulator):
+    """The session's simulator, reset to its start settings (fast latency) for this test."""
+    simulator.configure(speed=20.0, rpm=500, tpm=200_000, burst_s=60.0, api_key=None,
+                        ttft_sigma=0.65, retry_after_headers=True, faults={
+                            "error_500": 0, "error_429": 0, "slow": 0, "hang": 0, "drop": 0,
+                            "quota_exhausted": False, "hang_s": 300.0})
+    return simulator
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             logging_level=logging.ERROR, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,221 @@
+"""The simulator, driven by the unchanged openai client: shape, latency, limits, faults, stats."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+
+import openai
+import pytest
+
+from runtime.durations import format_duration, parse_duration
+
+MSG = [{"role": "user", "content": "Research quantum hardware: qubits and error rates."}]
+
+
+def client(sim, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0, **kw)
+
+
+def test_completion_shape_usage_and_headers(sim):
+    raw = client(sim).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MSG, max_tokens=40)
+    completion = raw.parse()
+    assert completion.object == "chat.completion"
+    usage = completion.usage
+    assert usage.completion_tokens <= 40 and usage.total_tokens == (
+        usage.prompt_tokens + usage.completion_tokens)
+    text = completion.choices[0].message.content.lower()
+    assert any(term in text for term in ("quantum", "hardware", "qubits", "error"))
+    for dim in ("requests", "tokens"):
+        assert int(raw.headers[f"x-ratelimit-limit-{dim}"]) > 0
+        assert int(raw.headers[f"x-ratelimit-remaining-{dim}"]) >= 0
+        parse_duration(raw.headers[f"x-ratelimit-reset-{dim}"])
+    assert raw.headers["x-request-id"].startswith("req_")
+    stats = sim.stats()
+    assert stats["by_status"] == {"200": 1} and stats["total_tokens"] == usage.total_tokens
+
+
+def test_content_is_deterministic_and_draws_on_inputs(sim):
+    prompt = [{"role": "user", "content": "Synthesize.\nHardware: a\nSoftware: b\nSecurity: c"}]
+    one = client(sim).chat.completions.create(model="m", messages=prompt, max_tokens=60)
+    two = client(sim).chat.completions.create(model="m", messages=prompt, max_tokens=60)
+    text = one.choices[0].message.content
+    assert text == two.choices[0].message.content
+    assert "3 inputs (Hardware, Software, Security)" in text
+
+
+async def test_async_streaming_sends_usage_chunk_and_same_text(sim):
+    async_client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
+    stream = await async_client.chat.completions.create(
+        model="gpt-4o-mini", messages=MSG, max_tokens=30, stream=True,
+        stream_options={"include_usage": True})
+    pieces, usage = [], None
+    async for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+        if chunk.usage:
+            usage = chunk.usage
+    plain = await async_client.chat.completions.create(model="gpt-4o-mini", messages=MSG,
+                                                       max_tokens=30)
+    assert "".join(pieces).strip() == plain.choices[0].message.content
+    assert usage is not None and usage.completion_tokens == plain.usage.completion_tokens
+    await async_client.close()
+
+
+def test_latency_follows_the_model(sim):
+    # No spread: ttft exactly 0.5 s, 70 tokens/s, everything 10x faster.
+    sim.configure(speed=10.0, ttft_sigma=0.0)
+    c = client(sim)
+    started = time.perf_counter()
+    completion = c.chat.completions.create(model="m", messages=MSG, max_tokens=140)
+    elapsed = time.perf_counter() - started
+    n = completion.usage.completion_tokens
+    expected = (0.5 + (n - 1) / 70) / 10
+    assert expected * 0.9 < elapsed < expected * 1.1 + 0.03
+
+
+def test_streaming_time_to_first_token(sim):
+    sim.configure(speed=10.0, ttft_sigma=0.0)
+    stream = client(sim).chat.completions.create(model="m", messages=MSG, max_tokens=100,
+                                                 stream=True)
+    started = time.perf_counter()
+    first = None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter() - started
+    assert 0.045 < first < 0.075  # 0.5 s / 10
+
+
+def test_burst_beyond_rpm_gets_openai_429s(sim):
+    sim.configure(rpm=5)
+
+    async def burst():
+        c = openai.AsyncOpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
+        results = await asyncio.gather(*(c.chat.completions.create(
+            model="gpt-4o-mini", messages=MSG, max_tokens=10) for _ in range(8)),
+            return_exceptions=True)
+        await c.close()
+        return results
+
+    results = asyncio.run(burst())
+    errors = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert len(errors) == 3 and len(results) - len(errors) == 5
+    error = errors[0]
+    assert error.code == "rate_limit_exceeded" and error.type == "requests"
+    assert "Please try again in" in error.message
+    headers = error.response.headers
+    assert float(headers["retry-after-ms"]) > 0 and int(headers["retry-after"]) >= 1
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert parse_duration(headers["x-ratelimit-reset-requests"]) > 0
+    assert sim.stats()["by_status"] == {"200": 5, "429": 3}
+
+
+def test_tokens_are_charged_at_admission(sim):
+    sim.configure(tpm=1000)
+    c = client(sim)
+    c.chat.completions.create(model="m", messages=MSG, max_tokens=400)
+    c.chat.completions.create(model="m", messages=MSG, max_tokens=400)
+    with pytest.raises(openai.RateLimitError) as info:
+        c.chat.completions.create(model="m", messages=MSG, max_tokens=400)
+    assert info.value.type == "tokens"
+    with pytest.raises(openai.RateLimitError) as too_large:
+        c.chat.completions.create(model="m", messages=MSG, max_tokens=5000)
+    assert "Request too large" in too_large.value.message
+    assert too_large.value.response.headers["x-should-retry"] == "false"
+
+
+def test_fault_500(sim):
+    sim.configure(faults={"error_500": 1.0})
+    with pytest.raises(openai.InternalServerError):
+        client(sim).chat.completions.create(model="m", messages=MSG, max_tokens=5)
+    assert sim.stats()["by_outcome"] == {"server_error": 1}
+
+
+def test_fault_share_is_seeded(sim):
+    sim.configure(faults={"error_500": 0.3}, speed=100.0)
+    c = client(sim)
+
+    def outcomes():
+        out = []
+        for _ in range(30):
+            try:
+                c.chat.completions.create(model="m", messages=MSG, max_tokens=3)
+                out.append(200)
+            except openai.InternalServerError:
+                out.append(500)
+        return out
+
+    first = outcomes()
+    sim.reset()
+    assert outcomes() == first and 3 <= first.count(500) <= 16
+
+
+def test_fault_drop_and_hang(sim):
+    sim.configure(faults={"drop": 1.0}, speed=50.0)
+    with pytest.raises(openai.APIConnectionError):
+        client(sim).chat.completions.create(model="m", messages=MSG, max_tokens=5)
+    sim.configure(faults={"drop": 0.0, "hang": 1.0, "hang_s": 5.0})
+    with pytest.raises(openai.APITimeoutError):
+        client(sim, timeout=0.5).chat.completions.create(model="m", messages=MSG, max_tokens=5)
+    assert sim.stats()["by_outcome"] == {"hung": 1}
+
+
+def test_fault_slow(sim):
+    sim.configure(speed=10.0, ttft_sigma=0.0, faults={"slow": 1.0, "slow_factor": 4.0})
+    started = time.perf_counter()
+    client(sim).chat.completions.create(model="m", messages=MSG, max_tokens=2)
+    assert time.perf_counter() - started > 0.2 * 0.9  # 4 x 0.05 s
+
+
+def test_insufficient_quota(sim):
+    sim.configure(faults={"quota_exhausted": True})
+    with pytest.raises(openai.RateLimitError) as info:
+        client(sim).chat.completions.create(model="m", messages=MSG, max_tokens=5)
+    assert info.value.code == "insufficient_quota"
+
+
+def test_api_key_check(sim):
+    sim.configure(api_key="sk-right")
+    with pytest.raises(openai.AuthenticationError):
+        client(sim).chat.completions.create(model="m", messages=MSG, max_tokens=5)
+    ok = openai.OpenAI(base_url=sim.base_url, api_key="sk-right", max_retries=0)
+    assert ok.chat.completions.create(model="m", messages=MSG, max_tokens=5).usage
+    assert "sk-right" not in str(sim.configure(api_key="sk-right"))
+
+
+def test_stats_record_each_request_with_times(sim):
+    c = client(sim)
+    for _ in range(3):
+        c.chat.completions.create(model="m", messages=MSG, max_tokens=5,
+                                  extra_headers={"x-chainray-step": "demo:a"})
+    log = sim.stats()["request_log"]
+    assert [r["tag"] for r in log] == ["demo:a"] * 3
+    assert all(r["start"] < r["end"] for r in log)
+    assert log[0]["end"] <= log[1]["start"]
+
+
+def test_models_endpoint(sim):
+    assert "gpt-4o-mini" in [m.id for m in client(sim).models.list()]
+
+
+def test_binds_loopback_by_default(simulator):
+    assert simulator.base_url.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize("flags", [["--rpm", "0"], ["--error-500", "2"], ["--speed", "-1"],
+                                   ["--api-key-env", "CHAINRAY_UNSET_VAR"]])
+def test_bad_flags_exit_2(flags):
+    done = subprocess.run([sys.executable, "-m", "runtime.cli", "sim", "--port", "0", *flags],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "error" in done.stderr
+
+
+def test_go_durations_round_trip():
+    for seconds in (0.012, 1.0, 2.5, 172.8, 360.0):
+        assert abs(parse_duration(format_duration(seconds)) - seconds) < 0.001
+    assert parse_duration("2m52.8s") == pytest.approx(172.8)
+    with pytest.raises(ValueError):
+        parse_duration("soon")
