@@ -69,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         "makespan, tokens and cost, then the recommended strategy. Sends nothing anywhere.")
     plan.add_argument("scenario", metavar="SCENARIO", help="bundled name or chain YAML path")
     _add_prediction_flags(plan)
-    from runtime import cli_sim
+    from runtime import cli_run, cli_sim
 
+    cli_run.add_run_parser(commands, _positive_int, _positive_float)
+    cli_run.add_bench_parser(commands, _positive_int, _positive_float)
     cli_sim.add_sim_parser(commands, _positive_int, _positive_float)
     return parser
 
@@ -107,10 +109,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from runtime import cli_sim
+    from runtime import cli_run, cli_sim
 
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "scenarios": _cmd_scenarios, "plan": _cmd_plan, "sim": cli_sim.cmd_sim,
+        "scenarios": _cmd_scenarios, "plan": _cmd_plan, "run": cli_run.cmd_run,
+        "bench": cli_run.cmd_bench, "sim": cli_sim.cmd_sim,
     }
     try:
         return handlers[args.command](args)

@@ -1,0 +1,133 @@
+"""The Coordinator actor: resolves a chain's schedule, dispatches its steps as Ray tasks the
+moment their dependencies finish, and gathers their results into a ``RunResult``.
+
+One Coordinator serves every run a driver starts (a batch runs many at once); it owns a small
+pool of async step-runner actors, spread over the cluster's nodes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import ray
+from pydantic import BaseModel, ConfigDict
+
+from actors.step_runner import StepRunner, run_python_step
+from runtime.cost import load_prices
+from runtime.dispatch import dispatch
+from runtime.llm import Endpoint
+from runtime.results import RunResult, StepResult
+from runtime.schedule import Strategy, resolve
+from runtime.spec import Chain, ModelSettings
+from runtime.step_exec import StepRequest
+from runtime.summary import summarize_run
+
+__all__ = ["Coordinator", "RunJob", "step_models"]
+
+
+class RunJob(BaseModel):
+    """One run to execute: a validated chain, a strategy and the inputs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    chain: Chain
+    strategy: Strategy
+    inputs: dict[str, str | None]
+    on_error: Literal["fail", "continue"] | None = None
+    model: str | None = None  # overrides every llm step's model
+    priority: bool = True
+    prices: str | None = None
+
+    def settings(self, step_id: str) -> ModelSettings:
+        settings = self.chain.settings_for(self.chain.by_id[step_id])
+        return settings.model_copy(update={"model": self.model}) if self.model else settings
+
+
+def step_models(job: RunJob) -> set[str]:
+    """The models the run's llm steps call (one RateLimiter each)."""
+    return {job.settings(s.id).model or "gpt-4o-mini" for s in job.chain.steps
+            if s.kind == "llm"}
+
+
+@ray.remote(num_cpus=0, max_concurrency=1000)
+class Coordinator:
+    def __init__(self, endpoint: Endpoint, runners: int = 2) -> None:
+        self.runners = [StepRunner.options(scheduling_strategy="SPREAD").remote(endpoint)
+                        for _ in range(runners)]
+        self.turn = itertools.count()
+        self.live: dict[str, Counter] = {}
+        self.finished = Counter()
+
+    def _start_step(self, job: RunJob, schedule, limiters: Mapping[str, Any]):
+        remaining = schedule.remaining_path()
+        plans = schedule.plan
+
+        def start(step_id: str, upstream: Mapping[str, Any]):
+            step = job.chain.by_id[step_id]
+            request = StepRequest(
+                run_id=job.run_id, task_name=f"{job.chain.name}:{job.strategy}:{step_id}",
+                step=step, settings=job.settings(step_id), inputs=job.inputs,
+                sees=plans[step_id].sees, depends_on=plans[step_id].depends_on,
+                priority=float(remaining[step_id]) if job.priority else 0.0)
+            if step.kind == "python":
+                return run_python_step.options(name=request.task_name).remote(
+                    request, *upstream.values())
+            runner = self.runners[next(self.turn) % len(self.runners)]
+            limiter = limiters[request.settings.model or "gpt-4o-mini"]
+            return runner.run_step.options(name=request.task_name).remote(
+                request, limiter, *upstream.values())
+
+        return start
+
+    async def run(self, job: RunJob, limiters: Mapping[str, Any]) -> RunResult:
+        schedule = resolve(job.chain, job.strategy)
+        counts = self.live[job.run_id] = Counter(pending=len(schedule.steps))
+
+        def update(step_id: str, state: str, result: StepResult | None) -> None:
+            if state == "running":
+                counts["pending"] -= 1
+                counts["running"] += 1
+            elif state == "resubmitted":
+                counts["resubmitted"] += 1
+            elif state == "skipped":
+                counts["pending"] -= 1
+                counts["skipped"] += 1
+            else:
+                counts["running"] -= 1
+                counts["done" if state == "ok" else "failed"] += 1
+            if result is not None:
+                counts["tokens"] += result.prompt_tokens + result.completion_tokens
+                counts["calls"] += result.attempts
+                counts["retries"] += max(0, result.attempts - 1)
+                counts["rate_limited"] += result.rate_limited
+
+        started = time.perf_counter()
+        try:
+            results = await dispatch(schedule, self._start_step(job, schedule, limiters),
+                                     job.on_error or job.chain.on_error, update)
+        finally:
+            self.finished.update(self.live.pop(job.run_id))
+            self.finished["runs"] += 1
+        latency_ms = (time.perf_counter() - started) * 1000
+        return summarize_run(job.chain, schedule, results, latency_ms, job.run_id,
+                             load_prices(job.prices))
+
+    async def progress(self) -> dict:
+        """Steps pending, running, done, failed; calls, retries, 429s, tokens; runs done."""
+        total = Counter(self.finished)
+        for counts in self.live.values():
+            total.update(counts)
+        total["runs_running"] = len(self.live)
+        return dict(total)
+
+    async def ready(self) -> int:
+        """Wait until the step runners are up; returns how many there are."""
+        import asyncio
+
+        await asyncio.gather(*(runner.pid.remote() for runner in self.runners))
+        return len(self.runners)

@@ -1,0 +1,65 @@
+"""Results of steps and runs (DESIGN.md's JSON contract), as pydantic models."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["StepResult", "RunResult", "StepStatus"]
+
+StepStatus = Literal["ok", "error", "skipped"]
+
+
+class StepResult(BaseModel):
+    """What one step did; also what a step task returns to the Coordinator."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    depends_on: tuple[str, ...] = ()
+    status: StepStatus
+    output: str = ""
+    error: str | None = None
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    latency_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 0
+    rate_limited: int = 0
+    model: str | None = None
+    node_id: str | None = None
+    task_id: str | None = None
+
+    def as_upstream(self) -> str:
+        """The text a downstream step receives: the output, or the error marked as such."""
+        if self.status == "ok":
+            return self.output
+        return f"[step {self.id} {self.status}: {self.error or 'no output'}]"
+
+
+class RunResult(BaseModel):
+    """One execution of a chain under a strategy."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scenario: str
+    strategy: str
+    shape: str
+    status: Literal["ok", "error"]
+    error: str | None = None
+    run_id: str
+    phases: tuple[tuple[str, ...], ...]
+    latency_ms: float
+    critical_path_ms: float
+    total_tokens: int
+    prompt_tokens: int
+    completion_tokens: int
+    api_calls: int
+    retries: int
+    rate_limited: int
+    estimated_cost: float
+    output_length: int
+    output: str
+    steps: tuple[StepResult, ...]

@@ -1,0 +1,32 @@
+"""Shared helpers for tests that run chains on Ray against the session's simulator."""
+
+from __future__ import annotations
+
+import uuid
+
+from actors.coordinator import RunJob
+from runtime.driver import Session, SessionConfig
+from runtime.spec import Chain, chain_from_dict
+
+
+def session_for(sim, **overrides) -> Session:
+    """A Session on the test simulator with its own limiter namespace (a fresh RateLimiter)."""
+    config = dict(base_url=sim.base_url, env={"OPENAI_API_KEY": "sk-test"}, progress=False,
+                  limiter_namespace=f"test-{uuid.uuid4().hex[:8]}", timeout_s=10.0,
+                  rpm=500, tpm=200_000, backoff_s=0.05)
+    config.update(overrides)
+    return Session(SessionConfig(**config))
+
+
+def job(chain: Chain, strategy: str = "hybrid", **fields) -> RunJob:
+    return RunJob(run_id=uuid.uuid4().hex[:12], chain=chain, strategy=strategy,
+                  inputs=dict(chain.inputs), **fields)
+
+
+def fan_chain(n: int, max_tokens: int = 20, name: str = "fan") -> Chain:
+    """n independent steps and a final step gathering them."""
+    steps = [{"id": f"s{i}", "prompt": f"angle {i} of {{topic}}"} for i in range(n)]
+    steps.append({"id": "final", "after": [f"s{i}" for i in range(n)],
+                  "prompt": "combine " + " ".join(f"{{s{i}:.50}}" for i in range(n))})
+    return chain_from_dict({"name": name, "inputs": {"topic": "tea"},
+                            "defaults": {"max_tokens": max_tokens}, "steps": steps})
