@@ -102,7 +102,7 @@ def _cmd_scenarios(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from runtime.plan_report import print_plan
 
-    print_plan(args.scenario, objective=args.objective, calibrate=args.calibrate,
+    print_plan(args.scenario, objective=args.objective, calibrate_from=args.calibrate,
                prices_path=args.prices)
     return EXIT_OK
 

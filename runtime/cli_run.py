@@ -6,12 +6,20 @@ import argparse
 import sys
 from pathlib import Path
 
+from pydantic import TypeAdapter
+
 from actors.coordinator import RunJob
+from runtime.cost import load_prices
 from runtime.errors import InputError
-from runtime.report import print_run
+from runtime.report import print_bench, print_run
+from runtime.results import RunResult
+from runtime.schedule import STRATEGIES
 from runtime.spec import Chain, load_chain
+from runtime.timeline import write_timeline
 
 __all__ = ["add_run_parser", "add_bench_parser", "cmd_run", "cmd_bench", "parse_inputs"]
+
+_RESULTS = TypeAdapter(list[RunResult])
 
 
 def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_float) -> None:
@@ -43,6 +51,10 @@ def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_f
                         help="embedded simulator only: latency N times faster")
     parser.add_argument("--no-dashboard", action="store_true",
                         help="start a local Ray without its dashboard (starts faster)")
+    parser.add_argument("--timeline", metavar="PATH",
+                        help="write a Gantt chart of the steps as self-contained HTML")
+    parser.add_argument("--prices", metavar="PATH",
+                        help="your own price table (JSON shaped as runtime/prices.json)")
     parser.add_argument("--quiet", action="store_true", help="no live progress")
 
 
@@ -57,12 +69,37 @@ def add_run_parser(commands, positive_int, positive_float) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_session_flags(run, positive_int, positive_float)
     run.add_argument("--strategy", default="hybrid",
-                     choices=("sequential", "parallel", "hybrid"),
-                     help="how to schedule the steps (default hybrid: as declared)")
+                     choices=("sequential", "parallel", "hybrid", "auto"),
+                     help="how to schedule the steps (default hybrid: as declared; auto: "
+                     "the advisor picks for --objective and says why)")
+    run.add_argument("--objective", choices=("latency", "cost", "quality"), default="latency",
+                     help="what --strategy auto optimises (default latency)")
+
+
+def _strategy_list(text: str) -> list[str]:
+    strategies = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad or not strategies:
+        raise argparse.ArgumentTypeError(f"unknown strategy {bad[0] if bad else text!r}; "
+                                         f"choose from {','.join(STRATEGIES)}")
+    return list(dict.fromkeys(strategies))
 
 
 def add_bench_parser(commands, positive_int, positive_float) -> None:
-    del commands, positive_int, positive_float  # the bench command arrives with issue 5
+    bench = commands.add_parser(
+        "bench", help="compare strategies on identical inputs",
+        description="Run the chain under each strategy on identical inputs, one strategy "
+        "after another (so they never share the rate-limit budget and distort each other), "
+        "and print Strategy, Latency, Tokens, Calls, Cost and Output side by side, then the "
+        "fastest, cheapest and longest-output strategies.",
+        epilog="examples:\n  chainray bench quantum_research\n"
+        "  chainray bench code_review --strategies parallel,hybrid --repeat 5 --json b.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_session_flags(bench, positive_int, positive_float)
+    bench.add_argument("--strategies", type=_strategy_list, default=list(STRATEGIES),
+                       help="comma-separated (default sequential,parallel,hybrid)")
+    bench.add_argument("--repeat", type=positive_int, default=1,
+                       help="runs per strategy; the table shows medians and spread")
 
 
 def parse_inputs(chain: Chain, assignments: list[str]) -> dict[str, str | None]:
@@ -105,22 +142,69 @@ def _check_writable(path: str | None) -> None:
         raise InputError(f"--json: the folder of {path} does not exist")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _pick_strategy(chain: Chain, args: argparse.Namespace) -> str:
+    if args.strategy != "auto":
+        return args.strategy
+    from runtime.advisor import advise
+    from runtime.predict import predict
+
+    prices = load_prices(args.prices)
+    advice = advise(chain, args.objective, {s: predict(chain, s, prices) for s in STRATEGIES})
+    print(f"auto: {advice.strategy} for {args.objective}, because:", file=sys.stderr)
+    for reason in advice.reasons:
+        print(f"  - {reason}", file=sys.stderr)
+    return advice.strategy
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Chain, dict]:
+    """Everything that can be wrong with the input is found here, before any connection."""
     chain = load_chain(args.scenario)
     inputs = parse_inputs(chain, args.set)
-    _check_writable(args.json)
+    for path in (args.json, args.timeline):
+        _check_writable(path)
+    load_prices(args.prices)
+    return chain, inputs
+
+
+def _finish(args: argparse.Namespace, results: list[RunResult], json_text: str) -> None:
+    if args.json:
+        _write_json(args.json, json_text)
+        print(f"results written to {args.json}", file=sys.stderr)
+    if args.timeline:
+        write_timeline(args.timeline, results)
+        print(f"timeline written to {args.timeline}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    chain, inputs = _prepare(args)
+    strategy = _pick_strategy(chain, args)
     from runtime.driver import Session, new_run_id
 
-    job = RunJob(run_id=new_run_id(), chain=chain, strategy=args.strategy, inputs=inputs,
-                 on_error=args.on_error, model=args.model, priority=not args.no_priority)
+    job = RunJob(run_id=new_run_id(), chain=chain, strategy=strategy, inputs=inputs,
+                 on_error=args.on_error, model=args.model, priority=not args.no_priority,
+                 prices=args.prices)
     with Session(session_config(args)) as session:
         result = session.run(job)
     print_run(result)
-    if args.json:
-        _write_json(args.json, result.model_dump_json(indent=2))
-        print(f"result written to {args.json}", file=sys.stderr)
+    _finish(args, [result], result.model_dump_json(indent=2))
     return 0 if result.status == "ok" else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    raise InputError("bench is not available yet")
+    chain, inputs = _prepare(args)
+    from runtime.driver import Session, new_run_id
+
+    results: list[RunResult] = []
+    print(f"benchmarking {chain.name}: {', '.join(args.strategies)}, {args.repeat} run(s) "
+          "each, one run at a time so strategies never share the rate-limit budget",
+          file=sys.stderr)
+    with Session(session_config(args)) as session:
+        for _ in range(args.repeat):
+            for strategy in args.strategies:
+                job = RunJob(run_id=new_run_id(), chain=chain, strategy=strategy,
+                             inputs=inputs, on_error=args.on_error, model=args.model,
+                             priority=not args.no_priority, prices=args.prices)
+                results.append(session.run(job))
+    print_bench(chain.name, results)
+    _finish(args, results, _RESULTS.dump_json(results, indent=2).decode())
+    return 0 if all(r.status == "ok" for r in results) else 1

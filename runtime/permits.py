@@ -3,7 +3,8 @@
 Two continuously refilling buckets (requests, tokens) that hold about one second of the
 target rate, so requests are paced rather than sent in minute-sized bursts (OpenAI enforces
 limits over short windows). A request reserves its estimated tokens (prompt + max_tokens) up
-front and may drive the token bucket into debt; the next one waits until the debt is repaid.
+front and may drive the token bucket into debt (GCRA style); the next one waits until the
+debt is repaid, so a request larger than one second's budget is never starved.
 After the call, ``release`` refunds what was not used and lowers the bucket if the server's
 ``x-ratelimit-remaining-*`` headers say it holds less than we think. An unexpected 429 holds
 every caller until its Retry-After has passed and lowers the target rate for a while.
@@ -105,12 +106,14 @@ class PermitBook:
                                         self.level[dimension] + elapsed * self._rate(dimension))
         return now
 
-    def _wait_needed(self, tokens: int, now: float) -> float:
+    def _wait_needed(self, now: float) -> float:
+        """A request needs one whole request in the bucket; tokens may go into debt (a big
+        request is admitted once earlier debt is repaid, and the next one waits)."""
         wait = self.not_before - now
-        for dimension, need in (("requests", 1.0), ("tokens", float(tokens))):
-            need = min(need, self._capacity(dimension))  # a big request may go into debt
-            if self.level[dimension] < need:
-                wait = max(wait, (need - self.level[dimension]) / self._rate(dimension))
+        if self.level["requests"] < 1:
+            wait = max(wait, (1 - self.level["requests"]) / self._rate("requests"))
+        if self.level["tokens"] < 0:
+            wait = max(wait, -self.level["tokens"] / self._rate("tokens"))
         return max(0.0, wait)
 
     # -- the API ----------------------------------------------------------------------------
@@ -203,7 +206,7 @@ class PermitBook:
                 soonest = min(lease.expires for lease in self.leases.values())
                 self._wake_in(soonest - now)
                 return
-            wait = self._wait_needed(waiter.tokens, now)
+            wait = self._wait_needed(now)
             if wait > 0:
                 self._wake_in(wait)
                 return
