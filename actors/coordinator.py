@@ -11,6 +11,7 @@ import itertools
 import time
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import ray
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from actors.step_runner import StepRunner, run_python_step
 from runtime.cost import load_prices
 from runtime.dispatch import dispatch
+from runtime.journal import Journal
 from runtime.llm import Endpoint
 from runtime.results import RunResult, StepResult
 from runtime.schedule import Strategy, resolve
@@ -42,6 +44,9 @@ class RunJob(BaseModel):
     model: str | None = None  # overrides every llm step's model
     priority: bool = True
     prices: str | None = None
+    journal_dir: str | None = None  # on the driver's node; None: no journal
+    journal_key: str | None = None
+    resumed: dict[str, StepResult] = {}  # finished before: not sent again
 
     def settings(self, step_id: str) -> ModelSettings:
         settings = self.chain.settings_for(self.chain.by_id[step_id])
@@ -68,6 +73,8 @@ class Coordinator:
         plans = schedule.plan
 
         def start(step_id: str, upstream: Mapping[str, Any]):
+            if step_id in job.resumed:
+                return ray.put(job.resumed[step_id])
             step = job.chain.by_id[step_id]
             request = StepRequest(
                 run_id=job.run_id, task_name=f"{job.chain.name}:{job.strategy}:{step_id}",
@@ -87,6 +94,10 @@ class Coordinator:
     async def run(self, job: RunJob, limiters: Mapping[str, Any]) -> RunResult:
         schedule = resolve(job.chain, job.strategy)
         counts = self.live[job.run_id] = Counter(pending=len(schedule.steps))
+        journal = None
+        if job.journal_dir:
+            journal = Journal(Path(job.journal_dir), job.run_id, job.journal_key or "")
+            journal.start()
 
         def update(step_id: str, state: str, result: StepResult | None) -> None:
             if state == "running":
@@ -100,6 +111,8 @@ class Coordinator:
             else:
                 counts["running"] -= 1
                 counts["done" if state == "ok" else "failed"] += 1
+            if result is not None and journal is not None and step_id not in job.resumed:
+                journal.record(result)
             if result is not None:
                 counts["tokens"] += result.prompt_tokens + result.completion_tokens
                 counts["calls"] += result.attempts

@@ -9,8 +9,10 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from actors.coordinator import RunJob
+from runtime.batch import BatchWriter, read_batch_inputs
 from runtime.cost import load_prices
 from runtime.errors import InputError
+from runtime.journal import Journal, journal_dir, run_key
 from runtime.report import print_bench, print_run
 from runtime.results import RunResult
 from runtime.schedule import STRATEGIES
@@ -74,6 +76,17 @@ def add_run_parser(commands, positive_int, positive_float) -> None:
                      "the advisor picks for --objective and says why)")
     run.add_argument("--objective", choices=("latency", "cost", "quality"), default="latency",
                      help="what --strategy auto optimises (default latency)")
+    run.add_argument("--resume", metavar="RUN",
+                     help="finish run RUN whose driver stopped: steps its journal holds as "
+                     "finished are not sent again (same chain, strategy and inputs)")
+    run.add_argument("--inputs", metavar="FILE.jsonl",
+                     help="a batch: run the chain once per line (a JSON object of inputs), "
+                     "all under the one rate limit; a bad line refuses the whole batch before "
+                     "anything is sent; --json then writes {runs: [...], batch: {...}}")
+    run.add_argument("--batch-window", type=positive_int, default=64, metavar="N",
+                     help="runs of a batch in flight at once (default 64)")
+    run.add_argument("--no-journal", action="store_true",
+                     help="keep no journal of finished steps (then --resume cannot help)")
 
 
 def _strategy_list(text: str) -> list[str]:
@@ -176,18 +189,65 @@ def _finish(args: argparse.Namespace, results: list[RunResult], json_text: str) 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.inputs:
+        return _cmd_batch(args)
     chain, inputs = _prepare(args)
     strategy = _pick_strategy(chain, args)
     from runtime.driver import Session, new_run_id
 
-    job = RunJob(run_id=new_run_id(), chain=chain, strategy=strategy, inputs=inputs,
+    key = run_key(chain.model_dump_json(), strategy, inputs)
+    run_id = args.resume or new_run_id()
+    journal = Journal(journal_dir(), run_id, key)
+    resumed = journal.finished_steps() if args.resume else {}
+    job = RunJob(run_id=run_id, chain=chain, strategy=strategy, inputs=inputs,
                  on_error=args.on_error, model=args.model, priority=not args.no_priority,
-                 prices=args.prices)
+                 prices=args.prices, resumed=resumed,
+                 journal_dir=None if args.no_journal else str(journal_dir()), journal_key=key)
+    if not args.no_journal:
+        print(f"run {run_id} (journal {journal.path}; if interrupted: chainray run "
+              f"{args.scenario} --strategy {strategy} --resume {run_id})", file=sys.stderr)
+    if resumed:
+        print(f"resuming: {len(resumed)} finished step(s) will not be sent again: "
+              f"{', '.join(resumed)}", file=sys.stderr)
     with Session(session_config(args)) as session:
         result = session.run(job)
     print_run(result)
     _finish(args, [result], result.model_dump_json(indent=2))
     return 0 if result.status == "ok" else 1
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    if args.resume or args.timeline:
+        raise InputError("--inputs runs a batch: --resume and --timeline are for single runs")
+    chain, base = _prepare(args)
+    batch = read_batch_inputs(args.inputs, chain, base)
+    strategy = _pick_strategy(chain, args)
+    from runtime.driver import Session, new_run_id
+
+    def make_job(inputs: dict) -> RunJob:
+        return RunJob(run_id=new_run_id(), chain=chain, strategy=strategy, inputs=inputs,
+                      on_error=args.on_error, model=args.model, priority=not args.no_priority,
+                      prices=args.prices)
+
+    out = open(args.json, "w", encoding="utf-8") if args.json else None  # noqa: SIM115
+    try:
+        writer = BatchWriter(out)
+        with Session(session_config(args)) as session:
+            for result in session.run_many((make_job(i) for i in batch),
+                                           window=args.batch_window,
+                                           label=f"{chain.name}:{strategy}", total=len(batch)):
+                writer.add(result)
+        totals = writer.close()
+    finally:
+        if out:
+            out.close()
+    print(f"batch of {totals.runs} runs ({totals.failed} failed) in "
+          f"{totals.latency_ms / 1000:.1f}s: {totals.api_calls} calls, {totals.rate_limited} "
+          f"429s, {totals.total_tokens} tokens; {totals.requests_per_min:.0f} requests/min, "
+          f"{totals.tokens_per_min:.0f} tokens/min")
+    if args.json:
+        print(f"results written to {args.json}", file=sys.stderr)
+    return 0 if totals.failed == 0 else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

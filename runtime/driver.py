@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import ray
 from pydantic import SecretStr
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.coordinator import Coordinator, RunJob, step_models
 from actors.rate_limiter import LIMITER_NAMESPACE, get_rate_limiter, limiter_name
@@ -72,7 +73,10 @@ class Session:
         self.simulator: EmbeddedSimulator | None = None
         self.endpoint = self._open_endpoint()
         connect_ray(config.address, config.dashboard)
-        self.coordinator = Coordinator.remote(self.endpoint, config.runners)
+        # On the driver's node, so that the run journal lands on the driver's disk.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
+            self.endpoint, config.runners)
         ray.get(self.coordinator.ready.remote(), timeout=120)
         self.limiters: dict[str, ray.actor.ActorHandle] = {}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 import pytest
 
@@ -11,6 +12,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.pop("OPENAI_API_KEY", None)
 os.environ.pop("OPENAI_BASE_URL", None)
 os.environ.pop("RAY_ADDRESS", None)
+os.environ["CHAINRAY_HOME"] = tempfile.mkdtemp(prefix="chainray-test-")
 
 from runtime.simulator import start_simulator  # noqa: E402
 
