@@ -138,6 +138,12 @@ class Coordinator:
         total["runs_running"] = len(self.live)
         return dict(total)
 
+    async def runner_pids(self) -> list[int]:
+        """Process ids of the step runners (for operators and fault tests)."""
+        import asyncio
+
+        return list(await asyncio.gather(*(runner.pid.remote() for runner in self.runners)))
+
     async def ready(self) -> int:
         """Wait until the step runners are up; returns how many there are."""
         import asyncio

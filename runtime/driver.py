@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.coordinator import Coordinator, RunJob, step_models
 from actors.rate_limiter import LIMITER_NAMESPACE, get_rate_limiter, limiter_name
+from runtime.errors import InputError
 from runtime.llm import Endpoint
 from runtime.permits import Limits
 from runtime.progress import ProgressView
@@ -47,6 +50,20 @@ class SessionConfig:
     limiter_namespace: str = LIMITER_NAMESPACE
     progress: bool = True
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+def check_reachable(base_url: str, timeout_s: float = 5.0) -> None:
+    """Fail before anything runs when nothing listens at ``base_url`` (no request is sent)."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"--base-url {base_url!r}: expected http(s)://host[:port]/v1")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise InputError(f"cannot reach the endpoint {parts.scheme}://{parts.hostname}:{port} "
+                         f"({exc.strerror or exc}); check --base-url or OPENAI_BASE_URL"
+                         ) from None
 
 
 def connect_ray(address: str | None, dashboard: bool = True) -> None:
@@ -90,6 +107,7 @@ class Session:
                                              "--tpm", str(config.tpm or SIM_TPM),
                                              *config.sim_flags)
             base_url, api_key = self.simulator.base_url, "sim-no-key-needed"
+        check_reachable(base_url or OPENAI_URL)
         return Endpoint(base_url=base_url or OPENAI_URL, api_key=SecretStr(api_key or "none"),
                         timeout_s=config.timeout_s, max_attempts=config.max_attempts,
                         backoff_s=config.backoff_s)

@@ -19,7 +19,7 @@ from runtime.errors import EndpointError
 from runtime.retry import retry_policy
 
 __all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "make_client", "call_llm",
-           "to_endpoint_error", "STEP_HEADER"]
+           "to_endpoint_error", "redact", "STEP_HEADER"]
 
 STEP_HEADER = "x-chainray-step"  # names the step in server logs (the simulator's /stats)
 _NO_RETRY_429 = {"insufficient_quota", "credit_balance_exhausted",
@@ -94,7 +94,16 @@ def _retry_after(response) -> float | None:
     return None
 
 
-def to_endpoint_error(exc: Exception) -> EndpointError:
+def redact(text: str, secret: str) -> str:
+    """Remove a secret (and its long prefixes, as some servers echo part of a key)."""
+    if len(secret) < 8:
+        return text
+    for size in (len(secret), 12):
+        text = text.replace(secret[:size], "[redacted]")
+    return text
+
+
+def to_endpoint_error(exc: Exception, secret: str = "") -> EndpointError:
     """Convert an openai exception into a picklable ``EndpointError`` (no key, no request)."""
     if isinstance(exc, openai.APITimeoutError):
         return EndpointError("the request timed out", None, "timeout", None, None, True)
@@ -108,9 +117,9 @@ def to_endpoint_error(exc: Exception) -> EndpointError:
         retryable = (status in (408, 409, 429) or status >= 500) and should != "false"
         if status == 429 and (code in _NO_RETRY_429 or kind == "insufficient_quota"):
             retryable = False
-        message = str(getattr(exc, "message", exc))
+        message = redact(str(getattr(exc, "message", exc)), secret)
         return EndpointError(message, status, code, kind, retry_after, retryable)
-    return EndpointError(f"{type(exc).__name__}: {exc}")
+    return EndpointError(redact(f"{type(exc).__name__}: {exc}", secret))
 
 
 async def call_llm(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
@@ -134,7 +143,7 @@ async def call_llm(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
                 raw = await client.chat.completions.with_raw_response.create(**kwargs)
                 completion = raw.parse()
             except openai.OpenAIError as exc:
-                error = to_endpoint_error(exc)
+                error = to_endpoint_error(exc, endpoint.api_key.get_secret_value())
                 reply.rate_limited += error.status == 429
                 if error.status == 429 and error.retryable:
                     await limiter.penalize(permit, error.retry_after)

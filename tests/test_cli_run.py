@@ -59,3 +59,24 @@ def test_bad_input_exits_2_before_connecting(tmp_path, capsys):
     assert main(["run", "quantum_research", "--json", str(tmp_path / "no/dir/x.json"),
                  *FAST]) == 2
     assert main(["run", "no_such_scenario", *FAST]) == 2
+
+
+def test_batch_runs_every_line_under_one_budget(ray_session, sim, tmp_path, capsys):
+    sim.configure(speed=50.0)
+    inputs, out = tmp_path / "in.jsonl", tmp_path / "batch.json"
+    inputs.write_text("\n".join(json.dumps({"topic": f"topic {i}"}) for i in range(6)) + "\n")
+    assert main(["run", "headline_ensemble", "--inputs", str(inputs), "--json", str(out),
+                 "--base-url", sim.base_url, "--batch-window", "3", "--quiet"]) == 2
+    assert "unknown input 'topic'" in capsys.readouterr().err
+    inputs.write_text("\n".join(json.dumps({"article": f"story {i}"}) for i in range(6)))
+    assert main(["run", "headline_ensemble", "--inputs", str(inputs), "--json", str(out),
+                 "--base-url", sim.base_url, "--batch-window", "3", "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    runs, batch = data["runs"], data["batch"]
+    assert len(runs) == batch["runs"] == 6 and batch["failed"] == 0
+    assert batch["api_calls"] == sum(r["api_calls"] for r in runs) == 36
+    stats = sim.stats()
+    assert batch["api_calls"] == stats["requests"]
+    assert batch["total_tokens"] == stats["total_tokens"]
+    assert batch["requests_per_min"] > 0 and batch["tokens_per_min"] > 0
+    assert len({r["run_id"] for r in runs}) == 6

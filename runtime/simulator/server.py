@@ -40,6 +40,7 @@ class Simulator:
         self.stats = ServerStats()
         self.buckets = LimitBuckets(config.rpm, config.tpm, config.burst_s)
         self.rng = random.Random(config.seed)
+        self.fault_rng = random.Random(f"faults:{config.seed}")  # apart from latency draws
         self.app = web.Application()
         self.app.add_routes([
             web.post("/v1/chat/completions", self.chat_completions),
@@ -79,6 +80,7 @@ class Simulator:
         self.stats = ServerStats()
         self.buckets = LimitBuckets(config.rpm, config.tpm, config.burst_s)
         self.rng = random.Random(config.seed)
+        self.fault_rng = random.Random(f"faults:{config.seed}")
 
     # -- OpenAI API -------------------------------------------------------------------------
     async def models(self, request: web.Request) -> web.Response:
@@ -96,7 +98,8 @@ class Simulator:
         given = request.headers.get("Authorization", "").removeprefix("Bearer ")
         if hmac.compare_digest(given.encode(), expected.encode()):
             return None
-        return _error(401, "Incorrect API key provided.", "invalid_request_error",
+        shown = f"{given[:3]}{'*' * max(0, len(given) - 7)}{given[-4:]}" if given else "none"
+        return _error(401, f"Incorrect API key provided: {shown}.", "invalid_request_error",
                       "invalid_api_key")
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
@@ -187,7 +190,7 @@ class Simulator:
                       headers)
 
     def _draw_fault(self) -> str:
-        faults, draw = self.config.faults, self.rng.random()
+        faults, draw = self.config.faults, self.fault_rng.random()
         for name in ("error_500", "error_429", "drop", "hang", "slow"):
             share = getattr(faults, name)
             if draw < share:
