@@ -24,6 +24,16 @@ __all__ = ["add_run_parser", "add_bench_parser", "cmd_run", "cmd_bench", "parse_
 _RESULTS = TypeAdapter(list[RunResult])
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
 def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_float) -> None:
     parser.add_argument("scenario", metavar="SCENARIO", help="bundled name or chain YAML path")
     parser.add_argument("--json", metavar="PATH", help="write the result as JSON here")
@@ -37,6 +47,9 @@ def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_f
     parser.add_argument("--tpm", type=positive_int, help="tokens/min budget (default 200000)")
     parser.add_argument("--max-concurrency", type=positive_int, default=64,
                         help="most calls in flight at once across the cluster (default 64)")
+    parser.add_argument("--target-share", type=_share, default=0.95, metavar="F",
+                        help="pace at this share of --rpm/--tpm, keeping headroom (default "
+                        "0.95)")
     parser.add_argument("--address", metavar="RAY_ADDRESS",
                         help="join this Ray cluster (default: RAY_ADDRESS, else start one)")
     parser.add_argument("--on-error", choices=("fail", "continue"),
@@ -138,6 +151,7 @@ def session_config(args: argparse.Namespace):
 
     return SessionConfig(address=args.address, base_url=args.base_url, rpm=args.rpm,
                          tpm=args.tpm, max_concurrency=args.max_concurrency,
+                         target_share=args.target_share,
                          priority=not args.no_priority, dashboard=not args.no_dashboard,
                          sim_speed=args.sim_speed, timeout_s=args.timeout,
                          max_attempts=args.max_attempts, progress=not args.quiet)

@@ -42,14 +42,18 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
     sorter.prepare()
     handles: dict[str, Any] = {}
     results: dict[str, StepResult] = {}
-    running: dict[asyncio.Task, str] = {}
+    finished: asyncio.Queue[tuple[str, asyncio.Task]] = asyncio.Queue()
     tries: dict[str, int] = {}
+    running = 0
     stopping = False
 
     def start(step_id: str) -> None:
+        nonlocal running
         tries[step_id] = tries.get(step_id, 0) + 1
         handles[step_id] = start_step(step_id, {d: handles[d] for d in plans[step_id].sees})
-        running[asyncio.ensure_future(_settle(handles[step_id]))] = step_id
+        task = asyncio.ensure_future(_settle(handles[step_id]))
+        task.add_done_callback(lambda done: finished.put_nowait((step_id, done)))
+        running += 1
         on_update(step_id, "running", None)
 
     while sorter.is_active():
@@ -64,20 +68,19 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
                 start(step_id)
         if not running:
             continue
-        finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-        for task in finished:
-            step_id = running.pop(task)
-            try:
-                result = task.result()
-            except Exception as exc:  # the worker or actor running the step died
-                if tries[step_id] <= resubmits:
-                    on_update(step_id, "resubmitted", None)
-                    start(step_id)
-                    continue
-                result = StepResult(id=step_id, status="error", error=f"{type(exc).__name__}:"
-                                    f" {exc}", depends_on=plans[step_id].depends_on)
-            results[step_id] = result
-            on_update(step_id, result.status, result)
-            stopping = stopping or (result.status != "ok" and on_error == "fail")
-            sorter.done(step_id)
+        step_id, task = await finished.get()
+        running -= 1
+        try:
+            result = task.result()
+        except Exception as exc:  # the worker or actor running the step died
+            if tries[step_id] <= resubmits:
+                on_update(step_id, "resubmitted", None)
+                start(step_id)
+                continue
+            result = StepResult(id=step_id, status="error", error=f"{type(exc).__name__}: "
+                                f"{exc}", depends_on=plans[step_id].depends_on)
+        results[step_id] = result
+        on_update(step_id, result.status, result)
+        stopping = stopping or (result.status != "ok" and on_error == "fail")
+        sorter.done(step_id)
     return results

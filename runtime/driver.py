@@ -39,6 +39,7 @@ class SessionConfig:
     rpm: int | None = None
     tpm: int | None = None
     max_concurrency: int = 64
+    target_share: float = 0.95
     priority: bool = True
     dashboard: bool = True
     sim_speed: float = 1.0
@@ -116,7 +117,8 @@ class Session:
     def limits(self) -> Limits:
         config = self.config
         return Limits(rpm=config.rpm or SIM_RPM, tpm=config.tpm or SIM_TPM,
-                      max_concurrency=config.max_concurrency, priority=config.priority)
+                      max_concurrency=config.max_concurrency, priority=config.priority,
+                      target_share=config.target_share)
 
     def limiters_for(self, job: RunJob) -> dict[str, ray.actor.ActorHandle]:
         """The run's RateLimiters, started (and waited for) before its first step."""

@@ -3,8 +3,8 @@
 Two continuously refilling buckets (requests, tokens) that hold about one second of the
 target rate, so requests are paced rather than sent in minute-sized bursts (OpenAI enforces
 limits over short windows). A request reserves its estimated tokens (prompt + max_tokens) up
-front and may drive the token bucket into debt (GCRA style); the next one waits until the
-debt is repaid, so a request larger than one second's budget is never starved.
+front; one larger than the bucket waits for a full bucket and leaves debt that the next
+request repays, so it is never starved.
 After the call, ``release`` refunds what was not used and lowers the bucket if the server's
 ``x-ratelimit-remaining-*`` headers say it holds less than we think. An unexpected 429 holds
 every caller until its Retry-After has passed and lowers the target rate for a while.
@@ -76,7 +76,9 @@ class PermitBook:
     def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits, self.clock = limits, clock
         self.share = limits.target_share
-        self.level = {"requests": self._capacity("requests"), "tokens": self._capacity("tokens")}
+        # Start half full: a new (or restarted) limiter does not know what the server's
+        # buckets hold, and a full first burst is the likeliest moment for a 429.
+        self.level = {d: max(1.0, self._capacity(d) / 2) for d in ("requests", "tokens")}
         self.updated = clock()
         self.not_before = 0.0
         self.leases: dict[str, _Lease] = {}
@@ -99,21 +101,21 @@ class PermitBook:
     def _refill(self) -> float:
         now = self.clock()
         elapsed, self.updated = now - self.updated, now
-        if self.share < self.limits.target_share:  # recover 1 % of the target every 10 s
-            self.share = min(self.limits.target_share, self.share + 0.001 * elapsed)
+        if self.share < self.limits.target_share:  # after a 429, recover 0.5 % a second
+            self.share = min(self.limits.target_share, self.share + 0.005 * elapsed)
         for dimension in self.level:
             self.level[dimension] = min(self._capacity(dimension),
                                         self.level[dimension] + elapsed * self._rate(dimension))
         return now
 
-    def _wait_needed(self, now: float) -> float:
-        """A request needs one whole request in the bucket; tokens may go into debt (a big
-        request is admitted once earlier debt is repaid, and the next one waits)."""
+    def _wait_needed(self, tokens: int, now: float) -> float:
+        """Wait until a whole request and its tokens fit the buckets; a request larger than
+        the token bucket waits for a full bucket and leaves debt that the next one repays."""
         wait = self.not_before - now
-        if self.level["requests"] < 1:
-            wait = max(wait, (1 - self.level["requests"]) / self._rate("requests"))
-        if self.level["tokens"] < 0:
-            wait = max(wait, -self.level["tokens"] / self._rate("tokens"))
+        for dimension, need in (("requests", 1.0), ("tokens", float(tokens))):
+            need = min(need, self._capacity(dimension))
+            if self.level[dimension] < need:
+                wait = max(wait, (need - self.level[dimension]) / self._rate(dimension))
         return max(0.0, wait)
 
     # -- the API ----------------------------------------------------------------------------
@@ -156,7 +158,7 @@ class PermitBook:
         now = self._refill()
         self.penalties += 1
         self.not_before = max(self.not_before, now + (retry_after_s or 1.0))
-        self.share = max(0.5 * self.limits.target_share, self.share * 0.9)
+        self.share = max(0.5 * self.limits.target_share, self.share * 0.95)
         self._pump()
 
     def stats(self) -> dict:
@@ -181,9 +183,9 @@ class PermitBook:
                 key = "rpm" if dimension == "requests" else "tpm"
                 self.limits = self.limits.model_copy(update={key: limit})
             if remaining >= 0:
-                pending = sum(lease.tokens if dimension == "tokens" else 1
-                              for lease in self.leases.values())
-                self.level[dimension] = min(self.level[dimension], remaining - pending)
+                # The server counted every request it had admitted when it answered, ours
+                # and later ones alike, so its remaining budget caps ours as it stands.
+                self.level[dimension] = min(self.level[dimension], float(remaining))
 
     def _reap(self, now: float) -> None:
         for permit_id in [i for i, lease in self.leases.items() if lease.expires <= now]:
@@ -206,7 +208,7 @@ class PermitBook:
                 soonest = min(lease.expires for lease in self.leases.values())
                 self._wake_in(soonest - now)
                 return
-            wait = self._wait_needed(now)
+            wait = self._wait_needed(waiter.tokens, now)
             if wait > 0:
                 self._wake_in(wait)
                 return
