@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import ray
 from pydantic import BaseModel, ConfigDict
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.step_runner import StepRunner, run_python_step
 from runtime.cost import load_prices
@@ -62,8 +63,11 @@ def step_models(job: RunJob) -> set[str]:
 @ray.remote(num_cpus=0, max_concurrency=1000)
 class Coordinator:
     def __init__(self, endpoint: Endpoint, runners: int = 2) -> None:
-        self.runners = [StepRunner.options(scheduling_strategy="SPREAD").remote(endpoint)
-                        for _ in range(runners)]
+        # One runner per node in turn; if a node leaves, its runner's steps are sent again to
+        # the next runner (dispatch resubmits), which lives on another node.
+        nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+        self.runners = [StepRunner.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            nodes[i % len(nodes)], soft=False)).remote(endpoint) for i in range(runners)]
         self.turn = itertools.count()
         self.live: dict[str, Counter] = {}
         self.finished = Counter()
