@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import graphlib
 from collections.abc import Callable, Mapping
+from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -49,7 +50,7 @@ class Schedule(BaseModel):
     steps: tuple[StepPlan, ...]
     final: str
 
-    @property
+    @cached_property
     def plan(self) -> dict[str, StepPlan]:
         return {step.id: step for step in self.steps}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import graphlib
 import importlib.util
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,8 +82,9 @@ class Chain(BaseModel):
         _check_graph(self)
         return self
 
-    @property
+    @cached_property
     def by_id(self) -> dict[str, Step]:
+        """Steps by id; built once (the chain is frozen), as dispatch asks for every step."""
         return {step.id: step for step in self.steps}
 
     @property
