@@ -12,52 +12,24 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import ray
-from pydantic import BaseModel, ConfigDict
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.step_runner import StepRunner, run_python_step
-from runtime.cost import load_prices
-from runtime.dispatch import dispatch
-from runtime.journal import Journal
-from runtime.llm import Endpoint
-from runtime.results import RunResult, StepResult
-from runtime.schedule import Strategy, resolve
-from runtime.spec import Chain, ModelSettings
-from runtime.step_exec import StepRequest
-from runtime.summary import summarize_run
+from chainray.actors.step_runner import StepRunner, run_python_step
+from chainray.exec.dispatch import dispatch
+from chainray.exec.jobs import RunJob
+from chainray.exec.journal import Journal
+from chainray.exec.llm import Endpoint
+from chainray.exec.step_exec import StepRequest
+from chainray.exec.summary import summarize_run
+from chainray.plan.cost import load_prices
+from chainray.plan.schedule import resolve
+from chainray.results import RunResult, StepResult
+from chainray.spec.chain import DEFAULT_MODEL
 
-__all__ = ["Coordinator", "RunJob", "step_models"]
-
-
-class RunJob(BaseModel):
-    """One run to execute: a validated chain, a strategy and the inputs."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    run_id: str
-    chain: Chain
-    strategy: Strategy
-    inputs: dict[str, str | None]
-    on_error: Literal["fail", "continue"] | None = None
-    model: str | None = None  # overrides every llm step's model
-    priority: bool = True
-    prices: str | None = None
-    journal_dir: str | None = None  # on the driver's node; None: no journal
-    journal_key: str | None = None
-    resumed: dict[str, StepResult] = {}  # finished before: not sent again
-
-    def settings(self, step_id: str) -> ModelSettings:
-        settings = self.chain.settings_for(self.chain.by_id[step_id])
-        return settings.model_copy(update={"model": self.model}) if self.model else settings
-
-
-def step_models(job: RunJob) -> set[str]:
-    """The models the run's llm steps call (one RateLimiter each)."""
-    return {job.settings(s.id).model or "gpt-4o-mini" for s in job.chain.steps
-            if s.kind == "llm"}
+__all__ = ["Coordinator"]
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000)
@@ -89,7 +61,7 @@ class Coordinator:
                 return run_python_step.options(name=request.task_name).remote(
                     request, *upstream.values())
             runner = self.runners[next(self.turn) % len(self.runners)]
-            limiter = limiters[request.settings.model or "gpt-4o-mini"]
+            limiter = limiters[request.settings.model or DEFAULT_MODEL]
             return runner.run_step.options(name=request.task_name).remote(
                 request, limiter, *upstream.values())
 

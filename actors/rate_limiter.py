@@ -3,8 +3,8 @@
 Every step, run and driver connected to the cluster gets the same actor by name
 (``get_if_exists``); it is detached so that it outlives the driver that created it, and it
 restarts if it dies (its book starts again; permits held by the dead instance simply vanish,
-so none leak). The logic lives in ``runtime.permits.PermitBook``; this file only puts it on Ray
-and exports metrics for the dashboard.
+so none leak). The logic lives in ``chainray.exec.permits.PermitBook``; this file only puts
+it on Ray and exports metrics for the dashboard.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import ray
 from ray.util.metrics import Counter, Gauge
 
-from runtime.permits import Limits, Permit, PermitBook
+from chainray.exec.permits import Limits, Permit, PermitBook
 
 __all__ = ["RateLimiter", "limiter_name", "get_rate_limiter", "LIMITER_NAMESPACE"]
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import ray
 
-from runtime.llm import Endpoint, make_client
-from runtime.results import StepResult
-from runtime.step_exec import StepRequest, execute_llm_step, execute_python_step
+from chainray.exec.llm import Endpoint, make_client
+from chainray.exec.step_exec import StepRequest, execute_llm_step, execute_python_step
+from chainray.results import StepResult
 
 __all__ = ["StepRunner", "run_python_step", "RemoteLimiter"]
 
@@ -21,7 +21,7 @@ def _where() -> tuple[str, str]:
 
 
 class RemoteLimiter:
-    """The RateLimiter actor seen through the ``runtime.llm.Limiter`` interface."""
+    """The RateLimiter actor seen through the ``chainray.exec.llm.Limiter`` interface."""
 
     def __init__(self, handle: ray.actor.ActorHandle) -> None:
         self.handle = handle

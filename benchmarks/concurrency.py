@@ -14,15 +14,15 @@ import uuid
 import ray
 from _common import PeakMemory, machine, start_ray
 
-from actors.coordinator import RunJob
-from runtime.driver import Session, SessionConfig
-from runtime.simulator import start_simulator
-from runtime.spec import chain_from_dict
+from chainray.api.session import Session, SessionConfig
+from chainray.exec.jobs import RunJob
+from chainray.sim import start_simulator
+from chainray.spec.chain import chain_from_dict
 
 
 def wide_chain(calls: int):
     steps = [{"id": f"s{i}", "prompt": f"call {i}"} for i in range(calls)]
-    steps.append({"id": "gather", "kind": "python", "call": "runtime.builtin_steps:join",
+    steps.append({"id": "gather", "kind": "python", "call": "chainray.builtin_steps:join",
                   "after": [f"s{i}" for i in range(calls)], "final": True})
     return chain_from_dict({"name": "wide", "defaults": {"max_tokens": 5}, "steps": steps})
 

@@ -15,10 +15,10 @@ import uuid
 
 from _common import machine, start_ray
 
-from actors.coordinator import RunJob
-from runtime.driver import Session, SessionConfig
-from runtime.simulator import start_simulator
-from runtime.spec import load_chain
+from chainray.api.session import Session, SessionConfig
+from chainray.exec.jobs import RunJob
+from chainray.sim import start_simulator
+from chainray.spec.chain import load_chain
 
 
 def batch_makespan(sim, chain, runs: int, rpm: int, priority: bool) -> float:

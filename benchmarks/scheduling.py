@@ -13,9 +13,9 @@ import uuid
 from _common import machine, start_ray
 from concurrency import wide_chain
 
-from actors.coordinator import RunJob
-from runtime.driver import Session, SessionConfig
-from runtime.simulator import start_simulator
+from chainray.api.session import Session, SessionConfig
+from chainray.exec.jobs import RunJob
+from chainray.sim import start_simulator
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
     - id: gather
       kind: python
-      call: runtime.builtin_steps:join
+      call: chainray.builtin_steps:join
       after: [a, b, c]
 """
 

@@ -13,10 +13,10 @@ import sys
 import uuid
 from pathlib import Path
 
-from actors.coordinator import RunJob
-from runtime.driver import Session, SessionConfig
-from runtime.schedule import STRATEGIES
-from runtime.spec import SCENARIO_DIR, load_chain
+from chainray.api.session import Session, SessionConfig
+from chainray.exec.jobs import RunJob
+from chainray.plan.schedule import STRATEGIES
+from chainray.spec.chain import SCENARIO_DIR, load_chain
 
 
 def main() -> int:

@@ -14,7 +14,7 @@ os.environ.pop("OPENAI_BASE_URL", None)
 os.environ.pop("RAY_ADDRESS", None)
 os.environ["CHAINRAY_HOME"] = tempfile.mkdtemp(prefix="chainray-test-")
 
-from runtime.simulator import start_simulator  # noqa: E402
+from chainray.sim import start_simulator  # noqa: E402
 
 
 @pytest.fixture(scope="session")

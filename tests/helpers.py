@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 
-from actors.coordinator import RunJob
-from runtime.driver import Session, SessionConfig
-from runtime.spec import Chain, chain_from_dict
+from chainray.api.session import Session, SessionConfig
+from chainray.exec.jobs import RunJob
+from chainray.spec.chain import Chain, chain_from_dict
 
 
 def session_for(sim, **overrides) -> Session:

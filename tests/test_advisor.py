@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from runtime.advisor import advise
-from runtime.cost import load_prices
-from runtime.predict import LatencyModel, calibrate, predict
-from runtime.results import RunResult, StepResult
-from runtime.schedule import STRATEGIES
-from runtime.spec import chain_from_dict, load_chain
+from chainray.plan.advisor import advise
+from chainray.plan.cost import load_prices
+from chainray.plan.predict import LatencyModel, calibrate, predict
+from chainray.plan.schedule import STRATEGIES
+from chainray.results import RunResult, StepResult
+from chainray.spec.chain import chain_from_dict, load_chain
 
 PRICES = load_prices()
 

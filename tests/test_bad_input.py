@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.cli import main
+from chainray.cli.main import main
 
 CHAIN_OK = "name: ok\nsteps:\n  - {id: a, prompt: 'hello {topic}'}\ninputs: {topic: x}\n"
 BAD_CHAINS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from runtime.cli import main
+from chainray.cli.main import main
 
 
 def test_plan_prints_critical_paths(capsys):
@@ -31,9 +31,9 @@ def test_scenarios_lists_quantum_research(capsys):
 
 
 def test_console_script_help_and_bad_flag():
-    help_out = subprocess.run([sys.executable, "-m", "runtime.cli", "--help"],
+    help_out = subprocess.run([sys.executable, "-m", "chainray.cli.main", "--help"],
                               capture_output=True, text=True)
     assert help_out.returncode == 0 and "plan" in help_out.stdout
-    bad = subprocess.run([sys.executable, "-m", "runtime.cli", "plan"],
+    bad = subprocess.run([sys.executable, "-m", "chainray.cli.main", "plan"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "SCENARIO" in bad.stderr.upper()

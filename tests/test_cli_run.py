@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from runtime.cli import main
+from chainray.cli.main import main
 
 FAST = ["--sim-speed", "50", "--rpm", "100000", "--tpm", "10000000", "--quiet"]
 

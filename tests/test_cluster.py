@@ -49,7 +49,7 @@ def two_node_cluster(simulator):
 
 
 def test_batch_runs_on_both_nodes_under_one_limit(two_node_cluster, sim):
-    from runtime.spec import load_chain
+    from chainray.spec.chain import load_chain
     from tests.helpers import job, session_for
 
     sim.configure(speed=20.0, rpm=300, burst_s=1.0)   # the server allows 5 requests/second
@@ -76,7 +76,7 @@ def test_two_drivers_share_one_budget(ray_session, sim, tmp_path):
     inputs = tmp_path / "in.jsonl"
     inputs.write_text("\n".join(json.dumps({"article": f"story {i}"}) for i in range(3)))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "CHAINRAY_HOME": str(tmp_path)}
-    command = [sys.executable, "-m", "runtime.cli", "run", "headline_ensemble", "--inputs",
+    command = [sys.executable, "-m", "chainray.cli.main", "run", "headline_ensemble", "--inputs",
                str(inputs), "--address", ray.get_runtime_context().gcs_address,
                "--base-url", sim.base_url, "--rpm", "240", "--quiet"]
     drivers = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,

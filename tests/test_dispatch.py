@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from runtime.dispatch import dispatch
-from runtime.results import StepResult
-from runtime.schedule import resolve
-from runtime.spec import chain_from_dict
+from chainray.exec.dispatch import dispatch
+from chainray.plan.schedule import resolve
+from chainray.results import StepResult
+from chainray.spec.chain import chain_from_dict
 
 DIAMOND = chain_from_dict({"name": "d", "steps": [
     {"id": "A", "prompt": "a"}, {"id": "B", "after": ["A"], "prompt": "{A}"},

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import ray
 
-from runtime.schedule import longest_path, resolve
-from runtime.spec import chain_from_dict, load_chain
+from chainray.plan.schedule import longest_path, resolve
+from chainray.spec.chain import chain_from_dict, load_chain
 from tests.helpers import fan_chain, job, session_for
 
 

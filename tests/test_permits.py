@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from runtime.errors import PermitRefused
-from runtime.permits import Limits, PermitBook
+from chainray.errors import PermitRefused
+from chainray.exec.permits import Limits, PermitBook
 
 
 async def test_requests_are_paced_not_burst():

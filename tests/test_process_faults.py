@@ -13,8 +13,8 @@ import time
 
 import ray
 
-from runtime.cli import main
-from runtime.journal import journal_dir
+from chainray.cli.main import main
+from chainray.exec.journal import journal_dir
 from tests.helpers import fan_chain, job, session_for
 
 
@@ -53,7 +53,7 @@ def test_driver_killed_mid_run_then_resume_sends_no_finished_step(ray_session, s
     sim.configure(speed=3.0, ttft_sigma=0.0)   # each step about 1-2 s
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "CHAINRAY_HOME": str(tmp_path)}
     address = ray.get_runtime_context().gcs_address
-    command = [sys.executable, "-m", "runtime.cli", "run", "progressive_refinement",
+    command = [sys.executable, "-m", "chainray.cli.main", "run", "progressive_refinement",
                "--strategy", "sequential", "--address", address, "--base-url", sim.base_url,
                "--quiet"]
     driver = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)

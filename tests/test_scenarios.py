@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.schedule import STRATEGIES
-from runtime.spec import SCENARIO_DIR, load_chain
+from chainray.plan.schedule import STRATEGIES
+from chainray.spec.chain import SCENARIO_DIR, load_chain
 from tests.helpers import job, session_for
 
 SCENARIOS = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.prompts import render_prompt
-from runtime.schedule import resolve
-from runtime.spec import chain_from_dict, load_chain
+from chainray.plan.schedule import resolve
+from chainray.spec.chain import chain_from_dict, load_chain
+from chainray.spec.prompts import render_prompt
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import time
 import openai
 import pytest
 
-from runtime.durations import format_duration, parse_duration
+from chainray.durations import format_duration, parse_duration
 
 MSG = [{"role": "user", "content": "Research quantum hardware: qubits and error rates."}]
 
@@ -208,7 +208,7 @@ def test_binds_loopback_by_default(simulator):
 @pytest.mark.parametrize("flags", [["--rpm", "0"], ["--error-500", "2"], ["--speed", "-1"],
                                    ["--api-key-env", "CHAINRAY_UNSET_VAR"]])
 def test_bad_flags_exit_2(flags):
-    done = subprocess.run([sys.executable, "-m", "runtime.cli", "sim", "--port", "0", *flags],
+    done = subprocess.run([sys.executable, "-m", "chainray.cli.main", "sim", "--port", "0", *flags],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "error" in done.stderr
 

@@ -8,8 +8,8 @@ import textwrap
 import pytest
 from pydantic import ValidationError
 
-from runtime.errors import SpecError
-from runtime.spec import Chain, Step, chain_from_dict, load_chain
+from chainray.errors import SpecError
+from chainray.spec.chain import Chain, Step, chain_from_dict, load_chain
 
 
 def chain(*steps: dict, **extra) -> Chain:

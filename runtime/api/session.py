@@ -1,0 +1,176 @@
+"""The driver side of a run: connect to Ray, pick the endpoint (the embedded simulator unless
+told otherwise), get the shared RateLimiters, and hand runs to the Coordinator."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import urllib.parse
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import ray
+from pydantic import SecretStr
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from chainray.actors.coordinator import Coordinator
+from chainray.actors.rate_limiter import LIMITER_NAMESPACE, get_rate_limiter, limiter_name
+from chainray.errors import InputError
+from chainray.exec.jobs import RunJob, step_models
+from chainray.exec.llm import Endpoint
+from chainray.exec.permits import Limits
+from chainray.report.progress import ProgressView
+from chainray.results import RunResult
+from chainray.sim.embedded import EmbeddedSimulator, start_simulator
+
+__all__ = ["Session", "SessionConfig", "connect_ray", "new_run_id", "OPENAI_URL"]
+
+OPENAI_URL = "https://api.openai.com/v1"
+SIM_RPM, SIM_TPM = 500, 200_000
+
+
+@dataclass
+class SessionConfig:
+    """How to reach Ray and the endpoint, and the budget to keep under."""
+
+    address: str | None = None
+    base_url: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    max_concurrency: int = 64
+    target_share: float = 0.95
+    priority: bool = True
+    dashboard: bool = True
+    sim_speed: float = 1.0
+    sim_flags: tuple[str, ...] = ()
+    runners: int = 2
+    timeout_s: float = 60.0
+    max_attempts: int = 6
+    backoff_s: float = 0.5
+    limiter_namespace: str = LIMITER_NAMESPACE
+    progress: bool = True
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+def check_reachable(base_url: str, timeout_s: float = 5.0) -> None:
+    """Fail before anything runs when nothing listens at ``base_url`` (no request is sent)."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"--base-url {base_url!r}: expected http(s)://host[:port]/v1")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise InputError(f"cannot reach the endpoint {parts.scheme}://{parts.hostname}:{port} "
+                         f"({exc.strerror or exc}); check --base-url or OPENAI_BASE_URL"
+                         ) from None
+
+
+def connect_ray(address: str | None, dashboard: bool = True) -> None:
+    """Join ``address`` (or RAY_ADDRESS), else start a local Ray instance."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "namespace": "chainray"}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(address="local", include_dashboard=dashboard, **quiet)
+
+
+class Session:
+    """One driver's connection: endpoint, limiters and a Coordinator, reused for many runs.
+
+        with Session(SessionConfig()) as session:
+            result = session.run(RunJob(run_id="r1", chain=chain, strategy="hybrid", inputs={}))
+    """
+
+    def __init__(self, config: SessionConfig) -> None:
+        self.config = config
+        self.simulator: EmbeddedSimulator | None = None
+        self.endpoint = self._open_endpoint()
+        connect_ray(config.address, config.dashboard)
+        # On the driver's node, so that the run journal lands on the driver's disk.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
+            self.endpoint, config.runners)
+        ray.get(self.coordinator.ready.remote(), timeout=120)
+        self.limiters: dict[str, ray.actor.ActorHandle] = {}
+
+    def _open_endpoint(self) -> Endpoint:
+        config, env = self.config, self.config.env
+        base_url = config.base_url or env.get("OPENAI_BASE_URL")
+        api_key = env.get("OPENAI_API_KEY")
+        if not base_url and not api_key:
+            self.simulator = start_simulator("--speed", str(config.sim_speed),
+                                             "--rpm", str(config.rpm or SIM_RPM),
+                                             "--tpm", str(config.tpm or SIM_TPM),
+                                             *config.sim_flags)
+            base_url, api_key = self.simulator.base_url, "sim-no-key-needed"
+        check_reachable(base_url or OPENAI_URL)
+        return Endpoint(base_url=base_url or OPENAI_URL, api_key=SecretStr(api_key or "none"),
+                        timeout_s=config.timeout_s, max_attempts=config.max_attempts,
+                        backoff_s=config.backoff_s)
+
+    @property
+    def limits(self) -> Limits:
+        config = self.config
+        return Limits(rpm=config.rpm or SIM_RPM, tpm=config.tpm or SIM_TPM,
+                      max_concurrency=config.max_concurrency, priority=config.priority,
+                      target_share=config.target_share)
+
+    def limiters_for(self, job: RunJob) -> dict[str, ray.actor.ActorHandle]:
+        """The run's RateLimiters, started (and waited for) before its first step."""
+        new = {model: get_rate_limiter(limiter_name(self.endpoint.base_url, model),
+                                       self.limits, self.config.limiter_namespace)
+               for model in step_models(job) - self.limiters.keys()}
+        ray.get([handle.stats.remote() for handle in new.values()], timeout=120)
+        self.limiters.update(new)
+        return self.limiters
+
+    def submit(self, job: RunJob) -> ray.ObjectRef:
+        return self.coordinator.run.options(name=f"run:{job.chain.name}:{job.strategy}").remote(
+            job, self.limiters_for(job))
+
+    def run(self, job: RunJob, label: str | None = None) -> RunResult:
+        """Run one chain to the end, showing progress."""
+        return next(self.run_many([job], label=label or f"{job.chain.name}:{job.strategy}"))
+
+    def run_many(self, jobs: Iterable[RunJob], window: int = 1,
+                 label: str = "runs", total: int | None = None) -> Iterator[RunResult]:
+        """Run jobs with at most ``window`` at a time; yield results as they finish."""
+        pending = iter(jobs)
+        in_flight: list[ray.ObjectRef] = []
+        with ProgressView(label, self.config.progress) as view:
+            while True:
+                while len(in_flight) < window and (job := next(pending, None)) is not None:
+                    in_flight.append(self.submit(job))
+                if not in_flight:
+                    return
+                done, in_flight = ray.wait(in_flight, num_returns=1, timeout=0.5)
+                counts = ray.get(self.coordinator.progress.remote())
+                view.show({**counts, "runs_total": total} if total else counts)
+                for ref in done:
+                    yield ray.get(ref)
+
+    def limiter_stats(self) -> list[dict]:
+        return ray.get([handle.stats.remote() for handle in self.limiters.values()])
+
+    def close(self) -> None:
+        if self.simulator is not None:
+            self.simulator.stop()
+            self.simulator = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+

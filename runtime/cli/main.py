@@ -1,0 +1,134 @@
+"""The ``chainray`` command line. Exit status: 0 success, 1 a run failed, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from chainray.errors import ChainrayError, InputError, SpecError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_RUN_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+_EPILOG = """\
+examples:
+  chainray scenarios                                  list the bundled scenarios
+  chainray plan quantum_research                      schedules, critical paths, advice
+  chainray run quantum_research --strategy hybrid --json out.json
+  chainray bench quantum_research --repeat 3          compare the three strategies
+  chainray sim --port 8000 --rpm 500 --tpm 200000     the simulated LLM server, foreground
+
+SCENARIO is a bundled scenario name or a path to a chain YAML file. Without --base-url and
+OPENAI_API_KEY, run and bench start the embedded simulator on a free loopback port.
+exit status: 0 success, 1 a run failed, 2 bad input (nothing was sent to any endpoint)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad flags already; keep its message but point at --help."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n"
+                                  f"(see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="chainray", description="Run LLM prompt chains sequentially, in "
+                     "parallel or as a hybrid DAG on Ray, under one shared rate limit, and "
+                     "measure which schedule to pick.", epilog=_EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_Parser)
+    commands.add_parser("scenarios", help="list the bundled scenarios",
+                        description="List the bundled scenarios with their steps.")
+    plan = commands.add_parser(
+        "plan", help="schedules, critical paths, predictions and advice (no network)",
+        description="Show, for each strategy, the phases, the critical path and predicted "
+        "makespan, tokens and cost, then the recommended strategy. Sends nothing anywhere.")
+    plan.add_argument("scenario", metavar="SCENARIO", help="bundled name or chain YAML path")
+    _add_prediction_flags(plan)
+    from chainray.cli import run as cli_run
+    from chainray.cli import sim as cli_sim
+
+    cli_run.add_run_parser(commands, _positive_int, _positive_float)
+    cli_run.add_bench_parser(commands, _positive_int, _positive_float)
+    cli_sim.add_sim_parser(commands, _positive_int, _positive_float)
+    return parser
+
+
+def _add_prediction_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--objective", choices=("latency", "cost", "quality"),
+                        default="latency", help="what the advice optimises (default latency)")
+    parser.add_argument("--calibrate", metavar="JSON", action="append", default=[],
+                        help="earlier run/bench JSON results to fit the latency model to "
+                        "(repeatable)")
+    parser.add_argument("--prices", metavar="PATH",
+                        help="your own price table (JSON, same shape as the bundled one)")
+
+
+def _cmd_scenarios(args: argparse.Namespace) -> int:
+    from chainray.spec.chain import SCENARIO_DIR, load_chain
+
+    for path in sorted(SCENARIO_DIR.glob("*.yaml")):
+        chain = load_chain(str(path))
+        steps = ", ".join(step.id for step in chain.steps)
+        print(f"{chain.name:<24} {len(chain.steps)} steps: {steps}")
+        if chain.description:
+            print(f"{'':<24} {' '.join(chain.description.split())[:150]}")
+    return EXIT_OK
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from chainray.cli.plan import print_plan
+
+    print_plan(args.scenario, objective=args.objective, calibrate_from=args.calibrate,
+               prices_path=args.prices)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from chainray.cli import run as cli_run
+    from chainray.cli import sim as cli_sim
+
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "scenarios": _cmd_scenarios, "plan": _cmd_plan, "run": cli_run.cmd_run,
+        "bench": cli_run.cmd_bench, "sim": cli_sim.cmd_sim,
+    }
+    try:
+        return handlers[args.command](args)
+    except (SpecError, InputError) as exc:
+        print(f"chainray: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ChainrayError as exc:
+        print(f"chainray: run failed: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        print("chainray: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

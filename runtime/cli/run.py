@@ -1,0 +1,284 @@
+"""``chainray run`` and ``chainray bench``: execute chains on Ray and report what happened."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import TypeAdapter
+
+from chainray.api.batch import BatchWriter, read_batch_inputs
+from chainray.errors import InputError
+from chainray.exec.jobs import RunJob
+from chainray.exec.journal import Journal, journal_dir, run_key
+from chainray.plan.cost import load_prices
+from chainray.plan.schedule import STRATEGIES
+from chainray.report.tables import print_bench, print_run
+from chainray.report.timeline import write_timeline
+from chainray.results import RunResult
+from chainray.spec.chain import Chain, load_chain
+
+__all__ = ["add_run_parser", "add_bench_parser", "cmd_run", "cmd_bench", "parse_inputs"]
+
+_RESULTS = TypeAdapter(list[RunResult])
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text}")
+    return value
+
+
+def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_float) -> None:
+    parser.add_argument("scenario", metavar="SCENARIO", help="bundled name or chain YAML path")
+    parser.add_argument("--json", metavar="PATH", help="write the result as JSON here")
+    parser.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
+                        help="override one of the chain's inputs (repeatable)")
+    parser.add_argument("--base-url", metavar="URL",
+                        help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else the "
+                        "real API when OPENAI_API_KEY is set, else the embedded simulator)")
+    parser.add_argument("--model", help="use this model for every llm step")
+    parser.add_argument("--rpm", type=positive_int, help="requests/min budget (default 500)")
+    parser.add_argument("--tpm", type=positive_int, help="tokens/min budget (default 200000)")
+    parser.add_argument("--max-concurrency", type=positive_int, default=64,
+                        help="most calls in flight at once across the cluster (default 64)")
+    parser.add_argument("--target-share", type=_share, default=0.95, metavar="F",
+                        help="pace at this share of --rpm/--tpm, keeping headroom (default "
+                        "0.95)")
+    parser.add_argument("--address", metavar="RAY_ADDRESS",
+                        help="join this Ray cluster (default: RAY_ADDRESS, else start one)")
+    parser.add_argument("--on-error", choices=("fail", "continue"),
+                        help="stop at the first failed step, or hand failures to the final "
+                        "step marked as such (default: the chain's on_error, else fail)")
+    parser.add_argument("--no-priority", action="store_true",
+                        help="grant permits first come, first served instead of longest "
+                        "remaining path first")
+    parser.add_argument("--timeout", type=positive_float, default=60.0, metavar="S",
+                        help="per-request timeout in seconds (default 60)")
+    parser.add_argument("--max-attempts", type=positive_int, default=6,
+                        help="attempts per call, retries included (default 6)")
+    parser.add_argument("--sim-speed", type=positive_float, default=1.0, metavar="N",
+                        help="embedded simulator only: latency N times faster")
+    parser.add_argument("--no-dashboard", action="store_true",
+                        help="start a local Ray without its dashboard (starts faster)")
+    parser.add_argument("--timeline", metavar="PATH",
+                        help="write a Gantt chart of the steps as self-contained HTML")
+    parser.add_argument("--prices", metavar="PATH",
+                        help="your own price table (JSON shaped as chainray/plan/prices.json)")
+    parser.add_argument("--quiet", action="store_true", help="no live progress")
+
+
+def add_run_parser(commands, positive_int, positive_float) -> None:
+    run = commands.add_parser(
+        "run", help="run a chain once under one strategy",
+        description="Run a chain on Ray under one strategy and print each step, the totals "
+        "and the output. Progress shows while it runs.",
+        epilog="examples:\n  chainray run quantum_research --strategy parallel --json out.json"
+        "\n  chainray run quantum_research --set topic='Fusion energy in 2026'"
+        "\n  OPENAI_API_KEY=sk-... chainray run code_review --model gpt-4o-mini --rpm 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_session_flags(run, positive_int, positive_float)
+    run.add_argument("--strategy", default="hybrid",
+                     choices=("sequential", "parallel", "hybrid", "auto"),
+                     help="how to schedule the steps (default hybrid: as declared; auto: "
+                     "the advisor picks for --objective and says why)")
+    run.add_argument("--objective", choices=("latency", "cost", "quality"), default="latency",
+                     help="what --strategy auto optimises (default latency)")
+    run.add_argument("--resume", metavar="RUN",
+                     help="finish run RUN whose driver stopped: steps its journal holds as "
+                     "finished are not sent again (same chain, strategy and inputs)")
+    run.add_argument("--inputs", metavar="FILE.jsonl",
+                     help="a batch: run the chain once per line (a JSON object of inputs), "
+                     "all under the one rate limit; a bad line refuses the whole batch before "
+                     "anything is sent; --json then writes {runs: [...], batch: {...}}")
+    run.add_argument("--batch-window", type=positive_int, default=64, metavar="N",
+                     help="runs of a batch in flight at once (default 64)")
+    run.add_argument("--no-journal", action="store_true",
+                     help="keep no journal of finished steps (then --resume cannot help)")
+
+
+def _strategy_list(text: str) -> list[str]:
+    strategies = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad or not strategies:
+        raise argparse.ArgumentTypeError(f"unknown strategy {bad[0] if bad else text!r}; "
+                                         f"choose from {','.join(STRATEGIES)}")
+    return list(dict.fromkeys(strategies))
+
+
+def add_bench_parser(commands, positive_int, positive_float) -> None:
+    bench = commands.add_parser(
+        "bench", help="compare strategies on identical inputs",
+        description="Run the chain under each strategy on identical inputs, one strategy "
+        "after another (so they never share the rate-limit budget and distort each other), "
+        "and print Strategy, Latency, Tokens, Calls, Cost and Output side by side, then the "
+        "fastest, cheapest and longest-output strategies.",
+        epilog="examples:\n  chainray bench quantum_research\n"
+        "  chainray bench code_review --strategies parallel,hybrid --repeat 5 --json b.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_session_flags(bench, positive_int, positive_float)
+    bench.add_argument("--strategies", type=_strategy_list, default=list(STRATEGIES),
+                       help="comma-separated (default sequential,parallel,hybrid)")
+    bench.add_argument("--repeat", type=positive_int, default=1,
+                       help="runs per strategy; the table shows medians and spread")
+
+
+def parse_inputs(chain: Chain, assignments: list[str]) -> dict[str, str | None]:
+    """The chain's inputs with ``--set NAME=VALUE`` applied; every input must end up set."""
+    inputs = dict(chain.inputs)
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        if not sep or not name:
+            raise InputError(f"--set {assignment!r}: write NAME=VALUE")
+        if name not in inputs:
+            known = ", ".join(inputs) or "none"
+            raise InputError(f"--set {name}: the chain has no input {name!r} (inputs: {known})")
+        inputs[name] = value
+    missing = [name for name, value in inputs.items() if value is None]
+    if missing:
+        raise InputError(f"input {missing[0]!r} has no value; give it with --set "
+                         f"{missing[0]}=...")
+    return inputs
+
+
+def session_config(args: argparse.Namespace):
+    from chainray.api.session import SessionConfig
+
+    return SessionConfig(address=args.address, base_url=args.base_url, rpm=args.rpm,
+                         tpm=args.tpm, max_concurrency=args.max_concurrency,
+                         target_share=args.target_share,
+                         priority=not args.no_priority, dashboard=not args.no_dashboard,
+                         sim_speed=args.sim_speed, timeout_s=args.timeout,
+                         max_attempts=args.max_attempts, progress=not args.quiet)
+
+
+def _write_json(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"--json: cannot write {path}: {exc.strerror}") from None
+
+
+def _check_writable(path: str | None) -> None:
+    if path and not Path(path).resolve().parent.is_dir():
+        raise InputError(f"--json: the folder of {path} does not exist")
+
+
+def _pick_strategy(chain: Chain, args: argparse.Namespace) -> str:
+    if args.strategy != "auto":
+        return args.strategy
+    from chainray.plan.advisor import advise
+    from chainray.plan.predict import predict
+
+    prices = load_prices(args.prices)
+    advice = advise(chain, args.objective, {s: predict(chain, s, prices) for s in STRATEGIES})
+    print(f"auto: {advice.strategy} for {args.objective}, because:", file=sys.stderr)
+    for reason in advice.reasons:
+        print(f"  - {reason}", file=sys.stderr)
+    return advice.strategy
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Chain, dict]:
+    """Everything that can be wrong with the input is found here, before any connection."""
+    chain = load_chain(args.scenario)
+    inputs = parse_inputs(chain, args.set)
+    for path in (args.json, args.timeline):
+        _check_writable(path)
+    load_prices(args.prices)
+    return chain, inputs
+
+
+def _finish(args: argparse.Namespace, results: list[RunResult], json_text: str) -> None:
+    if args.json:
+        _write_json(args.json, json_text)
+        print(f"results written to {args.json}", file=sys.stderr)
+    if args.timeline:
+        write_timeline(args.timeline, results)
+        print(f"timeline written to {args.timeline}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.inputs:
+        return _cmd_batch(args)
+    chain, inputs = _prepare(args)
+    strategy = _pick_strategy(chain, args)
+    from chainray.api.session import Session, new_run_id
+
+    key = run_key(chain.model_dump_json(), strategy, inputs)
+    run_id = args.resume or new_run_id()
+    journal = Journal(journal_dir(), run_id, key)
+    resumed = journal.finished_steps() if args.resume else {}
+    job = RunJob(run_id=run_id, chain=chain, strategy=strategy, inputs=inputs,
+                 on_error=args.on_error, model=args.model, priority=not args.no_priority,
+                 prices=args.prices, resumed=resumed,
+                 journal_dir=None if args.no_journal else str(journal_dir()), journal_key=key)
+    if not args.no_journal:
+        print(f"run {run_id} (journal {journal.path}; if interrupted: chainray run "
+              f"{args.scenario} --strategy {strategy} --resume {run_id})", file=sys.stderr)
+    if resumed:
+        print(f"resuming: {len(resumed)} finished step(s) will not be sent again: "
+              f"{', '.join(resumed)}", file=sys.stderr)
+    with Session(session_config(args)) as session:
+        result = session.run(job)
+    print_run(result)
+    _finish(args, [result], result.model_dump_json(indent=2))
+    return 0 if result.status == "ok" else 1
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    if args.resume or args.timeline:
+        raise InputError("--inputs runs a batch: --resume and --timeline are for single runs")
+    chain, base = _prepare(args)
+    batch = read_batch_inputs(args.inputs, chain, base)
+    strategy = _pick_strategy(chain, args)
+    from chainray.api.session import Session, new_run_id
+
+    def make_job(inputs: dict) -> RunJob:
+        return RunJob(run_id=new_run_id(), chain=chain, strategy=strategy, inputs=inputs,
+                      on_error=args.on_error, model=args.model, priority=not args.no_priority,
+                      prices=args.prices)
+
+    out = open(args.json, "w", encoding="utf-8") if args.json else None  # noqa: SIM115
+    try:
+        writer = BatchWriter(out)
+        with Session(session_config(args)) as session:
+            for result in session.run_many((make_job(i) for i in batch),
+                                           window=args.batch_window,
+                                           label=f"{chain.name}:{strategy}", total=len(batch)):
+                writer.add(result)
+        totals = writer.close()
+    finally:
+        if out:
+            out.close()
+    print(f"batch of {totals.runs} runs ({totals.failed} failed) in "
+          f"{totals.latency_ms / 1000:.1f}s: {totals.api_calls} calls, {totals.rate_limited} "
+          f"429s, {totals.total_tokens} tokens; {totals.requests_per_min:.0f} requests/min, "
+          f"{totals.tokens_per_min:.0f} tokens/min")
+    if args.json:
+        print(f"results written to {args.json}", file=sys.stderr)
+    return 0 if totals.failed == 0 else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    chain, inputs = _prepare(args)
+    from chainray.api.session import Session, new_run_id
+
+    results: list[RunResult] = []
+    print(f"benchmarking {chain.name}: {', '.join(args.strategies)}, {args.repeat} run(s) "
+          "each, one run at a time so strategies never share the rate-limit budget",
+          file=sys.stderr)
+    with Session(session_config(args)) as session:
+        for _ in range(args.repeat):
+            for strategy in args.strategies:
+                job = RunJob(run_id=new_run_id(), chain=chain, strategy=strategy,
+                             inputs=inputs, on_error=args.on_error, model=args.model,
+                             priority=not args.no_priority, prices=args.prices)
+                results.append(session.run(job))
+    print_bench(chain.name, results)
+    _finish(args, results, _RESULTS.dump_json(results, indent=2).decode())
+    return 0 if all(r.status == "ok" for r in results) else 1

@@ -1,0 +1,86 @@
+"""The Coordinator's loop, free of Ray: start each step the moment its dependencies are done.
+
+``graphlib.TopologicalSorter`` owns the dependencies; this loop owns dispatch. Steps are
+started through ``start_step(step_id, upstream)``, which returns an awaitable handle (a Ray
+ObjectRef in production) that is also handed to dependent steps, so upstream outputs travel
+as refs. Handles are fed to ``done()`` in the order they finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import graphlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
+
+from chainray.plan.schedule import Schedule
+from chainray.results import StepResult
+
+__all__ = ["dispatch", "StartStep"]
+
+StartStep = Callable[[str, Mapping[str, Any]], Awaitable[StepResult]]
+Update = Callable[[str, str, StepResult | None], None]
+
+
+async def _settle(handle: Awaitable[StepResult]) -> StepResult:
+    return await handle
+
+
+async def dispatch(schedule: Schedule, start_step: StartStep,
+                   on_error: Literal["fail", "continue"] = "fail",
+                   on_update: Update = lambda *_: None, resubmits: int = 2,
+                   ) -> dict[str, StepResult]:
+    """Run every step of ``schedule``; return each step's result by id.
+
+    With ``on_error="fail"`` the first failed step stops dispatch and the steps not started
+    are reported ``skipped``; with ``"continue"`` later steps receive the failure marked as
+    such. A handle that raises (the process running the step died) is started again, at most
+    ``resubmits`` times.
+    """
+    plans = schedule.plan
+    sorter = graphlib.TopologicalSorter({step.id: step.depends_on for step in schedule.steps})
+    sorter.prepare()
+    handles: dict[str, Any] = {}
+    results: dict[str, StepResult] = {}
+    finished: asyncio.Queue[tuple[str, asyncio.Task]] = asyncio.Queue()
+    tries: dict[str, int] = {}
+    running = 0
+    stopping = False
+
+    def start(step_id: str) -> None:
+        nonlocal running
+        tries[step_id] = tries.get(step_id, 0) + 1
+        handles[step_id] = start_step(step_id, {d: handles[d] for d in plans[step_id].sees})
+        task = asyncio.ensure_future(_settle(handles[step_id]))
+        task.add_done_callback(lambda done: finished.put_nowait((step_id, done)))
+        running += 1
+        on_update(step_id, "running", None)
+
+    while sorter.is_active():
+        for step_id in sorter.get_ready():
+            if stopping:
+                results[step_id] = StepResult(id=step_id, status="skipped",
+                                              depends_on=plans[step_id].depends_on,
+                                              error="an earlier step failed")
+                on_update(step_id, "skipped", results[step_id])
+                sorter.done(step_id)
+            else:
+                start(step_id)
+        if not running:
+            continue
+        step_id, task = await finished.get()
+        running -= 1
+        try:
+            result = task.result()
+        except Exception as exc:  # the worker or actor running the step died
+            if tries[step_id] <= resubmits:
+                on_update(step_id, "resubmitted", None)
+                start(step_id)
+                continue
+            result = StepResult(id=step_id, status="error", error=f"{type(exc).__name__}: "
+                                f"{exc}", depends_on=plans[step_id].depends_on)
+        results[step_id] = result
+        on_update(step_id, result.status, result)
+        stopping = stopping or (result.status != "ok" and on_error == "fail")
+        sorter.done(step_id)
+    return results

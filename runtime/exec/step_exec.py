@@ -1,0 +1,99 @@
+"""What one step does, free of Ray: fill its prompt, call the LLM or the Python callable, and
+report a ``StepResult`` (never raise: failures are results the Coordinator acts on)."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable, Sequence
+
+import openai
+from pydantic import BaseModel, ConfigDict
+
+from chainray.errors import ChainrayError
+from chainray.exec.llm import Endpoint, Limiter, LLMReply, LLMRequest, call_llm
+from chainray.results import StepResult
+from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ModelSettings, Step
+from chainray.spec.prompts import render_prompt
+from chainray.spec.templates import fill_template
+from chainray.tokens import estimate_prompt_tokens
+
+__all__ = ["StepRequest", "execute_llm_step", "execute_python_step"]
+
+
+class StepRequest(BaseModel):
+    """Everything a step task needs besides its upstream results (which arrive as refs)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    task_name: str
+    step: Step
+    settings: ModelSettings
+    inputs: dict[str, str | None]
+    sees: tuple[str, ...]
+    depends_on: tuple[str, ...]
+    priority: float = 0.0
+
+
+def _upstream_texts(request: StepRequest, upstream: Sequence[StepResult]) -> dict[str, str]:
+    by_id = {result.id: result for result in upstream}
+    return {step_id: by_id[step_id].as_upstream() for step_id in request.sees}
+
+
+def _result(request: StepRequest, started: float, context: Callable[[], tuple], **fields):
+    finished = time.time()
+    node_id, task_id = context()
+    return StepResult(id=request.step.id, depends_on=request.depends_on, started_at=started,
+                      finished_at=finished, latency_ms=(finished - started) * 1000,
+                      node_id=node_id, task_id=task_id, **fields)
+
+
+def build_messages(request: StepRequest, upstream: Sequence[StepResult]) -> list[dict]:
+    step, seen = request.step, _upstream_texts(request, upstream)
+    prompt = render_prompt(step.prompt or "", request.inputs, seen, step.after)
+    messages = []
+    if request.settings.system:
+        values = {**{k: v or "" for k, v in request.inputs.items()}, **seen}
+        messages.append({"role": "system", "content": fill_template(request.settings.system,
+                                                                     values)})
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
+                           client: openai.AsyncOpenAI, limiter: Limiter, endpoint: Endpoint,
+                           context: Callable[[], tuple] = lambda: (None, None)) -> StepResult:
+    started = time.time()
+    settings = request.settings
+    messages = build_messages(request, upstream)
+    max_tokens = settings.max_tokens or DEFAULT_MAX_TOKENS
+    llm_request = LLMRequest(
+        model=settings.model or DEFAULT_MODEL, messages=tuple(messages), max_tokens=max_tokens,
+        temperature=settings.temperature, tag=request.task_name, priority=request.priority,
+        estimated_tokens=estimate_prompt_tokens(messages) + max_tokens)
+    reply = LLMReply()
+    try:
+        await call_llm(client, limiter, llm_request, endpoint, reply)
+    except ChainrayError as exc:
+        return _result(request, started, context, status="error", error=str(exc),
+                       attempts=reply.attempts, rate_limited=reply.rate_limited,
+                       model=llm_request.model)
+    return _result(request, started, context, status="ok", output=reply.text,
+                   prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
+                   attempts=reply.attempts, rate_limited=reply.rate_limited,
+                   model=llm_request.model)
+
+
+def execute_python_step(request: StepRequest, upstream: Sequence[StepResult],
+                        context: Callable[[], tuple] = lambda: (None, None)) -> StepResult:
+    """Call ``module:function(inputs, upstream)``; it returns the step's text output."""
+    started = time.time()
+    module_name, function_name = (request.step.call or ":").split(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+        output = function(dict(request.inputs), _upstream_texts(request, upstream))
+    except Exception as exc:  # a user's callable may raise anything; report, do not crash
+        return _result(request, started, context, status="error", attempts=1,
+                       error=f"{type(exc).__name__}: {exc}")
+    return _result(request, started, context, status="ok", output=str(output), attempts=1)

@@ -1,0 +1,248 @@
+"""The chain spec: pydantic models for steps and chains, and the loader for chain files.
+
+Build, validate, freeze, then run: ``load_chain`` and ``Chain(...)`` raise ``SpecError`` for every
+problem (duplicate ids, unknown dependencies, cycles, unknown template fields, final step, bad
+numbers) before anything is sent anywhere.
+
+    >>> chain = Chain(name="demo", inputs={"topic": "tea"}, steps=[
+    ...     Step(id="facts", prompt="List facts about {topic}"),
+    ...     Step(id="summary", after=["facts"], prompt="Summarise: {facts:.500}")])
+    >>> chain.final_step.id
+    'summary'
+"""
+
+from __future__ import annotations
+
+import graphlib
+import importlib.util
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from chainray.errors import SpecError
+from chainray.spec.templates import check_template, template_fields
+
+__all__ = ["ModelSettings", "Step", "Chain", "load_chain", "chain_from_dict", "SCENARIO_DIR",
+           "DEFAULT_MODEL", "DEFAULT_MAX_TOKENS"]
+
+DEFAULT_MODEL = "gpt-4o-mini"  # an llm step with no model in the step or the defaults
+DEFAULT_MAX_TOKENS = 512  # an llm step with no max_tokens in the step or the defaults
+
+def _scenario_dir() -> Path:
+    import chainray.scenarios
+
+    return Path(chainray.scenarios.__file__).resolve().parent
+
+
+SCENARIO_DIR = _scenario_dir()
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSettings(BaseModel):
+    """Per-chain defaults or per-step overrides for the LLM call."""
+
+    model_config = _FROZEN
+
+    model: str | None = Field(default=None, min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0, le=1_000_000)
+    system: str | None = None
+
+
+class Step(ModelSettings):
+    """One unit of work: an LLM call (``kind: llm``) or a Python callable (``kind: python``)."""
+
+    id: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)
+    kind: Literal["llm", "python"] = "llm"
+    prompt: str | None = None
+    call: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    after: tuple[str, ...] = ()
+    final: bool = False
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Step:
+        if self.kind == "llm" and not self.prompt:
+            raise SpecError("an llm step needs a prompt", step=self.id, field="prompt")
+        if self.kind == "python" and not self.call:
+            raise SpecError("a python step needs call: module:function", step=self.id,
+                            field="call")
+        return self
+
+
+class Chain(BaseModel):
+    """A named graph of steps with inputs and one final (aggregating) step."""
+
+    model_config = _FROZEN
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
+    description: str = ""
+    inputs: dict[str, str | None] = {}
+    defaults: ModelSettings = ModelSettings()
+    on_error: Literal["fail", "continue"] = "fail"
+    steps: tuple[Step, ...] = Field(min_length=1)
+    source: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _graph(self) -> Chain:
+        _check_graph(self)
+        return self
+
+    @cached_property
+    def by_id(self) -> dict[str, Step]:
+        """Steps by id; built once (the chain is frozen), as dispatch asks for every step."""
+        return {step.id: step for step in self.steps}
+
+    @property
+    def final_step(self) -> Step:
+        marked = [step for step in self.steps if step.final]
+        return marked[0] if marked else _sinks(self)[0]
+
+    def settings_for(self, step: Step) -> ModelSettings:
+        """The step's model settings, falling back to the chain's defaults."""
+        fields = ModelSettings.model_fields
+        return ModelSettings(**{name: getattr(step, name) if getattr(step, name) is not None
+                                else getattr(self.defaults, name) for name in fields})
+
+
+def _sinks(chain: Chain) -> list[Step]:
+    needed = {dep for step in chain.steps for dep in step.after}
+    return [step for step in chain.steps if step.id not in needed]
+
+
+def _check_graph(chain: Chain) -> None:
+    file = chain.source
+    ids = [step.id for step in chain.steps]
+    for step_id in ids:
+        if ids.count(step_id) > 1:
+            raise SpecError(f"duplicate step id {step_id!r}; ids must be unique", file, step_id,
+                            "id")
+    for step in chain.steps:
+        for dep in step.after:
+            if dep not in ids:
+                raise SpecError(f"depends on unknown step {dep!r} (known: {', '.join(ids)})",
+                                file, step.id, "after")
+            if dep == step.id:
+                raise SpecError("a step cannot depend on itself", file, step.id, "after")
+    try:
+        graphlib.TopologicalSorter({s.id: s.after for s in chain.steps}).prepare()
+    except graphlib.CycleError as exc:
+        cycle = " -> ".join(exc.args[1])
+        raise SpecError(f"dependency cycle {cycle} (each step needs the one before it); "
+                        "remove one of these 'after' entries",
+                        file, exc.args[1][0], "after") from None
+    for step in chain.steps:
+        _check_step_fields(chain, step)
+    _check_final(chain)
+
+
+def _check_final(chain: Chain) -> None:
+    file = chain.source
+    marked = [step.id for step in chain.steps if step.final]
+    if len(marked) > 1:
+        raise SpecError(f"{len(marked)} steps are marked final ({', '.join(marked)}); "
+                        "mark exactly one", file, marked[1], "final")
+    sinks = [step.id for step in _sinks(chain)]
+    if not marked and len(sinks) > 1:
+        raise SpecError(f"no final step and several steps nothing depends on "
+                        f"({', '.join(sinks)}); mark the aggregating one final: true",
+                        file, sinks[0], "final")
+    final = marked[0] if marked else sinks[0]
+    if final not in sinks:
+        raise SpecError("the final step must be the last: no other step may depend on it",
+                        file, final, "final")
+    reaches_final = _ancestors(chain, final) | {final}
+    for step_id in sinks:
+        if step_id not in reaches_final:
+            raise SpecError(f"the final step {final!r} does not depend on this step, so its "
+                            f"output would be lost; add it to {final!r}'s after list",
+                            file, step_id, "after")
+
+
+def _ancestors(chain: Chain, step_id: str) -> set[str]:
+    by_id, seen, todo = chain.by_id, set(), list(chain.by_id[step_id].after)
+    while todo:
+        dep = todo.pop()
+        if dep not in seen:
+            seen.add(dep)
+            todo.extend(by_id[dep].after)
+    return seen
+
+
+def _check_step_fields(chain: Chain, step: Step) -> None:
+    file = chain.source
+    if step.call:
+        module = step.call.split(":")[0]
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            raise SpecError(f"cannot find module {module!r} for call {step.call!r}",
+                            file, step.id, "call")
+    for field in ("prompt", "system"):
+        template = getattr(step, field)
+        if template is None:
+            continue
+        problem = check_template(template)
+        if problem:
+            raise SpecError(problem, file, step.id, field)
+        for name, _ in template_fields(template):
+            if name in step.after or name in chain.inputs:
+                continue
+            hint = (f"add {name!r} to this step's after list" if name in chain.by_id
+                    else f"declare it under inputs (inputs: {', '.join(chain.inputs) or 'none'})")
+            raise SpecError(f"template field {{{name}}} names no input or dependency; {hint}",
+                            file, step.id, field)
+
+
+def chain_from_dict(data: Any, source: str | None = None) -> Chain:
+    """Build a chain from parsed YAML/JSON data; every problem becomes a ``SpecError``."""
+    if not isinstance(data, dict):
+        raise SpecError("a chain file must be a mapping with name and steps", source)
+    try:
+        return Chain.model_validate({**data, "source": source})
+    except SpecError as exc:
+        raise SpecError(exc.message, source, exc.step, exc.field) from None
+    except ValidationError as exc:
+        raise _spec_error_from(exc, data, source) from None
+
+
+def _spec_error_from(exc: ValidationError, data: dict, source: str | None) -> SpecError:
+    error = exc.errors()[0]
+    loc = list(error["loc"])
+    step_id = None
+    if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+        steps = data.get("steps") or []
+        raw = steps[loc[1]] if loc[1] < len(steps) else None
+        step_id = raw.get("id") if isinstance(raw, dict) else None
+        step_id = step_id or f"#{loc[1] + 1}"
+        loc = loc[2:]
+    field = ".".join(str(part) for part in loc) or None
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (check its spelling against the chain file format in the README)"
+    return SpecError(message, source, step_id, field)
+
+
+def load_chain(name_or_path: str) -> Chain:
+    """Load a bundled scenario by name (``quantum_research``) or a chain file by path."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = SCENARIO_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
+        raise SpecError(f"no such scenario or chain file (bundled scenarios: {known})",
+                        str(name_or_path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"malformed YAML{where}: {getattr(exc, 'problem', exc)}",
+                        str(path)) from None
+    return chain_from_dict(data, str(path))
