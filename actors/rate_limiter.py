@@ -17,7 +17,8 @@ from ray.util.metrics import Counter, Gauge
 
 from chainray.exec.permits import Limits, Permit, PermitBook
 
-__all__ = ["RateLimiter", "limiter_name", "get_rate_limiter", "LIMITER_NAMESPACE"]
+__all__ = ["RateLimiter", "RemoteLimiter", "limiter_name", "get_rate_limiter",
+           "LIMITER_NAMESPACE"]
 
 LIMITER_NAMESPACE = "chainray"
 
@@ -82,3 +83,19 @@ def get_rate_limiter(name: str, limits: Limits,
     """The named limiter, created with ``limits`` if it does not exist yet."""
     return RateLimiter.options(name=name, namespace=namespace, get_if_exists=True,
                                lifetime="detached").remote(name, limits)
+
+
+class RemoteLimiter:
+    """The RateLimiter actor seen through the ``chainray.exec.llm.Limiter`` interface."""
+
+    def __init__(self, handle: ray.actor.ActorHandle) -> None:
+        self.handle = handle
+
+    async def acquire(self, tokens: int, priority: float) -> Permit:
+        return await self.handle.acquire.remote(tokens, priority)
+
+    async def release(self, permit_id: str, used_tokens, headers) -> None:
+        await self.handle.release.remote(permit_id, used_tokens, headers)
+
+    async def penalize(self, permit_id: str, retry_after_s) -> None:
+        await self.handle.penalize.remote(permit_id, retry_after_s)

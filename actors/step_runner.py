@@ -8,32 +8,17 @@ from __future__ import annotations
 
 import ray
 
+from chainray.actors.rate_limiter import RemoteLimiter
 from chainray.exec.llm import Endpoint, make_client
 from chainray.exec.step_exec import StepRequest, execute_llm_step, execute_python_step
 from chainray.results import StepResult
 
-__all__ = ["StepRunner", "run_python_step", "RemoteLimiter"]
+__all__ = ["StepRunner", "run_python_step"]
 
 
 def _where() -> tuple[str, str]:
     context = ray.get_runtime_context()
     return context.get_node_id(), context.get_task_id()
-
-
-class RemoteLimiter:
-    """The RateLimiter actor seen through the ``chainray.exec.llm.Limiter`` interface."""
-
-    def __init__(self, handle: ray.actor.ActorHandle) -> None:
-        self.handle = handle
-
-    async def acquire(self, tokens: int, priority: float) -> str:
-        return (await self.handle.acquire.remote(tokens, priority)).id
-
-    async def release(self, permit_id: str, used_tokens, headers) -> None:
-        await self.handle.release.remote(permit_id, used_tokens, headers)
-
-    async def penalize(self, permit_id: str, retry_after_s) -> None:
-        await self.handle.penalize.remote(permit_id, retry_after_s)
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000, max_restarts=3)

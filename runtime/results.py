@@ -6,9 +6,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["StepResult", "RunResult", "StepStatus"]
+__all__ = ["StepResult", "RunResult", "StepStatus", "RunStatus"]
 
 StepStatus = Literal["ok", "error", "skipped"]
+# ok: every step succeeded; partial: the final step answered but some step failed (on_error
+# continue); failed: the final step has no answer.
+RunStatus = Literal["ok", "partial", "failed"]
 
 
 class StepResult(BaseModel):
@@ -24,10 +27,15 @@ class StepResult(BaseModel):
     started_at: float = 0.0
     finished_at: float = 0.0
     latency_ms: float = 0.0
+    queued_ms: float = 0.0  # waiting for rate-limit permits, all attempts together
+    ttft_ms: float | None = None  # time to first token, when the reply was streamed
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempts: int = 0
     rate_limited: int = 0
+    usage_estimated: bool = False  # the server sent no usage; tokens are chainray's estimate
+    truncated: bool = False  # the reply stopped at max_tokens (finish_reason "length")
+    cached: bool = False  # answered from the response cache: no request was sent
     model: str | None = None
     node_id: str | None = None
     task_id: str | None = None
@@ -47,12 +55,13 @@ class RunResult(BaseModel):
     scenario: str
     strategy: str
     shape: str
-    status: Literal["ok", "error"]
+    status: RunStatus
     error: str | None = None
     run_id: str
     phases: tuple[tuple[str, ...], ...]
     latency_ms: float
     critical_path_ms: float
+    queued_ms: float = 0.0
     total_tokens: int
     prompt_tokens: int
     completion_tokens: int

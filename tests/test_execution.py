@@ -112,7 +112,7 @@ def test_401_fails_fast_without_retry(ray_session, sim):
     single = chain_from_dict({"name": "one", "steps": [{"id": "a", "prompt": "hi"}]})
     with session_for(sim) as session:
         result = session.run(job(single))
-    assert result.status == "error" and "401" in result.error
+    assert result.status == "failed" and "401" in result.error
     assert result.steps[0].attempts == 1 and sim.stats()["requests"] == 1
     assert "sk-the-right-one" not in result.model_dump_json()
 

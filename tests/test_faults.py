@@ -55,7 +55,7 @@ def test_auth_and_quota_fail_fast_never_retried(ray_session, sim, setting, cause
     with session_for(sim, max_attempts=6) as session:
         result = session.run(job(fan_chain(3), "sequential"))
     stats = sim.stats()
-    assert result.status == "error" and cause in result.error
+    assert result.status == "failed" and cause in result.error
     assert stats["requests"] == 1 and result.api_calls == 1
     assert [s.status for s in result.steps] == ["error", "skipped", "skipped", "skipped"]
 
@@ -64,5 +64,5 @@ def test_attempts_are_bounded_when_the_fault_never_clears(ray_session, sim):
     sim.configure(speed=100.0, faults={"error_500": 1.0})
     with session_for(sim, max_attempts=3) as session:
         result = session.run(job(fan_chain(2), "sequential"))
-    assert result.status == "error" and "HTTP 500" in result.error
+    assert result.status == "failed" and "HTTP 500" in result.error
     assert result.steps[0].attempts == 3 and sim.stats()["requests"] == 3

@@ -14,7 +14,8 @@ from chainray.exec.jobs import RunJob
 from chainray.exec.journal import Journal, journal_dir, run_key
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import STRATEGIES
-from chainray.report.tables import print_bench, print_run
+from chainray.report.bench_table import print_bench
+from chainray.report.run_table import print_run
 from chainray.report.timeline import write_timeline
 from chainray.results import RunResult
 from chainray.spec.chain import Chain, load_chain

@@ -16,6 +16,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from chainray.errors import EndpointError
+from chainray.exec.permits import Permit
 from chainray.exec.retry import retry_policy
 
 __all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "make_client", "call_llm",
@@ -61,10 +62,14 @@ class LLMReply:
     completion_tokens: int = 0
     attempts: int = 0
     rate_limited: int = 0
+    queued_s: float = 0.0
 
 
 class Limiter(Protocol):
-    async def acquire(self, tokens: int, priority: float) -> str: ...
+    """The RateLimiter as the call path sees it (``chainray.actors.rate_limiter.RemoteLimiter``
+    in production, a ``PermitBook`` in unit tests)."""
+
+    async def acquire(self, tokens: int, priority: float) -> Permit: ...
     async def release(self, permit_id: str, used_tokens: int | None,
                       headers: dict[str, str] | None) -> None: ...
     async def penalize(self, permit_id: str, retry_after_s: float | None) -> None: ...
@@ -137,7 +142,8 @@ async def call_llm(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
     policy = retry_policy(endpoint.max_attempts, endpoint.max_retry_s, endpoint.backoff_s)
     async for attempt in policy:
         with attempt:
-            permit = await limiter.acquire(request.estimated_tokens, request.priority)
+            granted = await limiter.acquire(request.estimated_tokens, request.priority)
+            permit, reply.queued_s = granted.id, reply.queued_s + granted.waited_s
             reply.attempts += 1
             try:
                 raw = await client.chat.completions.with_raw_response.create(**kwargs)

@@ -78,11 +78,11 @@ async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
     except ChainrayError as exc:
         return _result(request, started, context, status="error", error=str(exc),
                        attempts=reply.attempts, rate_limited=reply.rate_limited,
-                       model=llm_request.model)
+                       queued_ms=reply.queued_s * 1000, model=llm_request.model)
     return _result(request, started, context, status="ok", output=reply.text,
                    prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                    attempts=reply.attempts, rate_limited=reply.rate_limited,
-                   model=llm_request.model)
+                   queued_ms=reply.queued_s * 1000, model=llm_request.model)
 
 
 def execute_python_step(request: StepRequest, upstream: Sequence[StepResult],

@@ -24,13 +24,15 @@ def summarize_run(chain: Chain, schedule: Schedule, results: Mapping[str, StepRe
     calls = sum(r.attempts for r in ordered if chain.by_id[r.id].kind == "llm")
     cost = sum(prices.cost(r.model, r.prompt_tokens, r.completion_tokens)
                for r in ordered if r.model)
-    ok = final.status == "ok"
-    error = None if ok else (final.error if final.status == "error" else
-                             "; ".join(f"{r.id}: {r.error}" for r in failed) or final.error)
+    status = "failed" if final.status != "ok" else "partial" if failed else "ok"
+    error = None if status == "ok" else (
+        final.error if final.status == "error" else
+        "; ".join(f"{r.id}: {r.error}" for r in failed) or final.error)
     return RunResult(
         scenario=chain.name, strategy=schedule.strategy, shape=schedule.shape,
-        status="ok" if ok else "error", error=error, run_id=run_id, phases=schedule.phases,
+        status=status, error=error, run_id=run_id, phases=schedule.phases,
         latency_ms=round(latency_ms, 1), critical_path_ms=round(critical_ms, 1),
+        queued_ms=round(sum(r.queued_ms for r in ordered), 1),
         total_tokens=prompt + completion, prompt_tokens=prompt, completion_tokens=completion,
         api_calls=calls, retries=sum(max(0, r.attempts - 1) for r in ordered
                                      if chain.by_id[r.id].kind == "llm"),
