@@ -91,8 +91,9 @@ class RemoteLimiter:
     def __init__(self, handle: ray.actor.ActorHandle) -> None:
         self.handle = handle
 
-    async def acquire(self, tokens: int, priority: float) -> Permit:
-        return await self.handle.acquire.remote(tokens, priority)
+    async def acquire(self, tokens: int, priority: float,
+                      timeout_s: float | None = None) -> Permit:
+        return await self.handle.acquire.remote(tokens, priority, timeout_s)
 
     async def release(self, permit_id: str, used_tokens, headers) -> None:
         await self.handle.release.remote(permit_id, used_tokens, headers)
