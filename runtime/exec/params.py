@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Adaptation", "known_adaptations", "adapt", "learn_adaptation", "describe"]
+__all__ = ["Adaptation", "AdaptationBook", "known_adaptations", "adapt", "learn_adaptation",
+           "describe"]
 
 REASONING_FAMILIES = re.compile(r"^(o\d|gpt-5)")
 _SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
@@ -79,3 +80,29 @@ def describe(model: str, adaptation: Adaptation, value: Any) -> str:
     if adaptation.action == "rename":
         return f"{model}: {adaptation.param} not supported, sending {adaptation.to} instead"
     return f"{model}: {adaptation.param} {value} not supported, using the default"
+
+
+class AdaptationBook:
+    """Adaptations learned per endpoint and model, with one note per adaptation for the user.
+
+    The logic of the cluster-wide ``chainray.actors.adaptations`` actor; free of Ray.
+    """
+
+    def __init__(self) -> None:
+        self.learned: dict[str, dict[str, Adaptation]] = {}
+        self.notes: list[str] = []
+
+    def known(self, key: str) -> dict[str, Adaptation]:
+        return dict(self.learned.get(key, {}))
+
+    def learn(self, key: str, adaptation: Adaptation, note: str) -> bool:
+        """Record an adaptation; False when it was known already (no second note)."""
+        book = self.learned.setdefault(key, {})
+        if adaptation.param in book:
+            return False
+        book[adaptation.param] = adaptation
+        self.notes.append(note)
+        return True
+
+    def notes_since(self, index: int) -> list[str]:
+        return self.notes[index:]
