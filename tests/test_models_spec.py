@@ -147,3 +147,12 @@ def test_the_simulator_follows_a_requested_schema(sim):
         model="gpt-4o-mini", messages=[{"role": "user", "content": "classify my bill"}],
         max_tokens=50, response_format=response_format(INTENT, "classify"))
     assert schema_problem(reply.choices[0].message.content, INTENT) is None
+
+
+def test_the_simulator_speaks_azure_openais_deployment_shape(sim):
+    root = sim.base_url.rsplit("/v1", 1)[0]
+    client = openai.AzureOpenAI(azure_endpoint=root, api_version="2024-10-21",
+                                api_key="azure-key", max_retries=0)
+    reply = client.chat.completions.create(
+        model="my-deployment", messages=[{"role": "user", "content": "hi"}], max_tokens=10)
+    assert reply.model == "my-deployment" and reply.choices[0].message.content

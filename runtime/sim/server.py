@@ -46,6 +46,9 @@ class Simulator:
         self.app = web.Application()
         self.app.add_routes([
             web.post("/v1/chat/completions", self.chat_completions),
+            # Azure OpenAI's shape: the deployment names the model, ?api-version= is required
+            web.post("/openai/deployments/{deployment}/chat/completions",
+                     self.chat_completions),
             web.get("/v1/models", self.models),
             web.get("/stats", self.get_stats),
             web.post("/sim/reset", self.reset),
@@ -97,7 +100,8 @@ class Simulator:
         expected = self.config.api_key
         if expected is None:
             return None
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        given = (request.headers.get("api-key")  # Azure sends its key in its own header
+                 or request.headers.get("Authorization", "").removeprefix("Bearer "))
         if hmac.compare_digest(given.encode(), expected.encode()):
             return None
         shown = f"{given[:3]}{'*' * max(0, len(given) - 7)}{given[-4:]}" if given else "none"
@@ -128,6 +132,11 @@ class Simulator:
         try:
             body = await request.json()
             messages = body["messages"]
+            if (deployment := request.match_info.get("deployment")) is not None:
+                if not request.query.get("api-version"):
+                    return _error(404, "Resource not found (Azure needs ?api-version=).",
+                                  "invalid_request_error", "404")
+                body.setdefault("model", deployment)
             record.model = str(body["model"])
             assert isinstance(messages, list) and messages
         except (ValueError, KeyError, TypeError, AssertionError):
