@@ -29,7 +29,18 @@ from chainray.plan.schedule import resolve
 from chainray.results import RunResult, StepResult
 from chainray.spec.chain import DEFAULT_MODEL
 
-__all__ = ["Coordinator"]
+__all__ = ["Coordinator", "is_process_death"]
+
+# A step's process (worker, actor or node) is gone: sending the step again may succeed.
+_DEATHS = tuple(getattr(ray.exceptions, name) for name in (
+    "RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError",
+    "NodeDiedError", "LocalRayletDiedError", "ObjectLostError", "OwnerDiedError",
+    "ObjectReconstructionFailedError") if hasattr(ray.exceptions, name))
+
+
+def is_process_death(exc: BaseException) -> bool:
+    """True when the process running a step died; an error the step raised is not that."""
+    return isinstance(exc, _DEATHS) and not isinstance(exc, ray.exceptions.RayTaskError)
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000)
@@ -98,7 +109,8 @@ class Coordinator:
         started = time.perf_counter()
         try:
             results = await dispatch(schedule, self._start_step(job, schedule, limiters),
-                                     job.on_error or job.chain.on_error, update)
+                                     job.on_error or job.chain.on_error, update,
+                                     is_process_death=is_process_death)
         finally:
             self.finished.update(self.live.pop(job.run_id))
             self.finished["runs"] += 1
