@@ -100,7 +100,7 @@ class Coordinator:
                 counts["done" if state == "ok" else "failed"] += 1
             if result is not None and journal is not None and step_id not in job.resumed:
                 journal.record(result)
-            if result is not None:
+            if result is not None and step_id not in job.resumed:  # sent by this invocation
                 counts["tokens"] += result.prompt_tokens + result.completion_tokens
                 counts["calls"] += result.attempts
                 counts["retries"] += max(0, result.attempts - 1)
@@ -116,7 +116,7 @@ class Coordinator:
             self.finished["runs"] += 1
         latency_ms = (time.perf_counter() - started) * 1000
         return summarize_run(job.chain, schedule, results, latency_ms, job.run_id,
-                             load_prices(job.prices))
+                             load_prices(job.prices), resumed=job.resumed.keys())
 
     async def progress(self) -> dict:
         """Steps pending, running, done, failed; calls, retries, 429s, tokens; runs done."""
