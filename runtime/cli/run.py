@@ -217,7 +217,7 @@ def _is_batch(run_id: str) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.inputs or (args.resume and _is_batch(args.resume)):
+    if args.inputs or (args.resume is not None and _is_batch(args.resume)):
         return _cmd_batch(args)
     chain, inputs = _prepare(args)
     strategy = _pick_strategy(chain, args)
@@ -225,9 +225,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     parts = run_parts(chain.model_dump_json(), strategy, inputs, args.model)
     key = run_key(parts)
-    run_id = check_run_id(args.resume) if args.resume else new_run_id()
+    run_id = check_run_id(args.resume) if args.resume is not None else new_run_id()
     journal = Journal(journal_dir(), run_id, key, parts)
-    resumed = journal.finished_steps() if args.resume else {}
+    resumed = journal.finished_steps() if args.resume is not None else {}
     if not args.no_journal:
         journal.start()
     job = RunJob(run_id=run_id, chain=chain, strategy=strategy, inputs=inputs,
@@ -253,7 +253,7 @@ def _batch_record(args: argparse.Namespace, chain: Chain, base: dict,
     an earlier invocation finished."""
     from chainray.api.session import new_run_id
 
-    if args.resume:
+    if args.resume is not None:
         record = BatchRecord(journal_dir(), args.resume)
         manifest = record.manifest()
         record.check(manifest, parts)
