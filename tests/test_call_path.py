@@ -136,6 +136,14 @@ async def test_malformed_reply_retried_then_answered(hostile):
     assert reply.attempts == hostile.requests == 2
 
 
+async def test_a_refused_connection_is_not_counted_as_a_request():
+    closed = FixtureServer().start()
+    closed.stop()  # nothing listens on its port any more
+    reply, error = await call(closed)
+    assert error is not None and error.code == "connect_failed" and error.retryable
+    assert reply.attempts == 0
+
+
 def test_read_completion_marks_what_is_missing():
     messages = [{"role": "user", "content": "x" * 40}]
     body = b'{"choices": [{"message": {"content": "abcd"}, "finish_reason": "length"}]}'

@@ -92,10 +92,15 @@ def _timeout(exc: BaseException, secret: str) -> EndpointError:
                          None, None, True)
 
 
+# Failures before a connection existed: the server saw no request (not counted in api_calls).
+NOT_SENT = {"ConnectError", "ConnectTimeout"}
+
+
 def _connection(exc: BaseException, secret: str) -> EndpointError:
     cause = exc.__cause__ or exc
+    code = "connect_failed" if type(cause).__name__ in NOT_SENT else "connection_error"
     return EndpointError(one_line(redact(f"connection failed: {type(cause).__name__}: {cause}",
-                                         secret)), None, "connection_error", None, None, True)
+                                         secret)), None, code, None, None, True)
 
 
 def _malformed(exc: BaseException, secret: str) -> EndpointError:

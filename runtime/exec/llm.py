@@ -116,6 +116,7 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
                     endpoint.timeout_s)
                 completion = read_completion(raw.content, request.messages)
         except EndpointError as error:
+            reply.attempts -= error.code == "connect_failed"  # no request reached the server
             reply.rate_limited += error.status == 429
             raise _beyond_budget(error, left_s) from None
         permit.settle(completion.prompt_tokens + completion.completion_tokens,
