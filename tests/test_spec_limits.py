@@ -43,3 +43,23 @@ def test_a_huge_chain_file_is_refused_at_once(tmp_path, capsys):
         load_chain(str(path))
     assert main(["plan", str(path)]) == 2 and "1 MiB" in capsys.readouterr().err
     assert time.monotonic() - started < 2
+
+
+def test_plan_calibrates_from_a_batch_json_lines_file(tmp_path):
+    from chainray.api.batch import BatchWriter
+    from chainray.plan.predict import calibrate
+    from chainray.results import RunResult, StepResult
+
+    steps = tuple(StepResult(id=f"s{n}", status="ok", completion_tokens=n, attempts=1,
+                             latency_ms=(0.2 + n / 140) * 1000, output="w " * n)
+                  for n in (50, 100, 200, 300))
+    run = RunResult(scenario="x", strategy="hybrid", shape="hybrid", status="ok", run_id="r",
+                    phases=(), latency_ms=1, critical_path_ms=1, total_tokens=0,
+                    prompt_tokens=0, completion_tokens=0, api_calls=4, retries=0,
+                    rate_limited=0, estimated_cost=0, output_length=0, output="", steps=steps)
+    path = tmp_path / "batch.jsonl"
+    with path.open("w") as file:
+        writer = BatchWriter(file)
+        writer.add(run)
+        writer.close()
+    assert "fitted to 4 steps" in calibrate([str(path)]).source
