@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from chainray.actors.step_runner import StepRunner, run_python_step
+from chainray.actors.step_runner import StepRunner, keep_debug_log, run_python_step
 from chainray.exec.dispatch import dispatch
 from chainray.exec.jobs import RunJob
 from chainray.exec.journal import Journal
@@ -46,6 +46,7 @@ def is_process_death(exc: BaseException) -> bool:
 @ray.remote(num_cpus=0, max_concurrency=1000)
 class Coordinator:
     def __init__(self, endpoint: Endpoint, runners: int = 2) -> None:
+        keep_debug_log()
         # One runner per node in turn; if a node leaves, its runner's steps are sent again to
         # the next runner (dispatch resubmits), which lives on another node.
         nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]

@@ -100,3 +100,11 @@ async def test_a_step_that_raised_follows_the_continue_policy():
                              is_process_death=died)
     assert results["B"].status == "error" and results["D"].status == "ok"
     assert ("start", "D") in log
+
+
+async def test_the_full_detail_of_a_raised_step_goes_to_the_debug_log(caplog):
+    start, _ = executor({}, raises={"B"})
+    with caplog.at_level("DEBUG", logger="chainray"):
+        await dispatch(resolve(DIAMOND, "hybrid"), start, is_process_death=died)
+    detail = [r for r in caplog.records if r.name == "chainray.dispatch"]
+    assert detail and "x" * 2000 in caplog.text  # the error field holds 300 characters
