@@ -134,3 +134,25 @@ def test_batch_killed_then_resumed_sends_no_finished_step(ray_session, sim, tmp_
     assert summary["resumed_runs"] == len(finished_ids)
     assert summary["api_calls"] == expected
     assert summary["run_totals"]["api_calls"] >= 18
+
+
+def test_batch_resume_with_another_model_or_strategy_is_refused(tmp_path, monkeypatch,
+                                                                 capsys):
+    from chainray.api.batch import BatchManifest, BatchRecord
+
+    monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))
+    chain = load_chain("progressive_refinement")
+    parts = {k: v for k, v in run_parts(chain.model_dump_json(), "hybrid", {}, None).items()
+             if k != "inputs"}
+    BatchRecord(journal_dir(), "bx1").create(BatchManifest(
+        batch_id="bx1", scenario="progressive_refinement", parts=parts,
+        inputs=[dict(chain.inputs)]))
+    assert main(["run", "progressive_refinement", "--resume", "bx1", "--model", "gpt-4o",
+                 *FAST]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["run", "progressive_refinement", "--resume", "bx1", "--strategy",
+                 "sequential", *FAST]) == 2
+    assert "strategy" in capsys.readouterr().err
+    (journal_dir() / "bx1" / "manifest.json").write_text("{not json")
+    assert main(["run", "progressive_refinement", "--resume", "bx1", *FAST]) == 2
+    assert "not a batch manifest" in capsys.readouterr().err
