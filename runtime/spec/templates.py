@@ -7,6 +7,7 @@ its first 500 characters (the standard format spec for strings, as the seed's ``
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 
@@ -26,6 +27,9 @@ class _Formatter(string.Formatter):
 
 
 _FORMATTER = _Formatter()
+# Truncation only: padding (``{x:>2000000000}``) or nested fields would let a template
+# allocate without bound.
+_TRUNCATE = re.compile(r"^\.[0-9]{1,9}$")
 
 
 def template_fields(template: str) -> list[tuple[str, str]]:
@@ -44,10 +48,9 @@ def check_template(template: str) -> str | None:
         if not all(part.isidentifier() for part in name.split(".")):
             return (f"template field {{{name}}} must be a plain name such as {{topic}} or a "
                     "field of a structured reply such as {classify.intent}")
-        try:
-            format("", spec)
-        except ValueError as exc:
-            return f"template field {{{name}:{spec}}} has a bad format spec: {exc}"
+        if spec and not _TRUNCATE.match(spec):
+            return (f"template field {{{name}:{spec}}}: the only format spec is .N, the first "
+                    f"N characters (as {{{name}:.500}})")
     return None
 
 
