@@ -13,17 +13,25 @@ per endpoint and model, so that a parameter is rejected at most once.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Adaptation", "AdaptationBook", "known_adaptations", "adapt", "learn_adaptation",
-           "describe"]
+__all__ = ["Adaptation", "AdaptationBook", "adaptation_key", "known_adaptations", "adapt",
+           "learn_adaptation", "describe"]
 
 REASONING_FAMILIES = re.compile(r"^(o\d|gpt-5)")
 _SAMPLING = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 _QUOTED = re.compile(r"'([A-Za-z_][\w.]*)'")
+
+
+def adaptation_key(base_url: str, model: str) -> str:
+    """Where what a model accepts is remembered: per endpoint (hashed, never shown) and
+    model."""
+    digest = hashlib.sha256(base_url.rstrip("/").encode()).hexdigest()[:12]
+    return f"{digest}|{model}"
 
 
 class Adaptation(BaseModel):

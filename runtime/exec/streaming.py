@@ -9,11 +9,15 @@ sent without streaming (usage must stay exact).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["StreamedReply", "collect_stream"]
+from chainray.errors import EndpointError
+from chainray.exec.completion import Completion
+from chainray.tokens import estimate_prompt_tokens, estimate_text_tokens
+
+__all__ = ["StreamedReply", "collect_stream", "completion_from_stream"]
 
 
 @dataclass
@@ -62,3 +66,19 @@ async def collect_stream(chunks: AsyncIterable[Any], sent_at: float,
         reply.ttft_s = first - sent_at
         reply.decode_s = (last or first) - first
     return reply
+
+
+def completion_from_stream(reply: StreamedReply,
+                           messages: Sequence[Mapping[str, object]]) -> Completion:
+    """A read stream as the ``Completion`` the call path works with (same rules as a body:
+    usage estimated when the stream carried none, no text at all is an error)."""
+    text = reply.text or reply.refusal or ""
+    if not text and not reply.tool_calls:
+        raise EndpointError("the reply has no content, refusal or tool call", 200,
+                            "empty_content", None, None, False)
+    estimated = not reply.has_usage
+    prompt = reply.prompt_tokens if reply.prompt_tokens is not None else \
+        estimate_prompt_tokens(messages)
+    completion = reply.completion_tokens if reply.completion_tokens is not None else \
+        (estimate_text_tokens(text) if text else 0)
+    return Completion(text, prompt, completion, estimated, reply.finish_reason == "length")
