@@ -2,7 +2,8 @@
 
 Content and length depend only on the seed and the prompt (the same prompt gets the same
 answer); latency is drawn per request from the seeded generator. The text visibly draws on the
-prompt: it names the labelled inputs it received and the prompt's key terms.
+prompt: it names the labelled inputs it received and the prompt's key terms. How long a reply
+is and how much general background it repeats follow ``chainray.sim.lengths``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from chainray.sim.config import SimConfig
+from chainray.sim.lengths import background_share, length_factor, read_signals
 
 __all__ = ["Reply", "plan_reply"]
 
@@ -27,6 +29,16 @@ _SENTENCES = (
     "The main open question around {a} is how it interacts with {b}.",
     "Practitioners report that {a} improves when {b} is addressed early.",
     "Compared with last year, {a} has moved faster than {b}.",
+)
+
+# General background any step on the topic might write: siblings that cannot see each other
+# all write some of it, word for word (what makes parallel outputs redundant).
+_BACKGROUND = (
+    "In broad terms, {a} and {b} remain the two themes that frame the whole field.",
+    "Any overview of {a} has to start with where {b} stands today.",
+    "Most observers agree that {a} is advancing, though {b} tempers expectations.",
+    "The wider context is that {a} attracts attention largely because of {b}.",
+    "Taken together, {a} and {b} explain much of the current debate.",
 )
 
 
@@ -59,8 +71,17 @@ def _labels(prompt: str) -> list[str]:
     return list(seen)
 
 
-def _words(prompt: str, count: int, rng: random.Random) -> list[str]:
+def _sentence(templates: tuple[str, ...], terms: list[str], rng: random.Random) -> str:
+    a = rng.choice(terms)
+    b = rng.choice([t for t in terms if t != a] or terms)
+    return rng.choice(templates).format(a=a, b=b)
+
+
+def _words(prompt: str, count: int, rng: random.Random, background: float,
+           seed: int) -> list[str]:
     terms, labels = _key_terms(prompt), _labels(prompt)
+    topic = _key_terms(" ".join(prompt.split()[:8]))[:3]  # what siblings have in common
+    shared = random.Random(f"{seed}:background:{' '.join(topic)}")
     sentences = []
     if len(labels) >= 2:
         sentences.append(f"Drawing on {len(labels)} inputs ({', '.join(labels)}), "
@@ -68,9 +89,8 @@ def _words(prompt: str, count: int, rng: random.Random) -> list[str]:
     words: list[str] = []
     while len(words) < count:
         if not sentences:
-            a = rng.choice(terms)
-            b = rng.choice([t for t in terms if t != a] or terms)
-            sentences.append(rng.choice(_SENTENCES).format(a=a, b=b))
+            sentences.append(_sentence(_BACKGROUND, topic, shared) if rng.random() < background
+                             else _sentence(_SENTENCES, terms, rng))
         words.extend(sentences.pop(0).split())
     return [(" " if i else "") + word for i, word in enumerate(words[:count])]
 
@@ -79,10 +99,13 @@ def plan_reply(config: SimConfig, prompt: str, prompt_tokens: int, max_tokens: i
                latency_rng: random.Random, slow: bool = False) -> Reply:
     digest = hashlib.sha256(f"{config.seed}:{prompt}".encode()).digest()
     content_rng = random.Random(digest)
-    low, high = config.completion_share
-    wanted = max(1, round(max_tokens * content_rng.uniform(low, high)))
-    count = min(wanted, max_tokens)
-    tokens = _words(prompt, count, content_rng)
+    lengths, signals = config.lengths, read_signals(prompt)
+    low, high = (lengths.long_share if signals.asks_length else
+                 lengths.brief_share if signals.asks_brevity else lengths.share)
+    share = content_rng.uniform(low, high) * length_factor(lengths, signals)
+    count = max(1, min(max_tokens, round(max_tokens * share)))
+    tokens = _words(prompt, count, content_rng, background_share(lengths, signals),
+                    config.seed)
     factor = (config.faults.slow_factor if slow else 1.0) / config.speed
     ttft = (latency_rng.lognormvariate(0, config.ttft_sigma) * config.ttft_median_s
             + config.prefill_s_per_token * prompt_tokens) * factor
