@@ -16,7 +16,7 @@ from chainray.plan.cost import load_prices
 from chainray.plan.schedule import STRATEGIES
 from chainray.report.bench_table import print_bench
 from chainray.report.run_table import print_run
-from chainray.report.timeline import write_timeline
+from chainray.report.timeline import write_timeline, write_trace
 from chainray.results import RunResult
 from chainray.spec.chain import Chain, load_chain
 
@@ -69,6 +69,8 @@ def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_f
                         help="start a local Ray without its dashboard (starts faster)")
     parser.add_argument("--timeline", metavar="PATH",
                         help="write a Gantt chart of the steps as self-contained HTML")
+    parser.add_argument("--trace", metavar="PATH",
+                        help="write the steps as Chrome Trace Event JSON (open in Perfetto)")
     parser.add_argument("--prices", metavar="PATH",
                         help="your own price table (JSON shaped as chainray/plan/prices.json)")
     parser.add_argument("--quiet", action="store_true", help="no live progress")
@@ -188,7 +190,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Chain, dict]:
     """Everything that can be wrong with the input is found here, before any connection."""
     chain = load_chain(args.scenario)
     inputs = parse_inputs(chain, args.set)
-    for path in (args.json, args.timeline):
+    for path in (args.json, args.timeline, args.trace):
         _check_writable(path)
     load_prices(args.prices)
     return chain, inputs
@@ -201,6 +203,10 @@ def _finish(args: argparse.Namespace, results: list[RunResult], json_text: str) 
     if args.timeline:
         write_timeline(args.timeline, results)
         print(f"timeline written to {args.timeline}", file=sys.stderr)
+    if args.trace:
+        write_trace(args.trace, results)
+        print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)",
+              file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -232,8 +238,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    if args.resume or args.timeline:
-        raise InputError("--inputs runs a batch: --resume and --timeline are for single runs")
+    if args.resume or args.timeline or args.trace:
+        raise InputError("--inputs runs a batch: --resume, --timeline and --trace are for "
+                         "single runs")
     chain, base = _prepare(args)
     batch = read_batch_inputs(args.inputs, chain, base)
     strategy = _pick_strategy(chain, args)

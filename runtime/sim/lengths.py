@@ -10,14 +10,15 @@ prompts carry them, see ``chainray.spec.prompts``):
 - **isolated sibling**: the prompt says some upstream output is "not available, it runs at the
   same time" (the parallel strategy withholding a declared dependency). The step cannot see
   what its siblings write, so it writes ``isolated_extra`` more and fills ``isolated_overlap``
-  of its sentences with general background on the topic that its siblings write too.
+  of its sentences with general background on the topic that its siblings write too. A step
+  that sees no context at all fills ``background_overlap`` of its sentences that way.
 - **told what was covered**: each entry of a "Previously covered by earlier steps" block (the
   sequential strategy) and each labelled upstream excerpt ("Hardware: ...") cuts the length by
   ``covered_cut``, down to ``covered_floor``, and such a step writes no background.
 - **upstream context**: upstream output embedded in the prompt (outside that block) makes the
   answer longer by up to ``context_gain``, in proportion to how much *distinct* material it
-  carries (word 3-grams, up to ``context_full``): five overlapping reports give a shorter
-  synthesis than five complementary ones.
+  carries (distinct word 3-grams between ``context_min`` and ``context_full``): five
+  overlapping reports give a shorter synthesis than five complementary ones.
 
 Every decision is a pure function of the prompt (and the seed), so the text stays
 deterministic per prompt.
@@ -51,7 +52,7 @@ class LengthModel(BaseModel):
     share: tuple[float, float] = Field((0.86, 0.92), description="share of max_tokens a reply "
                                        "uses when the prompt does not ask for length")
     long_share: tuple[float, float] = Field((0.9, 1.0), description="share when it does")
-    brief_share: tuple[float, float] = Field((0.42, 0.46), description="share when it asks for "
+    brief_share: tuple[float, float] = Field((0.36, 0.38), description="share when it asks for "
                                              "brevity (a summary, a headline, 'concise')")
     isolated_extra: float = Field(0.05, ge=0, description="an isolated sibling writes this "
                                   "much more")
@@ -59,13 +60,13 @@ class LengthModel(BaseModel):
                                     "sibling's sentences that are shared topic background")
     background_overlap: float = Field(0.3, ge=0, le=1, description="the same for a step that "
                                       "sees no context at all")
-    covered_cut: float = Field(0.08, ge=0, le=1, description="less per step listed as covered")
+    covered_cut: float = Field(0.1, ge=0, le=1, description="less per step listed as covered")
     covered_floor: float = Field(0.6, gt=0, le=1, description="the most the cut removes")
-    context_gain: float = Field(2.0, ge=0, description="longer answer with rich upstream "
+    context_gain: float = Field(0.5, ge=0, description="longer answer with rich upstream "
                                 "context")
-    context_min: int = Field(200, ge=0, description="distinct upstream 3-grams below which "
+    context_min: int = Field(400, ge=0, description="distinct upstream 3-grams below which "
                              "context does not lengthen the answer (short excerpts)")
-    context_full: int = Field(600, gt=0, description="distinct upstream 3-grams for the full "
+    context_full: int = Field(1500, gt=0, description="distinct upstream 3-grams for the full "
                               "gain")
 
 
@@ -76,7 +77,6 @@ class PromptSignals:
     withheld: int  # upstream outputs the step was told it cannot see
     covered: int  # entries in a "previously covered" block
     context_trigrams: int  # distinct word 3-grams of upstream material outside that block
-    novelty: float  # distinct / all word 3-grams of that material (1: nothing repeated)
 
 
 def word_trigrams(text: str) -> list[tuple[str, str, str]]:
@@ -94,13 +94,11 @@ def read_signals(prompt: str) -> PromptSignals:
     words = body.split()
     covered += len(_EXCERPT.findall(" ".join(words[_INSTRUCTION_WORDS // 2:])))
     trigrams = word_trigrams(" ".join(_WORD.findall(body.lower())[_INSTRUCTION_WORDS:]))
-    distinct = len(set(trigrams))
     instruction = " ".join(body.split()[:_INSTRUCTION_WORDS])
     return PromptSignals(asks_length=bool(_ASKS_LENGTH.search(instruction)),
                          asks_brevity=bool(_ASKS_BRIEF.search(instruction)),
                          withheld=len(_WITHHELD.findall(prompt)), covered=covered,
-                         context_trigrams=distinct,
-                         novelty=distinct / len(trigrams) if trigrams else 1.0)
+                         context_trigrams=len(set(trigrams)))
 
 
 def length_factor(model: LengthModel, signals: PromptSignals) -> float:
@@ -109,7 +107,6 @@ def length_factor(model: LengthModel, signals: PromptSignals) -> float:
     factor *= max(model.covered_floor, 1.0 - model.covered_cut * signals.covered)
     span = max(1, model.context_full - model.context_min)
     richness = min(1.0, max(0, signals.context_trigrams - model.context_min) / span)
-    richness *= signals.novelty
     return factor * (1.0 + model.context_gain * richness)
 
 

@@ -23,13 +23,32 @@ _STOP = set("""about above after again against their there these those which whi
 should focusing research other into from with that this have been were will your what when where
 please using every under between summary synthesize""".split())
 
-_SENTENCES = (
-    "On {a}, the picture is one of steady progress with {b} as the limiting factor.",
-    "Recent work on {a} suggests that {b} matters more than commonly assumed.",
-    "The main open question around {a} is how it interacts with {b}.",
-    "Practitioners report that {a} improves when {b} is addressed early.",
-    "Compared with last year, {a} has moved faster than {b}.",
-)
+# A specific sentence is composed from these parts, so two replies rarely share a three-word
+# phrase unless they share background (the redundancy the bench measures).
+_OPENERS = ("On {a},", "For {a},", "Around {a},", "Regarding {a},", "In {a},", "Looking at {a},",
+            "As for {a},", "Within {a},", "Turning to {a},", "Across {a},")
+_QUALIFIERS = ("recent", "independent", "early", "several", "large", "smaller", "public",
+               "private", "regional", "leading", "academic", "commercial")
+_NOUNS = ("pilots", "roadmaps", "audits", "adopters", "benchmarks", "surveys", "trials",
+          "groups", "vendors", "deployments", "reviews", "consortia", "startups", "labs",
+          "programmes", "studies")
+_VERBS = ("point to", "question", "highlight", "underestimate", "track", "expose", "favour",
+          "revise", "quantify", "challenge", "confirm", "anticipate", "reframe", "measure",
+          "depend on", "accelerate", "document", "overstate", "prioritise", "test")
+_ADJECTIVES = ("uneven", "rising", "fragile", "practical", "costly", "measurable", "slower",
+               "overlooked", "incremental", "decisive", "modest", "sustained", "contested",
+               "scalable", "hidden", "shifting")
+_TAILS = ("", " this year", " in practice", " at scale", " for now", " over the next cycle",
+          " despite setbacks", " more than expected", " across sectors", " in the long run")
+
+
+def _specific(terms: list[str], rng: random.Random) -> str:
+    a = rng.choice(terms)
+    b = rng.choice([t for t in terms if t != a] or terms)
+    return (f"{rng.choice(_OPENERS).format(a=a)} {rng.choice(_QUALIFIERS)} "
+            f"{rng.choice(_NOUNS)} {rng.choice(_VERBS)} {rng.choice(_ADJECTIVES)} "
+            f"{b}{rng.choice(_TAILS)}.")
+
 
 # General background any step on the topic might write: siblings that cannot see each other
 # all write some of it, word for word (what makes parallel outputs redundant).
@@ -90,7 +109,7 @@ def _words(prompt: str, count: int, rng: random.Random, background: float,
     while len(words) < count:
         if not sentences:
             sentences.append(_sentence(_BACKGROUND, topic, shared) if rng.random() < background
-                             else _sentence(_SENTENCES, terms, rng))
+                             else _specific(terms, rng))
         words.extend(sentences.pop(0).split())
     return [(" " if i else "") + word for i, word in enumerate(words[:count])]
 
