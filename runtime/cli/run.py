@@ -14,6 +14,7 @@ from chainray.exec.jobs import RunJob
 from chainray.exec.journal import Journal, journal_dir, run_key
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import STRATEGIES
+from chainray.report.bench import bench_summary
 from chainray.report.bench_table import print_bench
 from chainray.report.run_table import print_run
 from chainray.report.timeline import write_timeline, write_trace
@@ -129,6 +130,9 @@ def add_bench_parser(commands, positive_int, positive_float) -> None:
                        help="comma-separated (default sequential,parallel,hybrid)")
     bench.add_argument("--repeat", type=positive_int, default=1,
                        help="runs per strategy; the table shows medians and spread")
+    bench.add_argument("--summary-json", metavar="PATH",
+                       help="write the table as JSON: per strategy medians, min-max, retries, "
+                       "429s, queued time, redundancy; and the verdict lines")
 
 
 def parse_inputs(chain: Chain, assignments: list[str]) -> dict[str, str | None]:
@@ -251,13 +255,22 @@ def _cmd_batch(args: argparse.Namespace) -> int:
                       on_error=args.on_error, model=args.model, priority=not args.no_priority,
                       prices=args.prices)
 
+    from chainray.plan.forecast import forecast_batch
+
+    forecast = forecast_batch(chain, strategy, load_prices(args.prices), runs=len(batch),
+                              rpm=args.rpm or 500, tpm=args.tpm or 200_000,
+                              max_concurrency=args.max_concurrency, window=args.batch_window,
+                              target_share=args.target_share, inputs=batch)
+    print(f"forecast: {forecast.makespan_s:.0f}s, {forecast.total_tokens} tokens, "
+          f"${forecast.cost:.4f}; binding limit {forecast.binding}", file=sys.stderr)
     out = open(args.json, "w", encoding="utf-8") if args.json else None  # noqa: SIM115
     try:
         writer = BatchWriter(out)
         with Session(session_config(args)) as session:
             for result in session.run_many((make_job(i) for i in batch),
                                            window=args.batch_window,
-                                           label=f"{chain.name}:{strategy}", total=len(batch)):
+                                           label=f"{chain.name}:{strategy}", total=len(batch),
+                                           forecast_s=forecast.makespan_s):
                 writer.add(result)
         totals = writer.close()
     finally:
@@ -274,6 +287,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     chain, inputs = _prepare(args)
+    _check_writable(args.summary_json)
     from chainray.api.session import Session, new_run_id
 
     results: list[RunResult] = []
@@ -289,4 +303,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 results.append(session.run(job))
     print_bench(chain.name, results)
     _finish(args, results, _RESULTS.dump_json(results, indent=2).decode())
+    if args.summary_json:
+        _write_json(args.summary_json, bench_summary(chain.name, results).model_dump_json(
+            indent=2))
+        print(f"summary written to {args.summary_json}", file=sys.stderr)
     return 0 if all(r.status == "ok" for r in results) else 1

@@ -39,7 +39,10 @@ def _cells(row: StrategySummary) -> list[str]:
 def print_bench(scenario: str, results: list[RunResult], console: Console | None = None) -> None:
     """The seed's table (Strategy, Latency, Tokens, Calls, Cost, Output) plus retries, 429s,
     time queued for permits and redundancy between sibling outputs; then the verdicts."""
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a file or pipe: do not squeeze the table into 80 columns
+            console = Console(width=160)
     rows = summarize_bench(results)
     repeats = max(row.runs for row in rows)
     title = f"{scenario}: " + (f"medians of {repeats} runs (min-max)" if repeats > 1
