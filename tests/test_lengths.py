@@ -12,7 +12,7 @@ from chainray.sim.config import SimConfig
 from chainray.sim.lengths import LengthModel, read_signals
 from chainray.sim.replies import plan_reply
 from chainray.spec.chain import load_chain
-from offline_sim import offline_run
+from tests.offline_sim import offline_run
 
 CONFIG = SimConfig()
 PLAIN = "Research the state of tidal power in 2026 focusing on: turbines and grid links."
