@@ -9,6 +9,7 @@ import re
 from chainray.report.progress import progress_line, result_counts
 from chainray.report.timeline import critical_path, timeline_html, trace_json, write_trace
 from chainray.results import RunResult, StepResult
+from chainray.spec.chain import load_chain
 
 T = 1_700_000_000.0
 
@@ -95,3 +96,15 @@ def test_a_runs_progress_line_counts_its_own_steps_and_a_batch_its_runs():
                           forecast_s=200.0)
     assert "runs 10/40" in batch and "60 req/min of 120 (50%)" in batch
     assert "30000 tok/min of 60000 (50%)" in batch and "ETA 180s" in batch
+
+
+def test_run_writes_a_trace_that_loads(ray_session, tmp_path):
+    from chainray.cli.main import main
+    from tests.test_cli_run import FAST
+
+    path = tmp_path / "trace.json"
+    assert main(["run", "headline_ensemble", "--trace", str(path), *FAST]) == 0
+    events = json.loads(path.read_text())["traceEvents"]
+    slices = [e for e in events if e["ph"] == "X" and e["name"] != "queued"]
+    assert len(slices) == len(load_chain("headline_ensemble").steps)
+    assert all(e["dur"] > 0 for e in slices)

@@ -90,9 +90,13 @@ def advise(chain: Chain, objective: Objective = "latency",
     strategy = min(candidates, key=lambda s: _score(objective, predictions[s], schedules[s]))
     chosen = predictions[strategy]
     declared = schedules["hybrid"]
-    reasons = [f"the declared graph is {declared.shape}-shaped ({len(declared.phases)} phases, "
-               f"up to {max(len(p) for p in declared.phases)} steps at once); "
-               f"{_names(list(candidates))} keep every declared dependency"]
+    widest = max(len(p) for p in declared.phases)
+    shape = (f"every step needs the one before it ({len(declared.phases)} steps in a line): "
+             "nothing can run in parallel" if widest == 1 else
+             f"the declared graph is {declared.shape}-shaped ({len(declared.phases)} phases, "
+             f"up to {widest} steps at once)")
+    reasons = [f"{shape}; {_names(list(candidates))} "
+               f"keep{'s' if len(candidates) == 1 else ''} every declared dependency"]
     measure = {"latency": f"the shortest predicted makespan ({chosen.makespan_s:.1f} s)",
                "cost": f"the lowest predicted cost (${chosen.cost:.5f}, "
                        f"{chosen.total_tokens} tokens)",
