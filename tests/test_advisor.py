@@ -125,3 +125,26 @@ def test_calibration_fits_speed_from_earlier_runs(tmp_path):
     assert model.tokens_per_s == pytest.approx(140, rel=0.01)
     assert model.ttft_s == pytest.approx(0.2 - LatencyModel().overhead_s, abs=0.01)
     assert "fitted to 4 steps" in model.source
+
+
+def _steps(ttft: bool) -> list[StepResult]:
+    out, rng = [], __import__("random").Random(3)
+    for n in range(40):
+        prompt, completion = rng.randrange(50, 3000), rng.randrange(20, 400)
+        first = 0.4 + 0.0002 * prompt + rng.uniform(-0.05, 0.05)
+        latency = first + 0.01 + (completion - 1) / 120
+        out.append(StepResult(id=f"s{n}", status="ok", prompt_tokens=prompt,
+                              completion_tokens=completion, latency_ms=latency * 1000 + 300,
+                              queued_ms=300, attempts=1, ttft_ms=first * 1000 if ttft else None))
+    return out
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_calibration_recovers_ttft_prefill_and_decode(streamed):
+    from chainray.plan.predict import fit_steps
+
+    model = fit_steps(_steps(streamed))
+    assert model.tokens_per_s == pytest.approx(120, rel=0.03)
+    assert model.prefill_s_per_token == pytest.approx(0.0002, rel=0.1)
+    assert model.ttft_s == pytest.approx(0.4 + (0.0 if streamed else 0.01) - 0.01, abs=0.03)
+    assert ("streamed" in model.source) == streamed

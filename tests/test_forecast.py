@@ -64,10 +64,10 @@ def test_calibration_predicts_an_unseen_chain(ray_session, sim):
                   prefill_s_per_token=0.0002)
     seen, unseen = load_chain("code_review"), load_chain("quantum_research")
     with session_for(sim, timeout_s=30.0) as session:
-        calibration = [session.run(job(seen, s)) for s in STRATEGIES]
+        calibration = [session.run(job(seen, s)) for s in STRATEGIES * 2]
         measured = {s: session.run(job(unseen, s)) for s in STRATEGIES}
     model = fit_steps([step for r in calibration for step in r.steps])
-    assert model.tokens_per_s == pytest.approx(150 * 2, rel=0.15)
+    assert model.tokens_per_s == pytest.approx(150 * 2, rel=0.3)  # speed 2: twice as fast
     assert model.ttft_s > 0.05
     for strategy, result in measured.items():
         guess = predict(unseen, strategy, PRICES, model)

@@ -190,6 +190,21 @@ def fit_steps(steps: list[StepResult], base: LatencyModel | None = None) -> Late
              and s.attempts == 1 and not s.cached]
     if len(steps) < 4 or len({s.completion_tokens for s in steps}) < 2:
         return base
+    first = _fit(steps, base)
+    if first is None:
+        return base
+    # One pass of trimming: steps delayed far beyond the fit (a loaded machine, a slow
+    # network moment) are dropped and the fit repeated, so they do not bend the slopes.
+    errors = [abs(e) for e in first[1]]
+    cut = 4 * statistics.median(errors) + 1e-3
+    kept = [s for s, e in zip(steps, errors, strict=True) if e <= cut]
+    second = _fit(kept, base) if len(kept) >= 4 and len(kept) < len(steps) else None
+    return (second or first)[0]
+
+
+def _fit(steps: list[StepResult], base: LatencyModel
+         ) -> tuple[LatencyModel, list[float]] | None:
+    """One least-squares fit; the model and each step's residual, or None if unusable."""
     flight = [(s.latency_ms - s.queued_ms) / 1000 for s in steps]
     prompt = [float(s.prompt_tokens) for s in steps]
     decode = [float(s.completion_tokens - 1) for s in steps]
@@ -214,9 +229,9 @@ def fit_steps(steps: list[StepResult], base: LatencyModel | None = None) -> Late
             intercept, per_token = coef[0], coef[1]
             prefill = coef[2] if varied else base.prefill_s_per_token
     except ValueError:
-        return base
-    if per_token <= 0:
-        return base
+        return None
+    if per_token <= 0 or len({s.completion_tokens for s in steps}) < 2:
+        return None
     ttft_mean = max(0.0, intercept - base.overhead_s)
     spread = statistics.pvariance(residual)
     sigma = math.sqrt(math.log1p(spread / ttft_mean**2)) if ttft_mean > 0 else 0.0
@@ -225,7 +240,7 @@ def fit_steps(steps: list[StepResult], base: LatencyModel | None = None) -> Late
         "prefill_s_per_token": round(max(0.0, prefill), 8),
         "tokens_per_s": round(1 / per_token, 2),
         "source": f"fitted to {len(steps)} steps of earlier runs"
-                  + (" (with streamed time to first token)" if streamed else "")})
+                  + (" (with streamed time to first token)" if streamed else "")}), residual
 
 
 def calibrate(paths: Iterable[str], base: LatencyModel | None = None) -> LatencyModel:
