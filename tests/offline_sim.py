@@ -33,7 +33,6 @@ def offline_run(chain: Chain, strategy: Strategy, config: SimConfig | None = Non
             messages = [{"role": "user", "content": prompt}]
             prompt_tokens[step_id] = estimate_prompt_tokens(messages)
             max_tokens = chain.settings_for(step).max_tokens or DEFAULT_MAX_TOKENS
-            replies[step_id] = (prompt, max_tokens)
             reply = plan_reply(config, prompt, prompt_tokens[step_id], max_tokens,
                                random.Random(0))
             outputs[step_id] = reply.text
