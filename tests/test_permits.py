@@ -51,11 +51,13 @@ async def test_limits_are_learned_up_and_down_but_never_override_a_flag():
     for limit, expected in (("3000", 3000), ("9000", 9000), ("1500", 1500)):
         permit = await book.acquire(10)
         book.release(permit.id, 10, {"x-ratelimit-limit-tokens": limit,
-                                     "x-ratelimit-limit-requests": "5",
+                                     "x-ratelimit-limit-requests": "300",
                                      "x-ratelimit-remaining-tokens": limit})
         assert book.limits.tpm == expected and book.limits.tpm_from == "server"
     assert book.limits.rpm == 600 and book.limits.rpm_from == "flag"
     assert "tpm 1,500 learned from the server" in book.limits.describe()
+    assert book.stats()["limits"]["rpm"] == 300      # a lower stated limit is still obeyed
+    assert "rpm 600 from --rpm" in book.describe() and "states rpm 300" in book.describe()
 
 
 async def test_headers_lower_the_level_and_subtract_what_was_granted_since():

@@ -12,7 +12,8 @@ nobody stated is not paced at all; only the concurrency cap applies, and a 429 h
 (additive increase back on each success).
 
 ``release`` refunds unused tokens and learns from the headers: limits (up or down, unless a
-flag set them) and the bucket's level. ``penalize`` (an unexpected 429) holds every caller for
+flag set them; a stated limit lower than a flag is obeyed, never recorded as the flag's) and
+the bucket's level. ``penalize`` (an unexpected 429) holds every caller for
 the Retry-After, but never longer than ``max_hold_s`` nor beyond the penalized caller's own
 retry budget: if the server asks for more than the caller can wait, the caller's step fails
 and nobody is held. ``acquire`` honours a timeout (the caller's remaining retry budget) and
@@ -86,6 +87,9 @@ class PermitBook:
 
     def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits, self.clock = limits, clock
+        # what the server states where a flag or the simulator outranks it: a lower one is
+        # still obeyed (pacing above the server's limit only buys 429s)
+        self.server_limit: dict[str, int | None] = dict.fromkeys(DIMENSIONS)
         self.share = limits.target_share
         self.window = dict.fromkeys(DIMENSIONS, limits.burst_s)
         self.level = {d: self._capacity(d) for d in DIMENSIONS}
@@ -101,7 +105,8 @@ class PermitBook:
 
     # -- buckets ----------------------------------------------------------------------------
     def _limit(self, dimension: str) -> int | None:
-        return getattr(self.limits, DIMENSIONS[dimension])
+        stated, server = getattr(self.limits, DIMENSIONS[dimension]), self.server_limit[dimension]
+        return min(stated, server) if stated and server else stated
 
     def _rate(self, dimension: str) -> float:
         return self.share * (self._limit(dimension) or 0) / 60.0
@@ -157,7 +162,7 @@ class PermitBook:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise PermitTimeout(f"no permit within {timeout_s:g} s (the step's retry "
-                                f"budget); limits: {self.limits.describe()}") from None
+                                f"budget); limits: {self.describe()}") from None
 
     def release(self, permit_id: str, used_tokens: int | None = None,
                 headers: Mapping[str, str] | None = None) -> None:
@@ -218,8 +223,17 @@ class PermitBook:
                 "share": round(self.share, 4), "concurrency": int(self.concurrency),
                 "held_s": round(max(0.0, self.not_before - self.updated), 3),
                 "window_s": dict(self.window), "tokens_reserved": self.tokens_reserved,
-                "tokens_used": self.tokens_used, "described": self.limits.describe(),
-                "limits": self.limits.model_dump()}
+                "tokens_used": self.tokens_used, "described": self.describe(),
+                "limits": self.limits.model_copy(update={
+                    name: self._limit(d) for d, name in DIMENSIONS.items()}).model_dump()}
+
+    def describe(self) -> str:
+        """The limits, where they came from, and any lower limit the server states."""
+        lower = [f"the server states {name} {self.server_limit[d]:,}, which is obeyed"
+                 for d, name in DIMENSIONS.items()
+                 if self.server_limit[d] and self._limit(d) == self.server_limit[d]
+                 and self.server_limit[d] != getattr(self.limits, name)]
+        return "; ".join([self.limits.describe(), *lower])
 
     # -- internals --------------------------------------------------------------------------
     def _learn(self, headers: Mapping[str, str], lease: _Lease | None) -> None:
@@ -230,10 +244,12 @@ class PermitBook:
             limit = _number(headers.get(f"x-ratelimit-limit-{dimension}"))
             remaining = _number(headers.get(f"x-ratelimit-remaining-{dimension}"))
             first = self._limit(dimension) is None
-            if limit and int(limit) != self._limit(dimension) and \
-                    outranks("server", getattr(self.limits, f"{name}_from")):
-                self.limits = self.limits.model_copy(update={name: int(limit),
-                                                             f"{name}_from": "server"})
+            if limit and outranks("server", getattr(self.limits, f"{name}_from")):
+                if int(limit) != getattr(self.limits, name):
+                    self.limits = self.limits.model_copy(update={name: int(limit),
+                                                                 f"{name}_from": "server"})
+            elif limit:
+                self.server_limit[dimension] = int(limit)
             if remaining is None or self._limit(dimension) is None:
                 continue
             per_s = self._limit(dimension) / 60.0
