@@ -72,7 +72,8 @@ async def test_headers_lower_the_level_and_subtract_what_was_granted_since():
 async def test_a_large_request_waits_only_for_the_budget_the_server_shows():
     book = PermitBook(flags(tpm=6000))                     # 100 tokens/s: 1 s holds 100
     permit = await book.acquire(50)
-    book.release(permit.id, 50, {"x-ratelimit-remaining-tokens": "5900"})  # a minute bucket
+    book.release(permit.id, 50, {"x-ratelimit-remaining-tokens": "5900",  # a minute bucket
+                                 "x-ratelimit-limit-tokens": "6000"})
     started = time.monotonic()
     await book.acquire(2000)
     assert time.monotonic() - started < 0.05
@@ -252,3 +253,11 @@ async def test_timed_out_waiter_leaves_no_permit_behind():
     book.release(held.id, 1)
     assert book.stats()["in_flight"] == 0
     await asyncio.wait_for(book.acquire(1), 0.5)
+
+
+async def test_a_tighter_flag_keeps_its_own_pace_against_a_minute_bucket():
+    book = PermitBook(flags(rpm=120))                  # the server allows 6000 a minute
+    permit = await book.acquire(1)
+    book.release(permit.id, 1, {"x-ratelimit-limit-requests": "6000",
+                                "x-ratelimit-remaining-requests": "5990"})
+    assert book.window["requests"] == 1.0 and book._capacity("requests") == 2.0

@@ -207,9 +207,11 @@ class PermitBook:
         merged = self.limits.merged(limits)
         if merged == self.limits:
             return None
-        before, self.limits = self.limits.describe(), merged
+        before, old, self.limits = self.limits.describe(), self.limits, merged
         self._refill()
-        for dimension in DIMENSIONS:
+        for dimension, name in DIMENSIONS.items():
+            if getattr(old, name) != getattr(merged, name):  # a new pace: its own burst
+                self.window[dimension] = merged.burst_s
             self.level[dimension] = min(self.level[dimension], self._capacity(dimension))
         self._pump()
         return f"{merged.describe()} (was: {before})"
@@ -253,16 +255,25 @@ class PermitBook:
             if remaining is None or self._limit(dimension) is None:
                 continue
             per_s = self._limit(dimension) / 60.0
-            if remaining > per_s * self.window[dimension]:  # the server's bucket is larger
+            if remaining > per_s * self.window[dimension] and self._servers_pace(dimension):
                 self.window[dimension] = min(60.0, remaining / per_s)
             since = [x for x in self.leases.values() if lease is None or x.seq > lease.seq]
             pending = len(since) if dimension == "requests" else sum(x.tokens for x in since)
             estimate = min(self._capacity(dimension), remaining - pending)
             if first or estimate < self.level[dimension]:
                 self.level[dimension] = estimate
-            else:  # the server holds more than we thought: use it, keeping our headroom
+            elif self._servers_pace(dimension):  # the server holds more: use it, with headroom
                 headroom = (1 - self.limits.target_share) * self._capacity(dimension)
                 self.level[dimension] = max(self.level[dimension], estimate - headroom)
+
+    def _servers_pace(self, dimension: str) -> bool:
+        """May we burst as the server's bucket allows? Not when a flag asks for less than
+        the server's limit: then the user's pace (a 1 s burst) is what they asked for."""
+        name = DIMENSIONS[dimension]
+        if getattr(self.limits, f"{name}_from") != "flag":
+            return True
+        server = self.server_limit[dimension]
+        return server is not None and server <= getattr(self.limits, name)
 
     def _reap(self, now: float) -> None:
         for permit_id in [i for i, lease in self.leases.items() if lease.expires <= now]:
