@@ -75,6 +75,10 @@ class RateLimiter:
 
         return await self._on_book(call())
 
+    def _post(self, method, *args) -> None:
+        """Hand a call that cannot fail to the book's loop and return at once."""
+        self.loop.call_soon_threadsafe(method, *args)
+
     def _report(self) -> None:
         self.waiting.set(len(self.book.waiters))
         self.in_flight.set(len(self.book.leases))
@@ -88,7 +92,7 @@ class RateLimiter:
     @ray.method(concurrency_group="control")
     async def release(self, permit_id: str, used_tokens: int | None = None,
                       headers: Mapping[str, str] | None = None) -> None:
-        await self._call(self.book.release, permit_id, used_tokens, headers)
+        self._post(self.book.release, permit_id, used_tokens, headers)
         if used_tokens:
             self.tokens.inc(used_tokens)
         self._report()
@@ -96,7 +100,7 @@ class RateLimiter:
     @ray.method(concurrency_group="control")
     async def penalize(self, permit_id: str, retry_after_s: float | None,
                        headers: Mapping[str, str] | None = None) -> None:
-        await self._call(self.book.penalize, permit_id, retry_after_s, headers)
+        self._post(self.book.penalize, permit_id, retry_after_s, headers)
         self.throttled.inc()
         self._report()
 
