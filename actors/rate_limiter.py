@@ -98,6 +98,19 @@ class RateLimiter:
         self._report()
 
     @ray.method(concurrency_group="control")
+    async def release_many(self, returns: list[tuple]) -> None:
+        """Several ``release`` argument tuples in one call (see ``RemoteLimiter``)."""
+        def release_all() -> None:
+            for permit_id, used_tokens, headers in returns:
+                self.book.release(permit_id, used_tokens, headers)
+
+        self.loop.call_soon_threadsafe(release_all)
+        used = sum(used_tokens or 0 for _, used_tokens, _ in returns)
+        if used:
+            self.tokens.inc(used)
+        self._report()
+
+    @ray.method(concurrency_group="control")
     async def penalize(self, permit_id: str, retry_after_s: float | None,
                        headers: Mapping[str, str] | None = None) -> None:
         self._post(self.book.penalize, permit_id, retry_after_s, headers)
@@ -121,11 +134,35 @@ def get_rate_limiter(name: str, limits: Limits, namespace: str = LIMITER_NAMESPA
                                lifetime="detached" if detached else None).remote(name, limits)
 
 
+class _Returns:
+    """Permits returned in one process, sent to their limiter together every few ms: one
+    actor call for many releases, so the limiter's calls per permit approach one."""
+
+    def __init__(self, handle: ray.actor.ActorHandle, every_s: float = 0.002) -> None:
+        self.handle, self.every_s = handle, every_s
+        self.pending: list[tuple] = []
+
+    def add(self, permit_id: str, used_tokens, headers) -> None:
+        if not self.pending:
+            asyncio.get_running_loop().call_later(self.every_s, self.flush)
+        self.pending.append((permit_id, used_tokens, headers))
+
+    def flush(self) -> None:
+        returns, self.pending = self.pending, []
+        if returns:
+            self.handle.release_many.remote(returns)
+
+
+_returns: dict[str, _Returns] = {}
+
+
 class RemoteLimiter:
     """The RateLimiter actor seen through the ``chainray.exec.llm.Limiter`` interface."""
 
     def __init__(self, handle: ray.actor.ActorHandle) -> None:
         self.handle = handle
+        key = handle._actor_id.hex()
+        self.returns = _returns.get(key) or _returns.setdefault(key, _Returns(handle))
 
     async def acquire(self, tokens: int, priority: float,
                       timeout_s: float | None = None) -> Permit:
@@ -137,8 +174,10 @@ class RemoteLimiter:
             raise
 
     async def release(self, permit_id: str, used_tokens, headers) -> None:
-        await self.handle.release.remote(permit_id, used_tokens, headers)
+        """Queued, not awaited: the step's answer need not wait for the limiter's ack."""
+        self.returns.add(permit_id, used_tokens, headers)
 
     async def penalize(self, permit_id: str, retry_after_s,
                        headers: Mapping[str, str] | None = None) -> None:
+        """Awaited, so that the hold is in place before this caller's next acquire."""
         await self.handle.penalize.remote(permit_id, retry_after_s, headers)

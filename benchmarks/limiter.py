@@ -19,7 +19,7 @@ import uuid
 import ray
 from _common import machine, start_ray
 
-from chainray.actors.rate_limiter import RateLimiter
+from chainray.actors.rate_limiter import RateLimiter, RemoteLimiter
 from chainray.api.session import Session, SessionConfig
 from chainray.exec.jobs import RunJob
 from chainray.exec.permits import Limits
@@ -31,11 +31,13 @@ from chainray.spec.chain import chain_from_dict
 class Caller:
     """Starts ``n`` concurrent acquire -> release cycles against the limiter."""
 
-    async def run(self, limiter, n: int) -> list[float]:
+    async def run(self, handle, n: int) -> list[float]:
+        limiter = RemoteLimiter(handle)  # what step runners use
+
         async def one() -> float:
-            permit = await limiter.acquire.remote(100, 0.0, 600.0)
+            permit = await limiter.acquire(100, 0.0, 600.0)
             delivered = time.time() - permit.granted_at
-            await limiter.release.remote(permit.id, 50, None)
+            await limiter.release(permit.id, 50, None)
             return delivered
 
         return list(await asyncio.gather(*(one() for _ in range(n))))
@@ -55,6 +57,7 @@ def waiters_case(waiters: int, callers: int, concurrency: int) -> None:
     print(f"{len(latencies)} waiters from {callers} caller actors, concurrency cap "
           f"{concurrency}: {len(latencies) / wall:.0f} permits/s (acquire + release each); "
           f"grant delivery p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; {wall:.1f} s")
+    time.sleep(0.5)  # let the last batched releases land before the limiter goes
     ray.kill(limiter)
 
 

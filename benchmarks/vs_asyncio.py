@@ -28,11 +28,10 @@ import openai
 from _common import machine, start_ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.plain_server import PlainServer  # noqa: E402  (the in-repo plain server)
-
 from chainray.api.session import Session, SessionConfig  # noqa: E402
 from chainray.exec.jobs import RunJob  # noqa: E402
 from chainray.spec.chain import load_chain  # noqa: E402
+from tests.plain_server import PlainServer  # noqa: E402  (the in-repo plain server)
 
 PHASES = [["hardware", "software", "commercial"], ["security"], ["academic"], ["synthesis"]]
 ORDER = ["hardware", "software", "commercial", "security", "academic", "synthesis"]
@@ -100,8 +99,9 @@ def main() -> None:
           f"{args.repeat}; chainray timed by the driver's wall clock around session.run")
     print(f"{'strategy':<11} {'asyncio s':>9} {'chainray s':>10} {'ratio':>6}  target")
     for strategy, theirs, ours in rows:
+        against = "phased hybrid" if strategy == "hybrid" else strategy
         print(f"{strategy:<11} {theirs:9.3f} {ours:10.3f} {ours / theirs:6.2f}  "
-              f"<= {targets[strategy]:.2f}x the asyncio {'phased hybrid' if strategy == 'hybrid' else strategy}")
+              f"<= {targets[strategy]:.2f}x the asyncio {against}")
     print(f"machine: {machine()}")
 
 
