@@ -109,3 +109,17 @@ def session_for_plain(base_url: str, **overrides) -> Session:
                   limiter_namespace=f"test-{uuid.uuid4().hex[:8]}", timeout_s=10.0,
                   backoff_s=0.05)
     return Session(SessionConfig(**{**config, **overrides}))
+
+
+def test_an_embedded_simulators_limiter_states_its_settings_and_ends_with_the_run(
+        ray_session, capsys):
+    config = SessionConfig(env={}, sim_speed=50.0, progress=True,
+                           limiter_namespace=f"test-{uuid.uuid4().hex[:8]}")
+    with Session(config) as session:
+        result = session.run(job(fan_chain(2)))
+        [handle] = session.limiters.values()
+    assert result.status == "ok"
+    assert ("rpm 500 from the embedded simulator's settings; tpm 200,000 from the embedded "
+            "simulator's settings") in capsys.readouterr().err
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(handle.stats.remote(), timeout=30)

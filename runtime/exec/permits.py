@@ -139,7 +139,7 @@ class PermitBook:
                       timeout_s: float | None = None) -> Permit:
         """Wait for a permit for one request of about ``tokens`` tokens, at most
         ``timeout_s`` (then ``PermitTimeout``)."""
-        tpm = self.limits.tpm
+        tpm = self._limit("tokens")
         if tpm is not None and tokens > tpm:
             raise PermitRefused(f"a request of about {tokens} tokens can never fit the limit "
                                 f"of {tpm} tokens/min; lower max_tokens or the prompt")
