@@ -60,7 +60,9 @@ class Permit:
 @dataclass
 class _Lease:
     tokens: int
-    seq: int                    # grant order: later grants are not in an earlier answer's view
+    seq: int                    # grant order
+    granted_before: int         # permits granted before this one
+    reserved_before: int        # tokens reserved before this one
     expires: float
     budget_end: float | None    # when the holder's retry budget runs out
 
@@ -240,8 +242,7 @@ class PermitBook:
     # -- internals --------------------------------------------------------------------------
     def _learn(self, headers: Mapping[str, str], lease: _Lease | None) -> None:
         """Take the server's limits (unless stated by a higher source) and its view of what is
-        left: the server counted this request and those before it, so what we granted since
-        is subtracted. Out-of-date answers can only make that estimate low, never high."""
+        left, less what it may not have seen yet (``_unseen``)."""
         for dimension, name in DIMENSIONS.items():
             limit = _number(headers.get(f"x-ratelimit-limit-{dimension}"))
             remaining = _number(headers.get(f"x-ratelimit-remaining-{dimension}"))
@@ -257,14 +258,25 @@ class PermitBook:
             per_s = self._limit(dimension) / 60.0
             if remaining > per_s * self.window[dimension] and self._servers_pace(dimension):
                 self.window[dimension] = min(60.0, remaining / per_s)
-            since = [x for x in self.leases.values() if lease is None or x.seq > lease.seq]
-            pending = len(since) if dimension == "requests" else sum(x.tokens for x in since)
+            pending = self._unseen(dimension, lease)
             estimate = min(self._capacity(dimension), remaining - pending)
             if first or estimate < self.level[dimension]:
                 self.level[dimension] = estimate
             elif self._servers_pace(dimension):  # the server holds more: use it, with headroom
                 headroom = (1 - self.limits.target_share) * self._capacity(dimension)
                 self.level[dimension] = max(self.level[dimension], estimate - headroom)
+
+    def _unseen(self, dimension: str, lease: _Lease | None) -> float:
+        """What the server may not have counted when it answered ``lease``: every permit
+        granted since (answered or not: answers arrive out of order) and every earlier one
+        still in flight (it may reach the server late). Errs high, so estimates err low."""
+        tokens = dimension == "tokens"
+        earlier = [x for x in self.leases.values() if lease is None or x.seq < lease.seq]
+        pending = sum(x.tokens for x in earlier) if tokens else len(earlier)
+        if lease is not None:
+            pending += (self.tokens_reserved - lease.reserved_before - lease.tokens if tokens
+                        else self.granted - lease.granted_before - 1)
+        return float(pending)
 
     def _servers_pace(self, dimension: str) -> bool:
         """May we burst as the server's bucket allows? Not when a flag asks for less than
@@ -307,7 +319,8 @@ class PermitBook:
         self.level["requests"] -= 1
         self.level["tokens"] -= waiter.tokens
         permit = Permit(uuid.uuid4().hex, now - waiter.since, time.time())
-        self.leases[permit.id] = _Lease(waiter.tokens, next(self.counter),
+        self.leases[permit.id] = _Lease(waiter.tokens, next(self.counter), self.granted,
+                                        self.tokens_reserved,
                                         now + self.limits.lease_ttl_s, waiter.budget_end)
         self.granted += 1
         self.tokens_reserved += waiter.tokens
