@@ -9,7 +9,7 @@ import time
 import pytest
 
 from chainray.errors import ChainrayError, PermitRefused
-from chainray.exec.permits import Limits, PermitBook, PermitTimeout
+from chainray.exec.permits import SLOW_START, Limits, PermitBook, PermitTimeout
 
 
 def flags(**values) -> Limits:
@@ -31,8 +31,9 @@ async def test_requests_are_paced_after_a_one_second_burst():
 async def test_no_limit_is_invented():
     book = PermitBook(Limits(max_concurrency=1000))
     started = time.monotonic()
-    permits = [await book.acquire(100_000) for _ in range(1000)]
-    assert time.monotonic() - started < 0.5 and len(permits) == 1000
+    for _ in range(1000):
+        book.release((await book.acquire(100_000)).id, 100_000)
+    assert time.monotonic() - started < 0.5
     assert book.limits.rpm is None and book.limits.tpm is None
     assert "rpm not paced" in book.stats()["described"]
 
@@ -261,3 +262,13 @@ async def test_a_tighter_flag_keeps_its_own_pace_against_a_minute_bucket():
     book.release(permit.id, 1, {"x-ratelimit-limit-requests": "6000",
                                 "x-ratelimit-remaining-requests": "5990"})
     assert book.window["requests"] == 1.0 and book._capacity("requests") == 2.0
+
+
+async def test_without_limits_calls_in_flight_slow_start_to_the_cap():
+    book = PermitBook(Limits(max_concurrency=100))
+    permits = [await book.acquire(1) for _ in range(SLOW_START)]
+    assert book.stats()["concurrency"] == SLOW_START
+    for permit in permits:
+        book.release(permit.id, 1)                # each answer lets one more in
+    assert book.stats()["concurrency"] == 2 * SLOW_START
+    assert PermitBook(flags(rpm=10, tpm=10)).stats()["concurrency"] == 64  # paced: no ramp

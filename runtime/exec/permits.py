@@ -8,8 +8,8 @@ never waits. When the server's ``x-ratelimit-remaining-*`` headers show that it 
 second of budget waits only as long as the real budget requires. A request reserves its
 estimated tokens (prompt + max_tokens) up front; one larger than the bucket waits for a full
 bucket and leaves debt that the next request repays, so it is never starved. A dimension
-nobody stated is not paced at all; only the concurrency cap applies, and a 429 halves it
-(additive increase back on each success).
+nobody stated is not paced at all; only the concurrency cap applies, reached by slow start
+(16 calls in flight, one more per answer), and a 429 halves it (one more per round trip).
 
 ``release`` refunds unused tokens and learns from the headers: limits (up or down, unless a
 flag set them; a stated limit lower than a flag is obeyed, never recorded as the flag's) and
@@ -43,7 +43,9 @@ from dataclasses import dataclass, field
 from chainray.errors import PermitRefused
 from chainray.exec.limits import DIMENSIONS, Limits, outranks
 
-__all__ = ["Limits", "Permit", "PermitBook", "PermitTimeout"]
+__all__ = ["Limits", "Permit", "PermitBook", "PermitTimeout", "SLOW_START"]
+
+SLOW_START = 16  # calls in flight at first when a dimension is unpaced (wider than most chains)
 
 
 class PermitTimeout(PermitRefused, TimeoutError):
@@ -97,7 +99,11 @@ class PermitBook:
         self.level = {d: self._capacity(d) for d in DIMENSIONS}
         self.updated = clock()
         self.not_before = 0.0
-        self.concurrency = float(limits.max_concurrency)
+        # With a dimension unpaced, in-flight calls start at SLOW_START and grow by one per
+        # answer (doubling each round trip) until the first 429, then by one per round trip.
+        self.slow_start = limits.rpm is None or limits.tpm is None
+        self.concurrency = float(min(limits.max_concurrency, SLOW_START) if self.slow_start
+                                 else limits.max_concurrency)
         self.leases: dict[str, _Lease] = {}
         self.waiters: list[_Waiter] = []
         self.counter = itertools.count()
@@ -175,9 +181,8 @@ class PermitBook:
             self.tokens_used += used_tokens
             self.level["tokens"] = min(self._capacity("tokens"), self.level["tokens"]
                                        + max(0, lease.tokens - used_tokens))
-            # an answer: additive increase of the concurrency cut by earlier 429s
-            self.concurrency = min(float(self.limits.max_concurrency),
-                                   self.concurrency + 1.0 / max(1.0, self.concurrency))
+            step = 1.0 if self.slow_start else 1.0 / max(1.0, self.concurrency)
+            self.concurrency = min(float(self.limits.max_concurrency), self.concurrency + step)
         if headers:
             self._learn(headers, lease)
         self._pump()
@@ -192,6 +197,7 @@ class PermitBook:
         if headers:
             self._learn(headers, lease)
         self.share = max(0.5 * self.limits.target_share, self.share * 0.9)
+        self.slow_start = False
         if self.limits.rpm is None or self.limits.tpm is None:  # an unpaced dimension: AIMD
             self.concurrency = max(1.0, min(self.concurrency, len(self.leases) + 1.0) / 2)
         hold = _number(str(retry_after_s)) if retry_after_s is not None else None
