@@ -17,8 +17,10 @@ so the book lives on one more loop of its own and every method hands its work to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import threading
+import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
@@ -166,12 +168,15 @@ class RemoteLimiter:
 
     async def acquire(self, tokens: int, priority: float,
                       timeout_s: float | None = None) -> Permit:
+        """A permit whose ``waited_s`` is the caller's whole wait, round trip included."""
+        started = time.monotonic()
         try:
-            return await self.handle.acquire.remote(tokens, priority, timeout_s)
+            permit = await self.handle.acquire.remote(tokens, priority, timeout_s)
         except ray.exceptions.RayTaskError as exc:  # the book's own error, without Ray's frame
             if isinstance(exc.cause, PermitRefused):
                 raise exc.cause from None
             raise
+        return dataclasses.replace(permit, waited_s=time.monotonic() - started)
 
     async def release(self, permit_id: str, used_tokens, headers) -> None:
         """Queued, not awaited: the step's answer need not wait for the limiter's ack."""

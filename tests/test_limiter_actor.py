@@ -123,3 +123,14 @@ def test_an_embedded_simulators_limiter_states_its_settings_and_ends_with_the_ru
             "simulator's settings") in capsys.readouterr().err
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(handle.stats.remote(), timeout=30)
+
+
+def test_queued_ms_is_the_time_steps_waited_for_permits(ray_session):
+    server = PlainServer(latency_s=0.3)
+    with server.running() as base_url:
+        with session_for_plain(base_url, max_concurrency=1) as session:
+            result = session.run(job(fan_chain(3), "parallel"))
+    assert result.status == "ok"
+    waits = sorted(step.queued_ms for step in result.steps if step.id != "final")
+    assert waits[0] < 250 and 250 < waits[1] < 900 and 550 < waits[2] < 1500
+    assert result.queued_ms > 0
