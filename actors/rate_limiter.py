@@ -138,21 +138,34 @@ def get_rate_limiter(name: str, limits: Limits, namespace: str = LIMITER_NAMESPA
 
 class _Returns:
     """Permits returned in one process, sent to their limiter together every few ms: one
-    actor call for many releases, so the limiter's calls per permit approach one."""
+    actor call for many releases, so the limiter's calls per permit approach one. Each
+    caller still waits for its batch to be acknowledged: a step's permits are back before
+    the step's result is."""
 
     def __init__(self, handle: ray.actor.ActorHandle, every_s: float = 0.002) -> None:
         self.handle, self.every_s = handle, every_s
         self.pending: list[tuple] = []
+        self.done: asyncio.Future | None = None
 
-    def add(self, permit_id: str, used_tokens, headers) -> None:
-        if not self.pending:
-            asyncio.get_running_loop().call_later(self.every_s, self.flush)
+    def add(self, permit_id: str, used_tokens, headers) -> asyncio.Future:
+        if self.done is None:
+            loop = asyncio.get_running_loop()
+            self.done = loop.create_future()
+            loop.call_later(self.every_s, self.flush)
         self.pending.append((permit_id, used_tokens, headers))
+        return self.done
 
     def flush(self) -> None:
-        returns, self.pending = self.pending, []
-        if returns:
-            self.handle.release_many.remote(returns)
+        returns, done, self.pending, self.done = self.pending, self.done, [], None
+        asyncio.ensure_future(self._send(returns, done))
+
+    async def _send(self, returns: list[tuple], done: asyncio.Future) -> None:
+        try:
+            await self.handle.release_many.remote(returns)
+        except Exception as exc:  # noqa: BLE001  (handed to every caller of this batch)
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
 
 
 _returns: dict[str, _Returns] = {}
@@ -179,8 +192,8 @@ class RemoteLimiter:
         return dataclasses.replace(permit, waited_s=time.monotonic() - started)
 
     async def release(self, permit_id: str, used_tokens, headers) -> None:
-        """Queued, not awaited: the step's answer need not wait for the limiter's ack."""
-        self.returns.add(permit_id, used_tokens, headers)
+        """Sent with the other permits this process returns in the same few ms."""
+        await asyncio.shield(self.returns.add(permit_id, used_tokens, headers))
 
     async def penalize(self, permit_id: str, retry_after_s,
                        headers: Mapping[str, str] | None = None) -> None:
