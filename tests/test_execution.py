@@ -73,7 +73,7 @@ def test_limiter_holds_rpm_against_the_servers_count(ray_session, sim):
 
 def test_limiter_holds_tpm(ray_session, sim):
     # Each call reserves about 20 prompt + 100 max tokens; 6000 TPM at 95 % is 95 tokens/s.
-    sim.configure(speed=50.0, tpm=6000, burst_s=5.0)
+    sim.configure(speed=50.0, tpm=6000, enforce="second")  # a 1-second burst, with debt
     with session_for(sim, tpm=6000) as session:
         result = session.run(job(fan_chain(4, max_tokens=100), "parallel"))
     stats = sim.stats()
@@ -82,8 +82,8 @@ def test_limiter_holds_tpm(ray_session, sim):
     log = sorted(stats["request_log"], key=lambda r: r["start"])
     span = log[-1]["start"] - log[0]["start"]
     before_last = sum(r["prompt_tokens"] + r["completion_tokens"] for r in log[:-1])
-    # admitted tokens <= a 1-second bucket + one request of debt + 95 tokens/s
-    assert before_last <= 95 + 130 + 95 * span
+    # admitted tokens <= a 1-second bucket (100) + one request of debt + 95 tokens/s
+    assert before_last <= 100 + 130 + 95 * span
     assert span > 2.0  # unpaced, all five would start at once
 
 

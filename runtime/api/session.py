@@ -22,21 +22,26 @@ from chainray.actors.coordinator import Coordinator
 from chainray.actors.rate_limiter import LIMITER_NAMESPACE, get_rate_limiter, limiter_name
 from chainray.errors import InputError
 from chainray.exec.jobs import RunJob, step_models
+from chainray.exec.limits import Limits
 from chainray.exec.llm import Endpoint
-from chainray.exec.permits import Limits
 from chainray.report.progress import ProgressView, result_counts
 from chainray.results import RunResult
+from chainray.sim.config import SimConfig
 from chainray.sim.embedded import EmbeddedSimulator, start_simulator
 
 __all__ = ["Session", "SessionConfig", "connect_ray", "new_run_id", "OPENAI_URL"]
 
 OPENAI_URL = "https://api.openai.com/v1"
-SIM_RPM, SIM_TPM = 500, 200_000
 
 
 @dataclass
 class SessionConfig:
-    """How to reach Ray and the endpoint, and the budget to keep under."""
+    """How to reach Ray and the endpoint, and the budget to keep under.
+
+    ``rpm``/``tpm`` are explicit limits (flags): they reconfigure the shared limiter. Left
+    ``None``, the embedded simulator's own settings apply, or the limits another endpoint's
+    headers state; a dimension nobody states is not paced.
+    """
 
     address: str | None = None
     base_url: str | None = None
@@ -104,15 +109,16 @@ class Session:
         self.limiters: dict[str, ray.actor.ActorHandle] = {}
         self.adaptations = get_adaptations(config.limiter_namespace)
         self.notes_shown = 0
+        self.described: dict[str, str] = {}
 
     def _open_endpoint(self) -> Endpoint:
         config, env = self.config, self.config.env
         base_url = config.base_url or env.get("OPENAI_BASE_URL")
         api_key = env.get("OPENAI_API_KEY")
         if not base_url and not api_key:
+            sim = self._simulator_settings()
             self.simulator = start_simulator("--speed", str(config.sim_speed),
-                                             "--rpm", str(config.rpm or SIM_RPM),
-                                             "--tpm", str(config.tpm or SIM_TPM),
+                                             "--rpm", str(sim.rpm), "--tpm", str(sim.tpm),
                                              *config.sim_flags)
             base_url, api_key = self.simulator.base_url, "sim-no-key-needed"
         check_reachable(base_url or OPENAI_URL)
@@ -120,19 +126,46 @@ class Session:
                         timeout_s=config.timeout_s, max_attempts=config.max_attempts,
                         backoff_s=config.backoff_s, api_version=config.api_version)
 
+    def _simulator_settings(self) -> SimConfig:
+        """The embedded simulator's limits: the flags if given, else its own defaults."""
+        config = self.config
+        return SimConfig(rpm=config.rpm or SimConfig().rpm, tpm=config.tpm or SimConfig().tpm)
+
     @property
     def limits(self) -> Limits:
+        """The limits this driver states: its flags, and the embedded simulator's settings
+        (which are the simulator's real limits); nothing else."""
         config = self.config
-        return Limits(rpm=config.rpm or SIM_RPM, tpm=config.tpm or SIM_TPM,
-                      max_concurrency=config.max_concurrency, priority=config.priority,
-                      target_share=config.target_share)
+        stated = {"max_concurrency": config.max_concurrency, "priority": config.priority,
+                  "target_share": config.target_share}
+        if self.simulator is not None:
+            sim = self._simulator_settings()
+            stated.update(rpm=sim.rpm, tpm=sim.tpm, rpm_from="simulator",
+                          tpm_from="simulator", burst_s=min(60.0, sim.burst_s))
+        for name in ("rpm", "tpm"):
+            if getattr(config, name):
+                stated.update({name: getattr(config, name), f"{name}_from": "flag"})
+        return Limits(**stated)
+
+    def _say(self, line: str) -> None:
+        if self.config.progress:
+            print(f"chainray: {line}", file=sys.stderr, flush=True)
 
     def limiters_for(self, job: RunJob) -> dict[str, ray.actor.ActorHandle]:
-        """The run's RateLimiters, started (and waited for) before its first step."""
+        """The run's RateLimiters, started (and waited for) before its first step. Explicit
+        limits reconfigure a shared limiter that exists already (the newest explicit value
+        wins); the limits in force and where they came from are printed once."""
+        limits, detached = self.limits, self.simulator is None
         new = {model: get_rate_limiter(limiter_name(self.endpoint.base_url, model),
-                                       self.limits, self.config.limiter_namespace)
+                                       limits, self.config.limiter_namespace, detached)
                for model in step_models(job) - self.limiters.keys()}
-        ray.get([handle.stats.remote() for handle in new.values()], timeout=120)
+        changes = ray.get([handle.configure.remote(limits) for handle in new.values()],
+                          timeout=120)
+        stats = ray.get([handle.stats.remote() for handle in new.values()], timeout=120)
+        for model, change, stat in zip(new, changes, stats, strict=True):
+            self._say(f"{model}: reconfigured the shared limiter: {change}" if change else
+                      f"{model}: {stat['described']}")
+            self.described[model] = stat["described"]
         self.limiters.update(new)
         return self.limiters
 
@@ -187,6 +220,19 @@ class Session:
         return ray.get([handle.stats.remote() for handle in self.limiters.values()])
 
     def close(self) -> None:
+        """Say what the limiters learned; end the limiters of an embedded simulator with it."""
+        if self.limiters and ray.is_initialized():
+            try:
+                stats = ray.get([h.stats.remote() for h in self.limiters.values()], timeout=10)
+            except (ray.exceptions.RayError, TimeoutError):
+                stats = []
+            for model, stat in zip(self.limiters, stats, strict=False):
+                if stat["described"] != self.described.get(model):
+                    self._say(f"{model}: {stat['described']}")
+            if self.simulator is not None:
+                for handle in self.limiters.values():
+                    ray.kill(handle, no_restart=True)
+        self.limiters.clear()
         if self.simulator is not None:
             self.simulator.stop()
             self.simulator = None

@@ -50,8 +50,9 @@ def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_f
                         help="Azure OpenAI: the api-version to send; --base-url is then the "
                         "resource endpoint (https://NAME.openai.azure.com) and models name "
                         "deployments")
-    parser.add_argument("--rpm", type=positive_int, help="requests/min budget (default 500)")
-    parser.add_argument("--tpm", type=positive_int, help="tokens/min budget (default 200000)")
+    parser.add_argument("--rpm", type=positive_int, help="requests/min budget (default: the "
+                        "simulator's settings, else learned from the server's headers)")
+    parser.add_argument("--tpm", type=positive_int, help="tokens/min budget (default: as --rpm)")
     parser.add_argument("--max-concurrency", type=positive_int, default=64,
                         help="most calls in flight at once across the cluster (default 64)")
     parser.add_argument("--target-share", type=_share, default=0.95, metavar="F",

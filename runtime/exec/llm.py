@@ -130,15 +130,6 @@ def make_client(endpoint: Endpoint) -> openai.AsyncOpenAI:
                               timeout=timeout)
 
 
-def _beyond_budget(error: EndpointError, left_s: float) -> EndpointError:
-    """A Retry-After longer than the retry budget has left ends the call now, honestly."""
-    if error.retryable and error.retry_after is not None and error.retry_after > left_s:
-        return EndpointError(f"{error.message} (the server asks to wait {error.retry_after:.0f}"
-                             f"s, more than the {left_s:.0f}s left of the retry budget)",
-                             error.status, error.code, error.type, error.retry_after, False)
-    return error
-
-
 async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
                    endpoint: Endpoint, reply: LLMReply, kwargs: dict, left_s: float) -> None:
     secret = endpoint.api_key.get_secret_value()
@@ -153,7 +144,7 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
         except EndpointError as error:
             reply.attempts -= error.code == "connect_failed"  # no request reached the server
             reply.rate_limited += error.status == 429
-            raise _beyond_budget(error, left_s) from None
+            raise
         permit.settle(completion.prompt_tokens + completion.completion_tokens,
                       {k: raw.headers[k] for k in _RATE_HEADERS if k in raw.headers})
     reply.text, reply.truncated = completion.text, completion.truncated

@@ -40,7 +40,11 @@ async def _hand_back(call: Awaitable[None] | None) -> None:
 
 
 class PermitScope:
-    """Acquire on enter, hand back on exit (release, or penalize after a retryable 429)."""
+    """Acquire on enter, hand back on exit (release, or penalize after a retryable 429).
+
+    A 429 whose Retry-After is longer than ``max_penalty_s`` (what the caller's retry budget
+    has left) holds nobody: the caller gives up rather than wait (the retry policy says so),
+    and a later caller, perhaps of a healthier driver, must not wait for it either."""
 
     def __init__(self, limiter: Limiter, tokens: int, priority: float = 0.0,
                  timeout_s: float | None = None, max_penalty_s: float | None = None) -> None:
@@ -66,11 +70,10 @@ class PermitScope:
         return self
 
     async def __aexit__(self, kind, exc, tb) -> None:
-        if isinstance(exc, EndpointError) and exc.status == 429 and exc.retryable:
-            wait = exc.retry_after
-            if wait is not None and self.max_penalty_s is not None:
-                wait = min(wait, self.max_penalty_s)
-            await _hand_back(self.limiter.penalize(self.id, wait))
+        if isinstance(exc, EndpointError) and exc.status == 429 and exc.retryable and not (
+                exc.retry_after is not None and self.max_penalty_s is not None
+                and exc.retry_after > self.max_penalty_s):
+            await _hand_back(self.limiter.penalize(self.id, exc.retry_after))
         elif exc is not None:
             await _hand_back(self.limiter.release(self.id, None, None))
         else:

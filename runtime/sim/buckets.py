@@ -1,5 +1,10 @@
 """Server-side rate limits as OpenAI enforces them: continuously refilling buckets charged at
-admission (prompt estimate + max_tokens), with the headers OpenAI sends on every answer."""
+admission (prompt estimate + max_tokens), with the headers OpenAI sends on every answer.
+
+Two enforcements: ``minute`` buckets hold ``burst_s`` of refill (60 s: a minute's budget at
+once); ``second`` buckets hold one second of it (OpenAI: "60,000 requests/minute may be
+enforced as 1,000 requests/second"), and a request larger than one second's tokens is
+admitted into a full bucket, leaving debt, so that it is slow but possible."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chainray.durations import format_duration
+from chainray.sim.config import SimConfig
 
 __all__ = ["Bucket", "LimitBuckets", "Admission"]
 
@@ -55,19 +61,28 @@ class LimitBuckets:
     """A requests bucket and a tokens bucket for one key."""
 
     def __init__(self, rpm: int, tpm: int, burst_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, debt: bool = False) -> None:
         self.requests = Bucket(rpm, burst_s, clock=clock)
         self.tokens = Bucket(tpm, burst_s, clock=clock)
+        self.debt = debt  # may a request larger than the bucket go into a full one?
+
+    @classmethod
+    def for_config(cls, config: SimConfig) -> LimitBuckets:
+        if config.enforce == "second":
+            return cls(config.rpm, config.tpm, 1.0, debt=True)
+        return cls(config.rpm, config.tpm, config.burst_s)
 
     def admit(self, charge_tokens: int) -> Admission:
         self.requests.refill()
         self.tokens.refill()
-        if charge_tokens > self.tokens.capacity:
+        largest = self.tokens.limit_per_min if self.debt else self.tokens.capacity
+        if charge_tokens > largest:
             return Admission(False, "tokens", 0.0, too_large=True)
         if self.requests.level < 1:
             return Admission(False, "requests", self.requests.wait_for(1))
-        if self.tokens.level < charge_tokens:
-            return Admission(False, "tokens", self.tokens.wait_for(charge_tokens))
+        need = min(charge_tokens, self.tokens.capacity) if self.debt else charge_tokens
+        if self.tokens.level < need:
+            return Admission(False, "tokens", self.tokens.wait_for(need))
         self.requests.level -= 1
         self.tokens.level -= charge_tokens
         return Admission(True)

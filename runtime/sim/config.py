@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +42,10 @@ class SimConfig(BaseModel):
     rpm: int = Field(500, gt=0, description="requests per minute")
     tpm: int = Field(200_000, gt=0, description="tokens per minute")
     burst_s: float = Field(60.0, gt=0, description="bucket capacity in seconds of refill")
+    enforce: Literal["minute", "second"] = Field(
+        "minute", description="minute: buckets hold burst_s of refill; second: a minute's "
+        "limit enforced per second (buckets hold 1 s; a larger request is admitted into a "
+        "full bucket and leaves debt), as OpenAI may quantize limits")
     refund_unused: bool = True
     retry_after_headers: bool = True
     seed: int = 0

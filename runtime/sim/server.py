@@ -40,7 +40,7 @@ class Simulator:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.stats = ServerStats()
-        self.buckets = LimitBuckets(config.rpm, config.tpm, config.burst_s)
+        self.buckets = LimitBuckets.for_config(config)
         self.rng = random.Random(config.seed)
         self.fault_rng = random.Random(f"faults:{config.seed}")  # apart from latency draws
         self.app = web.Application()
@@ -83,7 +83,7 @@ class Simulator:
     def _apply(self, config: SimConfig) -> None:
         self.config = config
         self.stats = ServerStats()
-        self.buckets = LimitBuckets(config.rpm, config.tpm, config.burst_s)
+        self.buckets = LimitBuckets.for_config(config)
         self.rng = random.Random(config.seed)
         self.fault_rng = random.Random(f"faults:{config.seed}")
 
