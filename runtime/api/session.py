@@ -9,6 +9,7 @@ import socket
 import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import ray
@@ -42,7 +43,7 @@ class SessionConfig:
     max_concurrency: int = 64
     target_share: float = 0.95
     priority: bool = True
-    dashboard: bool = True
+    dashboard: bool = False  # Ray's dashboard costs seconds and ~300 MiB: only when asked
     sim_speed: float = 1.0
     sim_flags: tuple[str, ...] = ()
     runners: int = 2
@@ -90,24 +91,50 @@ class Session:
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self.simulator: EmbeddedSimulator | None = None
-        self.endpoint = self._open_endpoint()
-        connect_ray(config.address, config.dashboard)
+        self.limiters: dict[str, ray.actor.ActorHandle] = {}
+        self.coordinator = None
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        config = self.config
+        # The simulator (a child process) starts while Ray does: they overlap, not add up.
+        with ThreadPoolExecutor(1, thread_name_prefix="chainray-sim") as pool:
+            simulator = pool.submit(self._start_simulator) if self._wants_simulator() else None
+            if simulator is None:
+                self.endpoint = self._open_endpoint()  # unreachable: fail before Ray starts
+            connect_ray(config.address, config.dashboard)
+            if simulator is not None:
+                self.simulator = simulator.result(timeout=120)
+                self.endpoint = self._open_endpoint()
         # On the driver's node, so that the run journal lands on the driver's disk.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        # One step runner per node is enough (each keeps hundreds of calls in flight); more
+        # on one node are processes a local run does not need.
+        runners = min(config.runners, max(1, len([n for n in ray.nodes() if n["Alive"]])))
         self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
-            self.endpoint, config.runners)
+            self.endpoint, runners)
         ray.get(self.coordinator.ready.remote(), timeout=120)
-        self.limiters: dict[str, ray.actor.ActorHandle] = {}
+
+    def _wants_simulator(self) -> bool:
+        env = self.config.env
+        return not (self.config.base_url or env.get("OPENAI_BASE_URL")
+                    or env.get("OPENAI_API_KEY"))
+
+    def _start_simulator(self) -> EmbeddedSimulator:
+        config = self.config
+        return start_simulator("--speed", str(config.sim_speed),
+                               "--rpm", str(config.rpm or SIM_RPM),
+                               "--tpm", str(config.tpm or SIM_TPM), *config.sim_flags)
 
     def _open_endpoint(self) -> Endpoint:
         config, env = self.config, self.config.env
         base_url = config.base_url or env.get("OPENAI_BASE_URL")
         api_key = env.get("OPENAI_API_KEY")
-        if not base_url and not api_key:
-            self.simulator = start_simulator("--speed", str(config.sim_speed),
-                                             "--rpm", str(config.rpm or SIM_RPM),
-                                             "--tpm", str(config.tpm or SIM_TPM),
-                                             *config.sim_flags)
+        if self.simulator is not None:
             base_url, api_key = self.simulator.base_url, "sim-no-key-needed"
         check_reachable(base_url or OPENAI_URL)
         return Endpoint(base_url=base_url or OPENAI_URL, api_key=SecretStr(api_key or "none"),
@@ -159,7 +186,16 @@ class Session:
         return ray.get([handle.stats.remote() for handle in self.limiters.values()])
 
     def close(self) -> None:
+        """Stop the Coordinator (its step runners go with it) and the embedded simulator,
+        with the limiters only it used; Ray stays up for this process's next session."""
+        if self.coordinator is not None and ray.is_initialized():
+            ray.kill(self.coordinator)
+        self.coordinator = None
         if self.simulator is not None:
+            # Nobody else can call a private simulator, so its limiters go with it.
+            for handle in self.limiters.values() if ray.is_initialized() else ():
+                ray.kill(handle)
+            self.limiters.clear()
             self.simulator.stop()
             self.simulator = None
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable
 
 from chainray.errors import ChainrayError, InputError, SpecError
@@ -19,6 +22,7 @@ examples:
   chainray run quantum_research --strategy hybrid --json out.json
   chainray bench quantum_research --repeat 3          compare the three strategies
   chainray sim --port 8000 --rpm 500 --tpm 200000     the simulated LLM server, foreground
+  chainray schema > chain.schema.json                 JSON Schema for editors
 
 SCENARIO is a bundled scenario name or a path to a chain YAML file. Without --base-url and
 OPENAI_API_KEY, run and bench start the embedded simulator on a free loopback port.
@@ -69,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         "makespan, tokens and cost, then the recommended strategy. Sends nothing anywhere.")
     plan.add_argument("scenario", metavar="SCENARIO", help="bundled name or chain YAML path")
     _add_prediction_flags(plan)
+    commands.add_parser(
+        "schema", help="print the chain file's JSON Schema (editor validation)",
+        description="Print the JSON Schema of chain files. Save it and name it in a chain "
+        "file's first line so that editors check the file as you type:\n"
+        "  chainray schema > chain.schema.json\n"
+        "  # yaml-language-server: $schema=./chain.schema.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     from chainray.cli import run as cli_run
     from chainray.cli import sim as cli_sim
 
@@ -91,12 +102,28 @@ def _add_prediction_flags(parser: argparse.ArgumentParser) -> None:
 def _cmd_scenarios(args: argparse.Namespace) -> int:
     from chainray.spec.chain import SCENARIO_DIR, load_chain
 
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
+    indent = " " * 25
     for path in sorted(SCENARIO_DIR.glob("*.yaml")):
         chain = load_chain(str(path))
         steps = ", ".join(step.id for step in chain.steps)
-        print(f"{chain.name:<24} {len(chain.steps)} steps: {steps}")
+        # Wrapped at word boundaries, never cut: the text is for reading, not for a column.
+        print(textwrap.fill(f"{len(chain.steps)} steps: {steps}", width,
+                            initial_indent=f"{chain.name:<24} ", subsequent_indent=indent,
+                            break_long_words=False, break_on_hyphens=False))
         if chain.description:
-            print(f"{'':<24} {' '.join(chain.description.split())[:150]}")
+            print(textwrap.fill(" ".join(chain.description.split()), width,
+                                initial_indent=indent, subsequent_indent=indent,
+                                break_long_words=False, break_on_hyphens=False))
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from chainray.spec.schema import chain_schema
+
+    print(json.dumps(chain_schema(), indent=2))
     return EXIT_OK
 
 
@@ -108,6 +135,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _quiet_closed_pipe() -> int:
+    """The reader went away (``chainray scenarios | head -1``): that is not an error, and
+    Python must not complain while flushing stdout at exit either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from chainray.cli import run as cli_run
@@ -115,10 +150,14 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "scenarios": _cmd_scenarios, "plan": _cmd_plan, "run": cli_run.cmd_run,
-        "bench": cli_run.cmd_bench, "sim": cli_sim.cmd_sim,
+        "bench": cli_run.cmd_bench, "sim": cli_sim.cmd_sim, "schema": _cmd_schema,
     }
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        return _quiet_closed_pipe()
     except (SpecError, InputError) as exc:
         print(f"chainray: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
