@@ -98,9 +98,10 @@ def test_import_runtime_fails_in_process_even_from_the_repository(monkeypatch):
 
 
 def test_import_chainray_is_cheap():
-    done = subprocess.run([sys.executable, "-c", "import chainray, sys; print(sorted(m for m in "
-                           "('ray', 'openai', 'pydantic', 'aiohttp', 'rich') if m in sys.modules))"],
-                          capture_output=True, text=True, timeout=60)
+    code = ("import chainray, sys; print(sorted(m for m in "
+            "('ray', 'openai', 'pydantic', 'aiohttp', 'rich') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
     assert done.stdout.strip() == "[]", done.stderr
 
 
