@@ -106,9 +106,12 @@ class Session:
             simulator = pool.submit(self._start_simulator) if self._wants_simulator() else None
             if simulator is None:
                 self.endpoint = self._open_endpoint()  # unreachable: fail before Ray starts
-            connect_ray(config.address, config.dashboard)
+            try:
+                connect_ray(config.address, config.dashboard)
+            finally:  # kept even when Ray failed, so that close() stops it
+                if simulator is not None:
+                    self.simulator = simulator.result(timeout=120)
             if simulator is not None:
-                self.simulator = simulator.result(timeout=120)
                 self.endpoint = self._open_endpoint()
         # On the driver's node, so that the run journal lands on the driver's disk.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -117,7 +120,8 @@ class Session:
         runners = min(config.runners, max(1, len([n for n in ray.nodes() if n["Alive"]])))
         self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
             self.endpoint, runners)
-        ray.get(self.coordinator.ready.remote(), timeout=120)
+        # Waited for with the first run's limiters, so that they start while it does.
+        self._coordinator_ready: ray.ObjectRef | None = self.coordinator.ready.remote()
 
     def _wants_simulator(self) -> bool:
         env = self.config.env
@@ -153,7 +157,9 @@ class Session:
         new = {model: get_rate_limiter(limiter_name(self.endpoint.base_url, model),
                                        self.limits, self.config.limiter_namespace)
                for model in step_models(job) - self.limiters.keys()}
-        ray.get([handle.stats.remote() for handle in new.values()], timeout=120)
+        ready = [self._coordinator_ready] if self._coordinator_ready is not None else []
+        ray.get([*ready, *(handle.stats.remote() for handle in new.values())], timeout=120)
+        self._coordinator_ready = None
         self.limiters.update(new)
         return self.limiters
 

@@ -20,7 +20,7 @@ from chainray.plan.cost import PriceTable
 from chainray.plan.schedule import Schedule, Strategy, longest_path, resolve
 from chainray.results import RunResult
 from chainray.sim.config import SimConfig
-from chainray.spec.chain import DEFAULT_MAX_TOKENS, Chain
+from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Chain
 from chainray.spec.prompts import CONTEXT_CHARS
 from chainray.spec.templates import template_fields
 from chainray.tokens import estimate_text_tokens
@@ -101,7 +101,8 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
 
     _, makespan = longest_path({p.id: p.depends_on for p in schedule.steps}, seconds)
     llm_steps = [s for s in chain.steps if s.kind == "llm"]
-    cost = sum(prices.cost(chain.settings_for(s).model, prompt[s.id], completion[s.id])
+    cost = sum(prices.cost(chain.settings_for(s).model or DEFAULT_MODEL, prompt[s.id],
+                           completion[s.id])
                for s in llm_steps)
     prompt_total = sum(prompt[s.id] for s in llm_steps)
     completion_total = sum(completion.values())
