@@ -19,7 +19,8 @@ if __name__ != "chainray":  # the folder is not a package of its own; see pyproj
     raise ImportError("runtime/ is installed as chainray: import chainray")
 
 __all__ = ["load_chain", "Chain", "Step", "run", "arun", "bench", "plan", "Session", "Plan",
-           "RunResult", "StepResult", "ChainrayError", "SpecError", "InputError"]
+           "RunResult", "StepResult", "bundled_scenarios", "ChainrayError", "SpecError",
+           "InputError"]
 
 _EXPORTS = {
     "load_chain": "chainray.spec.chain", "Chain": "chainray.spec.chain",
@@ -28,7 +29,7 @@ _EXPORTS = {
     "Session": "chainray.api.library", "Plan": "chainray.api.planning",
     "RunResult": "chainray.results", "StepResult": "chainray.results",
     "ChainrayError": "chainray.errors", "SpecError": "chainray.errors",
-    "InputError": "chainray.errors",
+    "InputError": "chainray.errors", "bundled_scenarios": "chainray.spec.bundled",
 }
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from chainray.api.planning import Plan
     from chainray.errors import ChainrayError, InputError, SpecError
     from chainray.results import RunResult, StepResult
+    from chainray.spec.bundled import bundled_scenarios
     from chainray.spec.chain import Chain, Step, load_chain
 
 

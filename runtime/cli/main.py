@@ -100,12 +100,13 @@ def _add_prediction_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_scenarios(args: argparse.Namespace) -> int:
-    from chainray.spec.chain import SCENARIO_DIR, load_chain
+    from chainray.spec.bundled import bundled_scenarios
+    from chainray.spec.chain import load_chain
 
     width = max(60, shutil.get_terminal_size((100, 24)).columns)
     indent = " " * 25
-    for path in sorted(SCENARIO_DIR.glob("*.yaml")):
-        chain = load_chain(str(path))
+    for name in bundled_scenarios():
+        chain = load_chain(name)
         steps = ", ".join(step.id for step in chain.steps)
         # Wrapped at word boundaries, never cut: the text is for reading, not for a column.
         print(textwrap.fill(f"{len(chain.steps)} steps: {steps}", width,
