@@ -26,3 +26,16 @@ def test_readme_python_section_runs_as_written(ray_session, capsys):
     counts = eval(printed[-1])  # noqa: S307 - the list of word counts it printed
     assert len(counts) == 3 and all(c.isdigit() and int(c) > 0 for c in counts)
     assert namespace["advice"].strategy in ("sequential", "parallel", "hybrid")
+
+
+def test_public_docstring_examples_run(ray_session):
+    """The examples in the public API's docstrings are doctests, run here."""
+    import doctest
+    import importlib
+
+    for name in ("chainray", "chainray.api.planning", "chainray.api.library",
+                 "chainray.spec.bundled", "chainray.spec.chain"):
+        module = importlib.import_module(name)
+        outcome = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert outcome.failed == 0, name
+        assert outcome.attempted > 0, name

@@ -144,6 +144,18 @@ def _quiet_closed_pipe() -> int:
     return EXIT_OK
 
 
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")  # never imported here: --help, plan, sim stay Ray-free
+    return ray is not None and ray.is_initialized()
+
+
+def _leave_ray() -> None:
+    """Disconnect (and stop a Ray this command started) now rather than in Ray's exit hook,
+    which first sleeps 0.5 s for worker logs that chainray does not forward anyway."""
+    if _ray_is_up():
+        sys.modules["ray"].shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from chainray.cli import run as cli_run
@@ -153,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": _cmd_scenarios, "plan": _cmd_plan, "run": cli_run.cmd_run,
         "bench": cli_run.cmd_bench, "sim": cli_sim.cmd_sim, "schema": _cmd_schema,
     }
+    ray_was_up = _ray_is_up()  # called in-process by someone with Ray up: leave it up
     try:
         code = handlers[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
@@ -168,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("chainray: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if not ray_was_up:
+            _leave_ray()
 
 
 if __name__ == "__main__":
