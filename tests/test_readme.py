@@ -20,7 +20,8 @@ def test_readme_python_section_runs_as_written(ray_session, capsys):
     code = _python_section_code()
     namespace = {"__name__": "readme"}
     exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - our own README
-    printed = capsys.readouterr().out.splitlines()
+    # Only the block's own lines: Ray's raylet may print warnings to the same stdout.
+    printed = [line for line in capsys.readouterr().out.splitlines() if "(raylet)" not in line]
     assert printed[0].startswith("ok ")
     assert printed[1].endswith("was fastest")
     counts = eval(printed[-1])  # noqa: S307 - the list of word counts it printed
