@@ -135,3 +135,15 @@ def test_scenarios_survives_a_closed_pipe_and_keeps_words_whole():
         for word in path.description.split():
             assert word in words  # wrapped, never cut mid-word or truncated
     assert max(len(line) for line in listing.splitlines()) <= 70
+
+
+def test_help_loads_no_heavy_modules_but_run_help_is_complete():
+    code = ("import sys\nfrom chainray.cli.main import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\nprint('LOADED', sorted(m for m in ('ray', 'openai', "
+            "'aiohttp', 'rich', 'chainray.cli.run') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.splitlines()[-1] == "LOADED []", done.stderr
+    assert all(name in done.stdout for name in ("run", "bench", "sim", "plan", "schema"))
+    run_help = _chainray("run", "--help").stdout
+    assert "--strategy" in run_help and "--dashboard" in run_help

@@ -58,7 +58,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+_HEAVY = {  # commands whose parsers live in modules that import pydantic models, rich, aiohttp
+    "run": "run a chain once under one strategy",
+    "bench": "compare strategies on identical inputs",
+    "sim": "run the simulated LLM server in the foreground",
+}
+
+
+def _command_in(argv: list[str]) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser for ``command``; the others that cost imports get a one-line stub
+    (enough for ``chainray --help`` and to reject a typo), so ``--help`` starts at once."""
     parser = _Parser(prog="chainray", description="Run LLM prompt chains sequentially, in "
                      "parallel or as a hybrid DAG on Ray, under one shared rate limit, and "
                      "measure which schedule to pick.", epilog=_EPILOG,
@@ -80,12 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
         "  chainray schema > chain.schema.json\n"
         "  # yaml-language-server: $schema=./chain.schema.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    from chainray.cli import run as cli_run
-    from chainray.cli import sim as cli_sim
+    for name, help_text in _HEAVY.items():
+        if name != command:
+            commands.add_parser(name, help=help_text, add_help=False)
+        elif name == "sim":
+            from chainray.cli import sim as cli_sim
 
-    cli_run.add_run_parser(commands, _positive_int, _positive_float)
-    cli_run.add_bench_parser(commands, _positive_int, _positive_float)
-    cli_sim.add_sim_parser(commands, _positive_int, _positive_float)
+            cli_sim.add_sim_parser(commands, _positive_int, _positive_float)
+        else:
+            from chainray.cli import run as cli_run
+
+            adder = cli_run.add_run_parser if name == "run" else cli_run.add_bench_parser
+            adder(commands, _positive_int, _positive_float)
     return parser
 
 
@@ -157,14 +176,18 @@ def _leave_ray() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from chainray.cli import run as cli_run
-    from chainray.cli import sim as cli_sim
-
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_in(argv)).parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "scenarios": _cmd_scenarios, "plan": _cmd_plan, "run": cli_run.cmd_run,
-        "bench": cli_run.cmd_bench, "sim": cli_sim.cmd_sim, "schema": _cmd_schema,
-    }
+        "scenarios": _cmd_scenarios, "plan": _cmd_plan, "schema": _cmd_schema}
+    if args.command in ("run", "bench"):
+        from chainray.cli import run as cli_run
+
+        handlers.update(run=cli_run.cmd_run, bench=cli_run.cmd_bench)
+    elif args.command == "sim":
+        from chainray.cli import sim as cli_sim
+
+        handlers["sim"] = cli_sim.cmd_sim
     ray_was_up = _ray_is_up()  # called in-process by someone with Ray up: leave it up
     try:
         code = handlers[args.command](args)
