@@ -75,7 +75,7 @@ def test_a_session_reuses_ray_and_the_limiter_for_many_runs_in_order(ray_session
         again = session.run("progressive_refinement")
         assert driver.coordinator is coordinator
         assert list(driver.limiters) == ["gpt-4o-mini"]  # one shared limiter for all runs
-        stats = driver.limiter_stats()[0]
+        stats = session.limiter_stats()[0]
     assert [r.scenario for r in results] == ["progressive_refinement"] * 2 + ["code_review"]
     assert len({r.run_id for r in [*results, again]}) == 4
     assert all(r.status == "ok" for r in [*results, again])

@@ -120,6 +120,10 @@ class Session:
         """``run`` for async code: the event loop keeps serving while the chain runs."""
         return await asyncio.to_thread(self.run, chain, strategy, inputs, objective=objective)
 
+    def limiter_stats(self) -> list[dict]:
+        """Each shared RateLimiter's counters (permits granted, 429s, tokens, its limits)."""
+        return self._open().limiter_stats()
+
     def close(self) -> None:
         """Stop the embedded simulator and this session's actors (Ray itself stays up)."""
         if self._driver is not None:
