@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from chainray.actors.step_runner import StepRunner, run_python_step
+from chainray.actors.step_runner import StepRunner, keep_debug_log, run_python_step
 from chainray.exec.dispatch import dispatch
 from chainray.exec.jobs import RunJob
 from chainray.exec.journal import Journal
@@ -29,12 +29,24 @@ from chainray.plan.schedule import resolve
 from chainray.results import RunResult, StepResult
 from chainray.spec.chain import DEFAULT_MODEL
 
-__all__ = ["Coordinator"]
+__all__ = ["Coordinator", "is_process_death"]
+
+# A step's process (worker, actor or node) is gone: sending the step again may succeed.
+_DEATHS = tuple(getattr(ray.exceptions, name) for name in (
+    "RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError",
+    "NodeDiedError", "LocalRayletDiedError", "ObjectLostError", "OwnerDiedError",
+    "ObjectReconstructionFailedError") if hasattr(ray.exceptions, name))
+
+
+def is_process_death(exc: BaseException) -> bool:
+    """True when the process running a step died; an error the step raised is not that."""
+    return isinstance(exc, _DEATHS) and not isinstance(exc, ray.exceptions.RayTaskError)
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000)
 class Coordinator:
     def __init__(self, endpoint: Endpoint, runners: int = 2) -> None:
+        keep_debug_log()
         # One runner per node in turn; if a node leaves, its runner's steps are sent again to
         # the next runner (dispatch resubmits), which lives on another node.
         nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
@@ -89,7 +101,7 @@ class Coordinator:
                 counts["done" if state == "ok" else "failed"] += 1
             if result is not None and journal is not None and step_id not in job.resumed:
                 journal.record(result)
-            if result is not None:
+            if result is not None and step_id not in job.resumed:  # sent by this invocation
                 counts["tokens"] += result.prompt_tokens + result.completion_tokens
                 counts["calls"] += result.attempts
                 counts["retries"] += max(0, result.attempts - 1)
@@ -98,13 +110,14 @@ class Coordinator:
         started = time.perf_counter()
         try:
             results = await dispatch(schedule, self._start_step(job, schedule, limiters),
-                                     job.on_error or job.chain.on_error, update)
+                                     job.on_error or job.chain.on_error, update,
+                                     is_process_death=is_process_death)
         finally:
             self.finished.update(self.live.pop(job.run_id))
             self.finished["runs"] += 1
         latency_ms = (time.perf_counter() - started) * 1000
         return summarize_run(job.chain, schedule, results, latency_ms, job.run_id,
-                             load_prices(job.prices))
+                             load_prices(job.prices), resumed=job.resumed.keys())
 
     async def progress(self) -> dict:
         """Steps pending, running, done, failed; calls, retries, 429s, tokens; runs done."""

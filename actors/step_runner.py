@@ -6,6 +6,9 @@ process; one async actor keeps hundreds of calls in flight (shared/notes/ray-fac
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import ray
 
 from chainray.actors.rate_limiter import RemoteLimiter
@@ -13,7 +16,19 @@ from chainray.exec.llm import Endpoint, make_client
 from chainray.exec.step_exec import StepRequest, execute_llm_step, execute_python_step
 from chainray.results import StepResult
 
-__all__ = ["StepRunner", "run_python_step"]
+__all__ = ["StepRunner", "run_python_step", "keep_debug_log"]
+
+
+def keep_debug_log() -> None:
+    """Send chainray's debug detail (full errors behind one-line step errors) to this worker's
+    stderr, which Ray keeps in its session logs (worker-*.err) and does not show the user."""
+    logger = logging.getLogger("chainray")
+    if not any(getattr(h, "chainray", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler.chainray = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
 
 
 def _where() -> tuple[str, str]:
@@ -26,6 +41,7 @@ class StepRunner:
     """Runs llm steps; one ``openai.AsyncOpenAI`` client (its connection pool) per actor."""
 
     def __init__(self, endpoint: Endpoint) -> None:
+        keep_debug_log()
         self.endpoint = endpoint
         self.client = make_client(endpoint)
 
@@ -42,4 +58,5 @@ class StepRunner:
 
 @ray.remote(num_cpus=0.25, max_retries=2)
 def run_python_step(request: StepRequest, *upstream: StepResult) -> StepResult:
+    keep_debug_log()
     return execute_python_step(request, upstream, _where)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["StepResult", "RunResult", "StepStatus", "RunStatus"]
+__all__ = ["StepResult", "RunResult", "RunTotals", "StepStatus", "RunStatus"]
 
 StepStatus = Literal["ok", "error", "skipped"]
 # ok: every step succeeded; partial: the final step answered but some step failed (on_error
@@ -47,6 +47,20 @@ class StepResult(BaseModel):
         return f"[step {self.id} {self.status}: {self.error or 'no output'}]"
 
 
+class RunTotals(BaseModel):
+    """A run's counts over every invocation that worked on it (a resumed run included)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_calls: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    estimated_cost: float = 0.0
+
+
 class RunResult(BaseModel):
     """One execution of a chain under a strategy."""
 
@@ -72,3 +86,7 @@ class RunResult(BaseModel):
     output_length: int
     output: str
     steps: tuple[StepResult, ...]
+    # api_calls, retries, rate_limited, tokens and cost above count this invocation only;
+    # steps an earlier invocation finished (``resumed_steps``) count in ``run_totals``.
+    resumed_steps: tuple[str, ...] = ()
+    run_totals: RunTotals = RunTotals()

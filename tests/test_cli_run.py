@@ -71,9 +71,9 @@ def test_batch_runs_every_line_under_one_budget(ray_session, sim, tmp_path, caps
     inputs.write_text("\n".join(json.dumps({"article": f"story {i}"}) for i in range(6)))
     assert main(["run", "headline_ensemble", "--inputs", str(inputs), "--json", str(out),
                  "--base-url", sim.base_url, "--batch-window", "3", "--quiet"]) == 0
-    data = json.loads(out.read_text())
-    runs, batch = data["runs"], data["batch"]
-    assert len(runs) == batch["runs"] == 6 and batch["failed"] == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    runs, batch = lines[:-1], lines[-1]["batch"]
+    assert len(runs) == batch["runs"] == batch["ok"] == 6 and batch["failed"] == 0
     assert batch["api_calls"] == sum(r["api_calls"] for r in runs) == 36
     stats = sim.stats()
     assert batch["api_calls"] == stats["requests"]

@@ -16,19 +16,32 @@ DIAMOND = chain_from_dict({"name": "d", "steps": [
     {"id": "D", "after": ["B", "C"], "prompt": "{B}{C}"}]})
 
 
-def executor(delays: dict[str, float], fail: set[str] = frozenset(), crash: dict | None = None):
+class WorkerDied(Exception):
+    """Stands for Ray's RayActorError and kin."""
+
+
+def died(exc: BaseException) -> bool:
+    return isinstance(exc, WorkerDied)
+
+
+def executor(delays: dict[str, float], fail: set[str] = frozenset(), crash: dict | None = None,
+             raises: set[str] = frozenset()):
     log: list[tuple[str, str]] = []
     crashes = dict(crash or {})
 
     def start(step_id, upstream):
         async def run():
-            seen = {k: (await v).output for k, v in upstream.items()}
+            seen = {k: (v if isinstance(v, StepResult) else await v).output
+                    for k, v in upstream.items()}
             log.append(("start", step_id))
             await asyncio.sleep(delays.get(step_id, 0.01))
             log.append(("end", step_id))
             if crashes.get(step_id, 0) > 0:
                 crashes[step_id] -= 1
-                raise RuntimeError("worker died")
+                raise WorkerDied("worker died")
+            if step_id in raises:
+                raise ValueError("bad reply\n  Traceback (most recent call last):\x1b[31m"
+                                 + "x" * 2000)
             status = "error" if step_id in fail else "ok"
             return StepResult(id=step_id, status=status, output=f"{step_id}<{','.join(seen)}>")
         return asyncio.ensure_future(run())
@@ -61,10 +74,37 @@ async def test_continue_policy_runs_on_with_failures():
 async def test_a_step_whose_process_died_is_started_again_boundedly():
     start, log = executor({}, crash={"B": 1})
     updates = []
-    results = await dispatch(resolve(DIAMOND, "hybrid"), start,
+    results = await dispatch(resolve(DIAMOND, "hybrid"), start, is_process_death=died,
                              on_update=lambda s, state, r: updates.append((s, state)))
     assert results["B"].status == "ok" and log.count(("start", "B")) == 2
     assert ("B", "resubmitted") in updates
     start, _ = executor({}, crash={"B": 5})
-    results = await dispatch(resolve(DIAMOND, "hybrid"), start, resubmits=2)
+    results = await dispatch(resolve(DIAMOND, "hybrid"), start, resubmits=2,
+                             is_process_death=died)
     assert results["B"].status == "error" and "worker died" in results["B"].error
+
+
+async def test_a_step_that_raised_is_an_error_once_never_resubmitted():
+    start, log = executor({}, raises={"B"})
+    results = await dispatch(resolve(DIAMOND, "hybrid"), start, is_process_death=died)
+    assert log.count(("start", "B")) == 1
+    error = results["B"].error
+    assert results["B"].status == "error" and error.startswith("ValueError: bad reply")
+    assert "\n" not in error and "\x1b" not in error and len(error) <= 300
+    assert results["D"].status == "skipped"  # the fail policy still applies
+
+
+async def test_a_step_that_raised_follows_the_continue_policy():
+    start, log = executor({}, raises={"B"})
+    results = await dispatch(resolve(DIAMOND, "hybrid"), start, on_error="continue",
+                             is_process_death=died)
+    assert results["B"].status == "error" and results["D"].status == "ok"
+    assert ("start", "D") in log
+
+
+async def test_the_full_detail_of_a_raised_step_goes_to_the_debug_log(caplog):
+    start, _ = executor({}, raises={"B"})
+    with caplog.at_level("DEBUG", logger="chainray"):
+        await dispatch(resolve(DIAMOND, "hybrid"), start, is_process_death=died)
+    detail = [r for r in caplog.records if r.name == "chainray.dispatch"]
+    assert detail and "x" * 2000 in caplog.text  # the error field holds 300 characters

@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Callable
 
 from chainray.errors import ChainrayError, InputError, SpecError
+from chainray.text import one_line, terminal_safe
 
 __all__ = ["main", "build_parser"]
 
@@ -196,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return _quiet_closed_pipe()
     except (SpecError, InputError) as exc:
-        print(f"chainray: error: {exc}", file=sys.stderr)
+        print(f"chainray: error: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ChainrayError as exc:
-        print(f"chainray: run failed: {exc}", file=sys.stderr)
+        print(f"chainray: run failed: {one_line(str(exc), 1000)}", file=sys.stderr)
         return EXIT_RUN_FAILED
     except KeyboardInterrupt:
         print("chainray: interrupted", file=sys.stderr)

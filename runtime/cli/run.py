@@ -8,10 +8,10 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from chainray.api.batch import BatchWriter, read_batch_inputs
+from chainray.api.batch import BatchRecord
 from chainray.errors import InputError
 from chainray.exec.jobs import RunJob
-from chainray.exec.journal import Journal, journal_dir, run_key
+from chainray.exec.journal import Journal, check_run_id, journal_dir, run_key, run_parts
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import STRATEGIES
 from chainray.report.bench_table import print_bench
@@ -20,7 +20,8 @@ from chainray.report.timeline import write_timeline
 from chainray.results import RunResult
 from chainray.spec.chain import Chain, load_chain
 
-__all__ = ["add_run_parser", "add_bench_parser", "cmd_run", "cmd_bench", "parse_inputs"]
+__all__ = ["add_run_parser", "add_bench_parser", "cmd_run", "cmd_bench", "parse_inputs",
+           "prepare", "pick_strategy", "session_config", "resume_hint"]
 
 _RESULTS = TypeAdapter(list[RunResult])
 
@@ -91,13 +92,15 @@ def add_run_parser(commands, positive_int, positive_float) -> None:
                      "the advisor picks for --objective and says why)")
     run.add_argument("--objective", choices=("latency", "cost", "quality"), default="latency",
                      help="what --strategy auto optimises (default latency)")
-    run.add_argument("--resume", metavar="RUN",
-                     help="finish run RUN whose driver stopped: steps its journal holds as "
-                     "finished are not sent again (same chain, strategy and inputs)")
+    run.add_argument("--resume", metavar="RUN|BATCH",
+                     help="finish run RUN (or batch BATCH) whose driver stopped: steps its "
+                     "journal holds as finished are not sent again (same chain, strategy, "
+                     "inputs and --model)")
     run.add_argument("--inputs", metavar="FILE.jsonl",
                      help="a batch: run the chain once per line (a JSON object of inputs), "
                      "all under the one rate limit; a bad line refuses the whole batch before "
-                     "anything is sent; --json then writes {runs: [...], batch: {...}}")
+                     "anything is sent; --json then streams JSON Lines: one run result per "
+                     "finished run, then a {\"batch\": {...}} summary line")
     run.add_argument("--batch-window", type=positive_int, default=64, metavar="N",
                      help="runs of a batch in flight at once (default 64)")
     run.add_argument("--no-journal", action="store_true",
@@ -172,7 +175,7 @@ def _check_writable(path: str | None) -> None:
         raise InputError(f"--json: the folder of {path} does not exist")
 
 
-def _pick_strategy(chain: Chain, args: argparse.Namespace) -> str:
+def pick_strategy(chain: Chain, args: argparse.Namespace) -> str:
     if args.strategy != "auto":
         return args.strategy
     from chainray.plan.advisor import advise
@@ -186,7 +189,7 @@ def _pick_strategy(chain: Chain, args: argparse.Namespace) -> str:
     return advice.strategy
 
 
-def _prepare(args: argparse.Namespace) -> tuple[Chain, dict]:
+def prepare(args: argparse.Namespace) -> tuple[Chain, dict]:
     """Everything that can be wrong with the input is found here, before any connection."""
     chain = load_chain(args.scenario)
     inputs = parse_inputs(chain, args.set)
@@ -197,6 +200,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Chain, dict]:
 
 
 def _finish(args: argparse.Namespace, results: list[RunResult], json_text: str) -> None:
+    """Write the results files; called before anything about the run is printed, so that a
+    result that fails to print (or a killed terminal) never loses what was paid for."""
     if args.json:
         _write_json(args.json, json_text)
         print(f"results written to {args.json}", file=sys.stderr)
@@ -205,70 +210,50 @@ def _finish(args: argparse.Namespace, results: list[RunResult], json_text: str) 
         print(f"timeline written to {args.timeline}", file=sys.stderr)
 
 
+def resume_hint(args: argparse.Namespace, strategy: str, run_id: str) -> str:
+    model = f" --model {args.model}" if args.model else ""
+    return f"chainray run {args.scenario} --strategy {strategy}{model} --resume {run_id}"
+
+
+def _is_batch(run_id: str) -> bool:
+    return BatchRecord(journal_dir(), check_run_id(run_id)).exists()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.inputs:
-        return _cmd_batch(args)
-    chain, inputs = _prepare(args)
-    strategy = _pick_strategy(chain, args)
+    if args.inputs or (args.resume is not None and _is_batch(args.resume)):
+        from chainray.cli.batch import cmd_batch
+
+        return cmd_batch(args)
+    chain, inputs = prepare(args)
+    strategy = pick_strategy(chain, args)
     from chainray.api.session import Session, new_run_id
 
-    key = run_key(chain.model_dump_json(), strategy, inputs)
-    run_id = args.resume or new_run_id()
-    journal = Journal(journal_dir(), run_id, key)
-    resumed = journal.finished_steps() if args.resume else {}
+    parts = run_parts(chain.model_dump_json(), strategy, inputs, args.model)
+    key = run_key(parts)
+    run_id = check_run_id(args.resume) if args.resume is not None else new_run_id()
+    journal = Journal(journal_dir(), run_id, key, parts)
+    resumed = journal.finished_steps() if args.resume is not None else {}
+    if not args.no_journal:
+        journal.start()
     job = RunJob(run_id=run_id, chain=chain, strategy=strategy, inputs=inputs,
                  on_error=args.on_error, model=args.model, priority=not args.no_priority,
                  prices=args.prices, resumed=resumed,
                  journal_dir=None if args.no_journal else str(journal_dir()), journal_key=key)
     if not args.no_journal:
-        print(f"run {run_id} (journal {journal.path}; if interrupted: chainray run "
-              f"{args.scenario} --strategy {strategy} --resume {run_id})", file=sys.stderr)
+        print(f"run {run_id} (journal {journal.path}; if interrupted: "
+              f"{resume_hint(args, strategy, run_id)})", file=sys.stderr)
     if resumed:
         print(f"resuming: {len(resumed)} finished step(s) will not be sent again: "
               f"{', '.join(resumed)}", file=sys.stderr)
     with Session(session_config(args)) as session:
         result = session.run(job)
-    print_run(result)
     _finish(args, [result], result.model_dump_json(indent=2))
+    print_run(result)
     return 0 if result.status == "ok" else 1
 
 
-def _cmd_batch(args: argparse.Namespace) -> int:
-    if args.resume or args.timeline:
-        raise InputError("--inputs runs a batch: --resume and --timeline are for single runs")
-    chain, base = _prepare(args)
-    batch = read_batch_inputs(args.inputs, chain, base)
-    strategy = _pick_strategy(chain, args)
-    from chainray.api.session import Session, new_run_id
-
-    def make_job(inputs: dict) -> RunJob:
-        return RunJob(run_id=new_run_id(), chain=chain, strategy=strategy, inputs=inputs,
-                      on_error=args.on_error, model=args.model, priority=not args.no_priority,
-                      prices=args.prices)
-
-    out = open(args.json, "w", encoding="utf-8") if args.json else None  # noqa: SIM115
-    try:
-        writer = BatchWriter(out)
-        with Session(session_config(args)) as session:
-            for result in session.run_many((make_job(i) for i in batch),
-                                           window=args.batch_window,
-                                           label=f"{chain.name}:{strategy}", total=len(batch)):
-                writer.add(result)
-        totals = writer.close()
-    finally:
-        if out:
-            out.close()
-    print(f"batch of {totals.runs} runs ({totals.failed} failed) in "
-          f"{totals.latency_ms / 1000:.1f}s: {totals.api_calls} calls, {totals.rate_limited} "
-          f"429s, {totals.total_tokens} tokens; {totals.requests_per_min:.0f} requests/min, "
-          f"{totals.tokens_per_min:.0f} tokens/min")
-    if args.json:
-        print(f"results written to {args.json}", file=sys.stderr)
-    return 0 if totals.failed == 0 else 1
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    chain, inputs = _prepare(args)
+    chain, inputs = prepare(args)
     from chainray.api.session import Session, new_run_id
 
     results: list[RunResult] = []
@@ -282,6 +267,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
                              inputs=inputs, on_error=args.on_error, model=args.model,
                              priority=not args.no_priority, prices=args.prices)
                 results.append(session.run(job))
-    print_bench(chain.name, results)
     _finish(args, results, _RESULTS.dump_json(results, indent=2).decode())
+    print_bench(chain.name, results)
     return 0 if all(r.status == "ok" for r in results) else 1

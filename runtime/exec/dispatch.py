@@ -3,23 +3,33 @@
 ``graphlib.TopologicalSorter`` owns the dependencies; this loop owns dispatch. Steps are
 started through ``start_step(step_id, upstream)``, which returns an awaitable handle (a Ray
 ObjectRef in production) that is also handed to dependent steps, so upstream outputs travel
-as refs. Handles are fed to ``done()`` in the order they finish.
+as refs (or, for a step whose handle raised, its error ``StepResult`` itself). Handles are fed
+to ``done()`` in the order they finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import graphlib
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from chainray.plan.schedule import Schedule
 from chainray.results import StepResult
+from chainray.text import error_text
 
-__all__ = ["dispatch", "StartStep"]
+__all__ = ["dispatch", "StartStep", "IsProcessDeath"]
 
 StartStep = Callable[[str, Mapping[str, Any]], Awaitable[StepResult]]
 Update = Callable[[str, str, StepResult | None], None]
+IsProcessDeath = Callable[[BaseException], bool]
+
+log = logging.getLogger("chainray.dispatch")
+
+
+def _never(exc: BaseException) -> bool:
+    return False
 
 
 async def _settle(handle: Awaitable[StepResult]) -> StepResult:
@@ -29,13 +39,15 @@ async def _settle(handle: Awaitable[StepResult]) -> StepResult:
 async def dispatch(schedule: Schedule, start_step: StartStep,
                    on_error: Literal["fail", "continue"] = "fail",
                    on_update: Update = lambda *_: None, resubmits: int = 2,
-                   ) -> dict[str, StepResult]:
+                   is_process_death: IsProcessDeath = _never) -> dict[str, StepResult]:
     """Run every step of ``schedule``; return each step's result by id.
 
     With ``on_error="fail"`` the first failed step stops dispatch and the steps not started
     are reported ``skipped``; with ``"continue"`` later steps receive the failure marked as
-    such. A handle that raises (the process running the step died) is started again, at most
-    ``resubmits`` times.
+    such. A handle whose process died (``is_process_death``, which the Coordinator makes
+    Ray-aware) is started again, at most ``resubmits`` times; any other exception a handle
+    raises becomes the step's error (one line; the detail goes to the debug log) and follows
+    the ``on_error`` policy like any failed step.
     """
     plans = schedule.plan
     sorter = graphlib.TopologicalSorter({step.id: step.depends_on for step in schedule.steps})
@@ -72,13 +84,15 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
         running -= 1
         try:
             result = task.result()
-        except Exception as exc:  # the worker or actor running the step died
-            if tries[step_id] <= resubmits:
+        except Exception as exc:
+            if is_process_death(exc) and tries[step_id] <= resubmits:
                 on_update(step_id, "resubmitted", None)
                 start(step_id)
                 continue
-            result = StepResult(id=step_id, status="error", error=f"{type(exc).__name__}: "
-                                f"{exc}", depends_on=plans[step_id].depends_on)
+            log.debug("step %s raised", step_id, exc_info=True)
+            result = StepResult(id=step_id, status="error", error=error_text(exc),
+                                depends_on=plans[step_id].depends_on, attempts=0)
+            handles[step_id] = result  # dependents receive the failure, not the exception
         results[step_id] = result
         on_update(step_id, result.status, result)
         stopping = stopping or (result.status != "ok" and on_error == "fail")

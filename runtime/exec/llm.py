@@ -1,13 +1,15 @@
 """The one seam to an LLM endpoint: the ``openai`` client, a permit per attempt, tenacity retries.
 
 The same code serves the real API and the simulator; only ``base_url`` and the key differ. The
-client's own retries are off (``max_retries=0``) so every attempt passes the RateLimiter, and
-openai's exceptions, which do not survive pickling across Ray, become ``EndpointError`` here.
+client's own retries are off (``max_retries=0``) so every attempt passes the RateLimiter. Each
+attempt holds one ``PermitScope`` (handed back on every path), has one deadline (``timeout_s``
+bounds the whole request, a slow-drip body included), and converts every foreign error in one
+place (``map_exceptions``); the body is read by ``read_completion``, which trusts nothing.
 """
 
 from __future__ import annotations
 
-import email.utils
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,16 +18,21 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from chainray.errors import EndpointError
+from chainray.exec.completion import read_completion
+from chainray.exec.endpoint_errors import (
+    map_exceptions,
+    parse_retry_after,
+    redact,
+    to_endpoint_error,
+)
+from chainray.exec.permit_scope import PermitScope
 from chainray.exec.permits import Permit
 from chainray.exec.retry import retry_policy
 
 __all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "make_client", "call_llm",
-           "to_endpoint_error", "redact", "STEP_HEADER"]
+           "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
 
 STEP_HEADER = "x-chainray-step"  # names the step in server logs (the simulator's /stats)
-_NO_RETRY_429 = {"insufficient_quota", "credit_balance_exhausted",
-                 "organization_spend_limit_exceeded", "project_spend_limit_exceeded",
-                 "organization_usage_limit_exceeded"}
 _RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
                  "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
 
@@ -57,12 +64,16 @@ class LLMRequest(BaseModel):
 
 @dataclass
 class LLMReply:
+    """What a call did; filled as it goes, so a failed call still tells what it sent."""
+
     text: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    attempts: int = 0
+    attempts: int = 0  # HTTP requests sent, failures included
     rate_limited: int = 0
     queued_s: float = 0.0
+    usage_estimated: bool = False
+    truncated: bool = False
 
 
 class Limiter(Protocol):
@@ -82,57 +93,46 @@ def make_client(endpoint: Endpoint) -> openai.AsyncOpenAI:
                               timeout=openai.Timeout(endpoint.timeout_s, connect=5.0))
 
 
-def _retry_after(response) -> float | None:
-    if response is None:
-        return None
-    headers = response.headers
-    if (value := headers.get("retry-after-ms")) is not None:
+def _beyond_budget(error: EndpointError, left_s: float) -> EndpointError:
+    """A Retry-After longer than the retry budget has left ends the call now, honestly."""
+    if error.retryable and error.retry_after is not None and error.retry_after > left_s:
+        return EndpointError(f"{error.message} (the server asks to wait {error.retry_after:.0f}"
+                             f"s, more than the {left_s:.0f}s left of the retry budget)",
+                             error.status, error.code, error.type, error.retry_after, False)
+    return error
+
+
+async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
+                   endpoint: Endpoint, reply: LLMReply, kwargs: dict, left_s: float) -> None:
+    secret = endpoint.api_key.get_secret_value()
+    async with PermitScope(limiter, request.estimated_tokens, request.priority,
+                           timeout_s=left_s, max_penalty_s=left_s) as permit:
+        reply.queued_s += permit.waited_s
+        reply.attempts += 1
         try:
-            return float(value) / 1000
-        except ValueError:
-            pass
-    if (value := headers.get("retry-after")) is not None:
-        try:
-            return float(value)
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(value)
-            return max(0.0, when.timestamp() - time.time()) if when else None
-    return None
-
-
-def redact(text: str, secret: str) -> str:
-    """Remove a secret (and its long prefixes, as some servers echo part of a key)."""
-    if len(secret) < 8:
-        return text
-    for size in (len(secret), 12):
-        text = text.replace(secret[:size], "[redacted]")
-    return text
-
-
-def to_endpoint_error(exc: Exception, secret: str = "") -> EndpointError:
-    """Convert an openai exception into a picklable ``EndpointError`` (no key, no request)."""
-    if isinstance(exc, openai.APITimeoutError):
-        return EndpointError("the request timed out", None, "timeout", None, None, True)
-    if isinstance(exc, openai.APIConnectionError):
-        return EndpointError(f"could not reach the endpoint: {exc.__cause__ or exc}", None,
-                             "connection_error", None, None, True)
-    if isinstance(exc, openai.APIStatusError):
-        status, code, kind = exc.status_code, exc.code, exc.type
-        retry_after = _retry_after(exc.response)
-        should = exc.response.headers.get("x-should-retry")
-        retryable = (status in (408, 409, 429) or status >= 500) and should != "false"
-        if status == 429 and (code in _NO_RETRY_429 or kind == "insufficient_quota"):
-            retryable = False
-        message = redact(str(getattr(exc, "message", exc)), secret)
-        return EndpointError(message, status, code, kind, retry_after, retryable)
-    return EndpointError(redact(f"{type(exc).__name__}: {exc}", secret))
+            with map_exceptions(secret):
+                raw = await asyncio.wait_for(
+                    client.chat.completions.with_raw_response.create(**kwargs),
+                    endpoint.timeout_s)
+                completion = read_completion(raw.content, request.messages)
+        except EndpointError as error:
+            reply.attempts -= error.code == "connect_failed"  # no request reached the server
+            reply.rate_limited += error.status == 429
+            raise _beyond_budget(error, left_s) from None
+        permit.settle(completion.prompt_tokens + completion.completion_tokens,
+                      {k: raw.headers[k] for k in _RATE_HEADERS if k in raw.headers})
+    reply.text, reply.truncated = completion.text, completion.truncated
+    reply.prompt_tokens, reply.completion_tokens = (completion.prompt_tokens,
+                                                    completion.completion_tokens)
+    reply.usage_estimated = completion.usage_estimated
 
 
 async def call_llm(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
                    endpoint: Endpoint, reply: LLMReply | None = None) -> LLMReply:
     """Send one chat completion, retrying as the policy says; every attempt takes a permit.
 
-    ``reply`` collects attempts and 429s even when the call finally fails.
+    ``reply`` collects attempts and 429s even when the call finally fails. Raises
+    ``EndpointError`` only.
     """
     reply = reply if reply is not None else LLMReply()
     extra = {STEP_HEADER: request.tag} if request.tag else None
@@ -140,32 +140,10 @@ async def call_llm(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
               "max_tokens": request.max_tokens, "extra_headers": extra}
     if request.temperature is not None:
         kwargs["temperature"] = request.temperature
+    started = time.monotonic()
     policy = retry_policy(endpoint.max_attempts, endpoint.max_retry_s, endpoint.backoff_s)
     async for attempt in policy:
         with attempt:
-            granted = await limiter.acquire(request.estimated_tokens, request.priority)
-            permit, reply.queued_s = granted.id, reply.queued_s + granted.waited_s
-            reply.attempts += 1
-            try:
-                raw = await client.chat.completions.with_raw_response.create(**kwargs)
-                completion = raw.parse()
-            except openai.OpenAIError as exc:
-                error = to_endpoint_error(exc, endpoint.api_key.get_secret_value())
-                reply.rate_limited += error.status == 429
-                if error.status == 429 and error.retryable:
-                    await limiter.penalize(permit, error.retry_after)
-                else:
-                    await limiter.release(permit, None, None)
-                raise error from None
-            except BaseException:
-                await limiter.release(permit, None, None)
-                raise
-            usage = completion.usage
-            reply.prompt_tokens = usage.prompt_tokens if usage else 0
-            reply.completion_tokens = usage.completion_tokens if usage else 0
-            headers = {k: raw.headers[k] for k in _RATE_HEADERS if k in raw.headers}
-            await limiter.release(permit, reply.prompt_tokens + reply.completion_tokens,
-                                  headers)
-            reply.text = completion.choices[0].message.content or ""
+            left_s = max(0.001, endpoint.max_retry_s - (time.monotonic() - started))
+            await _attempt(client, limiter, request, endpoint, reply, kwargs, left_s)
     return reply
-

@@ -3,21 +3,24 @@ report a ``StepResult`` (never raise: failures are results the Coordinator acts 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 import openai
 from pydantic import BaseModel, ConfigDict
 
-from chainray.errors import ChainrayError
 from chainray.exec.llm import Endpoint, Limiter, LLMReply, LLMRequest, call_llm
 from chainray.results import StepResult
 from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ModelSettings, Step, resolve_call
 from chainray.spec.prompts import render_prompt
 from chainray.spec.templates import fill_template
+from chainray.text import error_text
 from chainray.tokens import estimate_prompt_tokens
 
 __all__ = ["StepRequest", "execute_llm_step", "execute_python_step"]
+
+log = logging.getLogger("chainray.steps")
 
 
 class StepRequest(BaseModel):
@@ -72,16 +75,19 @@ async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
         temperature=settings.temperature, tag=request.task_name, priority=request.priority,
         estimated_tokens=estimate_prompt_tokens(messages) + max_tokens)
     reply = LLMReply()
+    counts = {"model": llm_request.model}
     try:
         await call_llm(client, limiter, llm_request, endpoint, reply)
-    except ChainrayError as exc:
-        return _result(request, started, context, status="error", error=str(exc),
+    except Exception as exc:  # a step reports its failure; it never raises to dispatch
+        log.debug("step %s failed", request.task_name, exc_info=True)
+        return _result(request, started, context, status="error", error=error_text(exc),
                        attempts=reply.attempts, rate_limited=reply.rate_limited,
-                       queued_ms=reply.queued_s * 1000, model=llm_request.model)
+                       queued_ms=reply.queued_s * 1000, **counts)
     return _result(request, started, context, status="ok", output=reply.text,
                    prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                    attempts=reply.attempts, rate_limited=reply.rate_limited,
-                   queued_ms=reply.queued_s * 1000, model=llm_request.model)
+                   queued_ms=reply.queued_s * 1000, usage_estimated=reply.usage_estimated,
+                   truncated=reply.truncated, **counts)
 
 
 def execute_python_step(request: StepRequest, upstream: Sequence[StepResult],
@@ -92,6 +98,7 @@ def execute_python_step(request: StepRequest, upstream: Sequence[StepResult],
         function = resolve_call(request.step.call)
         output = function(dict(request.inputs), _upstream_texts(request, upstream))
     except Exception as exc:  # a user's callable may raise anything; report, do not crash
+        log.debug("python step %s failed", request.task_name, exc_info=True)
         return _result(request, started, context, status="error", attempts=1,
-                       error=f"{type(exc).__name__}: {exc}")
+                       error=error_text(exc))
     return _result(request, started, context, status="ok", output=str(output), attempts=1)

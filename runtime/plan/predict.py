@@ -116,10 +116,15 @@ def _load_results(paths: Iterable[str]) -> list[RunResult]:
     results = []
     for path in paths:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            text = Path(path).read_text(encoding="utf-8")
+            try:
+                data = json.loads(text)
+            except ValueError:  # a batch's JSON Lines: runs, then a {"batch": ...} line
+                data = [json.loads(line) for line in text.splitlines() if line.strip()]
         except (OSError, ValueError) as exc:
             raise InputError(f"--calibrate {path}: cannot read it: {exc}") from None
         items = data.get("runs", [data]) if isinstance(data, dict) else data
+        items = [item for item in items if not (isinstance(item, dict) and "batch" in item)]
         results.extend(RunResult.model_validate(item) for item in items)
     return results
 

@@ -38,10 +38,12 @@ from chainray.errors import SpecError
 from chainray.spec.templates import check_template, template_fields
 
 __all__ = ["ModelSettings", "Step", "Chain", "load_chain", "chain_from_dict", "SCENARIO_DIR",
-           "DEFAULT_MODEL", "DEFAULT_MAX_TOKENS", "StepCall", "resolve_call", "call_name"]
+           "DEFAULT_MODEL", "DEFAULT_MAX_TOKENS", "MAX_CHAIN_BYTES", "StepCall", "resolve_call",
+           "call_name"]
 
 DEFAULT_MODEL = "gpt-4o-mini"  # an llm step with no model in the step or the defaults
 DEFAULT_MAX_TOKENS = 512  # an llm step with no max_tokens in the step or the defaults
+MAX_CHAIN_BYTES = 1 << 20  # a chain file larger than this is refused before it is parsed
 
 def _scenario_dir() -> Path:
     import chainray.scenarios
@@ -189,6 +191,11 @@ def _check_graph(chain: Chain) -> None:
         if ids.count(step_id) > 1:
             raise SpecError(f"duplicate step id {step_id!r}; ids must be unique", file, step_id,
                             "id")
+    for step_id in ids:
+        if step_id in chain.inputs:
+            raise SpecError(f"step id {step_id!r} is also an input's name, so {{{step_id}}} "
+                            "would be ambiguous; rename the step or the input", file, step_id,
+                            "id")
     for step in chain.steps:
         for dep in step.after:
             if dep not in ids:
@@ -297,6 +304,10 @@ def load_chain(name_or_path: str) -> Chain:
         known = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
         raise SpecError(f"no such scenario or chain file (bundled scenarios: {known})",
                         str(name_or_path))
+    size = path.stat().st_size
+    if size > MAX_CHAIN_BYTES:
+        raise SpecError(f"the chain file is {size} bytes; the limit is {MAX_CHAIN_BYTES} "
+                        "(1 MiB): keep large data in inputs files, not the chain", str(path))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

@@ -1,0 +1,145 @@
+"""Foreign errors on the call path become ``EndpointError`` here, and only here.
+
+One table (as httpx's ``map_httpcore_exceptions``) decides per exception class what a failure
+means: retryable or not, with which status, code and Retry-After. Wrap every attempt in
+``map_exceptions``; what leaves it is an ``EndpointError`` (picklable, one line, no key) or a
+``BaseException`` that is not an error of the call (cancellation, KeyboardInterrupt).
+
+    with map_exceptions(secret):
+        raw = await client.chat.completions.with_raw_response.create(...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import openai
+
+from chainray.errors import EndpointError
+from chainray.text import one_line
+
+__all__ = ["map_exceptions", "to_endpoint_error", "parse_retry_after", "redact",
+           "NO_RETRY_429"]
+
+log = logging.getLogger("chainray.calls")
+
+NO_RETRY_429 = {"insufficient_quota", "credit_balance_exhausted",
+                "organization_spend_limit_exceeded", "project_spend_limit_exceeded",
+                "organization_usage_limit_exceeded"}
+
+
+def _seconds(text: str, scale: float = 1.0) -> float | None:
+    try:
+        value = float(text) * scale
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds the server asks us to wait, or None; never raises.
+
+    ``retry-after-ms`` first (OpenAI's), then ``retry-after`` as seconds or an HTTP date.
+    Garbage, negative, NaN and infinite values count as not given.
+    """
+    if not headers:
+        return None
+    if (seconds := _seconds(headers.get("retry-after-ms", ""), 1 / 1000)) is not None:
+        return seconds
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    if (seconds := _seconds(value)) is not None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def redact(text: str, secret: str) -> str:
+    """Remove a secret (and its long prefixes, as some servers echo part of a key)."""
+    if len(secret) < 8:
+        return text
+    for size in (len(secret), 12):
+        text = text.replace(secret[:size], "[redacted]")
+    return text
+
+
+def _status_error(exc: openai.APIStatusError, secret: str) -> EndpointError:
+    status, code, kind = exc.status_code, exc.code, exc.type
+    headers = exc.response.headers if exc.response is not None else {}
+    retryable = (status in (408, 409, 429) or status >= 500) and \
+        headers.get("x-should-retry") != "false"
+    if status == 429 and (code in NO_RETRY_429 or kind == "insufficient_quota"):
+        retryable = False
+    message = one_line(redact(str(getattr(exc, "message", exc)), secret))
+    return EndpointError(message, status, code if isinstance(code, str) else None,
+                         kind if isinstance(kind, str) else None,
+                         parse_retry_after(headers), retryable)
+
+
+def _timeout(exc: BaseException, secret: str) -> EndpointError:
+    return EndpointError("the request did not finish within --timeout", None, "timeout",
+                         None, None, True)
+
+
+# Failures before a connection existed: the server saw no request (not counted in api_calls).
+NOT_SENT = {"ConnectError", "ConnectTimeout"}
+
+
+def _connection(exc: BaseException, secret: str) -> EndpointError:
+    cause = exc.__cause__ or exc
+    code = "connect_failed" if type(cause).__name__ in NOT_SENT else "connection_error"
+    return EndpointError(one_line(redact(f"connection failed: {type(cause).__name__}: {cause}",
+                                         secret)), None, code, None, None, True)
+
+
+def _malformed(exc: BaseException, secret: str) -> EndpointError:
+    return EndpointError(one_line(redact(f"malformed reply: {type(exc).__name__}: {exc}",
+                                         secret)), 200, "malformed_reply", None, None, True)
+
+
+def _other(exc: BaseException, secret: str) -> EndpointError:
+    return EndpointError(one_line(redact(f"{type(exc).__name__}: {exc}", secret)))
+
+
+# First match wins: subclasses before their bases.
+_TABLE: tuple[tuple[type[BaseException] | tuple, Callable[..., EndpointError]], ...] = (
+    (openai.APITimeoutError, _timeout),
+    ((asyncio.TimeoutError, TimeoutError), _timeout),
+    (openai.APIConnectionError, _connection),
+    (openai.APIStatusError, _status_error),
+    ((ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeError), _malformed),
+    (Exception, _other),
+)
+
+
+def to_endpoint_error(exc: BaseException, secret: str = "") -> EndpointError:
+    """The ``EndpointError`` that ``exc`` stands for (an ``EndpointError`` passes as it is)."""
+    if isinstance(exc, EndpointError):
+        return exc
+    for kinds, convert in _TABLE:
+        if isinstance(exc, kinds):
+            return convert(exc, secret)
+    return _other(exc, secret)
+
+
+@contextmanager
+def map_exceptions(secret: str = "") -> Iterator[None]:
+    """Turn every ``Exception`` raised inside into an ``EndpointError``; log the detail."""
+    try:
+        yield
+    except EndpointError:
+        raise
+    except Exception as exc:
+        log.debug("call failed: %s", redact(traceback.format_exc(), secret))
+        raise to_endpoint_error(exc, secret) from None
