@@ -119,12 +119,20 @@ class Coordinator:
         return summarize_run(job.chain, schedule, results, latency_ms, job.run_id,
                              load_prices(job.prices), resumed=job.resumed.keys())
 
-    async def progress(self) -> dict:
-        """Steps pending, running, done, failed; calls, retries, 429s, tokens; runs done."""
-        total = Counter(self.finished)
-        for counts in self.live.values():
+    async def progress(self, run_ids: list[str] | None = None) -> dict:
+        """Steps pending, running, done, failed; calls, retries, 429s, tokens; runs done.
+
+        With ``run_ids``: only those runs' live counters (a driver adds its finished runs from
+        their results), so one run's line never counts another run's steps."""
+        if run_ids is None:
+            total = Counter(self.finished)
+            live = list(self.live.values())
+        else:
+            total = Counter()
+            live = [self.live[r] for r in run_ids if r in self.live]
+        for counts in live:
             total.update(counts)
-        total["runs_running"] = len(self.live)
+        total["runs_running"] = len(live)
         return dict(total)
 
     async def runner_pids(self) -> list[int]:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
-from chainray.plan.advisor import advise
+from chainray.plan.advisor import advise, withheld_context
 from chainray.plan.cost import load_prices
 from chainray.plan.predict import LatencyModel, calibrate, predict
-from chainray.plan.schedule import STRATEGIES
+from chainray.plan.schedule import STRATEGIES, resolve
 from chainray.results import RunResult, StepResult
-from chainray.spec.chain import chain_from_dict, load_chain
+from chainray.spec.chain import SCENARIO_DIR, chain_from_dict, load_chain
 
 PRICES = load_prices()
 
@@ -28,15 +29,58 @@ def fan_chain():
         {"id": "c", "prompt": "{a} {b}", "after": ["a", "b"]}]})
 
 
-def test_a_line_of_dependencies_is_sequential_whatever_the_objective():
+def test_a_line_of_dependencies_never_runs_parallel():
     for objective in ("latency", "cost", "quality"):
-        assert advise(line_chain(), objective).strategy == "sequential"
+        advice = advise(line_chain(), objective)
+        assert advice.strategy in ("sequential", "hybrid")  # the same one-at-a-time schedule
+        assert "parallel" not in advice.candidates
 
 
-def test_independent_steps_parallel_for_latency_sequential_for_cost_and_quality():
-    assert advise(fan_chain(), "latency").strategy == "parallel"
-    assert advise(fan_chain(), "cost").strategy == "sequential"
-    assert advise(fan_chain(), "quality").strategy == "sequential"
+def test_independent_steps_follow_the_predictions():
+    predictions = {s: predict(fan_chain(), s, PRICES) for s in STRATEGIES}
+    fastest = min(p.makespan_s for p in predictions.values())
+    cheapest = min(p.cost for p in predictions.values())
+    # hybrid and parallel are the same schedule here (nothing declared before the final step)
+    assert predictions[advise(fan_chain(), "latency", predictions).strategy].makespan_s == fastest
+    assert predictions[advise(fan_chain(), "cost", predictions).strategy].cost == cheapest
+    assert advise(fan_chain(), "quality", predictions).strategy == "sequential"
+
+
+@pytest.mark.parametrize("objective", ["latency", "cost", "quality"])
+@pytest.mark.parametrize("path", sorted(SCENARIO_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_advice_never_contradicts_its_own_predictions(path, objective):
+    chain = load_chain(str(path))
+    predictions = {s: predict(chain, s, PRICES) for s in STRATEGIES}
+    advice = advise(chain, objective, predictions)
+    keeping = [s for s in STRATEGIES if not withheld_context(chain, resolve(chain, s))]
+    assert advice.strategy in keeping and set(advice.candidates) == set(keeping)
+    chosen = predictions[advice.strategy]
+    for other in keeping:
+        if objective == "latency":
+            assert chosen.makespan_s <= predictions[other].makespan_s
+        elif objective == "cost":
+            assert chosen.cost <= predictions[other].cost
+    # every alternative is named with what it gains or loses
+    for other in set(STRATEGIES) - {advice.strategy}:
+        line = next(r for r in advice.reasons if r.startswith(f"{other}:"))
+        assert ("faster" in line or "slower" in line or "as fast" in line)
+        assert ("withholds declared context" in line) == (other not in keeping)
+
+
+def test_auto_uses_the_same_advice():
+    from chainray.cli.run import pick_strategy
+
+    chain = load_chain("quantum_research")
+    for objective in ("latency", "cost", "quality"):
+        args = argparse.Namespace(strategy="auto", objective=objective, prices=None)
+        assert pick_strategy(chain, args) == advise(chain, objective).strategy
+
+
+def test_withholding_is_stated_with_the_time_it_gains():
+    chain = load_chain("quantum_research")
+    advice = advise(chain, "cost")
+    line = next(r for r in advice.reasons if r.startswith("parallel:"))
+    assert "faster" in line and "withholds declared context from security and academic" in line
 
 
 def test_groups_with_dependencies_are_hybrid_for_latency_with_reasons():
@@ -52,9 +96,11 @@ def test_predicted_makespans_follow_the_critical_paths():
     p = {s: predict(chain, s, PRICES) for s in STRATEGIES}
     assert p["parallel"].makespan_s < p["hybrid"].makespan_s < p["sequential"].makespan_s
     assert all(x.calls == 6 for x in p.values())
-    # the same completions everywhere; sequential prompts also carry earlier steps' context
-    assert len({x.completion_tokens for x in p.values()}) == 1
+    # sequential prompts carry earlier steps' context, its steps write less; parallel's
+    # isolated siblings write more: the seed's order of tokens
     assert p["sequential"].prompt_tokens > p["parallel"].prompt_tokens
+    assert p["sequential"].completion_tokens < p["parallel"].completion_tokens
+    assert p["sequential"].total_tokens < p["hybrid"].total_tokens < p["parallel"].total_tokens
     assert p["parallel"].cost > 0
 
 
@@ -79,3 +125,26 @@ def test_calibration_fits_speed_from_earlier_runs(tmp_path):
     assert model.tokens_per_s == pytest.approx(140, rel=0.01)
     assert model.ttft_s == pytest.approx(0.2 - LatencyModel().overhead_s, abs=0.01)
     assert "fitted to 4 steps" in model.source
+
+
+def _steps(ttft: bool) -> list[StepResult]:
+    out, rng = [], __import__("random").Random(3)
+    for n in range(40):
+        prompt, completion = rng.randrange(50, 3000), rng.randrange(20, 400)
+        first = 0.4 + 0.0002 * prompt + rng.uniform(-0.05, 0.05)
+        latency = first + 0.01 + (completion - 1) / 120
+        out.append(StepResult(id=f"s{n}", status="ok", prompt_tokens=prompt,
+                              completion_tokens=completion, latency_ms=latency * 1000 + 300,
+                              queued_ms=300, attempts=1, ttft_ms=first * 1000 if ttft else None))
+    return out
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_calibration_recovers_ttft_prefill_and_decode(streamed):
+    from chainray.plan.predict import fit_steps
+
+    model = fit_steps(_steps(streamed))
+    assert model.tokens_per_s == pytest.approx(120, rel=0.03)
+    assert model.prefill_s_per_token == pytest.approx(0.0002, rel=0.1)
+    assert model.ttft_s == pytest.approx(0.4 + (0.0 if streamed else 0.01) - 0.01, abs=0.03)
+    assert ("streamed" in model.source) == streamed

@@ -8,6 +8,7 @@ import os
 import socket
 import urllib.parse
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from chainray.errors import InputError
 from chainray.exec.jobs import RunJob, step_models
 from chainray.exec.llm import Endpoint
 from chainray.exec.permits import Limits
-from chainray.report.progress import ProgressView
+from chainray.report.progress import ProgressView, result_counts
 from chainray.results import RunResult
 from chainray.sim.embedded import EmbeddedSimulator, start_simulator
 
@@ -172,21 +173,34 @@ class Session:
         return next(self.run_many([job], label=label or f"{job.chain.name}:{job.strategy}"))
 
     def run_many(self, jobs: Iterable[RunJob], window: int = 1,
-                 label: str = "runs", total: int | None = None) -> Iterator[RunResult]:
-        """Run jobs with at most ``window`` at a time; yield results as they finish."""
+                 label: str = "runs", total: int | None = None,
+                 forecast_s: float | None = None) -> Iterator[RunResult]:
+        """Run jobs with at most ``window`` at a time; yield results as they finish.
+
+        Progress counts these runs only: live counters of the ones in flight plus the
+        results of the finished ones (``forecast_s``: the batch's forecast, for the ETA)."""
         pending = iter(jobs)
-        in_flight: list[ray.ObjectRef] = []
-        with ProgressView(label, self.config.progress) as view:
+        in_flight: dict[ray.ObjectRef, str] = {}
+        finished = Counter()
+        limits = {"rpm": self.limits.rpm, "tpm": self.limits.tpm}
+        with ProgressView(label, self.config.progress, limits=limits,
+                          forecast_s=forecast_s) as view:
             while True:
                 while len(in_flight) < window and (job := next(pending, None)) is not None:
-                    in_flight.append(self.submit(job))
+                    in_flight[self.submit(job)] = job.run_id
                 if not in_flight:
                     return
-                done, in_flight = ray.wait(in_flight, num_returns=1, timeout=0.5)
-                counts = ray.get(self.coordinator.progress.remote())
-                view.show({**counts, "runs_total": total} if total else counts)
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                results = [ray.get(ref) for ref in done]
                 for ref in done:
-                    yield ray.get(ref)
+                    del in_flight[ref]
+                for result in results:
+                    finished.update(result_counts(result))
+                live = ray.get(self.coordinator.progress.remote(list(in_flight.values())))
+                counts = dict(finished + Counter(live))
+                counts["runs_running"] = live.get("runs_running", 0)
+                view.show({**counts, "runs_total": total} if total else counts)
+                yield from results
 
     def limiter_stats(self) -> list[dict]:
         return ray.get([handle.stats.remote() for handle in self.limiters.values()])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from chainray.api.batch import BatchManifest, BatchRecord, BatchWriter, read_batch_inputs
@@ -10,6 +11,7 @@ from chainray.cli.run import pick_strategy, prepare, resume_hint, session_config
 from chainray.errors import InputError
 from chainray.exec.jobs import RunJob
 from chainray.exec.journal import Journal, journal_dir, run_key, run_parts
+from chainray.plan.cost import load_prices
 from chainray.spec.chain import Chain
 
 __all__ = ["cmd_batch"]
@@ -37,6 +39,27 @@ def _batch_record(args: argparse.Namespace, chain: Chain, base: dict,
     record = BatchRecord(journal_dir(), manifest.batch_id)
     record.create(manifest)
     return record, manifest, {}
+
+
+def _forecast(args: argparse.Namespace, chain: Chain, strategy: str, inputs: list[dict]):
+    """How long and how much, said before the batch starts (limits as given; the embedded
+    simulator's own settings count as given)."""
+    if not inputs:
+        return None
+    from chainray.plan.forecast import forecast_batch
+    from chainray.sim.config import SimConfig
+
+    embedded = not (args.base_url or os.environ.get("OPENAI_BASE_URL")
+                    or os.environ.get("OPENAI_API_KEY"))
+    rpm = args.rpm or (SimConfig().rpm if embedded else None)
+    tpm = args.tpm or (SimConfig().tpm if embedded else None)
+    forecast = forecast_batch(chain, strategy, load_prices(args.prices), runs=len(inputs),
+                              rpm=rpm, tpm=tpm, max_concurrency=args.max_concurrency,
+                              window=args.batch_window, target_share=args.target_share,
+                              inputs=inputs)
+    print(f"forecast: {forecast.makespan_s:.0f}s, {forecast.total_tokens} tokens, "
+          f"${forecast.cost:.4f}; binding limit {forecast.binding}", file=sys.stderr)
+    return forecast
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -71,6 +94,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if finished:
         print(f"resuming: {len(finished)} finished run(s) will not run again; "
               f"{len(todo)} to go", file=sys.stderr)
+    forecast = _forecast(args, chain, strategy, [manifest.inputs[i] for i in todo])
     out = open(args.json, "w", encoding="utf-8") if args.json else None  # noqa: SIM115
     try:
         writer = BatchWriter(out, manifest.batch_id)
@@ -79,7 +103,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         with Session(session_config(args)) as session:
             for result in session.run_many((make_job(i) for i in todo),
                                            window=args.batch_window,
-                                           label=f"{chain.name}:{strategy}", total=len(todo)):
+                                           label=f"{chain.name}:{strategy}", total=len(todo),
+                                           forecast_s=forecast.makespan_s if forecast else None):
                 if record is not None:
                     record.record(result)
                 writer.add(result)

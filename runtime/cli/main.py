@@ -87,6 +87,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "makespan, tokens and cost, then the recommended strategy. Sends nothing anywhere.")
     plan.add_argument("scenario", metavar="SCENARIO", help="bundled name or chain YAML path")
     _add_prediction_flags(plan)
+    _add_forecast_flags(plan)
     commands.add_parser(
         "schema", help="print the chain file's JSON Schema (editor validation)",
         description="Print the JSON Schema of chain files. Save it and name it in a chain "
@@ -119,6 +120,28 @@ def _add_prediction_flags(parser: argparse.ArgumentParser) -> None:
                         help="your own price table (JSON, same shape as the bundled one)")
 
 
+def _add_forecast_flags(parser: argparse.ArgumentParser) -> None:
+    forecast = parser.add_argument_group(
+        "batch forecast", "with --runs or --inputs: how long and how much the batch takes "
+        "under these limits, which limit binds and the utilisation to expect")
+    forecast.add_argument("--runs", type=_positive_int, metavar="N", help="forecast N runs")
+    forecast.add_argument("--inputs", metavar="FILE.jsonl",
+                          help="forecast one run per line (the file run --inputs takes)")
+    forecast.add_argument("--strategy", default="hybrid",
+                          choices=("sequential", "parallel", "hybrid", "auto"),
+                          help="strategy of the batch (default hybrid)")
+    forecast.add_argument("--rpm", type=_positive_int,
+                          help="requests/min budget (default: none, so not a bound; the "
+                          "embedded simulator enforces 500)")
+    forecast.add_argument("--tpm", type=_positive_int,
+                          help="tokens/min budget (default: none, so not a bound; the "
+                          "embedded simulator enforces 200000)")
+    forecast.add_argument("--max-concurrency", type=_positive_int, default=64,
+                          help="most calls in flight at once (default 64)")
+    forecast.add_argument("--batch-window", type=_positive_int, default=64, metavar="N",
+                          help="runs in flight at once (default 64)")
+
+
 def _cmd_scenarios(args: argparse.Namespace) -> int:
     from chainray.spec.bundled import bundled_scenarios
     from chainray.spec.chain import load_chain
@@ -149,8 +172,14 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from chainray.cli.plan import print_plan
+    from chainray.cli.plan import print_forecast, print_plan
 
+    if args.runs or args.inputs:
+        print_forecast(args.scenario, strategy=args.strategy, objective=args.objective,
+                       runs=args.runs, inputs_path=args.inputs, rpm=args.rpm, tpm=args.tpm,
+                       max_concurrency=args.max_concurrency, window=args.batch_window,
+                       calibrate_from=args.calibrate, prices_path=args.prices)
+        return EXIT_OK
     print_plan(args.scenario, objective=args.objective, calibrate_from=args.calibrate,
                prices_path=args.prices)
     return EXIT_OK

@@ -1,13 +1,17 @@
 """``chainray plan``: ``chainray.plan``'s schedules, predictions and advice, printed for a
-person (no network, no Ray)."""
+person; with ``--runs N`` or ``--inputs FILE``, the forecast of a batch under the given limits."""
 
 from __future__ import annotations
 
 from chainray.api.planning import plan
-from chainray.plan.advisor import Objective
+from chainray.plan.advisor import Objective, advise
+from chainray.plan.cost import load_prices
+from chainray.plan.forecast import BatchForecast, forecast_batch
+from chainray.plan.predict import LatencyModel, calibrate, predict
+from chainray.plan.schedule import STRATEGIES
 from chainray.spec.chain import load_chain
 
-__all__ = ["print_plan"]
+__all__ = ["print_plan", "print_forecast"]
 
 
 def print_plan(scenario: str, objective: Objective = "latency", calibrate_from=(),
@@ -26,8 +30,52 @@ def print_plan(scenario: str, objective: Objective = "latency", calibrate_from=(
               f"({guess.prompt_tokens} in, {guess.completion_tokens} out), {guess.calls} calls, "
               f"${guess.cost:.5f}")
     model = found.latency_model
-    print(f"\nlatency model: {model.source}: time to first token {model.ttft_s:.2f}s, "
-          f"{model.tokens_per_s:.0f} tokens/s")
+    print(f"\nlatency model: {model.source}: time to first token {model.ttft_s:.2f}s "
+          f"(lognormal sigma {model.ttft_sigma:.2f}), prefill "
+          f"{model.prefill_s_per_token * 1000:.3f} ms/token, {model.tokens_per_s:.0f} tokens/s")
     print(f"recommended for {objective}: {found.strategy}")
     for reason in found.reasons:
         print(f"  - {reason}")
+
+
+def _describe(forecast: BatchForecast, rpm: int | None, tpm: int | None,
+              concurrency: int) -> list[str]:
+    limits = {"rpm": f"{rpm} requests/min", "tpm": f"{tpm} tokens/min",
+              "max_concurrency": f"{concurrency} calls at once",
+              "window": "runs in flight (--batch-window)", "latency": "one run's own latency"}
+    use = forecast.utilisation
+    return [
+        f"batch of {forecast.runs} runs, {forecast.strategy}: makespan "
+        f"{forecast.makespan_s:.1f}s ({forecast.makespan_s / 60:.1f} min), "
+        f"{forecast.total_tokens} tokens, {forecast.calls} calls, ${forecast.cost:.4f}",
+        f"binding limit: {forecast.binding} ({limits[forecast.binding]})",
+        "bounds: " + ", ".join(f"{k} {v:.1f}s" for k, v in forecast.bounds_s.items()),
+        "expected utilisation: " + ", ".join(
+            f"{name} {use[key]:.0%}" for name, key in (("rpm", "rpm"), ("tpm", "tpm"),
+                                                       ("concurrency", "max_concurrency"))
+            if key in use),
+        *([] if rpm and tpm else [
+            "no " + " or ".join(n for n, v in (("rpm", rpm), ("tpm", tpm)) if not v)
+            + " limit given: not paced, so not a bound (give --rpm/--tpm to forecast "
+            "under them)"]),
+    ]
+
+
+def print_forecast(scenario: str, *, strategy: str, objective: Objective, runs: int | None,
+                   inputs_path: str | None, rpm: int | None, tpm: int | None,
+                   max_concurrency: int,
+                   window: int, calibrate_from=(), prices_path: str | None = None) -> None:
+    from chainray.api.batch import read_batch_inputs
+
+    chain = load_chain(scenario)
+    prices = load_prices(prices_path)
+    model = calibrate(calibrate_from) if calibrate_from else LatencyModel()
+    inputs = read_batch_inputs(inputs_path, chain, dict(chain.inputs)) if inputs_path else None
+    if strategy == "auto":
+        predictions = {s: predict(chain, s, prices, model) for s in STRATEGIES}
+        strategy = advise(chain, objective, predictions).strategy
+    forecast = forecast_batch(chain, strategy, prices, runs=runs or 1, rpm=rpm, tpm=tpm,
+                              max_concurrency=max_concurrency, window=window, model=model,
+                              inputs=inputs)
+    for line in _describe(forecast, rpm, tpm, max_concurrency):
+        print(line)

@@ -14,9 +14,10 @@ from chainray.exec.jobs import RunJob
 from chainray.exec.journal import Journal, check_run_id, journal_dir, run_key, run_parts
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import STRATEGIES
+from chainray.report.bench import bench_summary
 from chainray.report.bench_table import print_bench
 from chainray.report.run_table import print_run
-from chainray.report.timeline import write_timeline
+from chainray.report.timeline import write_timeline, write_trace
 from chainray.results import RunResult
 from chainray.spec.chain import Chain, load_chain
 
@@ -71,6 +72,8 @@ def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_f
     parser.add_argument("--no-dashboard", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--timeline", metavar="PATH",
                         help="write a Gantt chart of the steps as self-contained HTML")
+    parser.add_argument("--trace", metavar="PATH",
+                        help="write the steps as Chrome Trace Event JSON (open in Perfetto)")
     parser.add_argument("--prices", metavar="PATH",
                         help="your own price table (JSON shaped as chainray/plan/prices.json)")
     parser.add_argument("--quiet", action="store_true", help="no live progress")
@@ -131,6 +134,9 @@ def add_bench_parser(commands, positive_int, positive_float) -> None:
                        help="comma-separated (default sequential,parallel,hybrid)")
     bench.add_argument("--repeat", type=positive_int, default=1,
                        help="runs per strategy; the table shows medians and spread")
+    bench.add_argument("--summary-json", metavar="PATH",
+                       help="write the table as JSON: per strategy medians, min-max, retries, "
+                       "429s, queued time, redundancy; and the verdict lines")
 
 
 def parse_inputs(chain: Chain, assignments: list[str]) -> dict[str, str | None]:
@@ -193,7 +199,7 @@ def prepare(args: argparse.Namespace) -> tuple[Chain, dict]:
     """Everything that can be wrong with the input is found here, before any connection."""
     chain = load_chain(args.scenario)
     inputs = parse_inputs(chain, args.set)
-    for path in (args.json, args.timeline):
+    for path in (args.json, args.timeline, args.trace):
         _check_writable(path)
     load_prices(args.prices)
     return chain, inputs
@@ -208,6 +214,10 @@ def _finish(args: argparse.Namespace, results: list[RunResult], json_text: str) 
     if args.timeline:
         write_timeline(args.timeline, results)
         print(f"timeline written to {args.timeline}", file=sys.stderr)
+    if args.trace:
+        write_trace(args.trace, results)
+        print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)",
+              file=sys.stderr)
 
 
 def resume_hint(args: argparse.Namespace, strategy: str, run_id: str) -> str:
@@ -254,6 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     chain, inputs = prepare(args)
+    _check_writable(args.summary_json)
     from chainray.api.session import Session, new_run_id
 
     results: list[RunResult] = []
@@ -268,5 +279,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                              priority=not args.no_priority, prices=args.prices)
                 results.append(session.run(job))
     _finish(args, results, _RESULTS.dump_json(results, indent=2).decode())
+    if args.summary_json:
+        _write_json(args.summary_json, bench_summary(chain.name, results).model_dump_json(
+            indent=2))
+        print(f"summary written to {args.summary_json}", file=sys.stderr)
     print_bench(chain.name, results)
     return 0 if all(r.status == "ok" for r in results) else 1

@@ -1,23 +1,30 @@
-"""Which strategy to pick, from the chain's graph and the user's objective, with the reasons.
+"""Which strategy to pick, from the chain's graph, the user's objective and the predictions,
+with what each alternative gains or loses.
 
-The seed's decision flowchart: steps that each need the one before -> sequential; independent
-groups joined by dependencies -> hybrid; all independent -> parallel when latency matters more
-than cost, sequential when cost does; quality that needs cross-pollination -> sequential (or
-hybrid when the graph already says what each step needs).
+The rule is one line: among the strategies that keep every dependency the chain declares
+(hybrid and sequential always do; parallel only when no step before the final one declares
+any), pick the one the predictions show best on the objective. Latency compares predicted
+makespan, cost predicted dollars (tokens when there is no price), quality how much upstream
+output the steps see (sequential: everything earlier), then makespan. Ties go to the strategy
+that gives the steps more context. ``auto`` uses exactly this.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from chainray.plan.schedule import STRATEGIES, Strategy, resolve
+from chainray.plan.cost import load_prices
+from chainray.plan.predict import Prediction, predict
+from chainray.plan.schedule import STRATEGIES, Schedule, Strategy, resolve
 from chainray.spec.chain import Chain
 
-__all__ = ["Objective", "Advice", "advise"]
+__all__ = ["Objective", "Advice", "advise", "withheld_context"]
 
 Objective = Literal["latency", "cost", "quality"]
+_CONTEXT_RANK = {"sequential": 0, "hybrid": 1, "parallel": 2}  # most context first
 
 
 class Advice(BaseModel):
@@ -26,54 +33,79 @@ class Advice(BaseModel):
     strategy: Strategy
     objective: Objective
     reasons: tuple[str, ...]
+    candidates: tuple[Strategy, ...]  # the strategies that keep every declared dependency
+
+
+def withheld_context(chain: Chain, schedule: Schedule) -> list[str]:
+    """Steps that, under ``schedule``, do not see an upstream output they declare."""
+    return [step.id for step in chain.steps
+            if not set(step.after) <= set(schedule.plan[step.id].sees)]
+
+
+def _context_seen(schedule: Schedule) -> int:
+    return sum(len(plan.sees) for plan in schedule.steps)
+
+
+def _score(objective: Objective, prediction: Prediction, schedule: Schedule) -> tuple:
+    rank = _CONTEXT_RANK[schedule.strategy]
+    if objective == "latency":
+        return (round(prediction.makespan_s, 2), rank)
+    if objective == "cost":
+        return (round(prediction.cost, 7), prediction.total_tokens, rank)
+    return (-_context_seen(schedule), round(prediction.makespan_s, 2), rank)
+
+
+def _names(ids: list[str]) -> str:
+    return ids[0] if len(ids) == 1 else ", ".join(ids[:-1]) + " and " + ids[-1]
+
+
+def _compare(other: Prediction, chosen: Prediction, withheld: list[str]) -> str:
+    parts = []
+    dt = chosen.makespan_s - other.makespan_s
+    parts.append(f"{abs(dt):.1f} s {'faster' if dt > 0 else 'slower'}" if abs(dt) >= 0.05
+                 else "as fast")
+    if chosen.cost > 0:
+        dc = (other.cost - chosen.cost) / chosen.cost
+        parts.append(f"{abs(dc):.0%} {'dearer' if dc > 0 else 'cheaper'}" if abs(dc) >= 0.005
+                     else "same cost")
+    else:
+        dn = other.total_tokens - chosen.total_tokens
+        parts.append(f"{abs(dn)} tokens {'more' if dn > 0 else 'fewer'}")
+    text = f"{other.strategy}: {', '.join(parts)}"
+    if withheld:
+        text += f", but withholds declared context from {_names(withheld)}"
+    return text
 
 
 def advise(chain: Chain, objective: Objective = "latency",
-           predictions: dict | None = None) -> Advice:
-    """Recommend a strategy; ``predictions`` (strategy -> Prediction) sharpen the reasons."""
-    declared = resolve(chain, "hybrid")
-    n = len(chain.steps)
-    withheld = sum(1 for s in chain.steps if s.after and s.id != declared.final)
-    reasons: list[str] = []
-    if declared.shape == "sequential":
-        reasons.append(f"every step needs the one before it ({n} steps in a line): nothing "
-                       "can run in parallel, and parallel would drop context each step needs")
-        return Advice(strategy="sequential", objective=objective, reasons=tuple(reasons))
-    if declared.shape == "parallel":
-        reasons.append(f"all {n - 1} steps before the final one are independent")
-        strategy: Strategy = {"latency": "parallel", "cost": "sequential",
-                              "quality": "sequential"}[objective]
-        if objective == "latency":
-            reasons.append("parallel runs them at once: the critical path is 2 steps instead "
-                           f"of {n}")
-        elif objective == "cost":
-            reasons.append("sequential avoids the burst of parallel calls and lets each step "
-                           "see what was covered, so later steps repeat less")
-        else:
-            reasons.append("sequential lets each step build on what earlier steps covered "
-                           "(cross-pollination), at the price of latency")
-    else:
-        groups = max(len(phase) for phase in declared.phases)
-        reasons.append(f"the graph has independent groups (up to {groups} steps at once) "
-                       f"joined by dependencies ({len(declared.phases)} phases)")
-        strategy = {"latency": "hybrid", "cost": "hybrid", "quality": "sequential"}[objective]
-        if objective == "quality":
-            reasons.append("sequential lets every step see what all earlier steps covered "
-                           "(cross-pollination); hybrid keeps only the declared context but "
-                           "is faster")
-        reasons.append("hybrid runs independent steps together and keeps every declared "
-                       f"dependency; parallel would withhold upstream output from {withheld} "
-                       "step(s) that declare they need it")
-        if objective == "cost" and predictions:
-            cheaper = min(("sequential", "hybrid"), key=lambda s: predictions[s].cost)
-            strategy = cheaper
-            reasons.append(f"{cheaper} is predicted cheapest of the strategies that keep the "
-                           "declared context")
-    if predictions:
-        chosen, others = predictions[strategy], [predictions[s] for s in STRATEGIES
-                                                  if s != strategy]
-        fastest = min(others, key=lambda p: p.makespan_s)
-        reasons.append(f"predicted {chosen.makespan_s:.1f}s and {chosen.total_tokens} tokens "
-                       f"(vs {fastest.strategy} {fastest.makespan_s:.1f}s, "
-                       f"{fastest.total_tokens} tokens)")
-    return Advice(strategy=strategy, objective=objective, reasons=tuple(reasons))
+           predictions: Mapping[str, Prediction] | None = None) -> Advice:
+    """Recommend a strategy; ``predictions`` (strategy -> Prediction) default to ``predict``
+    with the bundled prices and the default latency model."""
+    if predictions is None:
+        prices = load_prices()
+        predictions = {s: predict(chain, s, prices) for s in STRATEGIES}
+    schedules = {s: resolve(chain, s) for s in STRATEGIES}
+    withheld = {s: withheld_context(chain, schedules[s]) for s in STRATEGIES}
+    candidates = tuple(s for s in STRATEGIES if not withheld[s])
+    strategy = min(candidates, key=lambda s: _score(objective, predictions[s], schedules[s]))
+    chosen = predictions[strategy]
+    declared = schedules["hybrid"]
+    widest = max(len(p) for p in declared.phases)
+    shape = (f"every step needs the one before it ({len(declared.phases)} steps in a line): "
+             "nothing can run in parallel" if widest == 1 else
+             f"the declared graph is {declared.shape}-shaped ({len(declared.phases)} phases, "
+             f"up to {widest} steps at once)")
+    reasons = [f"{shape}; {_names(list(candidates))} "
+               f"keep{'s' if len(candidates) == 1 else ''} every declared dependency"]
+    measure = {"latency": f"the shortest predicted makespan ({chosen.makespan_s:.1f} s)",
+               "cost": f"the lowest predicted cost (${chosen.cost:.5f}, "
+                       f"{chosen.total_tokens} tokens)",
+               "quality": "the most upstream context per step (each step sees "
+                          f"{_context_seen(schedules[strategy])} upstream outputs in all), "
+                          f"predicted {chosen.makespan_s:.1f} s"}[objective]
+    reasons.append(f"{strategy} has {measure} of those")
+    for other in STRATEGIES:
+        if other != strategy:
+            reasons.append(_compare(predictions[other], chosen, withheld[other]))
+    return Advice(strategy=strategy, objective=objective, reasons=tuple(reasons),
+                  candidates=candidates)

@@ -1,19 +1,27 @@
-"""Compare strategies on identical inputs: medians and spread of repeated runs, and the
-seed's verdict lines (fastest, cheapest, longest output)."""
+"""Compare strategies on identical inputs: medians and spread of repeated runs, the seed's
+verdict lines (fastest, cheapest, longest output) named only when the gap beats the noise, and
+a quality proxy: how much sibling outputs repeat each other."""
 
 from __future__ import annotations
 
+import re
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 
 from chainray.results import RunResult
 
-__all__ = ["StrategySummary", "summarize_bench", "verdicts"]
+__all__ = ["StrategySummary", "BenchSummary", "summarize_bench", "verdicts", "redundancy",
+           "bench_summary"]
+
+_WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
 
 
 class StrategySummary(BaseModel):
+    """One strategy over its repeats: medians, and min..max where it varies."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     strategy: str
@@ -23,9 +31,60 @@ class StrategySummary(BaseModel):
     latency_min_ms: float
     latency_max_ms: float
     total_tokens: float
+    total_tokens_min: float
+    total_tokens_max: float
     api_calls: float
+    retries: float
+    rate_limited: float
+    queued_ms: float
     estimated_cost: float
+    estimated_cost_min: float
+    estimated_cost_max: float
     output_length: float
+    output_length_min: float
+    output_length_max: float
+    redundancy: float  # share of sibling outputs' word 3-grams that another sibling also wrote
+
+
+class BenchSummary(BaseModel):
+    """What ``bench --summary-json`` writes: the table's rows and its verdict lines."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scenario: str
+    rows: tuple[StrategySummary, ...]
+    verdicts: tuple[str, ...]
+
+
+def _trigrams(text: str) -> set[tuple[str, str, str]]:
+    words = _WORD.findall(text.lower())
+    return set(zip(words, words[1:], words[2:], strict=False))
+
+
+def redundancy(texts: Sequence[str]) -> float:
+    """Share of the word 3-grams of ``texts`` that also occur in another of them (0..1).
+
+    0: no two texts share a three-word phrase; 1: every phrase of every text is repeated
+    elsewhere. Each text counts a phrase once, however often it uses it itself.
+    """
+    sets = [_trigrams(t) for t in texts if t]
+    if len(sets) < 2:
+        return 0.0
+    seen_in = Counter(g for grams in sets for g in grams)
+    total = sum(len(grams) for grams in sets)
+    repeated = sum(1 for grams in sets for g in grams if seen_in[g] > 1)
+    return repeated / total if total else 0.0
+
+
+def run_redundancy(result: RunResult) -> float:
+    """Redundancy between the outputs of a run's non-final steps (the siblings)."""
+    needed = {dep for step in result.steps for dep in step.depends_on}
+    return redundancy([s.output for s in result.steps if s.status == "ok" and s.id in needed])
+
+
+def _spread(runs: Sequence[RunResult], field: str) -> tuple[float, float, float]:
+    values = [float(getattr(r, field)) for r in runs]
+    return statistics.median(values), min(values), max(values)
 
 
 def summarize_bench(results: Sequence[RunResult]) -> list[StrategySummary]:
@@ -34,28 +93,80 @@ def summarize_bench(results: Sequence[RunResult]) -> list[StrategySummary]:
     rows = []
     for strategy in order:
         runs = [r for r in results if r.strategy == strategy]
-        ok = [r for r in runs if r.status == "ok"] or runs
-        latencies = [r.latency_ms for r in ok]
+        good = [r for r in runs if r.status == "ok"]
+        ok = good or runs
+
+        latency, tokens, cost, length = (_spread(ok, f) for f in (
+            "latency_ms", "total_tokens", "estimated_cost", "output_length"))
         rows.append(StrategySummary(
-            strategy=strategy, runs=len(runs), failed=len(runs) - len(
-                [r for r in runs if r.status == "ok"]),
-            latency_ms=statistics.median(latencies), latency_min_ms=min(latencies),
-            latency_max_ms=max(latencies),
-            total_tokens=statistics.median(r.total_tokens for r in ok),
+            strategy=strategy, runs=len(runs), failed=len(runs) - len(good),
+            latency_ms=latency[0], latency_min_ms=latency[1], latency_max_ms=latency[2],
+            total_tokens=tokens[0], total_tokens_min=tokens[1], total_tokens_max=tokens[2],
             api_calls=statistics.median(r.api_calls for r in ok),
-            estimated_cost=statistics.median(r.estimated_cost for r in ok),
-            output_length=statistics.median(r.output_length for r in ok)))
+            retries=statistics.median(r.retries for r in ok),
+            rate_limited=statistics.median(r.rate_limited for r in ok),
+            queued_ms=statistics.median(r.queued_ms for r in ok),
+            estimated_cost=cost[0], estimated_cost_min=cost[1], estimated_cost_max=cost[2],
+            output_length=length[0], output_length_min=length[1],
+            output_length_max=length[2],
+            redundancy=round(statistics.median(run_redundancy(r) for r in ok), 4)))
     return rows
 
 
+def _best(rows: Sequence[StrategySummary], field: str, lowest: bool
+          ) -> tuple[StrategySummary, StrategySummary | None, bool]:
+    """The best row, the runner-up, and whether the best is clear of the noise: its range over
+    repeats does not overlap the runner-up's (with one run each, any gap counts)."""
+    ordered = sorted(rows, key=lambda r: getattr(r, field), reverse=not lowest)
+    best = ordered[0]
+    if len(ordered) < 2:
+        return best, None, True
+    second = ordered[1]
+    low, high = (f"{field}_min", f"{field}_max") if field != "latency_ms" else (
+        "latency_min_ms", "latency_max_ms")
+    if lowest:
+        clear = getattr(best, high) < getattr(second, low)
+    else:
+        clear = getattr(best, low) > getattr(second, high)
+    return best, second, clear and getattr(best, field) != getattr(second, field)
+
+
 def verdicts(rows: Sequence[StrategySummary]) -> list[str]:
-    fastest = min(rows, key=lambda r: r.latency_ms)
-    cheapest = min(rows, key=lambda r: r.estimated_cost)
-    longest = max(rows, key=lambda r: r.output_length)
-    slowest = max(rows, key=lambda r: r.latency_ms)
-    speedup = slowest.latency_ms / fastest.latency_ms if fastest.latency_ms else 0.0
-    return [f"Fastest: {fastest.strategy} ({fastest.latency_ms / 1000:.2f}s, {speedup:.1f}x "
-            f"faster than {slowest.strategy})",
-            f"Cheapest: {cheapest.strategy} (${cheapest.estimated_cost:.5f}, "
-            f"{cheapest.total_tokens:.0f} tokens)",
-            f"Longest output: {longest.strategy} ({longest.output_length:.0f} chars)"]
+    """Fastest, cheapest and longest output, each named only when the gap beats the spread."""
+    lines = []
+    repeated = max(r.runs for r in rows) > 1
+    noise = "their ranges over repeats overlap" if repeated else "they are equal"
+    best, second, clear = _best(rows, "latency_ms", lowest=True)
+    if second is None or clear:
+        slowest = max(rows, key=lambda r: r.latency_ms)
+        speedup = slowest.latency_ms / best.latency_ms if best.latency_ms else 0.0
+        lines.append(f"Fastest: {best.strategy} ({best.latency_ms / 1000:.2f}s, {speedup:.1f}x "
+                     f"faster than {slowest.strategy})")
+    else:
+        lines.append(f"Fastest: tie between {best.strategy} ({best.latency_ms / 1000:.2f}s) "
+                     f"and {second.strategy} ({second.latency_ms / 1000:.2f}s): {noise}")
+    best, second, clear = _best(rows, "estimated_cost", lowest=True)
+    if second is None or clear:
+        lines.append(f"Cheapest: {best.strategy} (${best.estimated_cost:.5f}, "
+                     f"{best.total_tokens:.0f} tokens)")
+    else:
+        lines.append(f"Cheapest: tie between {best.strategy} (${best.estimated_cost:.5f}) and "
+                     f"{second.strategy} (${second.estimated_cost:.5f}): {noise}")
+    best, second, clear = _best(rows, "output_length", lowest=False)
+    if second is None or clear:
+        lines.append(f"Longest output: {best.strategy} ({best.output_length:.0f} chars)")
+    else:
+        lines.append(f"Longest output: tie between {best.strategy} and {second.strategy} "
+                     f"({best.output_length:.0f} and {second.output_length:.0f} chars): {noise}")
+    least = min(rows, key=lambda r: r.redundancy)
+    most = max(rows, key=lambda r: r.redundancy)
+    if most.redundancy > least.redundancy:
+        lines.append(f"Redundancy between sibling outputs: {most.strategy} "
+                     f"{most.redundancy:.0%} of 3-word phrases repeated, {least.strategy} "
+                     f"{least.redundancy:.0%}")
+    return lines
+
+
+def bench_summary(scenario: str, results: Sequence[RunResult]) -> BenchSummary:
+    rows = summarize_bench(results)
+    return BenchSummary(scenario=scenario, rows=tuple(rows), verdicts=tuple(verdicts(rows)))

@@ -1,74 +1,255 @@
-"""A Gantt chart of runs as one self-contained HTML file (inline SVG, no scripts, no network):
-one lane per step, coloured by phase; retried steps are hatched and labelled with their
-attempts and 429s."""
+"""Pictures of runs over time.
+
+``timeline_html``: a Gantt chart of one or more runs as one self-contained HTML file (inline
+SVG, no scripts, no network). Every run is drawn on ONE shared time axis (each run starts at
+zero, all on the same scale), so strategies and runs compare by eye. One lane per step; each bar is
+split into the time the step queued for rate-limit permits (light) and the time in flight
+(coloured by phase; the part before the first token is darker when streaming measured it).
+Retried steps are hatched, steps that met 429s have a red outline and say so in their label.
+Steps on the run's measured critical path have a thick dark outline, and each dependency is a
+line from the end of the upstream bar to the start of the step that waited for it.
+
+``trace_json``: the same runs as Chrome Trace Event JSON (what ``ray timeline`` writes), which
+opens in Perfetto (ui.perfetto.dev) or chrome://tracing: one process per run, one thread per
+step, a "queued" and an "in flight" slice per step, flow arrows along dependencies.
+"""
 
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from chainray.results import RunResult
+from chainray.results import RunResult, StepResult
 
-__all__ = ["timeline_html", "write_timeline"]
+__all__ = ["timeline_html", "write_timeline", "trace_json", "write_trace", "critical_path"]
 
-_COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
+_COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#e15759",
             "#ff9da7", "#9c755f", "#bab0ac")
-_LANE, _LEFT, _WIDTH = 22, 150, 760
+_LANE, _BAR, _CHART = 24, 16, 820
+_CHAR = 7.2  # px per character of 12px sans-serif, generous
+_QUEUED, _FAILED, _CRITICAL, _RETRY_429 = "#d9d9d9", "#999999", "#222222", "#d62728"
 
 
-def _chart(result: RunResult) -> str:
-    steps = [s for s in result.steps if s.started_at]
+def critical_path(result: RunResult) -> list[str]:
+    """The chain of steps, each waiting for the one before, that ends last (measured)."""
+    steps = {s.id: s for s in result.steps if s.started_at}
+    best: dict[str, list[str]] = {}
+
+    def path(step_id: str) -> list[str]:
+        if step_id not in best:
+            deps = [d for d in steps[step_id].depends_on if d in steps]
+            before = max((path(d) for d in deps), key=lambda p: steps[p[-1]].finished_at,
+                         default=[])
+            best[step_id] = [*before, step_id]
+        return best[step_id]
+
+    if not steps:
+        return []
+    last = max(steps.values(), key=lambda s: s.finished_at)
+    return path(last.id)
+
+
+def _label(step: StepResult) -> str:
+    text = f"{step.latency_ms / 1000:.2f}s"
+    if step.queued_ms >= 1:
+        text += f" (queued {step.queued_ms / 1000:.2f}s)"
+    if step.attempts > 1:
+        text += f", {step.attempts} attempts"
+    if step.rate_limited:
+        text += f", {step.rate_limited} rate-limited (429)"
+    if step.status != "ok":
+        text += f", {step.status}"
+    return text
+
+
+def _run_svg(result: RunResult, span: float, left: float, right: float) -> str:
+    steps = sorted((s for s in result.steps if s.started_at), key=lambda s: s.started_at)
     if not steps:
         return f"<p>{html.escape(result.strategy)}: no step ran</p>"
-    start = min(s.started_at for s in steps)
-    span = max(max(s.finished_at for s in steps) - start, 1e-6)
+    t0 = steps[0].started_at
     phase_of = {sid: i for i, phase in enumerate(result.phases) for sid in phase}
-    height = _LANE * len(steps) + 30
-    parts = [f'<svg width="{_LEFT + _WIDTH + 20}" height="{height}" '
+    lane = {s.id: i for i, s in enumerate(steps)}
+    path = critical_path(result)
+    on_path, path_edges = set(path), set(zip(path, path[1:], strict=False))
+    height = _LANE * len(steps) + 8
+
+    def x(t: float) -> float:
+        return left + (t - t0) / span * _CHART
+
+    parts = [f'<svg width="{left + _CHART + right:.0f}" height="{height}" '
              'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="12">',
              '<defs><pattern id="retry" width="6" height="6" patternUnits="userSpaceOnUse" '
-             'patternTransform="rotate(45)"><rect width="3" height="6" fill="#000" '
-             'fill-opacity="0.35"/></pattern></defs>']
-    for lane, step in enumerate(sorted(steps, key=lambda s: s.started_at)):
-        y = lane * _LANE + 4
-        x = _LEFT + (step.started_at - start) / span * _WIDTH
-        w = max(1.0, (step.finished_at - step.started_at) / span * _WIDTH)
-        colour = "#999" if step.status != "ok" else _COLOURS[phase_of.get(step.id, 0) % 10]
-        label = f"{step.latency_ms / 1000:.2f}s"
-        if step.attempts > 1 or step.rate_limited:
-            label += f", {step.attempts} attempts, {step.rate_limited}x429"
+             'patternTransform="rotate(45)"><rect width="2" height="6" fill="#000" '
+             'fill-opacity="0.35"/></pattern><marker id="arrow" markerWidth="6" '
+             'markerHeight="6" refX="5" refY="3" orient="auto"><path d="M0,0 L6,3 L0,6 z" '
+             'fill="#555"/></marker></defs>']
+    for tick in _ticks(span):
+        parts.append(f'<line x1="{x(t0 + tick):.1f}" x2="{x(t0 + tick):.1f}" y1="0" '
+                     f'y2="{height}" stroke="#eee"/>')
+    for step in steps:
+        for dep in step.depends_on:
+            if dep not in lane:
+                continue
+            before = next(s for s in steps if s.id == dep)
+            x1, y1 = x(before.finished_at), lane[dep] * _LANE + 4 + _BAR
+            x2, y2 = x(step.started_at), lane[step.id] * _LANE + 4
+            critical = (dep, step.id) in path_edges
+            parts.append(f'<path d="M{x1:.1f},{y1} C{x1:.1f},{y2 - 4} {x2:.1f},{y1 + 4} '
+                         f'{x2:.1f},{y2}" fill="none" stroke="{"#222" if critical else "#888"}"'
+                         f' stroke-width="{1.5 if critical else 0.8}" '
+                         f'stroke-dasharray="{"" if critical else "3,2"}" '
+                         'marker-end="url(#arrow)"/>')
+    for step in steps:
+        y = lane[step.id] * _LANE + 4
+        start, end = x(step.started_at), x(step.finished_at)
+        queued_end = min(end, x(step.started_at + step.queued_ms / 1000))
+        colour = _FAILED if step.status != "ok" else _COLOURS[phase_of.get(step.id, 0) % 10]
         tip = html.escape(f"{step.id}: {step.status}, phase {phase_of.get(step.id, 0) + 1}, "
-                          f"{label}" + (f", {step.error}" if step.error else ""))
-        parts.append(f'<text x="4" y="{y + 13}">{html.escape(step.id)}</text>')
-        parts.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="16" fill="{colour}">'
-                     f"<title>{tip}</title></rect>")
-        if step.attempts > 1 or step.rate_limited:
-            parts.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="16" '
-                         'fill="url(#retry)"/>')
-        parts.append(f'<text x="{min(x + w + 4, _LEFT + _WIDTH - 60):.1f}" y="{y + 13}" '
-                     f'fill="#333">{html.escape(label)}</text>')
-    axis_y = _LANE * len(steps) + 20
-    parts.append(f'<text x="{_LEFT}" y="{axis_y}">0s</text><text x="{_LEFT + _WIDTH - 40}" '
-                 f'y="{axis_y}">{span:.2f}s</text></svg>')
+                          f"{_label(step)}" + (f", {step.error}" if step.error else ""))
+        weight = ' font-weight="bold"' if step.id in on_path else ""
+        parts.append(f'<text x="{left - 8}" y="{y + 12}" text-anchor="end"{weight}>'
+                     f"{html.escape(step.id)}</text>")
+        if queued_end > start:
+            parts.append(f'<rect x="{start:.1f}" y="{y}" width="{queued_end - start:.1f}" '
+                         f'height="{_BAR}" fill="{_QUEUED}"><title>{tip}</title></rect>')
+        width = max(1.0, end - queued_end)
+        parts.append(f'<rect x="{queued_end:.1f}" y="{y}" width="{width:.1f}" height="{_BAR}" '
+                     f'fill="{colour}"><title>{tip}</title></rect>')
+        if step.ttft_ms:
+            first = min(end, queued_end + step.ttft_ms / 1000 / span * _CHART)
+            parts.append(f'<rect x="{queued_end:.1f}" y="{y}" width="{first - queued_end:.1f}"'
+                         f' height="{_BAR}" fill="#000" fill-opacity="0.25"/>')
+        if step.attempts > 1:
+            parts.append(f'<rect x="{queued_end:.1f}" y="{y}" width="{width:.1f}" '
+                         f'height="{_BAR}" fill="url(#retry)"/>')
+        outline = _RETRY_429 if step.rate_limited else _CRITICAL if step.id in on_path else ""
+        if outline:
+            parts.append(f'<rect x="{start:.1f}" y="{y}" width="{max(1.0, end - start):.1f}" '
+                         f'height="{_BAR}" fill="none" stroke="{outline}" '
+                         f'stroke-width="{2.5 if step.id in on_path else 1.5}"/>')
+        parts.append(f'<text x="{end + 5:.1f}" y="{y + 12}" fill="#333" stroke="#fff" '
+                     'stroke-width="3" paint-order="stroke">'
+                     f"{html.escape(_label(step))}</text>")
+    parts.append("</svg>")
     return "\n".join(parts)
 
 
+def _ticks(span: float) -> list[float]:
+    step = next((s for s in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+                 if span / s <= 12), 3600.0)
+    return [i * step for i in range(int(span / step) + 1)]
+
+
+def _run_span(result: RunResult) -> float:
+    ran = [s for s in result.steps if s.started_at]
+    if not ran:
+        return 0.0
+    return max(s.finished_at for s in ran) - min(s.started_at for s in ran)
+
+
+def _axis(span: float, left: float, right: float) -> str:
+    ticks = _ticks(span)
+    parts = [f'<svg width="{left + _CHART + right:.0f}" height="24" '
+             'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">',
+             f'<line x1="{left}" x2="{left + _CHART}" y1="4" y2="4" stroke="#333"/>']
+    for tick in ticks:
+        px = left + tick / span * _CHART
+        parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="0" y2="8" stroke="#333"/>'
+                     f'<text x="{px:.1f}" y="20" text-anchor="middle">{tick:g}s</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+_LEGEND = (
+    f'<span class="key" style="background:{_QUEUED}"></span> queued for a rate-limit permit '
+    f'&nbsp; <span class="key" style="background:{_COLOURS[0]}"></span> in flight (colour: '
+    'phase; darker start: time to first token, when streamed) &nbsp; '
+    '<span class="key hatch"></span> retried (N attempts in the label) &nbsp; '
+    f'<span class="key" style="border:2px solid {_RETRY_429}"></span> met 429s (count in the '
+    f'label) &nbsp; <span class="key" style="border:2.5px solid {_CRITICAL}"></span> critical '
+    'path (bold name) &nbsp; arrows: dependencies')
+
+
 def timeline_html(results: Sequence[RunResult]) -> str:
+    ran = [s for r in results for s in r.steps if s.started_at]
+    span = max([_run_span(r) for r in results] + [1e-3])
+    longest_id = max((len(s.id) for r in results for s in r.steps), default=4)
+    longest_label = max((len(_label(s)) for s in ran), default=10)
+    left, right = 16 + longest_id * _CHAR, 16 + longest_label * _CHAR
+    axis = _axis(span, left, right)
     sections = []
     for result in results:
+        path = critical_path(result)
         sections.append(
             f"<h2>{html.escape(result.scenario)} / {html.escape(result.strategy)} "
             f"<small>run {html.escape(result.run_id)}: {result.latency_ms / 1000:.2f}s, "
-            f"{result.total_tokens} tokens, {result.api_calls} calls, "
-            f"{result.rate_limited} 429s</small></h2>\n{_chart(result)}")
+            f"{result.total_tokens} tokens, {result.api_calls} calls, {result.retries} retries, "
+            f"{result.rate_limited} rate-limited (429), queued "
+            f"{result.queued_ms / 1000:.2f}s; critical path "
+            f"{html.escape(' → '.join(path))}</small></h2>\n"
+            f"{_run_svg(result, span, left, right)}")
     return ("<!doctype html><html><head><meta charset='utf-8'><title>chainray timeline</title>"
-            "<style>body{font-family:sans-serif;margin:20px}small{color:#666;"
-            "font-weight:normal}</style></head><body><h1>chainray timeline</h1>"
-            "<p>One lane per step, coloured by phase; hatched bars were retried "
-            "(attempts and 429 waits in the label); grey bars failed.</p>\n"
-            + "\n".join(sections) + "</body></html>\n")
+            "<style>body{font-family:sans-serif;margin:20px}small{color:#555;"
+            "font-weight:normal;font-size:13px}h2{font-size:16px;margin:18px 0 4px}"
+            ".key{display:inline-block;width:14px;height:12px;vertical-align:middle;"
+            "box-sizing:border-box}.hatch{background:repeating-linear-gradient(45deg,#4e79a7,"
+            "#4e79a7 3px,#27405a 3px,#27405a 5px)}.legend{font-size:13px;line-height:1.8}"
+            "</style></head><body><h1>chainray timeline</h1>"
+            f"<p class='legend'>{_LEGEND}</p>"
+            "<p>All runs share one time axis: each run starts at 0 s, on the same scale, so bar "
+            "lengths compare across strategies and runs.</p>\n"
+            f"{axis}\n" + "\n".join(sections) + f"\n{axis}</body></html>\n")
 
 
 def write_timeline(path: str, results: Sequence[RunResult]) -> None:
     Path(path).write_text(timeline_html(results), encoding="utf-8")
+
+
+def trace_json(results: Sequence[RunResult]) -> dict:
+    """Chrome Trace Event format: ``{"traceEvents": [...], "displayTimeUnit": "ms"}``."""
+    events: list[dict] = []
+    ran = [s for r in results for s in r.steps if s.started_at]
+    t0 = min((s.started_at for s in ran), default=0.0)
+    flow = 0
+    for pid, result in enumerate(results, 1):
+        events.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {
+            "name": f"{result.scenario} / {result.strategy} (run {result.run_id})"}})
+        on_path = set(critical_path(result))
+        steps = sorted((s for s in result.steps if s.started_at), key=lambda s: s.started_at)
+        tid_of = {s.id: i for i, s in enumerate(steps, 1)}
+        for step in steps:
+            tid = tid_of[step.id]
+            events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
+                           "args": {"name": step.id}})
+            start_us = (step.started_at - t0) * 1e6
+            queued_us = min(step.queued_ms * 1000, (step.finished_at - step.started_at) * 1e6)
+            args = {"status": step.status, "attempts": step.attempts,
+                    "rate_limited": step.rate_limited, "prompt_tokens": step.prompt_tokens,
+                    "completion_tokens": step.completion_tokens,
+                    "critical_path": step.id in on_path}
+            if queued_us > 0:
+                events.append({"name": "queued", "cat": "permit", "ph": "X", "pid": pid,
+                               "tid": tid, "ts": round(start_us, 1),
+                               "dur": round(queued_us, 1)})
+            events.append({"name": step.id, "cat": "llm" if step.model else "step", "ph": "X",
+                           "pid": pid, "tid": tid, "ts": round(start_us + queued_us, 1),
+                           "dur": round((step.finished_at - step.started_at) * 1e6
+                                        - queued_us, 1), "args": args})
+            for dep in step.depends_on:
+                before = next((s for s in steps if s.id == dep), None)
+                if before is None:
+                    continue
+                flow += 1
+                events.append({"name": "depends", "cat": "dependency", "ph": "s", "id": flow,
+                               "pid": pid, "tid": tid_of[dep],
+                               "ts": round((before.finished_at - t0) * 1e6 - 1, 1)})
+                events.append({"name": "depends", "cat": "dependency", "ph": "f", "bp": "e",
+                               "id": flow, "pid": pid, "tid": tid,
+                               "ts": round(start_us, 1)})
+    return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def write_trace(path: str, results: Sequence[RunResult]) -> None:
+    Path(path).write_text(json.dumps(trace_json(results)), encoding="utf-8")

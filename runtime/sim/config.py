@@ -6,6 +6,8 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chainray.sim.lengths import LengthModel
+
 __all__ = ["SimConfig", "FaultConfig"]
 
 
@@ -47,7 +49,7 @@ class SimConfig(BaseModel):
     prefill_s_per_token: float = Field(0.00005, ge=0)
     tokens_per_s: float = Field(70.0, gt=0)
     itl_jitter: float = Field(0.1, ge=0, lt=1)
-    completion_share: tuple[float, float] = (0.85, 1.0)
+    lengths: LengthModel = LengthModel()  # how long replies are: see chainray.sim.lengths
     default_max_tokens: int = Field(512, gt=0)
     api_key: str | None = Field(None, repr=False)
     faults: FaultConfig = FaultConfig()

@@ -2,7 +2,8 @@
 
 Content and length depend only on the seed and the prompt (the same prompt gets the same
 answer); latency is drawn per request from the seeded generator. The text visibly draws on the
-prompt: it names the labelled inputs it received and the prompt's key terms.
+prompt: it names the labelled inputs it received and the prompt's key terms. How long a reply
+is and how much general background it repeats follow ``chainray.sim.lengths``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from chainray.sim.config import SimConfig
+from chainray.sim.lengths import background_share, length_factor, read_signals
 
 __all__ = ["Reply", "plan_reply"]
 
@@ -21,12 +23,41 @@ _STOP = set("""about above after again against their there these those which whi
 should focusing research other into from with that this have been were will your what when where
 please using every under between summary synthesize""".split())
 
-_SENTENCES = (
-    "On {a}, the picture is one of steady progress with {b} as the limiting factor.",
-    "Recent work on {a} suggests that {b} matters more than commonly assumed.",
-    "The main open question around {a} is how it interacts with {b}.",
-    "Practitioners report that {a} improves when {b} is addressed early.",
-    "Compared with last year, {a} has moved faster than {b}.",
+# A specific sentence is composed from these parts, so two replies rarely share a three-word
+# phrase unless they share background (the redundancy the bench measures).
+_OPENERS = ("On {a},", "For {a},", "Around {a},", "Regarding {a},", "In {a},", "Looking at {a},",
+            "As for {a},", "Within {a},", "Turning to {a},", "Across {a},")
+_QUALIFIERS = ("recent", "independent", "early", "several", "large", "smaller", "public",
+               "private", "regional", "leading", "academic", "commercial")
+_NOUNS = ("pilots", "roadmaps", "audits", "adopters", "benchmarks", "surveys", "trials",
+          "groups", "vendors", "deployments", "reviews", "consortia", "startups", "labs",
+          "programmes", "studies")
+_VERBS = ("point to", "question", "highlight", "underestimate", "track", "expose", "favour",
+          "revise", "quantify", "challenge", "confirm", "anticipate", "reframe", "measure",
+          "depend on", "accelerate", "document", "overstate", "prioritise", "test")
+_ADJECTIVES = ("uneven", "rising", "fragile", "practical", "costly", "measurable", "slower",
+               "overlooked", "incremental", "decisive", "modest", "sustained", "contested",
+               "scalable", "hidden", "shifting")
+_TAILS = ("", " this year", " in practice", " at scale", " for now", " over the next cycle",
+          " despite setbacks", " more than expected", " across sectors", " in the long run")
+
+
+def _specific(terms: list[str], rng: random.Random) -> str:
+    a = rng.choice(terms)
+    b = rng.choice([t for t in terms if t != a] or terms)
+    return (f"{rng.choice(_OPENERS).format(a=a)} {rng.choice(_QUALIFIERS)} "
+            f"{rng.choice(_NOUNS)} {rng.choice(_VERBS)} {rng.choice(_ADJECTIVES)} "
+            f"{b}{rng.choice(_TAILS)}.")
+
+
+# General background any step on the topic might write: siblings that cannot see each other
+# all write some of it, word for word (what makes parallel outputs redundant).
+_BACKGROUND = (
+    "In broad terms, {a} and {b} remain the two themes that frame the whole field.",
+    "Any overview of {a} has to start with where {b} stands today.",
+    "Most observers agree that {a} is advancing, though {b} tempers expectations.",
+    "The wider context is that {a} attracts attention largely because of {b}.",
+    "Taken together, {a} and {b} explain much of the current debate.",
 )
 
 
@@ -59,8 +90,17 @@ def _labels(prompt: str) -> list[str]:
     return list(seen)
 
 
-def _words(prompt: str, count: int, rng: random.Random) -> list[str]:
+def _sentence(templates: tuple[str, ...], terms: list[str], rng: random.Random) -> str:
+    a = rng.choice(terms)
+    b = rng.choice([t for t in terms if t != a] or terms)
+    return rng.choice(templates).format(a=a, b=b)
+
+
+def _words(prompt: str, count: int, rng: random.Random, background: float,
+           seed: int) -> list[str]:
     terms, labels = _key_terms(prompt), _labels(prompt)
+    topic = _key_terms(" ".join(prompt.split()[:8]))[:3]  # what siblings have in common
+    shared = random.Random(f"{seed}:background:{' '.join(topic)}")
     sentences = []
     if len(labels) >= 2:
         sentences.append(f"Drawing on {len(labels)} inputs ({', '.join(labels)}), "
@@ -68,9 +108,8 @@ def _words(prompt: str, count: int, rng: random.Random) -> list[str]:
     words: list[str] = []
     while len(words) < count:
         if not sentences:
-            a = rng.choice(terms)
-            b = rng.choice([t for t in terms if t != a] or terms)
-            sentences.append(rng.choice(_SENTENCES).format(a=a, b=b))
+            sentences.append(_sentence(_BACKGROUND, topic, shared) if rng.random() < background
+                             else _specific(terms, rng))
         words.extend(sentences.pop(0).split())
     return [(" " if i else "") + word for i, word in enumerate(words[:count])]
 
@@ -79,10 +118,13 @@ def plan_reply(config: SimConfig, prompt: str, prompt_tokens: int, max_tokens: i
                latency_rng: random.Random, slow: bool = False) -> Reply:
     digest = hashlib.sha256(f"{config.seed}:{prompt}".encode()).digest()
     content_rng = random.Random(digest)
-    low, high = config.completion_share
-    wanted = max(1, round(max_tokens * content_rng.uniform(low, high)))
-    count = min(wanted, max_tokens)
-    tokens = _words(prompt, count, content_rng)
+    lengths, signals = config.lengths, read_signals(prompt)
+    low, high = (lengths.long_share if signals.asks_length else
+                 lengths.brief_share if signals.asks_brevity else lengths.share)
+    share = content_rng.uniform(low, high) * length_factor(lengths, signals)
+    count = max(1, min(max_tokens, round(max_tokens * share)))
+    tokens = _words(prompt, count, content_rng, background_share(lengths, signals),
+                    config.seed)
     factor = (config.faults.slow_factor if slow else 1.0) / config.speed
     ttft = (latency_rng.lognormvariate(0, config.ttft_sigma) * config.ttft_median_s
             + config.prefill_s_per_token * prompt_tokens) * factor

@@ -1,0 +1,99 @@
+"""How long and how much a batch of runs takes under the user's limits, before it runs.
+
+A batch is bounded by whichever of these is slowest:
+
+- **window**: at most ``window`` runs in flight (``run --batch-window``), each taking the
+  predicted makespan of one run;
+- **max_concurrency**: the call-seconds of every llm step, spread over that many slots;
+- **rpm** / **tpm**: the RateLimiter paces requests and tokens at ``target_share`` of the
+  limits (tokens are charged as used: unused reservations are refunded). A limit nobody
+  gave is no bound: chainray does not pace it, so the forecast does not either.
+
+After the binding bound's work is admitted, the last run still finishes its final step (the
+"tail"). Utilisation is the share of each limit the forecast batch uses on average.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from chainray.plan.cost import PriceTable
+from chainray.plan.predict import LatencyModel, Prediction, predict
+from chainray.plan.schedule import Strategy
+from chainray.spec.chain import Chain
+
+__all__ = ["BatchForecast", "forecast_batch", "SAMPLE_INPUTS"]
+
+Bound = Literal["latency", "window", "max_concurrency", "rpm", "tpm"]
+SAMPLE_INPUTS = 50  # distinct input lines predicted one by one; the rest follow their mean
+
+
+class BatchForecast(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    runs: int
+    strategy: Strategy
+    makespan_s: float
+    total_tokens: int
+    calls: int
+    cost: float
+    binding: Bound
+    bounds_s: dict[str, float]  # each bound's own time for the whole batch
+    utilisation: dict[str, float]  # share of each given limit used on average
+    run_makespan_s: float  # one run alone
+
+
+def _per_run(chain: Chain, strategy: Strategy, prices: PriceTable, model: LatencyModel,
+             inputs: Sequence[dict] | None) -> list[Prediction]:
+    if not inputs:
+        return [predict(chain, strategy, prices, model)]
+    sample = list(inputs)[:: max(1, math.ceil(len(inputs) / SAMPLE_INPUTS))]
+    return [predict(chain.model_copy(update={"inputs": {**chain.inputs, **line}}), strategy,
+                    prices, model) for line in sample]
+
+
+def forecast_batch(chain: Chain, strategy: Strategy, prices: PriceTable, *, runs: int,
+                   rpm: int | None, tpm: int | None, max_concurrency: int,
+                   window: int = 64,
+                   target_share: float = 0.95, model: LatencyModel | None = None,
+                   inputs: Sequence[dict] | None = None) -> BatchForecast:
+    """Forecast ``runs`` runs (or one per line of ``inputs``) of ``chain`` under the limits."""
+    model = model or LatencyModel()
+    runs = len(inputs) if inputs else runs
+    each = _per_run(chain, strategy, prices, model, inputs)
+    run_s = statistics.mean(p.makespan_s for p in each)
+    tokens = statistics.mean(p.total_tokens for p in each)
+    calls = each[0].calls
+    llm = [s.id for s in chain.steps if s.kind == "llm"]
+    call_s = statistics.mean(sum(p.step_seconds[s] for s in llm) for p in each)
+    final = chain.final_step.id
+    tail = statistics.mean(p.step_seconds[final] for p in each)
+    bounds = {
+        "latency": run_s,
+        "window": math.ceil(runs / window) * run_s,
+        "max_concurrency": runs * call_s / max_concurrency + tail,
+    }
+    if rpm:
+        bounds["rpm"] = runs * calls / (rpm * target_share / 60) + tail
+    if tpm:
+        bounds["tpm"] = runs * tokens / (tpm * target_share / 60) + tail
+    binding: Bound = max(bounds, key=bounds.__getitem__)  # type: ignore[assignment]
+    makespan = bounds[binding]
+    minutes = makespan / 60
+    utilisation = {"max_concurrency": runs * call_s / makespan / max_concurrency}
+    if rpm:
+        utilisation["rpm"] = runs * calls / minutes / rpm
+    if tpm:
+        utilisation["tpm"] = runs * tokens / minutes / tpm
+    return BatchForecast(
+        runs=runs, strategy=strategy, makespan_s=round(makespan, 2),
+        total_tokens=round(runs * tokens), calls=runs * calls,
+        cost=round(runs * statistics.mean(p.cost for p in each), 6), binding=binding,
+        bounds_s={k: round(v, 2) for k, v in bounds.items()},
+        utilisation={k: round(min(1.0, v), 3) for k, v in utilisation.items()},
+        run_makespan_s=round(run_s, 2))

@@ -1,0 +1,81 @@
+"""The bench table's arithmetic: medians and spread, the tie rule, the redundancy metric."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from chainray.report.bench import bench_summary, redundancy, summarize_bench, verdicts
+from chainray.report.bench_table import print_bench
+from chainray.results import RunResult, StepResult
+
+
+def run(strategy: str, latency_s: float, tokens: int = 1000, cost: float = 0.001,
+        outputs: tuple[str, ...] = ("a b c d", "e f g h"), retries: int = 0,
+        queued_ms: float = 0.0) -> RunResult:
+    steps = [StepResult(id=f"s{i}", status="ok", output=text) for i, text in enumerate(outputs)]
+    steps.append(StepResult(id="final", status="ok", output="done",
+                            depends_on=tuple(s.id for s in steps)))
+    return RunResult(scenario="x", strategy=strategy, shape="parallel", status="ok", run_id="r",
+                     phases=(), latency_ms=latency_s * 1000, critical_path_ms=0,
+                     queued_ms=queued_ms, total_tokens=tokens, prompt_tokens=tokens,
+                     completion_tokens=0, api_calls=3 + retries, retries=retries,
+                     rate_limited=retries, estimated_cost=cost, output_length=4,
+                     output="done", steps=tuple(steps))
+
+
+def test_redundancy_on_known_texts():
+    assert redundancy(["the cat sat on the mat", "a dog ran in the park"]) == 0.0
+    assert redundancy(["the cat sat on the mat", "the cat sat on the mat"]) == 1.0
+    # "the cat sat" and "cat sat on" repeat: 2 of 4 phrases in the first, 2 of 3 in the second
+    assert redundancy(["the cat sat on the mat", "the cat sat on"]) == pytest.approx(4 / 6)
+    assert redundancy(["only one text here"]) == 0.0
+    assert redundancy(["The Cat sat.", "the cat SAT"]) == 1.0  # case and punctuation ignored
+
+
+def test_a_gap_inside_the_spread_is_a_tie():
+    results = [run("parallel", s) for s in (9.48, 9.9, 10.2)] + \
+        [run("hybrid", s) for s in (10.01, 9.6, 10.4)]
+    lines = verdicts(summarize_bench(results))
+    assert lines[0].startswith("Fastest: tie between parallel") and "overlap" in lines[0]
+
+
+def test_a_gap_beyond_the_spread_names_the_winner():
+    results = [run("parallel", s) for s in (9.0, 9.2, 9.4)] + \
+        [run("sequential", s) for s in (30.0, 31.0, 29.5)]
+    lines = verdicts(summarize_bench(results))
+    assert lines[0].startswith("Fastest: parallel (9.20s, 3.3x faster than sequential)")
+
+
+def test_equal_costs_are_a_tie_and_different_costs_name_the_cheapest():
+    tie = verdicts(summarize_bench([run("a", 1, cost=0.002), run("b", 2, cost=0.002)]))
+    assert tie[1].startswith("Cheapest: tie between")
+    clear = verdicts(summarize_bench([run("a", 1, cost=0.003), run("b", 2, cost=0.002)]))
+    assert clear[1].startswith("Cheapest: b")
+
+
+def test_summary_carries_retries_429s_queued_time_and_redundancy():
+    results = [run("parallel", 1, retries=2, queued_ms=1500,
+                   outputs=("x y z w", "x y z w v")),
+               run("sequential", 3, outputs=("a b c d", "e f g h"))]
+    summary = bench_summary("x", results)
+    rows = {row.strategy: row for row in summary.rows}
+    assert rows["parallel"].retries == 2 and rows["parallel"].rate_limited == 2
+    assert rows["parallel"].queued_ms == 1500
+    assert rows["parallel"].redundancy > 0.5 and rows["sequential"].redundancy == 0.0
+    assert any(v.startswith("Redundancy") for v in summary.verdicts)
+    data = summary.model_dump()
+    assert {"retries", "rate_limited", "queued_ms", "redundancy", "latency_min_ms"} <= set(
+        data["rows"][0])
+
+
+def test_the_printed_table_has_the_new_columns():
+    out = io.StringIO()
+    print_bench("x", [run("parallel", 1, retries=1, queued_ms=250), run("hybrid", 2)],
+                Console(file=out, width=200))
+    text = out.getvalue()
+    for column in ("Retries", "429s", "Queued", "Redundancy"):
+        assert column in text
+    assert "0.25s" in text

@@ -1,0 +1,83 @@
+"""The simulator's reply-length model: what the prompt says changes how long the reply is, and
+the seed's table comes out of it (tokens exactly as a run counts them, latency expected)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from chainray.report.bench import redundancy
+from chainray.sim.config import SimConfig
+from chainray.sim.lengths import LengthModel, read_signals
+from chainray.sim.replies import plan_reply
+from chainray.spec.chain import load_chain
+from tests.offline_sim import offline_run
+
+CONFIG = SimConfig()
+PLAIN = "Research the state of tidal power in 2026 focusing on: turbines and grid links."
+
+
+def words(prompt: str, max_tokens: int = 400, config: SimConfig = CONFIG) -> int:
+    return len(plan_reply(config, prompt, 50, max_tokens, random.Random(0)).tokens)
+
+
+def test_a_plain_reply_ends_before_max_tokens_unless_length_is_asked_for():
+    plain = words(PLAIN)
+    assert plain < 0.93 * 400
+    assert words("Write a detailed, comprehensive report on " + PLAIN) >= 0.9 * 400
+    assert words("Write a concise summary of " + PLAIN) < 0.5 * 400
+
+
+def test_an_isolated_sibling_writes_more_and_a_step_told_what_was_covered_less():
+    isolated = PLAIN + " Turbines: [turbines: not available, it runs at the same time as this step]"
+    covered = PLAIN + ("\n\nPreviously covered by earlier steps:\n- grid: cables and storage\n"
+                       "- cost: capital and tariffs\n- policy: permits and subsidies")
+    assert read_signals(isolated).withheld == 1 and read_signals(covered).covered == 3
+    # compare the length factors, not single draws (each prompt draws its own share)
+    zero = SimConfig(lengths=LengthModel(share=(0.5, 0.5)))
+    assert words(isolated, config=zero) > words(PLAIN, config=zero) > words(covered, config=zero)
+
+
+def test_richer_distinct_context_gives_a_longer_final_answer():
+    zero = SimConfig(lengths=LengthModel(brief_share=(0.4, 0.4)))
+    rng = random.Random(1)
+    distinct = " ".join(f"w{rng.randrange(10**6)}" for _ in range(1600))
+    repeated = " ".join(["quantum hardware keeps improving slowly"] * 320)
+    head = "Synthesize these reports on the state of tidal power into one executive summary.\n"
+    assert words(head + "A: " + distinct, 250, zero) > words(head + "A: " + repeated, 250, zero)
+
+
+def test_the_text_is_deterministic_per_prompt_and_differs_between_prompts():
+    one = plan_reply(CONFIG, PLAIN, 20, 100, random.Random(1))
+    two = plan_reply(CONFIG, PLAIN, 20, 100, random.Random(2))
+    assert one.text == two.text and one.ttft_s != two.ttft_s
+    assert plan_reply(CONFIG, PLAIN + "!", 20, 100, random.Random(1)).text != one.text
+
+
+@pytest.fixture(scope="module")
+def seed_runs():
+    chain = load_chain("quantum_research")
+    return {s: offline_run(chain, s, latency_draws=60)
+            for s in ("sequential", "parallel", "hybrid")}
+
+
+def test_the_main_job_reproduces_the_seed_table_within_15_percent(seed_runs):
+    seq, par, hyb = (seed_runs[s] for s in ("sequential", "parallel", "hybrid"))
+    # tokens: the seed has sequential 8,400 < parallel 9,200 (ratio 1.10)
+    assert seq["total_tokens"] < hyb["total_tokens"] < par["total_tokens"]
+    assert par["total_tokens"] / seq["total_tokens"] == pytest.approx(1.10, rel=0.15)
+    # latency: the seed has parallel/sequential 0.29, parallel < hybrid < sequential
+    assert par["latency_s"] < hyb["latency_s"] < seq["latency_s"]
+    assert par["latency_s"] / seq["latency_s"] == pytest.approx(0.29, rel=0.15)
+    # the longest output comes from hybrid
+    assert max(seed_runs, key=lambda s: seed_runs[s]["output_length"]) == "hybrid"
+
+
+def test_parallel_siblings_repeat_each_other_more(seed_runs):
+    def sibling_redundancy(strategy: str) -> float:
+        return redundancy([s.output for s in seed_runs[strategy]["steps"][:-1]])
+
+    assert sibling_redundancy("parallel") > sibling_redundancy("hybrid") > \
+        sibling_redundancy("sequential")
+    assert sibling_redundancy("parallel") > 1.5 * sibling_redundancy("sequential")
