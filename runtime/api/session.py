@@ -121,8 +121,7 @@ class Session:
         runners = min(config.runners, max(1, len([n for n in ray.nodes() if n["Alive"]])))
         self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
             self.endpoint, runners)
-        # Waited for with the first run's limiters, so that they start while it does.
-        self._coordinator_ready: ray.ObjectRef | None = self.coordinator.ready.remote()
+        ray.get(self.coordinator.ready.remote(), timeout=120)  # open means ready to run
 
     def _wants_simulator(self) -> bool:
         env = self.config.env
@@ -158,9 +157,7 @@ class Session:
         new = {model: get_rate_limiter(limiter_name(self.endpoint.base_url, model),
                                        self.limits, self.config.limiter_namespace)
                for model in step_models(job) - self.limiters.keys()}
-        ready = [self._coordinator_ready] if self._coordinator_ready is not None else []
-        ray.get([*ready, *(handle.stats.remote() for handle in new.values())], timeout=120)
-        self._coordinator_ready = None
+        ray.get([handle.stats.remote() for handle in new.values()], timeout=120)
         self.limiters.update(new)
         return self.limiters
 
