@@ -19,7 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from chainray.actors.step_runner import StepRunner, keep_debug_log, run_python_step
 from chainray.exec.dispatch import dispatch
-from chainray.exec.jobs import RunJob
+from chainray.exec.jobs import RunJob, models_of
 from chainray.exec.journal import Journal
 from chainray.exec.llm import Endpoint
 from chainray.exec.step_exec import StepRequest
@@ -27,7 +27,6 @@ from chainray.exec.summary import summarize_run
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import resolve
 from chainray.results import RunResult, StepResult
-from chainray.spec.chain import DEFAULT_MODEL
 
 __all__ = ["Coordinator", "is_process_death"]
 
@@ -56,7 +55,8 @@ class Coordinator:
         self.live: dict[str, Counter] = {}
         self.finished = Counter()
 
-    def _start_step(self, job: RunJob, schedule, limiters: Mapping[str, Any]):
+    def _start_step(self, job: RunJob, schedule, limiters: Mapping[str, Any],
+                    adaptations: Any = None):
         remaining = schedule.remaining_path()
         plans = schedule.plan
 
@@ -73,13 +73,14 @@ class Coordinator:
                 return run_python_step.options(name=request.task_name).remote(
                     request, *upstream.values())
             runner = self.runners[next(self.turn) % len(self.runners)]
-            limiter = limiters[request.settings.model or DEFAULT_MODEL]
+            own = {model: limiters[model] for model in models_of(request.settings)}
             return runner.run_step.options(name=request.task_name).remote(
-                request, limiter, *upstream.values())
+                request, own, adaptations, *upstream.values())
 
         return start
 
-    async def run(self, job: RunJob, limiters: Mapping[str, Any]) -> RunResult:
+    async def run(self, job: RunJob, limiters: Mapping[str, Any],
+                  adaptations: Any = None) -> RunResult:
         schedule = resolve(job.chain, job.strategy)
         counts = self.live[job.run_id] = Counter(pending=len(schedule.steps))
         journal = None
@@ -109,7 +110,8 @@ class Coordinator:
 
         started = time.perf_counter()
         try:
-            results = await dispatch(schedule, self._start_step(job, schedule, limiters),
+            start = self._start_step(job, schedule, limiters, adaptations)
+            results = await dispatch(schedule, start,
                                      job.on_error or job.chain.on_error, update,
                                      is_process_death=is_process_death)
         finally:

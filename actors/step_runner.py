@@ -11,6 +11,7 @@ import sys
 
 import ray
 
+from chainray.actors.adaptations import RemoteAdaptations
 from chainray.actors.rate_limiter import RemoteLimiter
 from chainray.exec.llm import Endpoint, make_client
 from chainray.exec.step_exec import StepRequest, execute_llm_step, execute_python_step
@@ -44,11 +45,24 @@ class StepRunner:
         keep_debug_log()
         self.endpoint = endpoint
         self.client = make_client(endpoint)
+        self.stores: dict[str, RemoteAdaptations] = {}  # one copy per adaptations actor
 
-    async def run_step(self, request: StepRequest, limiter: ray.actor.ActorHandle,
+    def _store(self, handle: ray.actor.ActorHandle | None) -> RemoteAdaptations | None:
+        if handle is None:
+            return None
+        key = handle._actor_id.hex()
+        if key not in self.stores:
+            self.stores[key] = RemoteAdaptations(handle)
+        return self.stores[key]
+
+    async def run_step(self, request: StepRequest,
+                       limiters: dict[str, ray.actor.ActorHandle],
+                       adaptations: ray.actor.ActorHandle | None,
                        *upstream: StepResult) -> StepResult:
-        return await execute_llm_step(request, upstream, self.client, RemoteLimiter(limiter),
-                                      self.endpoint, _where)
+        """``limiters`` holds the RateLimiter of the step's model and of each fallback."""
+        remote = {model: RemoteLimiter(handle) for model, handle in limiters.items()}
+        return await execute_llm_step(request, upstream, self.client, remote, self.endpoint,
+                                      _where, self._store(adaptations))
 
     async def pid(self) -> int:
         import os

@@ -29,6 +29,7 @@ class StepResult(BaseModel):
     latency_ms: float = 0.0
     queued_ms: float = 0.0  # waiting for rate-limit permits, all attempts together
     ttft_ms: float | None = None  # time to first token, when the reply was streamed
+    decode_tokens_per_s: float | None = None  # completion tokens after the first, per second
     prompt_tokens: int = 0
     completion_tokens: int = 0
     attempts: int = 0

@@ -7,6 +7,7 @@ sees none, so each helper copes with a missing upstream output.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -37,9 +38,18 @@ def _problem(sql: str) -> str | None:
     return None
 
 
+def _sql_field(generated: str) -> str:
+    """The ``sql`` field of a structured reply, or the text itself (a plain reply)."""
+    try:
+        reply = json.loads(generated)
+    except ValueError:
+        return generated
+    return str(reply.get("sql", "")) if isinstance(reply, dict) else generated
+
+
 def validate_sql(inputs: dict, upstream: dict) -> str:
     """Return ``SQL: <query>`` for a valid query; an invalid one is reported and replaced."""
-    generated = upstream.get("generate", "")
+    generated = _sql_field(upstream.get("generate", ""))
     match = _SELECT.search(generated)
     sql = match.group(0).strip() if match else ""
     problem = _problem(sql) if sql else "no SELECT statement in the generated text"

@@ -15,6 +15,7 @@ os.environ.pop("RAY_ADDRESS", None)
 os.environ["CHAINRAY_HOME"] = tempfile.mkdtemp(prefix="chainray-test-")
 
 from chainray.sim import start_simulator  # noqa: E402
+from chainray.sim.reasoning import REASONING_MODELS  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +30,7 @@ def sim(simulator):
     simulator.configure(speed=20.0, rpm=500, tpm=200_000, burst_s=60.0, api_key=None,
                         ttft_sigma=0.65, ttft_median_s=0.5, tokens_per_s=70.0,
                         prefill_s_per_token=0.00005, lengths={},
-                        retry_after_headers=True, faults={
+                        reasoning_models=REASONING_MODELS, retry_after_headers=True, faults={
                             "error_500": 0, "error_429": 0, "slow": 0, "hang": 0, "drop": 0,
                             "quota_exhausted": False, "hang_s": 300.0})
     return simulator

@@ -78,6 +78,21 @@ async def _reset(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _missing_model(request: web.Request) -> web.Response:
+    body = await request.json()
+    if str(body.get("model", "")).startswith("gone"):
+        return _error(404, f"The model `{body['model']}` does not exist or you do not have "
+                      "access to it.", "model_not_found", "invalid_request_error")
+    return web.json_response(_completion())
+
+
+async def _corrects_itself(request: web.Request) -> web.Response:
+    """Plain text first; valid JSON once told its reply was rejected (as a model would)."""
+    body = await request.json()
+    told = "rejected" in str(body["messages"][-1].get("content", ""))
+    return web.json_response(_completion('{"intent": "bug"}' if told else "It is a bug."))
+
+
 def _fixed(response):
     async def handler(request: web.Request):
         return response() if callable(response) else response
@@ -106,6 +121,10 @@ MISBEHAVIOURS = {
     "context_length_exceeded": _fixed(lambda: _error(
         400, "This model's maximum context length is 128000 tokens",
         "context_length_exceeded", "invalid_request_error")),
+    "missing_model": _missing_model,
+    "corrects_itself": _corrects_itself,
+    "unauthorized": _fixed(lambda: _error(401, "Incorrect API key provided.",
+                                          "invalid_api_key", "invalid_request_error")),
     "drip": _drip,
     "reset": _reset,
     "markup": _fixed(lambda: web.json_response(_completion(MARKUP_TEXT))),
@@ -120,6 +139,7 @@ class FixtureServer:
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host, self.port = host, 0
         self.requests = 0
+        self.models: list[str] = []  # the model each request named, in order
         self.mode, self.times = "ok", None
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -136,6 +156,7 @@ class FixtureServer:
             raise KeyError(f"no misbehaviour {mode!r}; known: {', '.join(MISBEHAVIOURS)}")
         with self.lock:
             self.mode, self.times, self.requests = mode, times, 0
+            self.models = []
 
     def _next_mode(self) -> str:
         with self.lock:
@@ -148,7 +169,11 @@ class FixtureServer:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         mode = self._next_mode()
-        await request.read()
+        body = await request.read()
+        try:
+            self.models.append(str(json.loads(body).get("model")))
+        except (ValueError, AttributeError):
+            self.models.append("")
         return await MISBEHAVIOURS[mode](request)
 
     async def _start(self) -> None:

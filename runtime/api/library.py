@@ -41,7 +41,8 @@ class Session:
     Options: ``base_url``, ``api_key``, ``model`` (every llm step), ``rpm``, ``tpm``,
     ``max_concurrency``, ``target_share``, ``address``, ``on_error`` (``fail``/``continue``),
     ``priority``, ``timeout`` (per request, s), ``max_attempts``, ``sim_speed``, ``prices``,
-    ``dashboard`` (start Ray's dashboard with a local Ray), ``progress`` (live progress).
+    ``dashboard`` (start Ray's dashboard with a local Ray), ``progress`` (live progress),
+    ``api_version`` (Azure OpenAI).
     """
 
     def __init__(self, *, base_url: str | None = None, api_key: str | None = None,
@@ -50,12 +51,12 @@ class Session:
                  address: str | None = None, on_error: OnError | None = None,
                  priority: bool = True, timeout: float = 60.0, max_attempts: int = 6,
                  sim_speed: float = 1.0, prices: str | None = None, dashboard: bool = False,
-                 progress: bool = False) -> None:
+                 progress: bool = False, api_version: str | None = None) -> None:
         config = opts.session_config(
             address=address, base_url=base_url, api_key=api_key, rpm=rpm, tpm=tpm,
             max_concurrency=max_concurrency, target_share=target_share, priority=priority,
             dashboard=dashboard, sim_speed=sim_speed, timeout=timeout,
-            max_attempts=max_attempts, progress=progress)
+            max_attempts=max_attempts, progress=progress, api_version=api_version)
         self._job_options = {"on_error": on_error, "model": model, "priority": priority,
                              "prices": prices}
         self._driver: _Driver | None = _Driver(config)

@@ -36,9 +36,10 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
                    max_concurrency: int = 64, target_share: float = 0.95,
                    priority: bool = True, dashboard: bool = False, sim_speed: float = 1.0,
                    timeout: float = 60.0, max_attempts: int = 6,
-                   progress: bool = False) -> SessionConfig:
+                   progress: bool = False, api_version: str | None = None) -> SessionConfig:
     """How to reach Ray and the endpoint, from the options ``chainray run`` also takes.
 
+    ``api_version`` is Azure OpenAI's (``base_url`` is then the resource endpoint).
     ``api_key`` replaces ``OPENAI_API_KEY`` for this session only (the key never leaves the
     session's environment copy: not logged, not in results).
     """
@@ -60,7 +61,7 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
                          max_concurrency=max_concurrency, target_share=target_share,
                          priority=priority, dashboard=dashboard, sim_speed=sim_speed,
                          timeout_s=timeout, max_attempts=max_attempts, progress=progress,
-                         env=env)
+                         api_version=api_version, env=env)
 
 
 def as_chain(chain: Chain | str) -> Chain:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import urllib.parse
 import uuid
 from collections import Counter
@@ -17,6 +18,7 @@ import ray
 from pydantic import SecretStr
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from chainray.actors.adaptations import get_adaptations
 from chainray.actors.coordinator import Coordinator
 from chainray.actors.rate_limiter import LIMITER_NAMESPACE, get_rate_limiter, limiter_name
 from chainray.errors import InputError
@@ -51,6 +53,7 @@ class SessionConfig:
     timeout_s: float = 60.0
     max_attempts: int = 6
     backoff_s: float = 0.5
+    api_version: str | None = None  # Azure OpenAI: base_url is the resource endpoint
     limiter_namespace: str = LIMITER_NAMESPACE
     progress: bool = True
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -122,6 +125,8 @@ class Session:
         self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
             self.endpoint, runners)
         ray.get(self.coordinator.ready.remote(), timeout=120)  # open means ready to run
+        self.adaptations = get_adaptations(config.limiter_namespace)
+        self.notes_shown = 0
 
     def _wants_simulator(self) -> bool:
         env = self.config.env
@@ -143,7 +148,7 @@ class Session:
         check_reachable(base_url or OPENAI_URL)
         return Endpoint(base_url=base_url or OPENAI_URL, api_key=SecretStr(api_key or "none"),
                         timeout_s=config.timeout_s, max_attempts=config.max_attempts,
-                        backoff_s=config.backoff_s)
+                        backoff_s=config.backoff_s, api_version=config.api_version)
 
     @property
     def limits(self) -> Limits:
@@ -163,7 +168,7 @@ class Session:
 
     def submit(self, job: RunJob) -> ray.ObjectRef:
         return self.coordinator.run.options(name=f"run:{job.chain.name}:{job.strategy}").remote(
-            job, self.limiters_for(job))
+            job, self.limiters_for(job), self.adaptations)
 
     def run(self, job: RunJob, label: str | None = None) -> RunResult:
         """Run one chain to the end, showing progress."""
@@ -197,7 +202,16 @@ class Session:
                 counts = dict(finished + Counter(live))
                 counts["runs_running"] = live.get("runs_running", 0)
                 view.show({**counts, "runs_total": total} if total else counts)
+                if results:
+                    self._show_adaptations()
                 yield from results
+
+    def _show_adaptations(self) -> None:
+        """Say once, on stderr, how a model's parameters were adapted."""
+        notes = ray.get(self.adaptations.notes_since.remote(self.notes_shown), timeout=30)
+        self.notes_shown += len(notes)
+        for note in notes:
+            print(f"chainray: {note}", file=sys.stderr)
 
     def limiter_stats(self) -> list[dict]:
         return ray.get([handle.stats.remote() for handle in self.limiters.values()])

@@ -46,6 +46,10 @@ def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_f
                         help="OpenAI-compatible endpoint (default: OPENAI_BASE_URL, else the "
                         "real API when OPENAI_API_KEY is set, else the embedded simulator)")
     parser.add_argument("--model", help="use this model for every llm step")
+    parser.add_argument("--api-version", metavar="V",
+                        help="Azure OpenAI: the api-version to send; --base-url is then the "
+                        "resource endpoint (https://NAME.openai.azure.com) and models name "
+                        "deployments")
     parser.add_argument("--rpm", type=positive_int, help="requests/min budget (default 500)")
     parser.add_argument("--tpm", type=positive_int, help="tokens/min budget (default 200000)")
     parser.add_argument("--max-concurrency", type=positive_int, default=64,
@@ -166,7 +170,8 @@ def session_config(args: argparse.Namespace):
                           target_share=args.target_share, priority=not args.no_priority,
                           dashboard=args.dashboard and not args.no_dashboard,
                           sim_speed=args.sim_speed, timeout=args.timeout,
-                          max_attempts=args.max_attempts, progress=not args.quiet)
+                          max_attempts=args.max_attempts, progress=not args.quiet,
+                          api_version=args.api_version)
 
 
 def _write_json(path: str, text: str) -> None:

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
+import httpx2
 import openai
 
 from chainray.errors import EndpointError
@@ -117,6 +118,9 @@ _TABLE: tuple[tuple[type[BaseException] | tuple, Callable[..., EndpointError]], 
     (openai.APITimeoutError, _timeout),
     ((asyncio.TimeoutError, TimeoutError), _timeout),
     (openai.APIConnectionError, _connection),
+    # A streamed body is read after openai hands it over, so httpx2 errors reach here.
+    (httpx2.TimeoutException, _timeout),
+    (httpx2.TransportError, _connection),
     (openai.APIStatusError, _status_error),
     ((ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeError), _malformed),
     (Exception, _other),

@@ -10,7 +10,7 @@ from chainray.plan.schedule import Strategy
 from chainray.results import StepResult
 from chainray.spec.chain import DEFAULT_MODEL, Chain, ModelSettings
 
-__all__ = ["RunJob", "step_models"]
+__all__ = ["RunJob", "step_models", "models_of"]
 
 
 class RunJob(BaseModel):
@@ -35,7 +35,12 @@ class RunJob(BaseModel):
         return settings.model_copy(update={"model": self.model}) if self.model else settings
 
 
+def models_of(settings: ModelSettings) -> list[str]:
+    """The model a step calls first, then its fallbacks in order."""
+    return [settings.model or DEFAULT_MODEL, *(settings.fallback_models or ())]
+
+
 def step_models(job: RunJob) -> set[str]:
-    """The models the run's llm steps call (one RateLimiter each)."""
-    return {job.settings(s.id).model or DEFAULT_MODEL for s in job.chain.steps
-            if s.kind == "llm"}
+    """The models the run's llm steps may call, fallbacks included (one RateLimiter each)."""
+    return {model for s in job.chain.steps if s.kind == "llm"
+            for model in models_of(job.settings(s.id))}

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import openai
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -25,12 +25,15 @@ from chainray.exec.endpoint_errors import (
     redact,
     to_endpoint_error,
 )
+from chainray.exec.params import Adaptation, adapt, describe, known_adaptations, learn_adaptation
 from chainray.exec.permit_scope import PermitScope
 from chainray.exec.permits import Permit
 from chainray.exec.retry import retry_policy
+from chainray.exec.streaming import collect_stream, completion_from_stream
+from chainray.exec.structured import correction_message, response_format, schema_problem
 
-__all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "make_client", "call_llm",
-           "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
+__all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "AdaptationStore", "make_client",
+           "call_llm", "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
 
 STEP_HEADER = "x-chainray-step"  # names the step in server logs (the simulator's /stats)
 _RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
@@ -48,6 +51,7 @@ class Endpoint(BaseModel):
     max_attempts: int = Field(6, gt=0)
     max_retry_s: float = Field(120.0, gt=0)
     backoff_s: float = Field(0.5, ge=0)
+    api_version: str | None = None  # set for Azure OpenAI (base_url is the resource endpoint)
 
 
 class LLMRequest(BaseModel):
@@ -57,9 +61,13 @@ class LLMRequest(BaseModel):
     messages: tuple[dict[str, str], ...]
     max_tokens: int
     temperature: float | None = None
+    params: dict[str, Any] = {}
+    response_schema: dict[str, Any] | None = None
+    stream: bool = False
     tag: str | None = None
     priority: float = 0.0
     estimated_tokens: int
+    adaptation_key: str = ""  # endpoint and model: where what the model accepts is learned
 
 
 @dataclass
@@ -74,6 +82,10 @@ class LLMReply:
     queued_s: float = 0.0
     usage_estimated: bool = False
     truncated: bool = False
+    ttft_s: float | None = None
+    decode_s: float | None = None
+    stream_without_usage: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
 class Limiter(Protocol):
@@ -87,10 +99,35 @@ class Limiter(Protocol):
     async def penalize(self, permit_id: str, retry_after_s: float | None) -> None: ...
 
 
+class AdaptationStore(Protocol):
+    """What each endpoint's models accept (``chainray.actors.adaptations``)."""
+
+    async def known(self, key: str) -> dict[str, Adaptation]: ...
+    async def learn(self, key: str, adaptation: Adaptation, note: str) -> None: ...
+
+
+class _NoStore:
+    """Adaptations kept for one call only (unit tests, and callers with no actor)."""
+
+    def __init__(self) -> None:
+        self.learned: dict[str, dict[str, Adaptation]] = {}
+
+    async def known(self, key: str) -> dict[str, Adaptation]:
+        return self.learned.setdefault(key, {})
+
+    async def learn(self, key: str, adaptation: Adaptation, note: str) -> None:
+        self.learned.setdefault(key, {})[adaptation.param] = adaptation
+
+
 def make_client(endpoint: Endpoint) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=endpoint.base_url,
-                              api_key=endpoint.api_key.get_secret_value(), max_retries=0,
-                              timeout=openai.Timeout(endpoint.timeout_s, connect=5.0))
+    key, timeout = endpoint.api_key.get_secret_value(), openai.Timeout(endpoint.timeout_s,
+                                                                        connect=5.0)
+    if endpoint.api_version:  # Azure: the model named in a request is the deployment
+        return openai.AsyncAzureOpenAI(azure_endpoint=endpoint.base_url, api_key=key,
+                                       api_version=endpoint.api_version, max_retries=0,
+                                       timeout=timeout)
+    return openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=key, max_retries=0,
+                              timeout=timeout)
 
 
 def _beyond_budget(error: EndpointError, left_s: float) -> EndpointError:
@@ -111,10 +148,8 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
         reply.attempts += 1
         try:
             with map_exceptions(secret):
-                raw = await asyncio.wait_for(
-                    client.chat.completions.with_raw_response.create(**kwargs),
-                    endpoint.timeout_s)
-                completion = read_completion(raw.content, request.messages)
+                raw, completion = await asyncio.wait_for(
+                    _send(client, kwargs, request, reply), endpoint.timeout_s)
         except EndpointError as error:
             reply.attempts -= error.code == "connect_failed"  # no request reached the server
             reply.rate_limited += error.status == 429
@@ -122,28 +157,109 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
         permit.settle(completion.prompt_tokens + completion.completion_tokens,
                       {k: raw.headers[k] for k in _RATE_HEADERS if k in raw.headers})
     reply.text, reply.truncated = completion.text, completion.truncated
-    reply.prompt_tokens, reply.completion_tokens = (completion.prompt_tokens,
-                                                    completion.completion_tokens)
-    reply.usage_estimated = completion.usage_estimated
+    # Added, not set: a schema correction or an adapted retry is a second paid request.
+    reply.prompt_tokens += completion.prompt_tokens
+    reply.completion_tokens += completion.completion_tokens
+    reply.usage_estimated = reply.usage_estimated or completion.usage_estimated
+
+
+async def _send(client: openai.AsyncOpenAI, kwargs: dict, request: LLMRequest,
+                reply: LLMReply):
+    """One HTTP request; a stream is read to its end (its usage chunk comes last)."""
+    sent_at = time.perf_counter()
+    raw = await client.chat.completions.with_raw_response.create(**kwargs)
+    if not kwargs.get("stream"):
+        return raw, read_completion(raw.content, request.messages)
+    if "text/event-stream" not in raw.headers.get("content-type", ""):
+        # A server that ignores ``stream`` answers with one body: read it as such.
+        return raw, read_completion(await raw.http_response.aread(), request.messages)
+    streamed = await collect_stream(raw.parse(), sent_at)
+    reply.ttft_s, reply.decode_s = streamed.ttft_s, streamed.decode_s
+    reply.stream_without_usage = not streamed.has_usage
+    return raw, completion_from_stream(streamed, request.messages)
+
+
+def _request_kwargs(request: LLMRequest) -> dict[str, Any]:
+    extra = {STEP_HEADER: request.tag} if request.tag else None
+    kwargs: dict[str, Any] = {**request.params, "model": request.model,
+                              "messages": list(request.messages),
+                              "max_tokens": request.max_tokens, "extra_headers": extra}
+    if request.temperature is not None:
+        kwargs["temperature"] = request.temperature
+    if request.response_schema is not None:
+        kwargs["response_format"] = response_format(request.response_schema, request.tag or
+                                                    "reply")
+    if request.stream:
+        kwargs.update(stream=True, stream_options={"include_usage": True})
+    return kwargs
+
+
+# Streaming is dropped for an endpoint whose streams carry no usage: counts must be exact.
+_NO_STREAM_USAGE = Adaptation(param="stream", action="drop")
+
+
+async def _adapted(kwargs: dict[str, Any], request: LLMRequest,
+                   store: AdaptationStore) -> dict[str, Any]:
+    """The request as this model accepts it; a family's known needs are noted once."""
+    learned = await store.known(request.adaptation_key)
+    for param, adaptation in known_adaptations(request.model).items():
+        if param in kwargs and param not in learned:
+            await store.learn(request.adaptation_key, adaptation,
+                              describe(request.model, adaptation, kwargs[param]))
+    adapted = adapt(kwargs, {**known_adaptations(request.model), **learned})
+    if "stream" not in adapted:
+        adapted.pop("stream_options", None)
+    return adapted
 
 
 async def call_llm(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
-                   endpoint: Endpoint, reply: LLMReply | None = None) -> LLMReply:
+                   endpoint: Endpoint, reply: LLMReply | None = None,
+                   store: AdaptationStore | None = None) -> LLMReply:
     """Send one chat completion, retrying as the policy says; every attempt takes a permit.
 
-    ``reply`` collects attempts and 429s even when the call finally fails. Raises
-    ``EndpointError`` only.
+    A parameter the model rejects (400 unsupported_parameter/unsupported_value) is renamed or
+    dropped and the call sent again, once per parameter; a reply that does not follow the
+    step's schema is sent back once with the problem. ``reply`` collects attempts and 429s
+    even when the call finally fails. Raises ``EndpointError`` only.
     """
     reply = reply if reply is not None else LLMReply()
-    extra = {STEP_HEADER: request.tag} if request.tag else None
-    kwargs = {"model": request.model, "messages": list(request.messages),
-              "max_tokens": request.max_tokens, "extra_headers": extra}
-    if request.temperature is not None:
-        kwargs["temperature"] = request.temperature
+    store = store if store is not None else _NoStore()
+    kwargs = _request_kwargs(request)
+    rejected: set[str] = set()
+    corrected = False
+    while True:
+        adapted = await _adapted(kwargs, request, store)
+        try:
+            await _with_retries(client, limiter, request, endpoint, reply, adapted)
+        except EndpointError as error:
+            learned = learn_adaptation(error.status, error.code, None, error.message, adapted)
+            if learned is None or learned.param in rejected:
+                raise
+            rejected.add(learned.param)
+            await store.learn(request.adaptation_key, learned,
+                              describe(request.model, learned, adapted.get(learned.param)))
+            continue
+        if reply.stream_without_usage and "stream" in adapted:
+            await store.learn(request.adaptation_key, _NO_STREAM_USAGE,
+                              f"{request.model}: the endpoint's streams carry no usage; "
+                              "sending without streaming")
+        problem = (schema_problem(reply.text, request.response_schema)
+                   if request.response_schema is not None else None)
+        if problem is None:
+            return reply
+        if corrected:
+            raise EndpointError(f"the reply did not follow the step's schema twice: {problem}",
+                                200, "schema_mismatch", None, None, False)
+        corrected = True
+        kwargs["messages"] = [*kwargs["messages"], {"role": "assistant", "content": reply.text},
+                              correction_message(problem)]
+
+
+async def _with_retries(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
+                        endpoint: Endpoint, reply: LLMReply, kwargs: dict) -> None:
     started = time.monotonic()
     policy = retry_policy(endpoint.max_attempts, endpoint.max_retry_s, endpoint.backoff_s)
     async for attempt in policy:
         with attempt:
             left_s = max(0.001, endpoint.max_retry_s - (time.monotonic() - started))
             await _attempt(client, limiter, request, endpoint, reply, kwargs, left_s)
-    return reply

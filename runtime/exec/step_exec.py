@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import openai
 from pydantic import BaseModel, ConfigDict
 
-from chainray.exec.llm import Endpoint, Limiter, LLMReply, LLMRequest, call_llm
+from chainray.errors import EndpointError
+from chainray.exec.llm import (
+    AdaptationStore,
+    Endpoint,
+    Limiter,
+    LLMReply,
+    LLMRequest,
+    call_llm,
+)
+from chainray.exec.params import adaptation_key
 from chainray.results import StepResult
 from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ModelSettings, Step, resolve_call
 from chainray.spec.prompts import render_prompt
@@ -63,31 +72,63 @@ def build_messages(request: StepRequest, upstream: Sequence[StepResult]) -> list
     return messages
 
 
+def _falls_back(error: Exception) -> bool:
+    """Whether another model may answer where this one failed: the model is missing or
+    refused (404, a 400 about the model), or it kept failing (retries exhausted on 5xx or
+    malformed replies). Never on 401, 403 or exhausted quota: those stop the run."""
+    if not isinstance(error, EndpointError):
+        return False
+    if error.status == 404:
+        return True
+    if error.status == 400:
+        return "model" in (error.code or "") or "model" in error.message.lower()
+    return error.retryable and (error.status or 0) >= 500 or error.code == "malformed_reply"
+
+
 async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
-                           client: openai.AsyncOpenAI, limiter: Limiter, endpoint: Endpoint,
-                           context: Callable[[], tuple] = lambda: (None, None)) -> StepResult:
+                           client: openai.AsyncOpenAI, limiters: Mapping[str, Limiter],
+                           endpoint: Endpoint,
+                           context: Callable[[], tuple] = lambda: (None, None),
+                           store: AdaptationStore | None = None) -> StepResult:
+    """Call the step's model, then each fallback model in turn (each under its own
+    RateLimiter) while the failure is the model's own."""
     started = time.time()
     settings = request.settings
     messages = build_messages(request, upstream)
     max_tokens = settings.max_tokens or DEFAULT_MAX_TOKENS
-    llm_request = LLMRequest(
-        model=settings.model or DEFAULT_MODEL, messages=tuple(messages), max_tokens=max_tokens,
-        temperature=settings.temperature, tag=request.task_name, priority=request.priority,
-        estimated_tokens=estimate_prompt_tokens(messages) + max_tokens)
+    models = [settings.model or DEFAULT_MODEL, *(settings.fallback_models or ())]
     reply = LLMReply()
-    counts = {"model": llm_request.model}
-    try:
-        await call_llm(client, limiter, llm_request, endpoint, reply)
-    except Exception as exc:  # a step reports its failure; it never raises to dispatch
-        log.debug("step %s failed", request.task_name, exc_info=True)
-        return _result(request, started, context, status="error", error=error_text(exc),
-                       attempts=reply.attempts, rate_limited=reply.rate_limited,
-                       queued_ms=reply.queued_s * 1000, **counts)
+    for model in models:
+        llm_request = LLMRequest(
+            model=model, messages=tuple(messages), max_tokens=max_tokens,
+            temperature=settings.temperature, params=settings.params or {},
+            response_schema=request.step.output_schema,
+            stream=settings.stream if settings.stream is not None else True,
+            tag=request.task_name, priority=request.priority,
+            estimated_tokens=estimate_prompt_tokens(messages) + max_tokens,
+            adaptation_key=adaptation_key(endpoint.base_url, model))
+        try:
+            await call_llm(client, limiters[model], llm_request, endpoint, reply, store)
+            break
+        except Exception as exc:  # a step reports its failure; it never raises to dispatch
+            if model != models[-1] and _falls_back(exc):
+                log.debug("step %s: %s failed, falling back", request.task_name, model,
+                          exc_info=True)
+                continue
+            log.debug("step %s failed", request.task_name, exc_info=True)
+            return _result(request, started, context, status="error", error=error_text(exc),
+                           attempts=reply.attempts, rate_limited=reply.rate_limited,
+                           queued_ms=reply.queued_s * 1000, model=model,
+                           prompt_tokens=reply.prompt_tokens,
+                           completion_tokens=reply.completion_tokens)
+    decode = (reply.completion_tokens - 1) / reply.decode_s if reply.decode_s else None
     return _result(request, started, context, status="ok", output=reply.text,
                    prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                    attempts=reply.attempts, rate_limited=reply.rate_limited,
                    queued_ms=reply.queued_s * 1000, usage_estimated=reply.usage_estimated,
-                   truncated=reply.truncated, **counts)
+                   truncated=reply.truncated, model=model,
+                   ttft_ms=None if reply.ttft_s is None else reply.ttft_s * 1000,
+                   decode_tokens_per_s=None if decode is None else round(decode, 2))
 
 
 def execute_python_step(request: StepRequest, upstream: Sequence[StepResult],

@@ -7,6 +7,7 @@ import math
 from pydantic import BaseModel, ConfigDict, Field
 
 from chainray.sim.lengths import LengthModel
+from chainray.sim.reasoning import REASONING_MODELS
 
 __all__ = ["SimConfig", "FaultConfig"]
 
@@ -51,6 +52,9 @@ class SimConfig(BaseModel):
     itl_jitter: float = Field(0.1, ge=0, lt=1)
     lengths: LengthModel = LengthModel()  # how long replies are: see chainray.sim.lengths
     default_max_tokens: int = Field(512, gt=0)
+    reasoning_models: str = Field(REASONING_MODELS, description="models (a regex) that answer "
+                                  "as OpenAI's reasoning models: 400 on max_tokens and on "
+                                  "sampling settings other than the default")
     api_key: str | None = Field(None, repr=False)
     faults: FaultConfig = FaultConfig()
 

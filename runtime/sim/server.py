@@ -17,8 +17,10 @@ from pydantic import ValidationError
 from chainray.durations import format_duration
 from chainray.sim.buckets import Admission, LimitBuckets
 from chainray.sim.config import SimConfig
+from chainray.sim.reasoning import is_reasoning_model, reject_parameter
 from chainray.sim.replies import Reply, plan_reply
 from chainray.sim.stats import RequestRecord, ServerStats
+from chainray.sim.structured import conforming_json, schema_of
 from chainray.tokens import estimate_prompt_tokens
 
 __all__ = ["Simulator", "TAG_HEADER"]
@@ -27,8 +29,8 @@ TAG_HEADER = "x-chainray-step"  # optional client label, recorded in /stats
 
 
 def _error(status: int, message: str, type_: str, code: str | None,
-           headers: dict[str, str] | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+           headers: dict[str, str] | None = None, param: str | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -44,6 +46,9 @@ class Simulator:
         self.app = web.Application()
         self.app.add_routes([
             web.post("/v1/chat/completions", self.chat_completions),
+            # Azure OpenAI's shape: the deployment names the model, ?api-version= is required
+            web.post("/openai/deployments/{deployment}/chat/completions",
+                     self.chat_completions),
             web.get("/v1/models", self.models),
             web.get("/stats", self.get_stats),
             web.post("/sim/reset", self.reset),
@@ -86,7 +91,7 @@ class Simulator:
     async def models(self, request: web.Request) -> web.Response:
         if (denied := self._check_key(request)) is not None:
             return denied
-        names = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini"]
+        names = ["gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini", "gpt-5-mini"]
         return web.json_response({"object": "list", "data": [
             {"id": n, "object": "model", "created": 0, "owned_by": "chainray-sim"}
             for n in names]})
@@ -95,7 +100,8 @@ class Simulator:
         expected = self.config.api_key
         if expected is None:
             return None
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        given = (request.headers.get("api-key")  # Azure sends its key in its own header
+                 or request.headers.get("Authorization", "").removeprefix("Bearer "))
         if hmac.compare_digest(given.encode(), expected.encode()):
             return None
         shown = f"{given[:3]}{'*' * max(0, len(given) - 7)}{given[-4:]}" if given else "none"
@@ -126,12 +132,21 @@ class Simulator:
         try:
             body = await request.json()
             messages = body["messages"]
+            if (deployment := request.match_info.get("deployment")) is not None:
+                if not request.query.get("api-version"):
+                    return _error(404, "Resource not found (Azure needs ?api-version=).",
+                                  "invalid_request_error", "404")
+                body.setdefault("model", deployment)
             record.model = str(body["model"])
             assert isinstance(messages, list) and messages
         except (ValueError, KeyError, TypeError, AssertionError):
             return _error(400, "The request needs JSON with 'model' and a non-empty "
                           "'messages' list.", "invalid_request_error", None)
         record.stream = bool(body.get("stream"))
+        if is_reasoning_model(record.model, config.reasoning_models):
+            if (rejected := reject_parameter(body)) is not None:
+                message, param, code = rejected
+                return _error(400, message, "invalid_request_error", code, param=param)
         if config.faults.quota_exhausted:
             record.outcome = "insufficient_quota"
             self.stats.finish(record, 429, record.outcome)
@@ -151,6 +166,8 @@ class Simulator:
         prompt = "\n".join(str(m.get("content") or "") for m in messages)
         reply = plan_reply(config, prompt, prompt_tokens, max_tokens, self.rng,
                            slow=fault == "slow")
+        if (schema := schema_of(body.get("response_format"))) is not None:
+            reply = reply.with_text(conforming_json(schema, prompt, reply.text.split()))
         record.prompt_tokens, record.completion_tokens = prompt_tokens, len(reply.tokens)
         if config.refund_unused:
             self.buckets.refund(max_tokens - len(reply.tokens))

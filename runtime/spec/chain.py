@@ -26,6 +26,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
@@ -35,6 +36,7 @@ from pydantic import (
 )
 
 from chainray.errors import SpecError
+from chainray.spec.output_schema import field_path_problem, normalize_schema
 from chainray.spec.templates import check_template, template_fields
 
 __all__ = ["ModelSettings", "Step", "Chain", "load_chain", "chain_from_dict", "SCENARIO_DIR",
@@ -53,7 +55,9 @@ def _scenario_dir() -> Path:
 
 SCENARIO_DIR = _scenario_dir()
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+_RESERVED_PARAMS = {"model", "messages", "stream", "stream_options", "max_tokens",
+                    "max_completion_tokens", "temperature", "response_format"}
 
 
 class ModelSettings(BaseModel):
@@ -65,6 +69,23 @@ class ModelSettings(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, gt=0, le=1_000_000)
     system: str | None = None
+    params: dict[str, JsonValue] | None = Field(
+        default=None, description="passed through to the endpoint (seed, top_p, stop, "
+        "reasoning_effort, ...); a step's params are merged over the defaults'")
+    fallback_models: tuple[str, ...] | None = Field(
+        default=None, description="models to try in turn when the model itself fails")
+    stream: bool | None = Field(
+        default=None, description="stream replies to measure time to first token "
+        "(default: on)")
+
+    @field_validator("params")
+    @classmethod
+    def _params_are_ours_to_pass(cls, params: dict | None) -> dict | None:
+        reserved = sorted(set(params or ()) & _RESERVED_PARAMS)
+        if reserved:
+            raise ValueError(f"{reserved[0]!r} is set by chainray, not in params (use the "
+                             "step's own field or the chain's structure)")
+        return params
 
 
 _CALL_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -119,6 +140,14 @@ class Step(ModelSettings):
     after: tuple[str, ...] = ()
     final: bool = False
     description: str | None = None
+    output_schema: dict[str, JsonValue] | None = Field(
+        default=None, alias="schema", description="JSON Schema the reply must follow "
+        "(structured output); downstream templates may name its fields: {step.field}")
+
+    @field_validator("output_schema", mode="before")
+    @classmethod
+    def _schema_from_model(cls, value: Any) -> Any:
+        return normalize_schema(value)
 
     @field_validator("call", mode="plain")
     @classmethod
@@ -175,8 +204,11 @@ class Chain(BaseModel):
     def settings_for(self, step: Step) -> ModelSettings:
         """The step's model settings, falling back to the chain's defaults."""
         fields = ModelSettings.model_fields
-        return ModelSettings(**{name: getattr(step, name) if getattr(step, name) is not None
-                                else getattr(self.defaults, name) for name in fields})
+        settings = {name: getattr(step, name) if getattr(step, name) is not None
+                    else getattr(self.defaults, name) for name in fields}
+        if step.params is not None and self.defaults.params is not None:
+            settings["params"] = {**self.defaults.params, **step.params}
+        return ModelSettings(**settings)
 
 
 def _sinks(chain: Chain) -> list[Step]:
@@ -258,9 +290,15 @@ def _check_step_fields(chain: Chain, step: Step) -> None:
         if problem:
             raise SpecError(problem, file, step.id, field)
         for name, _ in template_fields(template):
-            if name in step.after or name in chain.inputs:
+            root, *path = name.split(".")
+            if path and root in step.after:
+                problem = field_path_problem(chain.by_id[root].output_schema, root, path)
+                if problem:
+                    raise SpecError(problem, file, step.id, field)
                 continue
-            hint = (f"add {name!r} to this step's after list" if name in chain.by_id
+            if root in step.after or (root in chain.inputs and not path):
+                continue
+            hint = (f"add {root!r} to this step's after list" if root in chain.by_id
                     else f"declare it under inputs (inputs: {', '.join(chain.inputs) or 'none'})")
             raise SpecError(f"template field {{{name}}} names no input or dependency; {hint}",
                             file, step.id, field)

@@ -26,7 +26,7 @@ def render_prompt(
     strategy, ``upstream_ids`` the step's declared dependencies (fields the strategy withholds
     are filled with a note).
     """
-    named = {name for name, _ in template_fields(template)}
+    named = {name.split(".")[0] for name, _ in template_fields(template)}
     values: dict[str, str] = {k: v or "" for k, v in inputs.items()}
     for step_id in upstream_ids:
         values[step_id] = f"[{step_id}: not available, it runs at the same time as this step]"

@@ -1,0 +1,51 @@
+"""What each endpoint's models accept, remembered cluster-wide in one small named actor, so a
+parameter a model rejects is rejected once, not once per step, run or driver.
+
+Step runners keep a copy per endpoint and model and ask the actor only the first time they
+call that model; an adaptation one runner learns is pushed to the actor at once.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from chainray.exec.params import Adaptation, AdaptationBook
+
+__all__ = ["Adaptations", "RemoteAdaptations", "get_adaptations"]
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class Adaptations:
+    def __init__(self) -> None:
+        self.book = AdaptationBook()
+
+    def known(self, key: str) -> dict[str, Adaptation]:
+        return self.book.known(key)
+
+    def learn(self, key: str, adaptation: Adaptation, note: str) -> bool:
+        return self.book.learn(key, adaptation, note)
+
+    def notes_since(self, index: int) -> list[str]:
+        return self.book.notes_since(index)
+
+
+def get_adaptations(namespace: str) -> ray.actor.ActorHandle:
+    return Adaptations.options(name="chainray-adaptations", namespace=namespace,
+                               get_if_exists=True, lifetime="detached").remote()
+
+
+class RemoteAdaptations:
+    """The actor as the call path sees it, with a copy per endpoint and model."""
+
+    def __init__(self, handle: ray.actor.ActorHandle) -> None:
+        self.handle = handle
+        self.copies: dict[str, dict[str, Adaptation]] = {}
+
+    async def known(self, key: str) -> dict[str, Adaptation]:
+        if key not in self.copies:
+            self.copies[key] = await self.handle.known.remote(key)
+        return self.copies[key]
+
+    async def learn(self, key: str, adaptation: Adaptation, note: str) -> None:
+        self.copies.setdefault(key, {})[adaptation.param] = adaptation
+        await self.handle.learn.remote(key, adaptation, note)

@@ -1,0 +1,84 @@
+"""Read a streamed chat completion: the text, the usage the server reports in its last chunk
+(``stream_options.include_usage``), and when the first token arrived.
+
+Time to first token and decode speed are what ``plan --calibrate`` fits; a stream is read to
+the end, and a server that sends no usage in the stream is noted so that later calls to it are
+sent without streaming (usage must stay exact).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from chainray.errors import EndpointError
+from chainray.exec.completion import Completion
+from chainray.tokens import estimate_prompt_tokens, estimate_text_tokens
+
+__all__ = ["StreamedReply", "collect_stream", "completion_from_stream"]
+
+
+@dataclass
+class StreamedReply:
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    ttft_s: float | None = None
+    decode_s: float | None = None
+    refusal: str | None = None
+    tool_calls: bool = False
+    parts: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def has_usage(self) -> bool:
+        return self.prompt_tokens is not None and self.completion_tokens is not None
+
+
+async def collect_stream(chunks: AsyncIterable[Any], sent_at: float,
+                         clock: Callable[[], float] = time.perf_counter) -> StreamedReply:
+    """Consume ``chunks`` (openai ``ChatCompletionChunk`` objects) sent at ``sent_at``."""
+    reply = StreamedReply()
+    first = last = None
+    async for chunk in chunks:
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            reply.prompt_tokens = usage.prompt_tokens
+            reply.completion_tokens = usage.completion_tokens
+        for choice in getattr(chunk, "choices", None) or ():
+            delta = choice.delta
+            if delta is not None:
+                if delta.content:
+                    now = clock()
+                    first = now if first is None else first
+                    last = now
+                    reply.parts.append(delta.content)
+                if getattr(delta, "refusal", None):
+                    reply.refusal = (reply.refusal or "") + delta.refusal
+                if getattr(delta, "tool_calls", None):
+                    reply.tool_calls = True
+            if choice.finish_reason:
+                reply.finish_reason = choice.finish_reason
+    reply.text = "".join(reply.parts)
+    if first is not None:
+        reply.ttft_s = first - sent_at
+        reply.decode_s = (last or first) - first
+    return reply
+
+
+def completion_from_stream(reply: StreamedReply,
+                           messages: Sequence[Mapping[str, object]]) -> Completion:
+    """A read stream as the ``Completion`` the call path works with (same rules as a body:
+    usage estimated when the stream carried none, no text at all is an error)."""
+    text = reply.text or reply.refusal or ""
+    if not text and not reply.tool_calls:
+        raise EndpointError("the reply has no content, refusal or tool call", 200,
+                            "empty_content", None, None, False)
+    estimated = not reply.has_usage
+    prompt = reply.prompt_tokens if reply.prompt_tokens is not None else \
+        estimate_prompt_tokens(messages)
+    completion = reply.completion_tokens if reply.completion_tokens is not None else \
+        (estimate_text_tokens(text) if text else 0)
+    return Completion(text, prompt, completion, estimated, reply.finish_reason == "length")
