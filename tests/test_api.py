@@ -140,14 +140,13 @@ def test_public_names_are_exported():
         assert getattr(chainray, name).__doc__
 
 
-def test_a_local_session_starts_one_step_runner_per_node_and_stops_its_actors(ray_session, sim):
+def test_a_session_stops_its_coordinator_when_it_closes(ray_session, sim):
     import ray
 
     from tests.helpers import session_for
 
     with session_for(sim) as session:
-        pids = ray.get(session.coordinator.runner_pids.remote(), timeout=60)
+        assert ray.get(session.coordinator.runner_pids.remote(), timeout=60)
         coordinator = session.coordinator
-    assert len(pids) == len([n for n in ray.nodes() if n["Alive"]]) == 1
     with pytest.raises(ray.exceptions.RayActorError):  # closed with the session
         ray.get(coordinator.progress.remote(), timeout=60)

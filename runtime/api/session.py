@@ -119,11 +119,8 @@ class Session:
                 self.endpoint = self._open_endpoint()
         # On the driver's node, so that the run journal lands on the driver's disk.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        # One step runner per node is enough (each keeps hundreds of calls in flight); more
-        # on one node are processes a local run does not need.
-        runners = min(config.runners, max(1, len([n for n in ray.nodes() if n["Alive"]])))
         self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
-            self.endpoint, runners)
+            self.endpoint, config.runners)
         ray.get(self.coordinator.ready.remote(), timeout=120)  # open means ready to run
         self.adaptations = get_adaptations(config.limiter_namespace)
         self.notes_shown = 0
