@@ -11,6 +11,7 @@ import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import ray
@@ -50,7 +51,7 @@ class SessionConfig:
     max_concurrency: int = 64
     target_share: float = 0.95
     priority: bool = True
-    dashboard: bool = True
+    dashboard: bool = False  # Ray's dashboard costs seconds and ~300 MiB: only when asked
     sim_speed: float = 1.0
     sim_flags: tuple[str, ...] = ()
     runners: int = 2
@@ -99,27 +100,53 @@ class Session:
     def __init__(self, config: SessionConfig) -> None:
         self.config = config
         self.simulator: EmbeddedSimulator | None = None
-        self.endpoint = self._open_endpoint()
-        connect_ray(config.address, config.dashboard)
+        self.limiters: dict[str, ray.actor.ActorHandle] = {}
+        self.coordinator = None
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        config = self.config
+        # The simulator (a child process) starts while Ray does: they overlap, not add up.
+        with ThreadPoolExecutor(1, thread_name_prefix="chainray-sim") as pool:
+            simulator = pool.submit(self._start_simulator) if self._wants_simulator() else None
+            if simulator is None:
+                self.endpoint = self._open_endpoint()  # unreachable: fail before Ray starts
+            try:
+                connect_ray(config.address, config.dashboard)
+            finally:  # kept even when Ray failed, so that close() stops it
+                if simulator is not None:
+                    self.simulator = simulator.result(timeout=120)
+            if simulator is not None:
+                self.endpoint = self._open_endpoint()
         # On the driver's node, so that the run journal lands on the driver's disk.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
             self.endpoint, config.runners)
-        ray.get(self.coordinator.ready.remote(), timeout=120)
-        self.limiters: dict[str, ray.actor.ActorHandle] = {}
+        ray.get(self.coordinator.ready.remote(), timeout=120)  # open means ready to run
         self.adaptations = get_adaptations(config.limiter_namespace)
         self.notes_shown = 0
         self.described: dict[str, str] = {}
+
+    def _wants_simulator(self) -> bool:
+        env = self.config.env
+        return not (self.config.base_url or env.get("OPENAI_BASE_URL")
+                    or env.get("OPENAI_API_KEY"))
+
+    def _start_simulator(self) -> EmbeddedSimulator:
+        config = self.config
+        sim = self._simulator_settings()
+        return start_simulator("--speed", str(config.sim_speed), "--rpm", str(sim.rpm),
+                               "--tpm", str(sim.tpm), *config.sim_flags)
 
     def _open_endpoint(self) -> Endpoint:
         config, env = self.config, self.config.env
         base_url = config.base_url or env.get("OPENAI_BASE_URL")
         api_key = env.get("OPENAI_API_KEY")
-        if not base_url and not api_key:
-            sim = self._simulator_settings()
-            self.simulator = start_simulator("--speed", str(config.sim_speed),
-                                             "--rpm", str(sim.rpm), "--tpm", str(sim.tpm),
-                                             *config.sim_flags)
+        if self.simulator is not None:
             base_url, api_key = self.simulator.base_url, "sim-no-key-needed"
         check_reachable(base_url or OPENAI_URL)
         return Endpoint(base_url=base_url or OPENAI_URL, api_key=SecretStr(api_key or "none"),
@@ -220,7 +247,9 @@ class Session:
         return ray.get([handle.stats.remote() for handle in self.limiters.values()])
 
     def close(self) -> None:
-        """Say what the limiters learned; end the limiters of an embedded simulator with it."""
+        """Say what the limiters learned; stop the Coordinator (its step runners go with it)
+        and the embedded simulator, with the limiters only it used; Ray stays up for this
+        process's next session."""
         if self.limiters and ray.is_initialized():
             try:
                 stats = ray.get([h.stats.remote() for h in self.limiters.values()], timeout=10)
@@ -229,13 +258,16 @@ class Session:
             for model, stat in zip(self.limiters, stats, strict=False):
                 if stat["described"] != self.described.get(model):
                     self._say(f"{model}: {stat['described']}")
-            if self.simulator is not None:
-                for handle in self.limiters.values():
-                    ray.kill(handle, no_restart=True)
-        self.limiters.clear()
+        if self.coordinator is not None and ray.is_initialized():
+            ray.kill(self.coordinator)
+        self.coordinator = None
         if self.simulator is not None:
+            # Nobody else can call a private simulator, so its limiters go with it.
+            for handle in self.limiters.values() if ray.is_initialized() else ():
+                ray.kill(handle, no_restart=True)
             self.simulator.stop()
             self.simulator = None
+        self.limiters.clear()
 
     def __enter__(self) -> Session:
         return self

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable
 
 from chainray.errors import ChainrayError, InputError, SpecError
@@ -20,6 +23,7 @@ examples:
   chainray run quantum_research --strategy hybrid --json out.json
   chainray bench quantum_research --repeat 3          compare the three strategies
   chainray sim --port 8000 --rpm 500 --tpm 200000     the simulated LLM server, foreground
+  chainray schema > chain.schema.json                 JSON Schema for editors
 
 SCENARIO is a bundled scenario name or a path to a chain YAML file. Without --base-url and
 OPENAI_API_KEY, run and bench start the embedded simulator on a free loopback port.
@@ -55,7 +59,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+_HEAVY = {  # commands whose parsers live in modules that import pydantic models, rich, aiohttp
+    "run": "run a chain once under one strategy",
+    "bench": "compare strategies on identical inputs",
+    "sim": "run the simulated LLM server in the foreground",
+}
+
+
+def _command_in(argv: list[str]) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser for ``command``; the others that cost imports get a one-line stub
+    (enough for ``chainray --help`` and to reject a typo), so ``--help`` starts at once."""
     parser = _Parser(prog="chainray", description="Run LLM prompt chains sequentially, in "
                      "parallel or as a hybrid DAG on Ray, under one shared rate limit, and "
                      "measure which schedule to pick.", epilog=_EPILOG,
@@ -71,12 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("scenario", metavar="SCENARIO", help="bundled name or chain YAML path")
     _add_prediction_flags(plan)
     _add_forecast_flags(plan)
-    from chainray.cli import run as cli_run
-    from chainray.cli import sim as cli_sim
+    commands.add_parser(
+        "schema", help="print the chain file's JSON Schema (editor validation)",
+        description="Print the JSON Schema of chain files. Save it and name it in a chain "
+        "file's first line so that editors check the file as you type:\n"
+        "  chainray schema > chain.schema.json\n"
+        "  # yaml-language-server: $schema=./chain.schema.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, help_text in _HEAVY.items():
+        if name != command:
+            commands.add_parser(name, help=help_text, add_help=False)
+        elif name == "sim":
+            from chainray.cli import sim as cli_sim
 
-    cli_run.add_run_parser(commands, _positive_int, _positive_float)
-    cli_run.add_bench_parser(commands, _positive_int, _positive_float)
-    cli_sim.add_sim_parser(commands, _positive_int, _positive_float)
+            cli_sim.add_sim_parser(commands, _positive_int, _positive_float)
+        else:
+            from chainray.cli import run as cli_run
+
+            adder = cli_run.add_run_parser if name == "run" else cli_run.add_bench_parser
+            adder(commands, _positive_int, _positive_float)
     return parser
 
 
@@ -113,14 +143,31 @@ def _add_forecast_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_scenarios(args: argparse.Namespace) -> int:
-    from chainray.spec.chain import SCENARIO_DIR, load_chain
+    from chainray.spec.bundled import bundled_scenarios
+    from chainray.spec.chain import load_chain
 
-    for path in sorted(SCENARIO_DIR.glob("*.yaml")):
-        chain = load_chain(str(path))
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
+    indent = " " * 25
+    for name in bundled_scenarios():
+        chain = load_chain(name)
         steps = ", ".join(step.id for step in chain.steps)
-        print(f"{chain.name:<24} {len(chain.steps)} steps: {steps}")
+        # Wrapped at word boundaries, never cut: the text is for reading, not for a column.
+        print(textwrap.fill(f"{len(chain.steps)} steps: {steps}", width,
+                            initial_indent=f"{chain.name:<24} ", subsequent_indent=indent,
+                            break_long_words=False, break_on_hyphens=False))
         if chain.description:
-            print(f"{'':<24} {' '.join(chain.description.split())[:150]}")
+            print(textwrap.fill(" ".join(chain.description.split()), width,
+                                initial_indent=indent, subsequent_indent=indent,
+                                break_long_words=False, break_on_hyphens=False))
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from chainray.spec.schema import chain_schema
+
+    print(json.dumps(chain_schema(), indent=2))
     return EXIT_OK
 
 
@@ -138,17 +185,46 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from chainray.cli import run as cli_run
-    from chainray.cli import sim as cli_sim
+def _quiet_closed_pipe() -> int:
+    """The reader went away (``chainray scenarios | head -1``): that is not an error, and
+    Python must not complain while flushing stdout at exit either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK
 
+
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")  # never imported here: --help, plan, sim stay Ray-free
+    return ray is not None and ray.is_initialized()
+
+
+def _leave_ray() -> None:
+    """Disconnect (and stop a Ray this command started) now rather than in Ray's exit hook,
+    which first sleeps 0.5 s for worker logs that chainray does not forward anyway."""
+    if _ray_is_up():
+        sys.modules["ray"].shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_in(argv)).parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "scenarios": _cmd_scenarios, "plan": _cmd_plan, "run": cli_run.cmd_run,
-        "bench": cli_run.cmd_bench, "sim": cli_sim.cmd_sim,
-    }
+        "scenarios": _cmd_scenarios, "plan": _cmd_plan, "schema": _cmd_schema}
+    if args.command in ("run", "bench"):
+        from chainray.cli import run as cli_run
+
+        handlers.update(run=cli_run.cmd_run, bench=cli_run.cmd_bench)
+    elif args.command == "sim":
+        from chainray.cli import sim as cli_sim
+
+        handlers["sim"] = cli_sim.cmd_sim
+    ray_was_up = _ray_is_up()  # called in-process by someone with Ray up: leave it up
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
+    except BrokenPipeError:
+        return _quiet_closed_pipe()
     except (SpecError, InputError) as exc:
         print(f"chainray: error: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -158,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("chainray: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if not ray_was_up:
+            _leave_ray()
 
 
 if __name__ == "__main__":

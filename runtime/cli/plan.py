@@ -1,13 +1,14 @@
-"""``chainray plan``: schedules, critical paths, predictions and advice, printed for a person;
-with ``--runs N`` or ``--inputs FILE``, the forecast of a batch under the given limits."""
+"""``chainray plan``: ``chainray.plan``'s schedules, predictions and advice, printed for a
+person; with ``--runs N`` or ``--inputs FILE``, the forecast of a batch under the given limits."""
 
 from __future__ import annotations
 
+from chainray.api.planning import plan
 from chainray.plan.advisor import Objective, advise
 from chainray.plan.cost import load_prices
 from chainray.plan.forecast import BatchForecast, forecast_batch
 from chainray.plan.predict import LatencyModel, calibrate, predict
-from chainray.plan.schedule import STRATEGIES, resolve
+from chainray.plan.schedule import STRATEGIES
 from chainray.spec.chain import load_chain
 
 __all__ = ["print_plan", "print_forecast"]
@@ -16,12 +17,10 @@ __all__ = ["print_plan", "print_forecast"]
 def print_plan(scenario: str, objective: Objective = "latency", calibrate_from=(),
                prices_path: str | None = None) -> None:
     chain = load_chain(scenario)
-    prices = load_prices(prices_path)
-    model = calibrate(calibrate_from) if calibrate_from else LatencyModel()
-    predictions = {s: predict(chain, s, prices, model) for s in STRATEGIES}
+    found = plan(chain, objective, prices=prices_path, calibrate_from=calibrate_from)
     print(f"{chain.name}: {len(chain.steps)} steps, final step {chain.final_step.id!r}")
-    for strategy in STRATEGIES:
-        schedule, guess = resolve(chain, strategy), predictions[strategy]
+    for strategy, schedule in found.schedules.items():
+        guess = found.predictions[strategy]
         print(f"\n{strategy} (shape {schedule.shape}, {len(schedule.phases)} phases)")
         for i, phase in enumerate(schedule.phases, 1):
             print(f"  phase {i}: {', '.join(phase)}")
@@ -30,12 +29,12 @@ def print_plan(scenario: str, objective: Objective = "latency", calibrate_from=(
         print(f"  predicted: makespan {guess.makespan_s:.1f}s, {guess.total_tokens} tokens "
               f"({guess.prompt_tokens} in, {guess.completion_tokens} out), {guess.calls} calls, "
               f"${guess.cost:.5f}")
-    advice = advise(chain, objective, predictions)
+    model = found.latency_model
     print(f"\nlatency model: {model.source}: time to first token {model.ttft_s:.2f}s "
           f"(lognormal sigma {model.ttft_sigma:.2f}), prefill "
           f"{model.prefill_s_per_token * 1000:.3f} ms/token, {model.tokens_per_s:.0f} tokens/s")
-    print(f"recommended for {objective}: {advice.strategy}")
-    for reason in advice.reasons:
+    print(f"recommended for {objective}: {found.strategy}")
+    for reason in found.reasons:
         print(f"  - {reason}")
 
 

@@ -72,8 +72,9 @@ def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_f
                         help="attempts per call, retries included (default 6)")
     parser.add_argument("--sim-speed", type=positive_float, default=1.0, metavar="N",
                         help="embedded simulator only: latency N times faster")
-    parser.add_argument("--no-dashboard", action="store_true",
-                        help="start a local Ray without its dashboard (starts faster)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="start a local Ray with its dashboard (about 2 s slower to start)")
+    parser.add_argument("--no-dashboard", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--timeline", metavar="PATH",
                         help="write a Gantt chart of the steps as self-contained HTML")
     parser.add_argument("--trace", metavar="PATH",
@@ -162,15 +163,16 @@ def parse_inputs(chain: Chain, assignments: list[str]) -> dict[str, str | None]:
 
 
 def session_config(args: argparse.Namespace):
-    from chainray.api.session import SessionConfig
+    """The flags' session options, translated as the Python API translates its arguments."""
+    from chainray.api.options import session_config
 
-    return SessionConfig(address=args.address, base_url=args.base_url, rpm=args.rpm,
-                         tpm=args.tpm, max_concurrency=args.max_concurrency,
-                         target_share=args.target_share,
-                         priority=not args.no_priority, dashboard=not args.no_dashboard,
-                         sim_speed=args.sim_speed, timeout_s=args.timeout,
-                         max_attempts=args.max_attempts, progress=not args.quiet,
-                         api_version=args.api_version)
+    return session_config(address=args.address, base_url=args.base_url, rpm=args.rpm,
+                          tpm=args.tpm, max_concurrency=args.max_concurrency,
+                          target_share=args.target_share, priority=not args.no_priority,
+                          dashboard=args.dashboard and not args.no_dashboard,
+                          sim_speed=args.sim_speed, timeout=args.timeout,
+                          max_attempts=args.max_attempts, progress=not args.quiet,
+                          api_version=args.api_version)
 
 
 def _write_json(path: str, text: str) -> None:

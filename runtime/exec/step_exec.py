@@ -3,7 +3,6 @@ report a ``StepResult`` (never raise: failures are results the Coordinator acts 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +21,7 @@ from chainray.exec.llm import (
 )
 from chainray.exec.params import adaptation_key
 from chainray.results import StepResult
-from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ModelSettings, Step
+from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ModelSettings, Step, resolve_call
 from chainray.spec.prompts import render_prompt
 from chainray.spec.templates import fill_template
 from chainray.text import error_text
@@ -134,11 +133,10 @@ async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
 
 def execute_python_step(request: StepRequest, upstream: Sequence[StepResult],
                         context: Callable[[], tuple] = lambda: (None, None)) -> StepResult:
-    """Call ``module:function(inputs, upstream)``; it returns the step's text output."""
+    """Call the step's ``function(inputs, upstream)``; it returns the step's text output."""
     started = time.time()
-    module_name, function_name = (request.step.call or ":").split(":")
     try:
-        function = getattr(importlib.import_module(module_name), function_name)
+        function = resolve_call(request.step.call)
         output = function(dict(request.inputs), _upstream_texts(request, upstream))
     except Exception as exc:  # a user's callable may raise anything; report, do not crash
         log.debug("python step %s failed", request.task_name, exc_info=True)

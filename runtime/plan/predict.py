@@ -31,7 +31,7 @@ from chainray.results import RunResult, StepResult
 from chainray.sim.config import SimConfig
 from chainray.sim.lengths import LengthModel
 from chainray.sim.replies import plan_reply
-from chainray.spec.chain import DEFAULT_MAX_TOKENS, Chain
+from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Chain
 from chainray.spec.prompts import render_prompt
 from chainray.tokens import estimate_prompt_tokens
 
@@ -129,7 +129,8 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
         draw = dict(zip(ids, row, strict=True))
         spans.append(longest_path(depends, lambda s, d=draw: seconds(s, d[s]))[1])
     llm_steps = [s for s in chain.steps if s.kind == "llm"]
-    cost = sum(prices.cost(chain.settings_for(s).model, prompt[s.id], completion[s.id])
+    cost = sum(prices.cost(chain.settings_for(s).model or DEFAULT_MODEL, prompt[s.id],
+                           completion[s.id])
                for s in llm_steps)
     prompt_total = sum(prompt[s.id] for s in llm_steps)
     completion_total = sum(completion.values())

@@ -14,10 +14,12 @@ numbers) before anything is sent anywhere.
 from __future__ import annotations
 
 import graphlib
-import importlib.util
+import importlib
+import re
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -26,6 +28,9 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -35,7 +40,8 @@ from chainray.spec.output_schema import field_path_problem, normalize_schema
 from chainray.spec.templates import check_template, template_fields
 
 __all__ = ["ModelSettings", "Step", "Chain", "load_chain", "chain_from_dict", "SCENARIO_DIR",
-           "DEFAULT_MODEL", "DEFAULT_MAX_TOKENS", "MAX_CHAIN_BYTES"]
+           "DEFAULT_MODEL", "DEFAULT_MAX_TOKENS", "MAX_CHAIN_BYTES", "StepCall", "resolve_call",
+           "call_name"]
 
 DEFAULT_MODEL = "gpt-4o-mini"  # an llm step with no model in the step or the defaults
 DEFAULT_MAX_TOKENS = 512  # an llm step with no max_tokens in the step or the defaults
@@ -82,13 +88,55 @@ class ModelSettings(BaseModel):
         return params
 
 
+_CALL_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+StepCall = Callable[..., Any]
+"""A python step's callable: ``function(inputs, upstream) -> str`` (both dicts of text)."""
+
+
+def resolve_call(call: str | StepCall) -> StepCall:
+    """The callable ``call`` names: itself, or ``module:function`` imported (only that module).
+
+    Raises ``SpecError`` (field ``call``) when the module or the function cannot be found.
+    """
+    if callable(call):
+        return call
+    if not isinstance(call, str) or not re.match(_CALL_PATTERN, call):
+        raise SpecError(f"call must be a Python callable or 'module:function', got {call!r}",
+                        field="call")
+    module_name, function_name = call.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpecError(f"cannot import module {module_name!r} for call {call!r}: {exc}",
+                        field="call") from None
+    except Exception as exc:  # the user's module may fail on import in any way
+        raise SpecError(f"importing {module_name!r} for call {call!r} failed: "
+                        f"{type(exc).__name__}: {exc}", field="call") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise SpecError(f"module {module_name!r} has no function {function_name!r}",
+                        field="call")
+    return function
+
+
+def call_name(call: StepCall) -> str:
+    """``module:qualname`` of a callable: how a chain serialises it (journal keys, JSON)."""
+    module = getattr(call, "__module__", None) or "?"
+    return f"{module}:{getattr(call, '__qualname__', type(call).__qualname__)}"
+
+
 class Step(ModelSettings):
     """One unit of work: an LLM call (``kind: llm``) or a Python callable (``kind: python``)."""
 
     id: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)
     kind: Literal["llm", "python"] = "llm"
     prompt: str | None = None
-    call: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    # A callable, or ``module:function`` resolved to one when the step is built (so a typo
+    # fails validation, not the run); shipped to workers by Ray's cloudpickle.
+    call: Annotated[StepCall | None, WithJsonSchema(
+        {"type": "string", "pattern": _CALL_PATTERN,
+         "description": "module:function, called as function(inputs, upstream) -> str"})] = None
     after: tuple[str, ...] = ()
     final: bool = False
     description: str | None = None
@@ -100,6 +148,20 @@ class Step(ModelSettings):
     @classmethod
     def _schema_from_model(cls, value: Any) -> Any:
         return normalize_schema(value)
+
+    @field_validator("call", mode="plain")
+    @classmethod
+    def _resolve_call(cls, value: Any, info: ValidationInfo) -> StepCall | None:
+        if value is None:
+            return None
+        try:
+            return resolve_call(value)
+        except SpecError as exc:
+            raise SpecError(exc.message, step=info.data.get("id"), field="call") from None
+
+    @field_serializer("call", when_used="json")
+    def _call_name(self, call: StepCall | None) -> str | None:
+        return None if call is None else call_name(call)
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Step:
@@ -220,15 +282,6 @@ def _ancestors(chain: Chain, step_id: str) -> set[str]:
 
 def _check_step_fields(chain: Chain, step: Step) -> None:
     file = chain.source
-    if step.call:
-        module = step.call.split(":")[0]
-        try:
-            found = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            found = None
-        if found is None:
-            raise SpecError(f"cannot find module {module!r} for call {step.call!r}",
-                            file, step.id, "call")
     for field in ("prompt", "system"):
         template = getattr(step, field)
         if template is None:

@@ -1,0 +1,150 @@
+"""Cold and warm start of a run: how long ``chainray run`` takes beyond the chain itself.
+
+    python benchmarks/startup.py [--repeat 3] [--sim-speed 100]
+
+- cold: ``chainray run quantum_research --sim-speed 100`` in a fresh process that starts its own
+  Ray and simulator (target: <= 8 s wall);
+- warm, CLI: the same against a running cluster with ``--address`` (wall minus makespan);
+- warm, Session: ``chainray.Session(address=...)`` kept open, each run's wall time minus the
+  chain's own makespan (target: <= 0.5 s).
+
+The cluster is ours: ``ray start --head --block`` on a free port, stopped through its own PID
+(never ``ray stop``, which stops every Ray cluster on the host).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHAINRAY = str(Path(sys.executable).with_name("chainray"))
+RAY = str(Path(sys.executable).with_name("ray"))
+SCENARIO = "quantum_research"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def timed_cli(env: dict, *flags: str) -> tuple[float, float]:
+    """(wall s, makespan s) of one ``chainray run`` process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        started = time.perf_counter()
+        done = subprocess.run([CHAINRAY, "run", SCENARIO, *flags, "--quiet", "--json", str(out)],
+                              env=env, capture_output=True, text=True, timeout=300)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"chainray run failed ({done.returncode}): {done.stderr[-2000:]}")
+        return wall, json.loads(out.read_text())["latency_ms"] / 1000
+
+
+class OwnCluster:
+    """``ray start --head --block`` in the foreground of a child process we own."""
+
+    def __init__(self, env: dict) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.temp_dir = tempfile.mkdtemp(prefix="crs-", dir="/tmp")
+        self.process = subprocess.Popen(
+            [RAY, "start", "--head", "--block", f"--port={self.port}", "--num-cpus=2",
+             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
+             "--node-ip-address=127.0.0.1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                time.sleep(1.0)  # the GCS listens before the raylet has registered
+                return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise SystemExit("ray start failed") from None
+                time.sleep(0.2)
+        self.stop()
+        raise SystemExit("ray start did not come up within 90 s")
+
+    def stop(self) -> None:
+        # SIGINT is Ctrl-C: ``ray start --block`` then stops the processes it started, and
+        # only those. Its whole process group is ours (start_new_session).
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> OwnCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def session_runs(address: str, repeat: int, sim_speed: float) -> tuple[float, list[tuple]]:
+    import chainray
+
+    chain = chainray.load_chain(SCENARIO)
+    started = time.perf_counter()
+    with chainray.Session(address=address, sim_speed=sim_speed) as session:
+        opened = time.perf_counter() - started
+        runs = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            result = session.run(chain)
+            runs.append((time.perf_counter() - t, result.latency_ms / 1000))
+    return opened, runs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--sim-speed", type=float, default=100.0)
+    args = parser.parse_args()
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    for name in ("RAY_ADDRESS", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        env.pop(name, None)
+    os.environ.update({"RAY_AUTH_MODE": env["RAY_AUTH_MODE"]})
+    flags = ("--sim-speed", f"{args.sim_speed:g}", "--no-journal")
+    print(f"{SCENARIO}, --sim-speed {args.sim_speed:g}, {args.repeat} runs each; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+
+    cold = [timed_cli(env, *flags) for _ in range(args.repeat)]
+    walls = [w for w, _ in cold]
+    print(f"cold  chainray run: wall {', '.join(f'{w:.2f}' for w in walls)} s; median "
+          f"{statistics.median(walls):.2f} s (target <= 8 s); makespan median "
+          f"{statistics.median(m for _, m in cold):.2f} s")
+
+    with OwnCluster(env) as cluster:
+        warm = [timed_cli(env, *flags, "--address", cluster.address)
+                for _ in range(args.repeat)]
+        over = [w - m for w, m in warm]
+        wall = statistics.median(w for w, _ in warm)
+        print(f"warm  chainray run --address: wall median {wall:.2f} s, overhead over "
+              f"makespan {', '.join(f'{o:.2f}' for o in over)} s (a new "
+              "process: Python, imports, connect, the Coordinator's actors)")
+        opened, runs = session_runs(cluster.address, args.repeat, args.sim_speed)
+        over = [w - m for w, m in runs]
+        print(f"warm  Session(address=...): opened in {opened:.2f} s; per run overhead over "
+              f"makespan {', '.join(f'{o:.3f}' for o in over)} s; median "
+              f"{statistics.median(over):.3f} s (target <= 0.5 s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
