@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -148,5 +149,8 @@ def test_a_session_stops_its_coordinator_when_it_closes(ray_session, sim):
     with session_for(sim) as session:
         assert ray.get(session.coordinator.runner_pids.remote(), timeout=60)
         coordinator = session.coordinator
+    deadline = time.monotonic() + 60  # ray.kill is asynchronous: the death lands shortly
     with pytest.raises(ray.exceptions.RayActorError):  # closed with the session
-        ray.get(coordinator.progress.remote(), timeout=60)
+        while time.monotonic() < deadline:
+            ray.get(coordinator.progress.remote(), timeout=60)
+            time.sleep(0.2)

@@ -1,7 +1,7 @@
 """Call permits under requests/min, tokens/min and a concurrency cap: the RateLimiter's logic.
 
 Each *stated* dimension (see ``chainray.exec.limits``) is a continuously refilling bucket at
-``target_share`` of its limit. The bucket holds ``burst_s`` (1 s) of the full limit, because
+``target_share`` of its limit. The bucket holds ``burst_s`` (1 s) of that pace, because
 OpenAI may enforce a minute's limit per second, and starts full: a chain that fits the budget
 never waits. When the server's ``x-ratelimit-remaining-*`` headers show that it allows more
 (a minute bucket), the window widens to what the server showed, so a request larger than one
@@ -120,7 +120,10 @@ class PermitBook:
         return self.share * (self._limit(dimension) or 0) / 60.0
 
     def _capacity(self, dimension: str) -> float:
-        return max(1.0, (self._limit(dimension) or 0) / 60.0 * self.window[dimension])
+        # At the paced rate, not the full limit: a server that enforces per second starts
+        # with the same one-second bucket, and only target_share's headroom absorbs the
+        # jitter between our grants and its arrivals.
+        return max(1.0, self._rate(dimension) * self.window[dimension])
 
     def _refill(self) -> float:
         now = self.clock()
