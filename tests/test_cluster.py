@@ -60,7 +60,7 @@ def test_batch_runs_on_both_nodes_under_one_limit(two_node_cluster, sim):
     nodes = {step.node_id for r in results for step in r.steps}
     assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]} and len(nodes) == 2
     stats = sim.stats()
-    # Every call answered; the server's 1 s bucket equals our paced budget, so the
+    # Every call answered; the server's 1 s bucket leaves only target_share's headroom, so
     # first burst may meet one 429 under scheduling jitter (it is retried).
     assert stats["by_status"]["200"] == 24  # one limiter held across nodes
     assert stats["by_status"].get("429", 0) <= 1
@@ -87,7 +87,7 @@ def test_two_drivers_share_one_budget(ray_session, sim, tmp_path):
     errors = [d.communicate(timeout=120)[1] for d in drivers]
     assert [d.returncode for d in drivers] == [0, 0], errors
     stats = sim.stats()
-    # Every call answered; the server's 1 s bucket equals our paced budget, so the
+    # Every call answered; the server's 1 s bucket leaves only target_share's headroom, so
     # first burst may meet one 429 under scheduling jitter (it is retried).
     assert stats["by_status"]["200"] == 36  # 2 drivers x 3 runs x 6 calls
     assert stats["by_status"].get("429", 0) <= 1
