@@ -3,7 +3,7 @@ under all three strategies, compare with measured runs; (2) forecast a batch und
 rate limit, compare with the measured batch. The simulator runs a latency profile unlike its
 default (faster decode, slower prefill, narrower time-to-first-token spread).
 
-    python benchmarks/predict_accuracy.py [--speed 2] [--batch 40] [--rpm 600]
+    python benchmarks/calibration.py [--speed 2] [--batch 40] [--rpm 600]
 """
 
 from __future__ import annotations
