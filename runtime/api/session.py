@@ -12,14 +12,18 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ray
 from pydantic import SecretStr
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from chainray.actors.adaptations import get_adaptations
+from chainray.actors.cache import CacheKeeper
 from chainray.actors.coordinator import Coordinator
 from chainray.actors.rate_limiter import LIMITER_NAMESPACE, get_rate_limiter, limiter_name
+from chainray.actors.spend import Spend
+from chainray.actors.step_runner import GuardHandles
 from chainray.errors import InputError
 from chainray.exec.jobs import RunJob, step_models
 from chainray.exec.llm import Endpoint
@@ -55,6 +59,10 @@ class SessionConfig:
     api_version: str | None = None  # Azure OpenAI: base_url is the resource endpoint
     limiter_namespace: str = LIMITER_NAMESPACE
     progress: bool = True
+    max_cost: float | None = None  # USD for everything this session sends (hard cap)
+    prices: str | None = None  # the price table the cap is kept with (None: bundled)
+    cache: str | None = None  # response cache folder (None: no cache)
+    hedge_after: float | None = None  # hedge requests slower than this quantile (0..1)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -104,6 +112,30 @@ class Session:
         self.limiters: dict[str, ray.actor.ActorHandle] = {}
         self.adaptations = get_adaptations(config.limiter_namespace)
         self.notes_shown = 0
+        self.guards = self._open_guards(here)
+        self.not_started: list[str] = []  # run ids the spend cap kept from starting
+
+    def _open_guards(self, here: NodeAffinitySchedulingStrategy) -> GuardHandles | None:
+        """One spend actor and one cache actor for this session, on the driver's node (the
+        cache's files live on the driver's disk)."""
+        config = self.config
+        if config.max_cost is None and config.cache is None and config.hedge_after is None:
+            return None
+        spend = (Spend.options(scheduling_strategy=here).remote(config.max_cost, config.prices)
+                 if config.max_cost is not None else None)
+        cache = (CacheKeeper.options(scheduling_strategy=here).remote(Path(config.cache))
+                 if config.cache is not None else None)
+        return GuardHandles(spend=spend, cache=cache, hedge_after=config.hedge_after)
+
+    def spend_state(self) -> dict | None:
+        """Cap, spent, in flight, refused, stopped; None without a cap."""
+        if self.guards is None or self.guards.spend is None:
+            return None
+        return ray.get(self.guards.spend.state.remote(), timeout=60)
+
+    def _cap_stopped(self) -> bool:
+        state = self.spend_state()
+        return bool(state and state["stopped"])
 
     def _open_endpoint(self) -> Endpoint:
         config, env = self.config, self.config.env
@@ -138,7 +170,7 @@ class Session:
 
     def submit(self, job: RunJob) -> ray.ObjectRef:
         return self.coordinator.run.options(name=f"run:{job.chain.name}:{job.strategy}").remote(
-            job, self.limiters_for(job), self.adaptations)
+            job, self.limiters_for(job), self.adaptations, self.guards)
 
     def run(self, job: RunJob, label: str | None = None) -> RunResult:
         """Run one chain to the end, showing progress."""
@@ -159,6 +191,9 @@ class Session:
                           forecast_s=forecast_s) as view:
             while True:
                 while len(in_flight) < window and (job := next(pending, None)) is not None:
+                    if self._cap_stopped():  # the cap stopped admission: start nothing new
+                        self.not_started += [job.run_id, *(j.run_id for j in pending)]
+                        break
                     in_flight[self.submit(job)] = job.run_id
                 if not in_flight:
                     return

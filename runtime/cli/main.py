@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("scenario", metavar="SCENARIO", help="bundled name or chain YAML path")
     _add_prediction_flags(plan)
     _add_forecast_flags(plan)
+    cache = commands.add_parser("cache", help="the response cache: stats or clear",
+                                description="Show or empty the response cache run --cache "
+                                "uses (no Ray, no network).")
+    cache.add_argument("action", choices=("stats", "clear"))
+    cache.add_argument("--dir", metavar="DIR", help="cache folder (default "
+                       "$CHAINRAY_HOME/cache)")
     from chainray.cli import run as cli_run
     from chainray.cli import sim as cli_sim
 
@@ -138,6 +144,20 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from chainray.exec.cache import ResponseCache, cache_dir
+
+    cache = ResponseCache(Path(args.dir) if args.dir else cache_dir())
+    if args.action == "clear":
+        print(f"removed {cache.clear()} cached replies from {cache.directory}")
+    else:
+        stats = cache.stats()
+        print(f"{cache.directory}: {stats['entries']} cached replies, {stats['bytes']} bytes")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from chainray.cli import run as cli_run
@@ -145,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "scenarios": _cmd_scenarios, "plan": _cmd_plan, "run": cli_run.cmd_run,
-        "bench": cli_run.cmd_bench, "sim": cli_sim.cmd_sim,
+        "bench": cli_run.cmd_bench, "sim": cli_sim.cmd_sim, "cache": _cmd_cache,
     }
     try:
         return handlers[args.command](args)
