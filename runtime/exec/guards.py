@@ -52,7 +52,7 @@ class Latencies:
         latencies.quantile("gpt-4o-mini", 0.9)   # None until ``min_samples`` are known
     """
 
-    def __init__(self, min_samples: int = 20) -> None:
+    def __init__(self, min_samples: int = 10) -> None:
         self.min_samples = min_samples
         self.by_model: dict[str, list[float]] = {}
 

@@ -21,11 +21,13 @@ class Charge:
         self.sent = asyncio.Event()  # set when the first request leaves (hedge timer start)
 
 
-async def hedged(send: Callable[[], Awaitable[Any]], threshold_s: float, reply: Any,
+async def hedged(send: Callable[[bool], Awaitable[Any]], threshold_s: float,
                  charge: Charge) -> Any:
     """Send; if no answer ``threshold_s`` after the request left, send one duplicate and take
-    whichever answers first; the other is cancelled and charged as much as the winner."""
-    first = asyncio.ensure_future(send())
+    whichever answers first; the other is cancelled and, if it was sent, charged as much as
+    the winner (the server counts a request it started; the usage of a cancelled one is not
+    known). ``send(duplicate)`` makes one request."""
+    first = asyncio.ensure_future(send(False))
     tasks = {first}
     try:
         sent = asyncio.ensure_future(charge.sent.wait())
@@ -35,18 +37,15 @@ async def hedged(send: Callable[[], Awaitable[Any]], threshold_s: float, reply: 
         done, _ = await asyncio.wait({first}, timeout=threshold_s)
         if done:
             return first.result()
-        reply.hedged = True
-        tasks.add(asyncio.ensure_future(send()))
+        tasks.add(asyncio.ensure_future(send(True)))
         pending, error = set(tasks), None
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task.exception() is None:
                     completion, seconds = task.result()
-                    if pending:  # the duplicate still runs: cancel it, count what it cost
-                        charge.loser = (completion.prompt_tokens, completion.completion_tokens)
-                        reply.prompt_tokens += completion.prompt_tokens
-                        reply.completion_tokens += completion.completion_tokens
+                    # The other is cancelled (finally); if it was sent, it is charged this.
+                    charge.loser = (completion.prompt_tokens, completion.completion_tokens)
                     return completion, seconds
                 error = error or task.exception()
         raise error  # type: ignore[misc]

@@ -157,7 +157,7 @@ async def _reserve(guards: CallGuards | None, model: str,
 
 async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
                    endpoint: Endpoint, reply: LLMReply, kwargs: dict, left_s: float,
-                   guards: CallGuards | None, charge: Charge):
+                   guards: CallGuards | None, charge: Charge, duplicate: bool = False):
     """One HTTP request under a spend reservation and a permit: (completion, seconds)."""
     secret = endpoint.api_key.get_secret_value()
     worst = worst_case_tokens(kwargs)
@@ -168,6 +168,7 @@ async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
                                timeout_s=left_s, max_penalty_s=left_s) as permit:
             reply.queued_s += permit.waited_s
             reply.attempts += 1
+            reply.hedged = reply.hedged or duplicate
             charge.sent.set()
             sent_at = time.monotonic()
             try:
@@ -180,8 +181,11 @@ async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
                 if error.status is None and error.code != "connect_failed":
                     spent = worst  # cut off mid-reply: the server may have counted it all
                 raise _beyond_budget(error, left_s) from None
-            except asyncio.CancelledError:
+            except asyncio.CancelledError:  # a hedge's loser: charged as the winner
                 spent = charge.loser or worst
+                if charge.loser is not None:
+                    reply.prompt_tokens += spent[0]
+                    reply.completion_tokens += spent[1]
                 raise
             spent = (completion.prompt_tokens, completion.completion_tokens)
             permit.settle(sum(spent), {k: raw.headers[k] for k in _RATE_HEADERS
@@ -197,9 +201,9 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
                    guards: CallGuards | None = None) -> None:
     charge = Charge()
 
-    async def send():
+    async def send(duplicate: bool = False):
         return await _request(client, limiter, request, endpoint, reply, kwargs, left_s,
-                              guards, charge)
+                              guards, charge, duplicate)
 
     threshold = None
     if guards is not None and guards.hedge_after is not None and guards.latencies is not None:
@@ -207,7 +211,7 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
     if threshold is None:
         completion, seconds = await send()
     else:
-        completion, seconds = await hedged(send, threshold, reply, charge)
+        completion, seconds = await hedged(send, threshold, charge)
     if guards is not None and guards.latencies is not None:
         guards.latencies.add(request.model, seconds)
     reply.text, reply.truncated = completion.text, completion.truncated
