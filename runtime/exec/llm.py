@@ -205,15 +205,20 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
         return await _request(client, limiter, request, endpoint, reply, kwargs, left_s,
                               guards, charge, duplicate)
 
+    # Same model and same step (of other runs in a batch) first: their requests ask for as
+    # many tokens; then the same model's requests of any step.
+    peers = [f"{request.model}|{request.tag}", request.model]
     threshold = None
     if guards is not None and guards.hedge_after is not None and guards.latencies is not None:
-        threshold = guards.latencies.quantile(request.model, guards.hedge_after)
+        threshold = next((q for key in peers if (q := guards.latencies.quantile(
+            key, guards.hedge_after)) is not None), None)
     if threshold is None:
         completion, seconds = await send()
     else:
         completion, seconds = await hedged(send, threshold, charge)
     if guards is not None and guards.latencies is not None:
-        guards.latencies.add(request.model, seconds)
+        for key in peers:
+            guards.latencies.add(key, seconds)
     reply.text, reply.truncated = completion.text, completion.truncated
     # Added, not set: a schema correction or an adapted retry is a second paid request.
     reply.prompt_tokens += completion.prompt_tokens
