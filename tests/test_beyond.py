@@ -53,7 +53,7 @@ def test_a_capped_batch_stops_starting_runs_and_resumes_with_a_higher_cap(
     monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))
     sim.configure(speed=50.0)
     inputs = tmp_path / "in.jsonl"
-    inputs.write_text("\n".join(json.dumps({"topic": f"topic {i}"}) for i in range(12)))
+    inputs.write_text("\n".join(json.dumps({"brief": f"brief {i}"}) for i in range(12)))
     out, again = tmp_path / "out.jsonl", tmp_path / "again.jsonl"
     args = ["run", "progressive_refinement", "--inputs", str(inputs), "--base-url",
             sim.base_url, "--batch-window", "2", *FAST]

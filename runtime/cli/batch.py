@@ -9,6 +9,7 @@ import sys
 from chainray.api.batch import BatchManifest, BatchRecord, BatchWriter, read_batch_inputs
 from chainray.cli.run import cap_message, pick_strategy, prepare, resume_hint, session_config
 from chainray.errors import InputError
+from chainray.exec.guards import stopped_by_cap
 from chainray.exec.jobs import RunJob
 from chainray.exec.journal import Journal, journal_dir, run_key, run_parts
 from chainray.plan.cost import load_prices
@@ -105,7 +106,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                                            window=args.batch_window,
                                            label=f"{chain.name}:{strategy}", total=len(todo),
                                            forecast_s=forecast.makespan_s if forecast else None):
-                if record is not None:
+                if record is not None and not stopped_by_cap(result):  # resume runs it again
                     record.record(result)
                 writer.add(result)
             spend = session.spend_state()

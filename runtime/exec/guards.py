@@ -15,9 +15,10 @@ from typing import Any, Protocol
 from chainray.errors import EndpointError
 from chainray.exec.cache import CachedReply
 from chainray.exec.spend import worst_case_prompt_tokens
+from chainray.results import RunResult
 
 __all__ = ["Budget", "ReplyCache", "CallGuards", "Latencies", "spend_cap_error",
-           "worst_case_tokens"]
+           "worst_case_tokens", "stopped_by_cap", "SPEND_CAP"]
 
 
 class Budget(Protocol):
@@ -40,9 +41,17 @@ def worst_case_tokens(kwargs: Mapping[str, Any]) -> tuple[int, int]:
     return worst_case_prompt_tokens(kwargs.get("messages") or ()), int(completion)
 
 
+SPEND_CAP = "the spend cap (--max-cost) admits no further call"
+
+
 def spend_cap_error(model: str) -> EndpointError:
-    return EndpointError(f"the spend cap (--max-cost) admits no further call to {model}; "
-                         "nothing was sent", None, "spend_cap", None, None, False)
+    return EndpointError(f"{SPEND_CAP} to {model}; nothing was sent", None, "spend_cap", None,
+                         None, False)
+
+
+def stopped_by_cap(result: RunResult) -> bool:
+    """Whether the spend cap refused one of the run's steps (a resume runs it again)."""
+    return any(SPEND_CAP in (step.error or "") for step in result.steps)
 
 
 class Latencies:
