@@ -165,7 +165,7 @@ def test_hedged_steps_are_marked_and_their_duplicates_counted(ray_session, sim, 
     if hedge is None:
         assert not hedged and stats["requests"] == len(steps)
         return
-    assert hedged and all(s.attempts == 2 for s in hedged)
+    assert hedged and all(s.attempts >= 2 for s in hedged)  # a retry may add one
     assert stats["requests"] == len(steps) + len(hedged)
     # Both copies are counted: each hedged step carries two requests' tokens.
     plain = [s for s in steps if not s.hedged and s.id != "final"]
