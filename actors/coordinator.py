@@ -17,7 +17,12 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from chainray.actors.step_runner import StepRunner, keep_debug_log, run_python_step
+from chainray.actors.step_runner import (
+    GuardHandles,
+    StepRunner,
+    keep_debug_log,
+    run_python_step,
+)
 from chainray.exec.dispatch import dispatch
 from chainray.exec.jobs import RunJob, models_of
 from chainray.exec.journal import Journal
@@ -56,7 +61,7 @@ class Coordinator:
         self.finished = Counter()
 
     def _start_step(self, job: RunJob, schedule, limiters: Mapping[str, Any],
-                    adaptations: Any = None):
+                    adaptations: Any = None, guards: GuardHandles | None = None):
         remaining = schedule.remaining_path()
         plans = schedule.plan
 
@@ -75,12 +80,12 @@ class Coordinator:
             runner = self.runners[next(self.turn) % len(self.runners)]
             own = {model: limiters[model] for model in models_of(request.settings)}
             return runner.run_step.options(name=request.task_name).remote(
-                request, own, adaptations, *upstream.values())
+                request, own, adaptations, *upstream.values(), guards=guards)
 
         return start
 
     async def run(self, job: RunJob, limiters: Mapping[str, Any],
-                  adaptations: Any = None) -> RunResult:
+                  adaptations: Any = None, guards: GuardHandles | None = None) -> RunResult:
         schedule = resolve(job.chain, job.strategy)
         counts = self.live[job.run_id] = Counter(pending=len(schedule.steps))
         journal = None
@@ -110,7 +115,7 @@ class Coordinator:
 
         started = time.perf_counter()
         try:
-            start = self._start_step(job, schedule, limiters, adaptations)
+            start = self._start_step(job, schedule, limiters, adaptations, guards)
             results = await dispatch(schedule, start,
                                      job.on_error or job.chain.on_error, update,
                                      is_process_death=is_process_death)
@@ -119,7 +124,8 @@ class Coordinator:
             self.finished["runs"] += 1
         latency_ms = (time.perf_counter() - started) * 1000
         return summarize_run(job.chain, schedule, results, latency_ms, job.run_id,
-                             load_prices(job.prices), resumed=job.resumed.keys())
+                             load_prices(job.prices), resumed=job.resumed.keys(),
+                             isolated=(job.on_error or job.chain.on_error) == "isolate")
 
     async def progress(self, run_ids: list[str] | None = None) -> dict:
         """Steps pending, running, done, failed; calls, retries, 429s, tokens; runs done.

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 
 import ray
 
 from chainray.actors.adaptations import RemoteAdaptations
+from chainray.actors.cache import RemoteCache
 from chainray.actors.rate_limiter import RemoteLimiter
+from chainray.actors.spend import RemoteBudget
+from chainray.exec.guards import CallGuards, Latencies
 from chainray.exec.llm import Endpoint, make_client
 from chainray.exec.step_exec import StepRequest, execute_llm_step, execute_python_step
 from chainray.results import StepResult
 
-__all__ = ["StepRunner", "run_python_step", "keep_debug_log"]
+__all__ = ["StepRunner", "GuardHandles", "run_python_step", "keep_debug_log"]
 
 
 def keep_debug_log() -> None:
@@ -37,6 +41,15 @@ def _where() -> tuple[str, str]:
     return context.get_node_id(), context.get_task_id()
 
 
+@dataclass(frozen=True)
+class GuardHandles:
+    """An invocation's optional guards as they travel to the runners (None: not in use)."""
+
+    spend: ray.actor.ActorHandle | None = None
+    cache: ray.actor.ActorHandle | None = None
+    hedge_after: float | None = None
+
+
 @ray.remote(num_cpus=0, max_concurrency=1000, max_restarts=3)
 class StepRunner:
     """Runs llm steps; one ``openai.AsyncOpenAI`` client (its connection pool) per actor."""
@@ -46,6 +59,17 @@ class StepRunner:
         self.endpoint = endpoint
         self.client = make_client(endpoint)
         self.stores: dict[str, RemoteAdaptations] = {}  # one copy per adaptations actor
+        # Durations of this runner's finished requests: the hedging threshold. Runners take
+        # steps in turn, so each sees an even share of the invocation's requests.
+        self.latencies = Latencies()
+
+    def _guards(self, handles: GuardHandles | None) -> CallGuards | None:
+        if handles is None:
+            return None
+        return CallGuards(
+            budget=RemoteBudget(handles.spend) if handles.spend is not None else None,
+            cache=RemoteCache(handles.cache) if handles.cache is not None else None,
+            hedge_after=handles.hedge_after, latencies=self.latencies)
 
     def _store(self, handle: ray.actor.ActorHandle | None) -> RemoteAdaptations | None:
         if handle is None:
@@ -58,11 +82,12 @@ class StepRunner:
     async def run_step(self, request: StepRequest,
                        limiters: dict[str, ray.actor.ActorHandle],
                        adaptations: ray.actor.ActorHandle | None,
-                       *upstream: StepResult) -> StepResult:
+                       *upstream: StepResult, guards: GuardHandles | None = None
+                       ) -> StepResult:
         """``limiters`` holds the RateLimiter of the step's model and of each fallback."""
         remote = {model: RemoteLimiter(handle) for model, handle in limiters.items()}
         return await execute_llm_step(request, upstream, self.client, remote, self.endpoint,
-                                      _where, self._store(adaptations))
+                                      _where, self._store(adaptations), self._guards(guards))
 
     async def pid(self) -> int:
         import os

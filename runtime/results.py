@@ -37,6 +37,7 @@ class StepResult(BaseModel):
     usage_estimated: bool = False  # the server sent no usage; tokens are chainray's estimate
     truncated: bool = False  # the reply stopped at max_tokens (finish_reason "length")
     cached: bool = False  # answered from the response cache: no request was sent
+    hedged: bool = False  # a straggler: a duplicate request was sent, the first answer taken
     model: str | None = None
     node_id: str | None = None
     task_id: str | None = None

@@ -60,3 +60,59 @@ def test_entries_round_trip_and_concurrent_writers_never_leave_a_torn_file(tmp_p
     (tmp_path / key[:2] / f"{key}.json").parent.mkdir(exist_ok=True)
     (tmp_path / key[:2] / f"{key}.json").write_text("{torn")
     assert cache.get(key) is None  # an unreadable entry is a miss, not a crash
+
+
+def test_the_spend_ledger_waits_while_calls_in_flight_may_free_room_then_stops_for_good():
+    from chainray.actors.spend import WAIT, SpendLedger
+
+    ledger = SpendLedger(cap_usd=1.0)  # gpt-4o-mini: $0.15 / $0.60 per 1M tokens
+    first = ledger.reserve("gpt-4o-mini", 0, 1_000_000)  # $0.60 worst case
+    assert isinstance(first, int) and first > 0
+    assert ledger.reserve("gpt-4o-mini", 0, 1_000_000) == WAIT  # fits once the first settles
+    ledger.settle(first, "gpt-4o-mini", 0, 500_000)  # really $0.30
+    second = ledger.reserve("gpt-4o-mini", 0, 1_000_000)
+    assert isinstance(second, int) and second > 0
+    ledger.settle(second, "gpt-4o-mini", 0, 1_000_000)  # spent $0.90
+    assert ledger.reserve("gpt-4o-mini", 0, 1_000_000) is None  # can never fit: stop
+    assert ledger.reserve("gpt-4o-mini", 1, 1) is None  # nothing new starts, however small
+    state = ledger.state()
+    assert state["stopped"] and abs(state["spent_usd"] - 0.9) < 1e-9
+
+
+def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
+    import asyncio
+    from types import SimpleNamespace
+
+    from chainray.exec.hedge import Charge, hedged
+
+    async def scenario():
+        charge, events = Charge(), []
+
+        async def send(duplicate: bool):
+            charge.sent.set()
+            try:
+                await asyncio.sleep(0.01 if duplicate else 5)
+            except asyncio.CancelledError:
+                events.append(f"cancelled duplicate={duplicate}")
+                raise
+            return SimpleNamespace(text="duplicate" if duplicate else "first",
+                                   prompt_tokens=3, completion_tokens=4), 0.01
+
+        (answer, _), = [await asyncio.wait_for(hedged(send, 0.05, charge), 2)]
+        return answer, events, charge.loser
+
+    answer, events, charged = asyncio.run(scenario())
+    assert answer.text == "duplicate" and events == ["cancelled duplicate=False"]
+    assert charged == (3, 4)  # the cancelled request is charged as much as the winner
+
+
+def test_the_hedging_quantile_needs_enough_finished_requests():
+    from chainray.exec.guards import Latencies
+
+    latencies = Latencies(min_samples=10)
+    for seconds in range(1, 10):
+        latencies.add("m", float(seconds))
+    assert latencies.quantile("m", 0.9) is None
+    latencies.add("m", 10.0)
+    assert latencies.quantile("m", 0.9) == 10.0 and latencies.quantile("m", 0.5) == 6.0
+    assert latencies.quantile("other", 0.5) is None

@@ -95,6 +95,8 @@ class BatchTotals(BaseModel):
     requests_per_min: float = 0.0
     tokens_per_min: float = 0.0
     run_totals: dict[str, int] = {"api_calls": 0, "rate_limited": 0, "total_tokens": 0}
+    not_started: list[str] = []  # runs the spend cap kept from starting (resume them)
+    spend: dict | None = None  # with --max-cost: cap_usd, spent_usd, refused, stopped
 
     @property
     def not_ok(self) -> int:

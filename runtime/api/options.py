@@ -36,10 +36,15 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
                    max_concurrency: int = 64, target_share: float = 0.95,
                    priority: bool = True, dashboard: bool = False, sim_speed: float = 1.0,
                    timeout: float = 60.0, max_attempts: int = 6,
-                   progress: bool = False, api_version: str | None = None) -> SessionConfig:
+                   progress: bool = False, api_version: str | None = None,
+                   max_cost: float | None = None, prices: str | None = None,
+                   hedge_after: float | None = None, cache: str | None = None) -> SessionConfig:
     """How to reach Ray and the endpoint, from the options ``chainray run`` also takes.
 
     ``api_version`` is Azure OpenAI's (``base_url`` is then the resource endpoint).
+    ``max_cost`` (USD) is a hard cap on what the session's calls may spend, ``cache`` a
+    response-cache folder, ``hedge_after`` the quantile after which a straggling request gets
+    one duplicate.
     ``api_key`` replaces ``OPENAI_API_KEY`` for this session only (the key never leaves the
     session's environment copy: not logged, not in results).
     """
@@ -54,6 +59,10 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
             raise InputError(f"{name} must be greater than 0, got {value!r}")
     if not 0 < target_share <= 1:
         raise InputError(f"target_share must lie in (0, 1], got {target_share!r}")
+    if max_cost is not None and not max_cost > 0:
+        raise InputError(f"max_cost must be greater than 0 (USD), got {max_cost!r}")
+    if hedge_after is not None and not 0 < hedge_after <= 1:
+        raise InputError(f"hedge_after must lie in (0, 1], got {hedge_after!r}")
     env = dict(os.environ)
     if api_key is not None:
         env["OPENAI_API_KEY"] = api_key
@@ -61,7 +70,8 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
                          max_concurrency=max_concurrency, target_share=target_share,
                          priority=priority, dashboard=dashboard, sim_speed=sim_speed,
                          timeout_s=timeout, max_attempts=max_attempts, progress=progress,
-                         api_version=api_version, env=env)
+                         api_version=api_version, max_cost=max_cost, prices=prices,
+                         hedge_after=hedge_after, cache=cache, env=env)
 
 
 def as_chain(chain: Chain | str) -> Chain:

@@ -13,14 +13,18 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ray
 from pydantic import SecretStr
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from chainray.actors.adaptations import get_adaptations
+from chainray.actors.cache import CacheKeeper
 from chainray.actors.coordinator import Coordinator
 from chainray.actors.rate_limiter import LIMITER_NAMESPACE, get_rate_limiter, limiter_name
+from chainray.actors.spend import Spend
+from chainray.actors.step_runner import GuardHandles
 from chainray.errors import InputError
 from chainray.exec.jobs import RunJob, step_models
 from chainray.exec.limits import Limits
@@ -61,6 +65,10 @@ class SessionConfig:
     api_version: str | None = None  # Azure OpenAI: base_url is the resource endpoint
     limiter_namespace: str = LIMITER_NAMESPACE
     progress: bool = True
+    max_cost: float | None = None  # USD for everything this session sends (hard cap)
+    prices: str | None = None  # the price table the cap is kept with (None: bundled)
+    cache: str | None = None  # response cache folder (None: no cache)
+    hedge_after: float | None = None  # hedge requests slower than this quantile (0..1)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -130,6 +138,8 @@ class Session:
         self.adaptations = get_adaptations(config.limiter_namespace)
         self.notes_shown = 0
         self.described: dict[str, str] = {}
+        self.guards = self._open_guards(here)
+        self.not_started: list[str] = []  # run ids the spend cap kept from starting
 
     def _wants_simulator(self) -> bool:
         env = self.config.env
@@ -141,6 +151,28 @@ class Session:
         sim = self._simulator_settings()
         return start_simulator("--speed", str(config.sim_speed), "--rpm", str(sim.rpm),
                                "--tpm", str(sim.tpm), *config.sim_flags)
+
+    def _open_guards(self, here: NodeAffinitySchedulingStrategy) -> GuardHandles | None:
+        """One spend actor and one cache actor for this session, on the driver's node (the
+        cache's files live on the driver's disk)."""
+        config = self.config
+        if config.max_cost is None and config.cache is None and config.hedge_after is None:
+            return None
+        spend = (Spend.options(scheduling_strategy=here).remote(config.max_cost, config.prices)
+                 if config.max_cost is not None else None)
+        cache = (CacheKeeper.options(scheduling_strategy=here).remote(Path(config.cache))
+                 if config.cache is not None else None)
+        return GuardHandles(spend=spend, cache=cache, hedge_after=config.hedge_after)
+
+    def spend_state(self) -> dict | None:
+        """Cap, spent, in flight, refused, stopped; None without a cap."""
+        if self.guards is None or self.guards.spend is None:
+            return None
+        return ray.get(self.guards.spend.state.remote(), timeout=60)
+
+    def _cap_stopped(self) -> bool:
+        state = self.spend_state()
+        return bool(state and state["stopped"])
 
     def _open_endpoint(self) -> Endpoint:
         config, env = self.config, self.config.env
@@ -198,7 +230,7 @@ class Session:
 
     def submit(self, job: RunJob) -> ray.ObjectRef:
         return self.coordinator.run.options(name=f"run:{job.chain.name}:{job.strategy}").remote(
-            job, self.limiters_for(job), self.adaptations)
+            job, self.limiters_for(job), self.adaptations, self.guards)
 
     def run(self, job: RunJob, label: str | None = None) -> RunResult:
         """Run one chain to the end, showing progress."""
@@ -219,6 +251,9 @@ class Session:
                           forecast_s=forecast_s) as view:
             while True:
                 while len(in_flight) < window and (job := next(pending, None)) is not None:
+                    if self._cap_stopped():  # the cap stopped admission: start nothing new
+                        self.not_started += [job.run_id, *(j.run_id for j in pending)]
+                        break
                     in_flight[self.submit(job)] = job.run_id
                 if not in_flight:
                     return
@@ -261,6 +296,10 @@ class Session:
         if self.coordinator is not None and ray.is_initialized():
             ray.kill(self.coordinator)
         self.coordinator = None
+        guards = getattr(self, "guards", None)  # the spend and cache actors are this session's
+        for handle in (guards.spend, guards.cache) if guards is not None else ():
+            if handle is not None and ray.is_initialized():
+                ray.kill(handle)
         if self.simulator is not None:
             # Nobody else can call a private simulator, so its limiters go with it.
             for handle in self.limiters.values() if ray.is_initialized() else ():

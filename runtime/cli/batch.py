@@ -7,8 +7,9 @@ import os
 import sys
 
 from chainray.api.batch import BatchManifest, BatchRecord, BatchWriter, read_batch_inputs
-from chainray.cli.run import pick_strategy, prepare, resume_hint, session_config
+from chainray.cli.run import cap_message, pick_strategy, prepare, resume_hint, session_config
 from chainray.errors import InputError
+from chainray.exec.guards import stopped_by_cap
 from chainray.exec.jobs import RunJob
 from chainray.exec.journal import Journal, journal_dir, run_key, run_parts
 from chainray.plan.cost import load_prices
@@ -105,9 +106,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
                                            window=args.batch_window,
                                            label=f"{chain.name}:{strategy}", total=len(todo),
                                            forecast_s=forecast.makespan_s if forecast else None):
-                if record is not None:
+                if record is not None and not stopped_by_cap(result):  # resume runs it again
                     record.record(result)
                 writer.add(result)
+            spend = session.spend_state()
+            writer.totals.not_started = list(session.not_started)
+            writer.totals.spend = spend
         totals = writer.close()
     finally:
         if out:
@@ -120,4 +124,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
           + f") in {totals.latency_ms / 1000:.1f}s: {totals.api_calls} calls, "
           f"{totals.rate_limited} 429s, {totals.total_tokens} tokens; "
           f"{totals.requests_per_min:.0f} requests/min, {totals.tokens_per_min:.0f} tokens/min")
+    if (message := cap_message(spend)) is not None:
+        print(f"{message}; {totals.runs - totals.not_ok} run(s) finished, {totals.not_ok} "
+              f"partial or failed, {len(totals.not_started)} never started; resume with a "
+              f"higher cap: {resume_hint(args, strategy, manifest.batch_id)} --max-cost USD",
+              file=sys.stderr)
+        return 1
     return 0 if totals.not_ok == 0 else 1

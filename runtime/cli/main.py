@@ -95,6 +95,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "  chainray schema > chain.schema.json\n"
         "  # yaml-language-server: $schema=./chain.schema.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    cache = commands.add_parser("cache", help="the response cache: stats or clear",
+                                description="Show or empty the response cache run --cache "
+                                "uses (no Ray, no network).")
+    cache.add_argument("action", choices=("stats", "clear"))
+    cache.add_argument("--dir", metavar="DIR", help="cache folder (default "
+                       "$CHAINRAY_HOME/cache)")
     for name, help_text in _HEAVY.items():
         if name != command:
             commands.add_parser(name, help=help_text, add_help=False)
@@ -185,6 +191,20 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from chainray.exec.cache import ResponseCache, cache_dir
+
+    cache = ResponseCache(Path(args.dir) if args.dir else cache_dir())
+    if args.action == "clear":
+        print(f"removed {cache.clear()} cached replies from {cache.directory}")
+    else:
+        stats = cache.stats()
+        print(f"{cache.directory}: {stats['entries']} cached replies, {stats['bytes']} bytes")
+    return EXIT_OK
+
+
 def _quiet_closed_pipe() -> int:
     """The reader went away (``chainray scenarios | head -1``): that is not an error, and
     Python must not complain while flushing stdout at exit either."""
@@ -209,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_command_in(argv)).parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
-        "scenarios": _cmd_scenarios, "plan": _cmd_plan, "schema": _cmd_schema}
+        "scenarios": _cmd_scenarios, "plan": _cmd_plan, "schema": _cmd_schema,
+        "cache": _cmd_cache}
     if args.command in ("run", "bench"):
         from chainray.cli import run as cli_run
 

@@ -10,7 +10,8 @@ from pydantic import TypeAdapter
 
 from chainray.api.batch import BatchRecord
 from chainray.errors import InputError
-from chainray.exec.jobs import RunJob
+from chainray.exec.cache import cache_dir
+from chainray.exec.jobs import RunJob, models_of
 from chainray.exec.journal import Journal, check_run_id, journal_dir, run_key, run_parts
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import STRATEGIES
@@ -22,7 +23,7 @@ from chainray.results import RunResult
 from chainray.spec.chain import Chain, load_chain
 
 __all__ = ["add_run_parser", "add_bench_parser", "cmd_run", "cmd_bench", "parse_inputs",
-           "prepare", "pick_strategy", "session_config", "resume_hint"]
+           "prepare", "pick_strategy", "session_config", "resume_hint", "cap_message"]
 
 _RESULTS = TypeAdapter(list[RunResult])
 
@@ -60,9 +61,21 @@ def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_f
                         "0.95)")
     parser.add_argument("--address", metavar="RAY_ADDRESS",
                         help="join this Ray cluster (default: RAY_ADDRESS, else start one)")
-    parser.add_argument("--on-error", choices=("fail", "continue"),
-                        help="stop at the first failed step, or hand failures to the final "
-                        "step marked as such (default: the chain's on_error, else fail)")
+    parser.add_argument("--on-error", choices=("fail", "continue", "isolate"),
+                        help="stop at the first failed step; hand failures to the final "
+                        "step marked as such; or isolate: skip only the failed step's "
+                        "descendants (default: the chain's on_error, else fail)")
+    parser.add_argument("--max-cost", type=positive_float, metavar="USD",
+                        help="hard spend cap for everything this command sends: a call "
+                        "starts only if its worst case (prompt + max_tokens at --prices) "
+                        "fits what is left; when it does not, nothing new starts")
+    parser.add_argument("--cache", nargs="?", const="", default=None, metavar="DIR",
+                        help="answer repeated requests from a response cache (default DIR: "
+                        "$CHAINRAY_HOME/cache); hits send nothing and cost $0")
+    parser.add_argument("--hedge-after", type=_share, metavar="Q",
+                        help="send one duplicate of a request in flight longer than the "
+                        "Q-quantile (e.g. 0.95) of this invocation's finished requests of "
+                        "the same model; the first answer wins (default: off)")
     parser.add_argument("--no-priority", action="store_true",
                         help="grant permits first come, first served instead of longest "
                         "remaining path first")
@@ -172,7 +185,9 @@ def session_config(args: argparse.Namespace):
                           dashboard=args.dashboard and not args.no_dashboard,
                           sim_speed=args.sim_speed, timeout=args.timeout,
                           max_attempts=args.max_attempts, progress=not args.quiet,
-                          api_version=args.api_version)
+                          api_version=args.api_version, max_cost=args.max_cost,
+                          prices=args.prices, hedge_after=args.hedge_after,
+                          cache=None if args.cache is None else args.cache or str(cache_dir()))
 
 
 def _write_json(path: str, text: str) -> None:
@@ -207,8 +222,24 @@ def prepare(args: argparse.Namespace) -> tuple[Chain, dict]:
     inputs = parse_inputs(chain, args.set)
     for path in (args.json, args.timeline, args.trace):
         _check_writable(path)
-    load_prices(args.prices)
+    prices = load_prices(args.prices)
+    if args.max_cost is not None:
+        unpriced = sorted({m for step in chain.steps if step.kind == "llm"
+                           for m in models_of(chain.settings_for(step))
+                           if (args.model or m) not in prices.models})
+        if unpriced or (args.model and args.model not in prices.models):
+            raise InputError(f"--max-cost: no price for model {(args.model or unpriced[0])!r}"
+                             ", so its cost cannot be capped; add it to a price table and "
+                             "pass --prices")
     return chain, inputs
+
+
+def cap_message(state: dict | None) -> str | None:
+    """The line that says the spend cap stopped admission, or None."""
+    if not state or not state["stopped"]:
+        return None
+    return (f"chainray: spend cap ${state['cap_usd']:.4f} reached: spent "
+            f"${state['spent_usd']:.4f}; calls that did not fit were not sent")
 
 
 def _finish(args: argparse.Namespace, results: list[RunResult], json_text: str) -> None:
@@ -263,8 +294,12 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{', '.join(resumed)}", file=sys.stderr)
     with Session(session_config(args)) as session:
         result = session.run(job)
+        spend = session.spend_state()
     _finish(args, [result], result.model_dump_json(indent=2))
     print_run(result)
+    if (message := cap_message(spend)) is not None:
+        print(message, file=sys.stderr)
+        return 1
     return 0 if result.status == "ok" else 1
 
 

@@ -37,14 +37,15 @@ async def _settle(handle: Awaitable[StepResult]) -> StepResult:
 
 
 async def dispatch(schedule: Schedule, start_step: StartStep,
-                   on_error: Literal["fail", "continue"] = "fail",
+                   on_error: Literal["fail", "continue", "isolate"] = "fail",
                    on_update: Update = lambda *_: None, resubmits: int = 2,
                    is_process_death: IsProcessDeath = _never) -> dict[str, StepResult]:
     """Run every step of ``schedule``; return each step's result by id.
 
     With ``on_error="fail"`` the first failed step stops dispatch and the steps not started
     are reported ``skipped``; with ``"continue"`` later steps receive the failure marked as
-    such. A handle whose process died (``is_process_death``, which the Coordinator makes
+    such; with ``"isolate"`` only the failed step's descendants are skipped and independent
+    branches run on. A handle whose process died (``is_process_death``, which the Coordinator makes
     Ray-aware) is started again, at most ``resubmits`` times; any other exception a handle
     raises becomes the step's error (one line; the detail goes to the debug log) and follows
     the ``on_error`` policy like any failed step.
@@ -70,10 +71,13 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
 
     while sorter.is_active():
         for step_id in sorter.get_ready():
-            if stopping:
+            failed = [d for d in plans[step_id].depends_on if results[d].status != "ok"]
+            if stopping or (on_error == "isolate" and failed):
+                why = f"depends on {failed[0]}, which did not finish" if failed and not \
+                    stopping else "an earlier step failed"
                 results[step_id] = StepResult(id=step_id, status="skipped",
                                               depends_on=plans[step_id].depends_on,
-                                              error="an earlier step failed")
+                                              error=why)
                 on_update(step_id, "skipped", results[step_id])
                 sorter.done(step_id)
             else:

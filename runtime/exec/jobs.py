@@ -22,7 +22,7 @@ class RunJob(BaseModel):
     chain: Chain
     strategy: Strategy
     inputs: dict[str, str | None]
-    on_error: Literal["fail", "continue"] | None = None
+    on_error: Literal["fail", "continue", "isolate"] | None = None
     model: str | None = None  # overrides every llm step's model
     priority: bool = True
     prices: str | None = None

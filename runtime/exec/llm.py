@@ -18,6 +18,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from chainray.errors import EndpointError
+from chainray.exec.cache import CachedReply, ResponseCache
 from chainray.exec.completion import read_completion
 from chainray.exec.endpoint_errors import (
     map_exceptions,
@@ -25,8 +26,10 @@ from chainray.exec.endpoint_errors import (
     redact,
     to_endpoint_error,
 )
+from chainray.exec.guards import CallGuards, spend_cap_error, worst_case_tokens
+from chainray.exec.hedge import Charge, hedged
 from chainray.exec.params import Adaptation, adapt, describe, known_adaptations, learn_adaptation
-from chainray.exec.permit_scope import PermitScope
+from chainray.exec.permit_scope import PermitScope, _hand_back
 from chainray.exec.permits import Permit
 from chainray.exec.retry import retry_policy
 from chainray.exec.streaming import collect_stream, completion_from_stream
@@ -85,6 +88,8 @@ class LLMReply:
     ttft_s: float | None = None
     decode_s: float | None = None
     stream_without_usage: bool = False
+    cached: bool = False  # answered from the response cache: nothing was sent
+    hedged: bool = False  # a duplicate request was sent for a straggler
     notes: list[str] = field(default_factory=list)
 
 
@@ -130,23 +135,81 @@ def make_client(endpoint: Endpoint) -> openai.AsyncOpenAI:
                               timeout=timeout)
 
 
-async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
-                   endpoint: Endpoint, reply: LLMReply, kwargs: dict, left_s: float) -> None:
+async def _reserve(guards: CallGuards | None, model: str,
+                   worst: tuple[int, int]) -> int | None:
+    """Admission under the spend cap: a reservation id, or ``spend_cap`` when refused."""
+    if guards is None or guards.budget is None:
+        return None
+    reservation = await guards.budget.reserve(model, *worst)
+    if reservation is None:
+        raise spend_cap_error(model)
+    return reservation
+
+
+async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
+                   endpoint: Endpoint, reply: LLMReply, kwargs: dict, left_s: float,
+                   guards: CallGuards | None, charge: Charge, duplicate: bool = False):
+    """One HTTP request under a spend reservation and a permit: (completion, seconds)."""
     secret = endpoint.api_key.get_secret_value()
-    async with PermitScope(limiter, request.estimated_tokens, request.priority,
-                           timeout_s=left_s, max_penalty_s=left_s) as permit:
-        reply.queued_s += permit.waited_s
-        reply.attempts += 1
-        try:
-            with map_exceptions(secret):
-                raw, completion = await asyncio.wait_for(
-                    _send(client, kwargs, request, reply), endpoint.timeout_s)
-        except EndpointError as error:
-            reply.attempts -= error.code == "connect_failed"  # no request reached the server
-            reply.rate_limited += error.status == 429
-            raise
-        permit.settle(completion.prompt_tokens + completion.completion_tokens,
-                      {k: raw.headers[k] for k in _RATE_HEADERS if k in raw.headers})
+    worst = worst_case_tokens(kwargs)
+    reservation = await _reserve(guards, request.model, worst)
+    spent = (0, 0)  # an HTTP error status costs nothing
+    try:
+        async with PermitScope(limiter, request.estimated_tokens, request.priority,
+                               timeout_s=left_s, max_penalty_s=left_s) as permit:
+            reply.queued_s += permit.waited_s
+            reply.attempts += 1
+            reply.hedged = reply.hedged or duplicate
+            charge.sent.set()
+            sent_at = time.monotonic()
+            try:
+                with map_exceptions(secret):
+                    raw, completion = await asyncio.wait_for(
+                        _send(client, kwargs, request, reply), endpoint.timeout_s)
+            except EndpointError as error:
+                reply.attempts -= error.code == "connect_failed"  # nothing reached the server
+                reply.rate_limited += error.status == 429
+                if error.status is None and error.code != "connect_failed":
+                    spent = worst  # cut off mid-reply: the server may have counted it all
+                raise
+            except asyncio.CancelledError:  # a hedge's loser: charged as the winner
+                spent = charge.loser or worst
+                if charge.loser is not None:
+                    reply.prompt_tokens += spent[0]
+                    reply.completion_tokens += spent[1]
+                raise
+            spent = (completion.prompt_tokens, completion.completion_tokens)
+            permit.settle(sum(spent), {k: raw.headers[k] for k in _RATE_HEADERS
+                                       if k in raw.headers})
+        return completion, time.monotonic() - sent_at
+    finally:
+        if reservation is not None and guards is not None and guards.budget is not None:
+            await _hand_back(guards.budget.settle(reservation, request.model, *spent))
+
+
+async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
+                   endpoint: Endpoint, reply: LLMReply, kwargs: dict, left_s: float,
+                   guards: CallGuards | None = None) -> None:
+    charge = Charge()
+
+    async def send(duplicate: bool = False):
+        return await _request(client, limiter, request, endpoint, reply, kwargs, left_s,
+                              guards, charge, duplicate)
+
+    # Same model and same step (of other runs in a batch) first: their requests ask for as
+    # many tokens; then the same model's requests of any step.
+    peers = [f"{request.model}|{request.tag}", request.model]
+    threshold = None
+    if guards is not None and guards.hedge_after is not None and guards.latencies is not None:
+        threshold = next((q for key in peers if (q := guards.latencies.quantile(
+            key, guards.hedge_after)) is not None), None)
+    if threshold is None:
+        completion, seconds = await send()
+    else:
+        completion, seconds = await hedged(send, threshold, charge)
+    if guards is not None and guards.latencies is not None:
+        for key in peers:
+            guards.latencies.add(key, seconds)
     reply.text, reply.truncated = completion.text, completion.truncated
     # Added, not set: a schema correction or an adapted retry is a second paid request.
     reply.prompt_tokens += completion.prompt_tokens
@@ -205,23 +268,31 @@ async def _adapted(kwargs: dict[str, Any], request: LLMRequest,
 
 async def call_llm(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
                    endpoint: Endpoint, reply: LLMReply | None = None,
-                   store: AdaptationStore | None = None) -> LLMReply:
+                   store: AdaptationStore | None = None,
+                   guards: CallGuards | None = None) -> LLMReply:
     """Send one chat completion, retrying as the policy says; every attempt takes a permit.
 
     A parameter the model rejects (400 unsupported_parameter/unsupported_value) is renamed or
     dropped and the call sent again, once per parameter; a reply that does not follow the
     step's schema is sent back once with the problem. ``reply`` collects attempts and 429s
-    even when the call finally fails. Raises ``EndpointError`` only.
+    even when the call finally fails. With ``guards``: a cached reply is returned without a
+    request, each request is admitted under the spend cap, and a straggler is hedged.
+    Raises ``EndpointError`` only.
     """
     reply = reply if reply is not None else LLMReply()
     store = store if store is not None else _NoStore()
     kwargs = _request_kwargs(request)
+    cache = guards.cache if guards is not None else None
+    key = ResponseCache.key(endpoint.base_url, kwargs) if cache is not None else None
+    if cache is not None and key is not None and (hit := await cache.get(key)) is not None:
+        reply.text, reply.truncated, reply.cached = hit.text, hit.finish_reason == "length", True
+        return reply
     rejected: set[str] = set()
     corrected = False
     while True:
         adapted = await _adapted(kwargs, request, store)
         try:
-            await _with_retries(client, limiter, request, endpoint, reply, adapted)
+            await _with_retries(client, limiter, request, endpoint, reply, adapted, guards)
         except EndpointError as error:
             learned = learn_adaptation(error.status, error.code, None, error.message, adapted)
             if learned is None or learned.param in rejected:
@@ -237,6 +308,11 @@ async def call_llm(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
         problem = (schema_problem(reply.text, request.response_schema)
                    if request.response_schema is not None else None)
         if problem is None:
+            if cache is not None and key is not None:
+                await cache.put(key, CachedReply(
+                    text=reply.text, prompt_tokens=reply.prompt_tokens,
+                    completion_tokens=reply.completion_tokens, model=request.model,
+                    finish_reason="length" if reply.truncated else "stop"))
             return reply
         if corrected:
             raise EndpointError(f"the reply did not follow the step's schema twice: {problem}",
@@ -247,10 +323,11 @@ async def call_llm(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
 
 
 async def _with_retries(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
-                        endpoint: Endpoint, reply: LLMReply, kwargs: dict) -> None:
+                        endpoint: Endpoint, reply: LLMReply, kwargs: dict,
+                        guards: CallGuards | None = None) -> None:
     started = time.monotonic()
     policy = retry_policy(endpoint.max_attempts, endpoint.max_retry_s, endpoint.backoff_s)
     async for attempt in policy:
         with attempt:
             left_s = max(0.001, endpoint.max_retry_s - (time.monotonic() - started))
-            await _attempt(client, limiter, request, endpoint, reply, kwargs, left_s)
+            await _attempt(client, limiter, request, endpoint, reply, kwargs, left_s, guards)

@@ -11,6 +11,7 @@ import openai
 from pydantic import BaseModel, ConfigDict
 
 from chainray.errors import EndpointError
+from chainray.exec.guards import CallGuards
 from chainray.exec.llm import (
     AdaptationStore,
     Endpoint,
@@ -89,7 +90,8 @@ async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
                            client: openai.AsyncOpenAI, limiters: Mapping[str, Limiter],
                            endpoint: Endpoint,
                            context: Callable[[], tuple] = lambda: (None, None),
-                           store: AdaptationStore | None = None) -> StepResult:
+                           store: AdaptationStore | None = None,
+                           guards: CallGuards | None = None) -> StepResult:
     """Call the step's model, then each fallback model in turn (each under its own
     RateLimiter) while the failure is the model's own."""
     started = time.time()
@@ -108,7 +110,8 @@ async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
             estimated_tokens=estimate_prompt_tokens(messages) + max_tokens,
             adaptation_key=adaptation_key(endpoint.base_url, model))
         try:
-            await call_llm(client, limiters[model], llm_request, endpoint, reply, store)
+            await call_llm(client, limiters[model], llm_request, endpoint, reply, store,
+                           guards)
             break
         except Exception as exc:  # a step reports its failure; it never raises to dispatch
             if model != models[-1] and _falls_back(exc):
@@ -119,14 +122,15 @@ async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
             return _result(request, started, context, status="error", error=error_text(exc),
                            attempts=reply.attempts, rate_limited=reply.rate_limited,
                            queued_ms=reply.queued_s * 1000, model=model,
-                           prompt_tokens=reply.prompt_tokens,
+                           prompt_tokens=reply.prompt_tokens, hedged=reply.hedged,
                            completion_tokens=reply.completion_tokens)
     decode = (reply.completion_tokens - 1) / reply.decode_s if reply.decode_s else None
     return _result(request, started, context, status="ok", output=reply.text,
                    prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                    attempts=reply.attempts, rate_limited=reply.rate_limited,
                    queued_ms=reply.queued_s * 1000, usage_estimated=reply.usage_estimated,
-                   truncated=reply.truncated, model=model,
+                   truncated=reply.truncated, model=model, cached=reply.cached,
+                   hedged=reply.hedged,
                    ttft_ms=None if reply.ttft_s is None else reply.ttft_s * 1000,
                    decode_tokens_per_s=None if decode is None else round(decode, 2))
 

@@ -32,7 +32,9 @@ def _totals(chain: Chain, steps: Iterable[StepResult], prices: PriceTable) -> Ru
 
 def summarize_run(chain: Chain, schedule: Schedule, results: Mapping[str, StepResult],
                   latency_ms: float, run_id: str, prices: PriceTable,
-                  resumed: Collection[str] = ()) -> RunResult:
+                  resumed: Collection[str] = (), isolated: bool = False) -> RunResult:
+    """``isolated`` (on_error isolate): a run whose final step was skipped after a failure but
+    whose other branches finished is ``partial``, not ``failed``."""
     ordered = tuple(results[plan.id] for plan in schedule.steps)
     final = results[schedule.final]
     failed = [r for r in ordered if r.status == "error"]
@@ -40,6 +42,8 @@ def summarize_run(chain: Chain, schedule: Schedule, results: Mapping[str, StepRe
                                   lambda step_id: results[step_id].latency_ms)
     now = _totals(chain, (r for r in ordered if r.id not in resumed), prices)
     status = "failed" if final.status != "ok" else "partial" if failed else "ok"
+    if isolated and failed and status == "failed" and any(r.status == "ok" for r in ordered):
+        status = "partial"
     error = None if status == "ok" else (
         final.error if final.status == "error" else
         "; ".join(f"{r.id}: {r.error}" for r in failed) or final.error)

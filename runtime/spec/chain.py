@@ -182,7 +182,7 @@ class Chain(BaseModel):
     description: str = ""
     inputs: dict[str, str | None] = {}
     defaults: ModelSettings = ModelSettings()
-    on_error: Literal["fail", "continue"] = "fail"
+    on_error: Literal["fail", "continue", "isolate"] = "fail"
     steps: tuple[Step, ...] = Field(min_length=1)
     source: str | None = Field(default=None, exclude=True)
 

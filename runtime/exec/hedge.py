@@ -1,0 +1,55 @@
+"""Hedged stragglers: a request slower than most of its model's gets one duplicate.
+
+The timer starts when the first request leaves (after its permit), so a request queued behind
+the rate limit is not a straggler; the duplicate takes its own permit and spend reservation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["Charge", "hedged"]
+
+
+class Charge:
+    """What a request is settled at when it ends without a reply of its own."""
+
+    def __init__(self) -> None:
+        self.loser: tuple[int, int] | None = None  # a hedge's cancelled duplicate
+        self.sent = asyncio.Event()  # set when the first request leaves (hedge timer start)
+
+
+async def hedged(send: Callable[[bool], Awaitable[Any]], threshold_s: float,
+                 charge: Charge) -> Any:
+    """Send; if no answer ``threshold_s`` after the request left, send one duplicate and take
+    whichever answers first; the other is cancelled and, if it was sent, charged as much as
+    the winner (the server counts a request it started; the usage of a cancelled one is not
+    known). ``send(duplicate)`` makes one request."""
+    first = asyncio.ensure_future(send(False))
+    tasks = {first}
+    try:
+        sent = asyncio.ensure_future(charge.sent.wait())
+        # Bounded: the first request's permit wait and request have deadlines of their own.
+        await asyncio.wait({first, sent}, return_when=asyncio.FIRST_COMPLETED)
+        sent.cancel()
+        done, _ = await asyncio.wait({first}, timeout=threshold_s)
+        if done:
+            return first.result()
+        tasks.add(asyncio.ensure_future(send(True)))
+        pending, error = set(tasks), None
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is None:
+                    completion, seconds = task.result()
+                    # The other is cancelled (finally); if it was sent, it is charged this.
+                    charge.loser = (completion.prompt_tokens, completion.completion_tokens)
+                    return completion, seconds
+                error = error or task.exception()
+        raise error  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,176 @@
+"""Issue 16: the spend cap, the response cache, on_error isolate and hedged stragglers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import fan_chain, job, session_for
+from step_failing_server import StepFailingServer
+
+from chainray.cli.main import main
+from chainray.plan.cost import load_prices
+
+FAST = ["--quiet", "--no-dashboard", "--rpm", "100000", "--tpm", "10000000"]
+
+
+def server_cost(sim) -> float:
+    """What the server counted, at the bundled price table."""
+    prices = load_prices()
+    return sum(prices.cost(r["model"], r["prompt_tokens"], r["completion_tokens"])
+               for r in sim.stats()["request_log"] if r["status"] == 200)
+
+
+def test_the_cap_holds_with_over_a_hundred_calls_in_flight(ray_session, sim):
+    # Calls last ~1.6 s, so dispatch under load still overlaps 100+ of them.
+    sim.configure(speed=0.5, ttft_sigma=0.0, rpm=100_000, tpm=10_000_000)
+    cap = 0.003
+    runs = [job(fan_chain(130, max_tokens=20, name=f"fan{i}")) for i in range(3)]
+    with session_for(sim, max_cost=cap, max_concurrency=400, rpm=100_000,
+                     tpm=10_000_000) as session:
+        results = list(session.run_many(runs, window=3))
+        state = session.spend_state()
+    stats = sim.stats()
+    assert stats["peak_in_flight"] >= 100
+    assert server_cost(sim) <= cap
+    assert server_cost(sim) >= 0.5 * cap
+    assert state["stopped"] and state["spent_usd"] <= cap
+    refused = [s for r in results for s in r.steps if s.error and "spend cap" in s.error]
+    assert refused and all(s.attempts == 0 for s in refused)  # a refused call sends nothing
+    assert stats["requests"] == sum(r.api_calls for r in results)
+
+
+def test_a_model_without_a_price_is_refused_up_front_under_a_cap(tmp_path, capsys):
+    chain = tmp_path / "c.yaml"
+    chain.write_text("name: c\nsteps:\n  - id: a\n    prompt: hi\n")
+    code = main(["run", str(chain), "--max-cost", "1", "--model", "no-such-model",
+                 "--base-url", "http://127.0.0.1:9/v1", *FAST])
+    assert code == 2
+    assert "no price for model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_a_capped_batch_stops_starting_runs_and_resumes_with_a_higher_cap(
+        ray_session, sim, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))
+    sim.configure(speed=50.0)
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("\n".join(json.dumps({"brief": f"brief {i}"}) for i in range(12)))
+    out, again = tmp_path / "out.jsonl", tmp_path / "again.jsonl"
+    args = ["run", "progressive_refinement", "--inputs", str(inputs), "--base-url",
+            sim.base_url, "--batch-window", "2", *FAST]
+    assert main([*args, "--json", str(out), "--max-cost", "0.002"]) == 1
+    err = capsys.readouterr().err
+    assert "spend cap $0.0020 reached" in err and "never started" in err
+    summary = json.loads(out.read_text().splitlines()[-1])["batch"]
+    assert summary["spend"]["stopped"] and summary["not_started"]
+    assert summary["spend"]["spent_usd"] <= 0.002 and server_cost(sim) <= 0.002
+    batch_id = summary["batch_id"]
+    assert main(["run", "progressive_refinement", "--resume", batch_id, "--base-url",
+                 sim.base_url, "--json", str(again), "--max-cost", "1", *FAST]) == 0
+    final = json.loads(again.read_text().splitlines()[-1])["batch"]
+    assert final["runs"] == final["ok"] == 12
+
+
+def test_a_rerun_with_the_cache_sends_nothing_and_gives_the_same_output(
+        ray_session, sim, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))
+    sim.configure(speed=50.0)
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    args = ["run", "quantum_research", "--base-url", sim.base_url, "--cache", *FAST]
+    assert main([*args, "--json", str(first)]) == 0
+    sent = sim.stats()["requests"]
+    sim.reset()
+    assert main([*args, "--json", str(second)]) == 0
+    assert sim.stats()["requests"] == 0 and sent > 0
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    assert a["output"] == b["output"]
+    assert [s["output"] for s in a["steps"]] == [s["output"] for s in b["steps"]]
+    assert all(s["cached"] for s in b["steps"]) and not any(s["cached"] for s in a["steps"])
+    assert b["api_calls"] == 0 and b["estimated_cost"] == 0 and b["total_tokens"] == 0
+    capsys.readouterr()
+    assert main(["cache", "stats"]) == 0
+    assert f"{sent} cached replies" in capsys.readouterr().out
+    assert main(["cache", "clear"]) == 0
+    assert main(["cache", "stats"]) == 0
+    assert " 0 cached replies" in capsys.readouterr().out
+
+
+BRANCHES = """\
+name: branches
+inputs: {topic: "tea"}
+defaults: {max_tokens: 20, stream: false}
+on_error: isolate
+steps:
+  - id: a1
+    prompt: "A {topic}"
+  - id: a2
+    after: [a1]
+    prompt: "A2 {a1}"
+  - id: b1
+    prompt: "B {topic}"
+  - id: b2
+    after: [b1]
+    prompt: "B2 {b1}"
+  - id: final
+    after: [a2, b2]
+    prompt: "All {a2} {b2}"
+"""
+
+
+def test_isolate_keeps_independent_branches_and_resume_sends_only_the_failed_subtree(
+        ray_session, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))
+    chain, first, second = tmp_path / "b.yaml", tmp_path / "1.json", tmp_path / "2.json"
+    chain.write_text(BRANCHES)
+    with StepFailingServer({"b1"}) as server:
+        common = ["run", str(chain), "--base-url", server.base_url, *FAST]
+        assert main([*common, "--json", str(first)]) == 1
+        data = json.loads(first.read_text())
+        status = {s["id"]: s["status"] for s in data["steps"]}
+        assert data["status"] == "partial"
+        assert status == {"a1": "ok", "a2": "ok", "b1": "error", "b2": "skipped",
+                          "final": "skipped"}
+        assert sorted(server.sent) == ["a1", "a2", "b1"]
+        server.failing.clear()  # the fix
+        server.sent.clear()
+        assert main([*common, "--json", str(second), "--resume", data["run_id"]]) == 0
+        assert sorted(server.sent) == ["b1", "b2", "final"]
+        assert json.loads(second.read_text())["status"] == "ok"
+
+
+def test_fail_still_stops_every_branch(ray_session, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))
+    chain = tmp_path / "b.yaml"
+    chain.write_text(BRANCHES.replace("on_error: isolate", "on_error: fail").replace(
+        '  - id: a2\n    after: [a1]', '  - id: a2\n    after: [a1, b1]'))
+    with StepFailingServer({"b1"}) as server:
+        out = tmp_path / "o.json"
+        assert main(["run", str(chain), "--base-url", server.base_url, "--json", str(out),
+                     *FAST]) == 1
+        assert json.loads(out.read_text())["status"] == "failed"
+        assert "a2" not in server.sent
+
+
+@pytest.mark.parametrize("hedge", [None, 0.5])
+def test_hedged_steps_are_marked_and_their_duplicates_counted(ray_session, sim, hedge):
+    sim.configure(speed=5.0, ttft_sigma=0.0, faults={"slow": 0.25, "slow_factor": 4.0},
+                  rpm=100_000, tpm=10_000_000)
+    runs = [job(fan_chain(30, max_tokens=30, name=f"h{i}")) for i in range(3)]
+    with session_for(sim, hedge_after=hedge, max_concurrency=400, rpm=100_000,
+                     tpm=10_000_000) as session:
+        results = list(session.run_many(runs, window=1))
+    steps = [s for r in results for s in r.steps]
+    hedged = [s for s in steps if s.hedged]
+    stats = sim.stats()
+    assert stats["requests"] == sum(r.api_calls for r in results)
+    if hedge is None:
+        assert not hedged and stats["requests"] == len(steps)
+        return
+    assert hedged and all(s.attempts >= 2 for s in hedged)  # a retry may add one
+    # Both copies are counted: never fewer tokens than the server counted for the requests it
+    # answered (a cancelled duplicate the server may not count is charged as the winner).
+    counted = sum(s.prompt_tokens + s.completion_tokens for s in steps)
+    answered = sum(r["prompt_tokens"] + r["completion_tokens"]
+                   for r in stats["request_log"] if r["status"] == 200)
+    assert counted >= answered > sum(s.prompt_tokens + s.completion_tokens for s in steps
+                                     if not s.hedged)
