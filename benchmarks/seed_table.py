@@ -2,10 +2,13 @@
 with its default knobs, medians of --repeat runs per strategy, and the ratios the seed's story
 rests on (parallel/sequential latency and tokens, the order of strategies, the longest output).
 
-    python benchmarks/seed_table.py [--repeat 3] [--speed 1]
+    python benchmarks/seed_table.py [--repeat 3] [--speed 1] [--seed 0]
 
 --speed makes the simulator's latency N times faster: tokens do not change, latency ratios
-barely do (fixed per-step overheads weigh more at high speed).
+barely do (fixed per-step overheads weigh more at high speed). --seed is the simulator's seed:
+it changes the text and so every step's length; tokens are fixed per seed, latency varies
+per repeat. The margin lines say how far each ordering is from flipping (worst case over the
+repeats).
 """
 
 from __future__ import annotations
@@ -37,11 +40,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--speed", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     chain = load_chain("quantum_research")
     start_ray()
     results = []
-    with Session(SessionConfig(progress=False, sim_speed=args.speed)) as session:
+    with Session(SessionConfig(progress=False, sim_speed=args.speed,
+                                sim_flags=("--seed", str(args.seed)))) as session:
         for _ in range(args.repeat):
             for strategy in STRATEGIES:
                 results.append(session.run(RunJob(run_id=uuid.uuid4().hex[:12], chain=chain,
@@ -50,7 +55,7 @@ def main() -> None:
     assert all(r.status == "ok" for r in results), [r.error for r in results]
     rows = {row.strategy: row for row in summarize_bench(results)}
     print(f"quantum_research on the embedded simulator, default knobs, medians of "
-          f"{args.repeat} runs, speed {args.speed:g}")
+          f"{args.repeat} runs, speed {args.speed:g}, seed {args.seed}")
     print(f"{'strategy':<11} {'latency':>9} {'(min-max)':>15} {'tokens':>7} {'seed':>6} "
           f"{'output':>7} {'redundancy':>10}")
     for strategy in STRATEGIES:
@@ -71,9 +76,20 @@ def main() -> None:
     print(f"tokens order sequential < hybrid < parallel:  {'yes' if ok else 'NO'}")
     longest = max(rows.values(), key=lambda r: r.output_length).strategy
     print(f"longest output: {longest} (seed: hybrid)")
+    print("margins (worst case over the repeats; > 0 keeps the order):")
+    print(f"  latency hybrid over parallel      "
+          f"{hyb.latency_min_ms / par.latency_max_ms - 1:+6.1%}")
+    print(f"  latency sequential over hybrid    "
+          f"{seq.latency_min_ms / hyb.latency_max_ms - 1:+6.1%}")
+    print(f"  tokens hybrid over sequential     "
+          f"{hyb.total_tokens_min / seq.total_tokens_max - 1:+6.1%}")
+    print(f"  tokens parallel over hybrid       "
+          f"{par.total_tokens_min / hyb.total_tokens_max - 1:+6.1%}")
+    runner_up = max(seq.output_length_max, par.output_length_max)
+    print(f"  output hybrid over the next       {hyb.output_length_min / runner_up - 1:+6.1%}")
     per_run = statistics.median(r.latency_ms for r in results if r.strategy == "sequential")
-    print(f"absolute tokens are lower than the seed's: max_tokens 400 caps the five reports "
-          f"(sequential median run {per_run / 1000:.1f}s)")
+    print(f"absolute tokens: sequential {seq.total_tokens:.0f} (seed 8400), parallel "
+          f"{par.total_tokens:.0f} (seed 9200); sequential median run {per_run / 1000:.1f}s")
     print(f"machine: {machine()}")
 
 

@@ -42,8 +42,9 @@ def test_an_isolated_sibling_writes_more_and_a_step_told_what_was_covered_less()
 def test_richer_distinct_context_gives_a_longer_final_answer():
     zero = SimConfig(lengths=LengthModel(brief_share=(0.4, 0.4)))
     rng = random.Random(1)
-    distinct = " ".join(f"w{rng.randrange(10**6)}" for _ in range(1600))
-    repeated = " ".join(["quantum hardware keeps improving slowly"] * 320)
+    words_needed = zero.lengths.context_full + 100  # the model's full gain, whatever the knob
+    distinct = " ".join(f"w{rng.randrange(10**6)}" for _ in range(words_needed))
+    repeated = " ".join(["quantum hardware keeps improving slowly"] * (words_needed // 5))
     head = "Synthesize these reports on the state of tidal power into one executive summary.\n"
     assert words(head + "A: " + distinct, 250, zero) > words(head + "A: " + repeated, 250, zero)
 

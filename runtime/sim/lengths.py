@@ -26,12 +26,13 @@ deterministic per prompt.
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["LengthModel", "PromptSignals", "read_signals", "word_trigrams"]
+__all__ = ["LengthModel", "PromptSignals", "read_signals", "reply_share", "word_trigrams"]
 
 _ASKS_LENGTH = re.compile(r"\b(detailed|in[- ]depth|comprehensive|thorough|exhaustive|"
                           r"elaborate|at least \d+ words|long[- ]form)\b", re.IGNORECASE)
@@ -42,6 +43,7 @@ _COVERED = re.compile(r"(?im)^previously covered by earlier steps:\s*$")
 _EXCERPT = re.compile(r"(?:^|\s)[A-Z][a-z]+(?: [a-z]+)?:\s+(?!\[)\S")  # "Hardware: text..."
 _WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
 _INSTRUCTION_WORDS = 25  # the prompt's own instruction, not upstream material
+_OPENING_WORDS = 12  # what the step is asked: the same under every strategy
 
 
 class LengthModel(BaseModel):
@@ -49,24 +51,25 @@ class LengthModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    share: tuple[float, float] = Field((0.86, 0.92), description="share of max_tokens a reply "
-                                       "uses when the prompt does not ask for length")
+    share: tuple[float, float] = Field((0.5, 0.66), description="range of the share of max_tokens "
+                                       "a reply uses when the prompt does not ask for length "
+                                       "(triangular, centred 0.58)")
     long_share: tuple[float, float] = Field((0.9, 1.0), description="share when it does")
     brief_share: tuple[float, float] = Field((0.36, 0.38), description="share when it asks for "
                                              "brevity (a summary, a headline, 'concise')")
-    isolated_extra: float = Field(0.05, ge=0, description="an isolated sibling writes this "
+    isolated_extra: float = Field(0.07, ge=0, description="an isolated sibling writes this "
                                   "much more")
     isolated_overlap: float = Field(0.9, ge=0, le=1, description="share of an isolated "
                                     "sibling's sentences that are shared topic background")
-    background_overlap: float = Field(0.3, ge=0, le=1, description="the same for a step that "
+    background_overlap: float = Field(0.1, ge=0, le=1, description="the same for a step that "
                                       "sees no context at all")
     covered_cut: float = Field(0.1, ge=0, le=1, description="less per step listed as covered")
     covered_floor: float = Field(0.6, gt=0, le=1, description="the most the cut removes")
-    context_gain: float = Field(0.5, ge=0, description="longer answer with rich upstream "
+    context_gain: float = Field(1.5, ge=0, description="longer answer with rich upstream "
                                 "context")
-    context_min: int = Field(400, ge=0, description="distinct upstream 3-grams below which "
+    context_min: int = Field(2200, ge=0, description="distinct upstream 3-grams below which "
                              "context does not lengthen the answer (short excerpts)")
-    context_full: int = Field(1500, gt=0, description="distinct upstream 3-grams for the full "
+    context_full: int = Field(3000, gt=0, description="distinct upstream 3-grams for the full "
                               "gain")
 
 
@@ -117,3 +120,17 @@ def background_share(model: LengthModel, signals: PromptSignals) -> float:
     if signals.withheld:
         return model.isolated_overlap
     return model.background_overlap if signals.context_trigrams < 30 else 0.1
+
+
+def reply_share(model: LengthModel, signals: PromptSignals, prompt: str, seed: int) -> float:
+    """Share of ``max_tokens`` this prompt's reply uses.
+
+    The base share is drawn (triangular over the range the prompt's ask selects) from the
+    prompt's opening words, the question itself: a step gets the same base share under every
+    strategy, so strategies differ by what they show the step, not by the luck of the draw.
+    """
+    low, high = (model.long_share if signals.asks_length else
+                 model.brief_share if signals.asks_brevity else model.share)
+    opening = " ".join(prompt.split()[:_OPENING_WORDS])
+    base = random.Random(f"{seed}:share:{opening}").triangular(low, high)
+    return base * length_factor(model, signals)

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from chainray.sim.config import SimConfig
-from chainray.sim.lengths import background_share, length_factor, read_signals
+from chainray.sim.lengths import background_share, read_signals, reply_share
 
 __all__ = ["Reply", "plan_reply"]
 
@@ -25,21 +25,29 @@ please using every under between summary synthesize""".split())
 
 # A specific sentence is composed from these parts, so two replies rarely share a three-word
 # phrase unless they share background (the redundancy the bench measures).
-_OPENERS = ("On {a},", "For {a},", "Around {a},", "Regarding {a},", "In {a},", "Looking at {a},",
-            "As for {a},", "Within {a},", "Turning to {a},", "Across {a},")
+_OPENERS = ("On {a},", "For {a},", "Around {a},", "Regarding {a},", "In {a},", "Within {a},",
+            "Across {a},", "Beyond {a},", "Behind {a},", "Inside {a},", "Near {a},",
+            "Amid {a},", "Throughout {a},", "Concerning {a},", "Along {a},", "Past {a},")
 _QUALIFIERS = ("recent", "independent", "early", "several", "large", "smaller", "public",
-               "private", "regional", "leading", "academic", "commercial")
+               "private", "regional", "leading", "academic", "commercial", "national",
+               "cautious", "ambitious", "mature", "emerging", "specialist", "federal", "joint",
+               "informal", "pioneering", "sceptical", "established")
 _NOUNS = ("pilots", "roadmaps", "audits", "adopters", "benchmarks", "surveys", "trials",
           "groups", "vendors", "deployments", "reviews", "consortia", "startups", "labs",
-          "programmes", "studies")
+          "programmes", "studies", "regulators", "investors", "analysts", "engineers",
+          "suppliers", "insurers", "universities", "operators")
 _VERBS = ("point to", "question", "highlight", "underestimate", "track", "expose", "favour",
           "revise", "quantify", "challenge", "confirm", "anticipate", "reframe", "measure",
-          "depend on", "accelerate", "document", "overstate", "prioritise", "test")
+          "depend on", "accelerate", "document", "overstate", "prioritise", "test", "doubt",
+          "welcome", "resist", "model", "publish", "map", "stress", "predict")
 _ADJECTIVES = ("uneven", "rising", "fragile", "practical", "costly", "measurable", "slower",
                "overlooked", "incremental", "decisive", "modest", "sustained", "contested",
-               "scalable", "hidden", "shifting")
+               "scalable", "hidden", "shifting", "regional", "volatile", "narrow", "durable",
+               "stubborn", "gradual", "surprising", "lopsided")
 _TAILS = ("", " this year", " in practice", " at scale", " for now", " over the next cycle",
-          " despite setbacks", " more than expected", " across sectors", " in the long run")
+          " despite setbacks", " more than expected", " across sectors", " in the long run",
+          " under pressure", " since last spring", " by most accounts", " in early data",
+          " among peers", " on paper", " with caveats", " quarter by quarter")
 
 
 def _specific(terms: list[str], rng: random.Random) -> str:
@@ -125,9 +133,7 @@ def plan_reply(config: SimConfig, prompt: str, prompt_tokens: int, max_tokens: i
     digest = hashlib.sha256(f"{config.seed}:{prompt}".encode()).digest()
     content_rng = random.Random(digest)
     lengths, signals = config.lengths, read_signals(prompt)
-    low, high = (lengths.long_share if signals.asks_length else
-                 lengths.brief_share if signals.asks_brevity else lengths.share)
-    share = content_rng.uniform(low, high) * length_factor(lengths, signals)
+    share = reply_share(lengths, signals, prompt, config.seed)
     count = max(1, min(max_tokens, round(max_tokens * share)))
     tokens = _words(prompt, count, content_rng, background_share(lengths, signals),
                     config.seed)
