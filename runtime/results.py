@@ -6,12 +6,30 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["StepResult", "RunResult", "RunTotals", "StepStatus", "RunStatus"]
+__all__ = ["Attempt", "AttemptOutcome", "StepResult", "RunResult", "RunTotals", "StepStatus",
+           "RunStatus"]
 
 StepStatus = Literal["ok", "error", "skipped"]
 # ok: every step succeeded; partial: the final step answered but some step failed (on_error
 # continue); failed: the final step has no answer.
 RunStatus = Literal["ok", "partial", "failed"]
+# ok: answered; rate_limited: a 429; error: any other failure (``code`` says which);
+# cancelled: abandoned, e.g. the losing duplicate of a hedged request.
+AttemptOutcome = Literal["ok", "rate_limited", "error", "cancelled"]
+
+
+class Attempt(BaseModel):
+    """One HTTP request of a step, in Unix seconds: queued for its permit from ``queued_at``,
+    in flight from ``sent_at`` to ``finished_at``. The gap before the next attempt's
+    ``queued_at`` is the retry backoff."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    queued_at: float
+    sent_at: float
+    finished_at: float
+    outcome: AttemptOutcome
+    code: str | None = None  # the error's code or HTTP status, when it failed
 
 
 class StepResult(BaseModel):
@@ -34,6 +52,7 @@ class StepResult(BaseModel):
     completion_tokens: int = 0
     attempts: int = 0
     rate_limited: int = 0
+    attempt_log: tuple[Attempt, ...] = ()  # each request's times (empty: none sent, or older)
     usage_estimated: bool = False  # the server sent no usage; tokens are chainray's estimate
     truncated: bool = False  # the reply stopped at max_tokens (finish_reason "length")
     cached: bool = False  # answered from the response cache: no request was sent

@@ -66,3 +66,32 @@ def test_attempts_are_bounded_when_the_fault_never_clears(ray_session, sim):
         result = session.run(job(fan_chain(2), "sequential"))
     assert result.status == "failed" and "HTTP 500" in result.error
     assert result.steps[0].attempts == 3 and sim.stats()["requests"] == 3
+
+
+def test_each_attempt_is_timed_with_its_outcome_and_the_backoff_before_the_next(
+        ray_session, sim):
+    from chainray.report.timeline import backoff_s
+    from chainray.results import RunResult
+
+    sim.configure(speed=50.0, seed=5, faults={"error_500": 0.25, "error_429": 0.15})
+    with session_for(sim, max_attempts=10, backoff_s=0.1) as session:
+        result = session.run(job(fan_chain(10)))
+    assert result.status == "ok"
+    for step in result.steps:
+        log = step.attempt_log
+        assert len(log) == step.attempts  # one record per request the server saw
+        assert log[-1].outcome == "ok" and all(a.outcome != "ok" for a in log[:-1])
+        assert sum(a.outcome == "rate_limited" for a in log) == step.rate_limited
+        assert {a.code for a in log if a.outcome == "error"} <= {"server_error", "500"}
+        assert step.started_at <= log[0].queued_at and log[-1].finished_at <= step.finished_at
+        assert all(a.queued_at <= a.sent_at <= a.finished_at for a in log)
+        assert all(b.queued_at >= a.finished_at for a, b in zip(log, log[1:], strict=False))
+    retried = [s for s in result.steps if s.attempts > 1]
+    assert retried and all(backoff_s(s) > 0 for s in retried)
+    assert sum(s.attempts for s in result.steps) == result.api_calls
+    # the JSON carries the log, and JSON written before it existed still loads
+    assert RunResult.model_validate_json(result.model_dump_json()) == result
+    old = result.model_dump(mode="json")
+    for step in old["steps"]:
+        del step["attempt_log"]
+    assert RunResult.model_validate(old).steps[0].attempt_log == ()

@@ -8,7 +8,7 @@ import re
 
 from chainray.report.progress import progress_line, result_counts
 from chainray.report.timeline import critical_path, timeline_html, trace_json, write_trace
-from chainray.results import RunResult, StepResult
+from chainray.results import Attempt, RunResult, StepResult
 from chainray.spec.chain import load_chain
 
 T = 1_700_000_000.0
@@ -105,6 +105,58 @@ def test_run_writes_a_trace_that_loads(ray_session, tmp_path):
     path = tmp_path / "trace.json"
     assert main(["run", "headline_ensemble", "--trace", str(path), *FAST]) == 0
     events = json.loads(path.read_text())["traceEvents"]
-    slices = [e for e in events if e["ph"] == "X" and e["name"] != "queued"]
-    assert len(slices) == len(load_chain("headline_ensemble").steps)
+    ids = {s.id for s in load_chain("headline_ensemble").steps}
+    slices = [e for e in events if e["ph"] == "X" and e["name"] in ids]
+    assert len(slices) == len(ids)
     assert all(e["dur"] > 0 for e in slices)
+    attempts = [e for e in events if e["ph"] == "X" and e["name"] == "attempt 1"]
+    assert len(attempts) == len([s for s in load_chain("headline_ensemble").steps
+                                 if s.kind == "llm"])
+
+
+def retried_run() -> RunResult:
+    """One step: a 429 after 0.5 s in flight, 1 s backoff, a 500 after queueing 0.5 s, 2 s
+    backoff, then an answer."""
+    log = (Attempt(queued_at=T, sent_at=T, finished_at=T + 0.5, outcome="rate_limited",
+                   code="rate_limit_exceeded"),
+           Attempt(queued_at=T + 1.5, sent_at=T + 2, finished_at=T + 2.5, outcome="error",
+                   code="server_error"),
+           Attempt(queued_at=T + 4.5, sent_at=T + 4.5, finished_at=T + 6, outcome="ok"))
+    flaky = step("flaky", 0, 6, queued_ms=500, attempts=3, rl=1).model_copy(
+        update={"attempt_log": log})
+    return result("hybrid", [flaky, step("final", 6, 7, ("flaky",))])
+
+
+def test_a_retried_steps_bar_is_split_per_attempt_into_queued_in_flight_and_backoff():
+    page = timeline_html([retried_run()])
+    chart = page.split("<h2>")[1]
+    bars = re.findall(r'<rect x="([\d.]+)" y="4" width="([\d.]+)" height="16" fill="(#\w+)">'
+                      r"<title>([^<]*)</title>", chart)
+    kinds = [(fill, round(float(w))) for _, w, fill, _ in bars]
+    px = 820 / 7  # the 7 s run spans the chart
+    fills = [fill for fill, _ in kinds]
+    assert fills == ["#4e79a7", "#fbd9a5", "#d9d9d9", "#4e79a7", "#fbd9a5", "#4e79a7"]
+    widths = [w for _, w in kinds]
+    assert widths == [round(0.5 * px), round(px), round(0.5 * px), round(0.5 * px),
+                      round(2 * px), round(1.5 * px)]
+    assert "retry backoff 2.00s" in chart and "attempt 1: 429" in chart
+    assert "(queued 0.50s, backoff 3.00s), 3 attempts: 429, server_error, ok" in chart
+    assert chart.count('fill="url(#retry)"') == 2  # the two failed attempts are hatched
+    assert chart.count('width="3" height="16" fill="#d62728"') == 1  # one 429 mark
+    assert "retry backoff" in page.split("<h2>")[0]  # the legend names it
+
+
+def test_the_trace_nests_each_attempt_and_its_backoff_in_the_steps_slice():
+    events = [e for e in trace_json([retried_run()])["traceEvents"] if e["ph"] == "X"]
+    [parent] = [e for e in events if e["name"] == "flaky"]
+    children = [e for e in events if e["tid"] == parent["tid"] and e is not parent]
+    assert [(e["name"], e["dur"]) for e in children] == [
+        ("attempt 1", 0.5e6), ("backoff", 1e6), ("queued", 0.5e6), ("attempt 2", 0.5e6),
+        ("backoff", 2e6), ("attempt 3", 1.5e6)]
+    assert [e["args"]["outcome"] for e in children if e["name"].startswith("attempt")] == [
+        "rate_limited", "error", "ok"]
+    for child in children:
+        assert parent["ts"] <= child["ts"]
+        assert child["ts"] + child["dur"] <= parent["ts"] + parent["dur"]
+    assert parent["args"]["outcomes"] == "429, server_error, ok"
+    assert parent["args"]["backoff_s"] == 3.0

@@ -18,6 +18,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from chainray.errors import EndpointError
+from chainray.exec.attempt_log import AttemptTimer
 from chainray.exec.cache import CachedReply, ResponseCache
 from chainray.exec.completion import read_completion
 from chainray.exec.endpoint_errors import (
@@ -34,6 +35,7 @@ from chainray.exec.permits import Permit
 from chainray.exec.retry import retry_policy
 from chainray.exec.streaming import collect_stream, completion_from_stream
 from chainray.exec.structured import correction_message, response_format, schema_problem
+from chainray.results import Attempt
 
 __all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "AdaptationStore", "make_client",
            "call_llm", "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
@@ -91,6 +93,7 @@ class LLMReply:
     cached: bool = False  # answered from the response cache: nothing was sent
     hedged: bool = False  # a duplicate request was sent for a straggler
     notes: list[str] = field(default_factory=list)
+    attempt_log: list[Attempt] = field(default_factory=list)  # each request's times
 
 
 class Limiter(Protocol):
@@ -155,8 +158,10 @@ async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
     reservation = await _reserve(guards, request.model, worst)
     spent = (0, 0)  # an HTTP error status costs nothing
     try:
-        async with PermitScope(limiter, request.estimated_tokens, request.priority,
-                               timeout_s=left_s, max_penalty_s=left_s) as permit:
+        async with AttemptTimer(reply.attempt_log) as timer, PermitScope(
+                limiter, request.estimated_tokens, request.priority, timeout_s=left_s,
+                max_penalty_s=left_s) as permit:
+            timer.sent()
             reply.queued_s += permit.waited_s
             reply.attempts += 1
             reply.hedged = reply.hedged or duplicate

@@ -123,14 +123,15 @@ async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
                            attempts=reply.attempts, rate_limited=reply.rate_limited,
                            queued_ms=reply.queued_s * 1000, model=model,
                            prompt_tokens=reply.prompt_tokens, hedged=reply.hedged,
-                           completion_tokens=reply.completion_tokens)
+                           completion_tokens=reply.completion_tokens,
+                           attempt_log=tuple(reply.attempt_log))
     decode = (reply.completion_tokens - 1) / reply.decode_s if reply.decode_s else None
     return _result(request, started, context, status="ok", output=reply.text,
                    prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
                    attempts=reply.attempts, rate_limited=reply.rate_limited,
                    queued_ms=reply.queued_s * 1000, usage_estimated=reply.usage_estimated,
                    truncated=reply.truncated, model=model, cached=reply.cached,
-                   hedged=reply.hedged,
+                   hedged=reply.hedged, attempt_log=tuple(reply.attempt_log),
                    ttft_ms=None if reply.ttft_s is None else reply.ttft_s * 1000,
                    decode_tokens_per_s=None if decode is None else round(decode, 2))
 

@@ -2,16 +2,21 @@
 
 ``timeline_html``: a Gantt chart of one or more runs as one self-contained HTML file (inline
 SVG, no scripts, no network). Every run is drawn on ONE shared time axis (each run starts at
-zero, all on the same scale), so strategies and runs compare by eye. One lane per step; each bar is
-split into the time the step queued for rate-limit permits (light) and the time in flight
-(coloured by phase; the part before the first token is darker when streaming measured it).
-Retried steps are hatched, steps that met 429s have a red outline and say so in their label.
+zero, all on the same scale), so strategies and runs compare by eye. One lane per step; each
+bar is split per attempt (``StepResult.attempt_log``) into the time queued for a rate-limit
+permit (light grey), in flight (coloured by phase; hatched when the attempt failed, a red
+mark at its end for a 429; the part before the first token darker when streaming measured it)
+and the retry backoff before the next attempt (pale orange). Results without per-attempt
+times (older JSON) split the bar into queued and in flight only. Steps that met 429s have a
+red outline and say so in their label.
 Steps on the run's measured critical path have a thick dark outline, and each dependency is a
 line from the end of the upstream bar to the start of the step that waited for it.
 
 ``trace_json``: the same runs as Chrome Trace Event JSON (what ``ray timeline`` writes), which
 opens in Perfetto (ui.perfetto.dev) or chrome://tracing: one process per run, one thread per
-step, a "queued" and an "in flight" slice per step, flow arrows along dependencies.
+step, a slice per step and, nested in it, per attempt a "queued" slice, an "attempt N" slice
+(in flight, its outcome in args) and a "backoff" slice before the next attempt; flow arrows
+along dependencies.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from chainray.results import RunResult, StepResult
+from chainray.results import Attempt, RunResult, StepResult
 
 __all__ = ["timeline_html", "write_timeline", "trace_json", "write_trace", "critical_path"]
 
@@ -30,6 +35,20 @@ _COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#
 _LANE, _BAR, _CHART = 24, 16, 820
 _CHAR = 7.2  # px per character of 12px sans-serif, generous
 _QUEUED, _FAILED, _CRITICAL, _RETRY_429 = "#d9d9d9", "#999999", "#222222", "#d62728"
+_BACKOFF = "#fbd9a5"
+_DUPLICATE_TID = 1000  # trace thread of a step's hedged duplicates: step's thread + this
+
+
+def backoff_s(step: StepResult) -> float:
+    """Seconds the step waited between attempts (retry backoff), from its attempt log."""
+    log = step.attempt_log
+    return sum(max(0.0, b.queued_at - a.finished_at) for a, b in zip(log, log[1:], strict=False))
+
+
+def _outcomes(step: StepResult) -> str:
+    return ", ".join("429" if a.outcome == "rate_limited" else
+                     a.code or a.outcome if a.outcome == "error" else a.outcome
+                     for a in step.attempt_log)
 
 
 def critical_path(result: RunResult) -> list[str]:
@@ -53,10 +72,15 @@ def critical_path(result: RunResult) -> list[str]:
 
 def _label(step: StepResult) -> str:
     text = f"{step.latency_ms / 1000:.2f}s"
-    if step.queued_ms >= 1:
-        text += f" (queued {step.queued_ms / 1000:.2f}s)"
+    waits = [f"queued {step.queued_ms / 1000:.2f}s"] if step.queued_ms >= 1 else []
+    if backoff_s(step) >= 1e-3:
+        waits.append(f"backoff {backoff_s(step):.2f}s")
+    if waits:
+        text += f" ({', '.join(waits)})"
     if step.attempts > 1:
         text += f", {step.attempts} attempts"
+        if len(step.attempt_log) > 1:
+            text += f": {_outcomes(step)}"
     if step.rate_limited:
         text += f", {step.rate_limited} rate-limited (429)"
     if step.status != "ok":
@@ -104,26 +128,16 @@ def _run_svg(result: RunResult, span: float, left: float, right: float) -> str:
     for step in steps:
         y = lane[step.id] * _LANE + 4
         start, end = x(step.started_at), x(step.finished_at)
-        queued_end = min(end, x(step.started_at + step.queued_ms / 1000))
         colour = _FAILED if step.status != "ok" else _COLOURS[phase_of.get(step.id, 0) % 10]
         tip = html.escape(f"{step.id}: {step.status}, phase {phase_of.get(step.id, 0) + 1}, "
                           f"{_label(step)}" + (f", {step.error}" if step.error else ""))
         weight = ' font-weight="bold"' if step.id in on_path else ""
         parts.append(f'<text x="{left - 8}" y="{y + 12}" text-anchor="end"{weight}>'
                      f"{html.escape(step.id)}</text>")
-        if queued_end > start:
-            parts.append(f'<rect x="{start:.1f}" y="{y}" width="{queued_end - start:.1f}" '
-                         f'height="{_BAR}" fill="{_QUEUED}"><title>{tip}</title></rect>')
-        width = max(1.0, end - queued_end)
-        parts.append(f'<rect x="{queued_end:.1f}" y="{y}" width="{width:.1f}" height="{_BAR}" '
-                     f'fill="{colour}"><title>{tip}</title></rect>')
-        if step.ttft_ms:
-            first = min(end, queued_end + step.ttft_ms / 1000 / span * _CHART)
-            parts.append(f'<rect x="{queued_end:.1f}" y="{y}" width="{first - queued_end:.1f}"'
-                         f' height="{_BAR}" fill="#000" fill-opacity="0.25"/>')
-        if step.attempts > 1:
-            parts.append(f'<rect x="{queued_end:.1f}" y="{y}" width="{width:.1f}" '
-                         f'height="{_BAR}" fill="url(#retry)"/>')
+        if step.attempt_log:
+            parts.extend(_attempt_bars(step, x, y, colour, tip, span))
+        else:
+            parts.extend(_step_bar(step, x, y, colour, tip, span))
         outline = _RETRY_429 if step.rate_limited else _CRITICAL if step.id in on_path else ""
         if outline:
             parts.append(f'<rect x="{start:.1f}" y="{y}" width="{max(1.0, end - start):.1f}" '
@@ -134,6 +148,64 @@ def _run_svg(result: RunResult, span: float, left: float, right: float) -> str:
                      f"{html.escape(_label(step))}</text>")
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _rect(x0: float, x1: float, y: float, fill: str, tip: str = "") -> str:
+    title = f"<title>{tip}</title>" if tip else ""
+    return (f'<rect x="{x0:.1f}" y="{y}" width="{max(1.0, x1 - x0):.1f}" height="{_BAR}" '
+            f'fill="{fill}">{title}</rect>')
+
+
+def _step_bar(step: StepResult, x, y: float, colour: str, tip: str, span: float) -> list[str]:
+    """A step without per-attempt times: queued (all attempts together), then in flight."""
+    start, end = x(step.started_at), x(step.finished_at)
+    queued_end = min(end, x(step.started_at + step.queued_ms / 1000))
+    parts = [_rect(start, queued_end, y, _QUEUED, tip)] if queued_end > start else []
+    parts.append(_rect(queued_end, end, y, colour, tip))
+    if step.ttft_ms:
+        first = min(end, queued_end + step.ttft_ms / 1000 / span * _CHART)
+        parts.append(f'<rect x="{queued_end:.1f}" y="{y}" width="{first - queued_end:.1f}"'
+                     f' height="{_BAR}" fill="#000" fill-opacity="0.25"/>')
+    if step.attempts > 1:
+        parts.append(f'<rect x="{queued_end:.1f}" y="{y}" width="{max(1.0, end - queued_end):.1f}"'
+                     f' height="{_BAR}" fill="url(#retry)"/>')
+    return parts
+
+
+def _attempt_bars(step: StepResult, x, y: float, colour: str, tip: str,
+                  span: float) -> list[str]:
+    """Per attempt: backoff since the previous one, queued for its permit, in flight."""
+    parts: list[str] = []
+    previous: Attempt | None = None
+    for number, attempt in enumerate(step.attempt_log, 1):
+        what = html.escape(f"{step.id} attempt {number}: {_attempt_text(attempt)}")
+        if previous is not None and attempt.queued_at > previous.finished_at:
+            wait = attempt.queued_at - previous.finished_at
+            parts.append(_rect(x(previous.finished_at), x(attempt.queued_at), y, _BACKOFF,
+                               html.escape(f"{step.id}: retry backoff {wait:.2f}s")))
+        if attempt.sent_at > attempt.queued_at:
+            parts.append(_rect(x(attempt.queued_at), x(attempt.sent_at), y, _QUEUED,
+                               f"{what} (queued {attempt.sent_at - attempt.queued_at:.2f}s)"))
+        sent, done = x(attempt.sent_at), x(attempt.finished_at)
+        parts.append(_rect(sent, done, y, colour, f"{what}; {tip}"))
+        if attempt.outcome != "ok":
+            parts.append(f'<rect x="{sent:.1f}" y="{y}" width="{max(1.0, done - sent):.1f}" '
+                         f'height="{_BAR}" fill="url(#retry)"/>')
+        if attempt.outcome == "rate_limited":
+            parts.append(f'<rect x="{max(sent, done - 3):.1f}" y="{y}" width="3" '
+                         f'height="{_BAR}" fill="{_RETRY_429}"/>')
+        elif attempt.outcome == "ok" and step.ttft_ms and number == len(step.attempt_log):
+            first = min(done, sent + step.ttft_ms / 1000 / span * _CHART)
+            parts.append(f'<rect x="{sent:.1f}" y="{y}" width="{first - sent:.1f}" '
+                         f'height="{_BAR}" fill="#000" fill-opacity="0.25"/>')
+        previous = attempt
+    return parts
+
+
+def _attempt_text(attempt: Attempt) -> str:
+    outcome = {"rate_limited": "429", "ok": "answered"}.get(attempt.outcome, attempt.outcome)
+    code = f" ({attempt.code})" if attempt.code and attempt.outcome == "error" else ""
+    return f"{outcome}{code} after {attempt.finished_at - attempt.sent_at:.2f}s in flight"
 
 
 def _ticks(span: float) -> list[float]:
@@ -166,10 +238,14 @@ _LEGEND = (
     f'<span class="key" style="background:{_QUEUED}"></span> queued for a rate-limit permit '
     f'&nbsp; <span class="key" style="background:{_COLOURS[0]}"></span> in flight (colour: '
     'phase; darker start: time to first token, when streamed) &nbsp; '
-    '<span class="key hatch"></span> retried (N attempts in the label) &nbsp; '
-    f'<span class="key" style="border:2px solid {_RETRY_429}"></span> met 429s (count in the '
-    f'label) &nbsp; <span class="key" style="border:2.5px solid {_CRITICAL}"></span> critical '
-    'path (bold name) &nbsp; arrows: dependencies')
+    '<span class="key hatch"></span> a failed attempt in flight &nbsp; '
+    f'<span class="key" style="background:{_COLOURS[0]};border-right:3px solid {_RETRY_429}">'
+    '</span> attempt answered 429 &nbsp; '
+    f'<span class="key" style="background:{_BACKOFF}"></span> retry backoff &nbsp; '
+    f'<span class="key" style="border:2px solid {_RETRY_429}"></span> step met 429s (count in '
+    f'the label) &nbsp; <span class="key" style="border:2.5px solid {_CRITICAL}"></span> '
+    'critical path (bold name) &nbsp; arrows: dependencies. Labels: duration (time queued, '
+    'time in backoff), attempts and their outcomes.')
 
 
 def timeline_html(results: Sequence[RunResult]) -> str:
@@ -224,19 +300,28 @@ def trace_json(results: Sequence[RunResult]) -> dict:
             events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
                            "args": {"name": step.id}})
             start_us = (step.started_at - t0) * 1e6
-            queued_us = min(step.queued_ms * 1000, (step.finished_at - step.started_at) * 1e6)
             args = {"status": step.status, "attempts": step.attempts,
                     "rate_limited": step.rate_limited, "prompt_tokens": step.prompt_tokens,
                     "completion_tokens": step.completion_tokens,
                     "critical_path": step.id in on_path}
-            if queued_us > 0:
-                events.append({"name": "queued", "cat": "permit", "ph": "X", "pid": pid,
-                               "tid": tid, "ts": round(start_us, 1),
-                               "dur": round(queued_us, 1)})
-            events.append({"name": step.id, "cat": "llm" if step.model else "step", "ph": "X",
-                           "pid": pid, "tid": tid, "ts": round(start_us + queued_us, 1),
-                           "dur": round((step.finished_at - step.started_at) * 1e6
-                                        - queued_us, 1), "args": args})
+            if step.attempt_log:
+                args["outcomes"] = _outcomes(step)
+                args["backoff_s"] = round(backoff_s(step), 3)
+                events.append(_slice(step.id, "llm" if step.model else "step", pid, tid,
+                                     step.started_at - t0, step.finished_at - t0, args))
+                events.extend(_attempt_slices(step, pid, tid, t0))
+            else:
+                queued_us = min(step.queued_ms * 1000,
+                                (step.finished_at - step.started_at) * 1e6)
+                if queued_us > 0:
+                    events.append({"name": "queued", "cat": "permit", "ph": "X", "pid": pid,
+                                   "tid": tid, "ts": round(start_us, 1),
+                                   "dur": round(queued_us, 1)})
+                events.append({"name": step.id, "cat": "llm" if step.model else "step",
+                               "ph": "X", "pid": pid, "tid": tid,
+                               "ts": round(start_us + queued_us, 1),
+                               "dur": round((step.finished_at - step.started_at) * 1e6
+                                            - queued_us, 1), "args": args})
             for dep in step.depends_on:
                 before = next((s for s in steps if s.id == dep), None)
                 if before is None:
@@ -249,6 +334,45 @@ def trace_json(results: Sequence[RunResult]) -> dict:
                                "id": flow, "pid": pid, "tid": tid,
                                "ts": round(start_us, 1)})
     return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def _slice(name: str, cat: str, pid: int, tid: int, start_s: float, end_s: float,
+           args: dict | None = None) -> dict:
+    event = {"name": name, "cat": cat, "ph": "X", "pid": pid, "tid": tid,
+             "ts": round(start_s * 1e6, 1), "dur": round(max(0.0, end_s - start_s) * 1e6, 1)}
+    return {**event, "args": args} if args else event
+
+
+def _attempt_slices(step: StepResult, pid: int, tid: int, t0: float) -> list[dict]:
+    """Nested in the step's slice: per attempt "queued", "attempt N" and the "backoff" before
+    the next one. Clamped into the step's span, so viewers nest them."""
+    low, high = step.started_at - t0, step.finished_at - t0
+
+    def clamp(t: float) -> float:
+        return min(high, max(low, t - t0))
+
+    events: list[dict] = []
+    previous: Attempt | None = None
+    for number, attempt in enumerate(step.attempt_log, 1):
+        lane = tid
+        if previous is not None and attempt.queued_at < previous.finished_at:
+            # A hedged duplicate overlaps the request it doubles: a thread of its own, so
+            # viewers still nest each thread's slices.
+            lane = tid + _DUPLICATE_TID
+            events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": lane,
+                           "args": {"name": f"{step.id} (duplicate)"}})
+        elif previous is not None and attempt.queued_at > previous.finished_at:
+            events.append(_slice("backoff", "retry", pid, tid, clamp(previous.finished_at),
+                                 clamp(attempt.queued_at)))
+        if attempt.sent_at > attempt.queued_at:
+            events.append(_slice("queued", "permit", pid, lane, clamp(attempt.queued_at),
+                                 clamp(attempt.sent_at)))
+        events.append(_slice(f"attempt {number}", "request", pid, lane, clamp(attempt.sent_at),
+                             clamp(attempt.finished_at),
+                             {"outcome": attempt.outcome, "code": attempt.code}))
+        if lane == tid:
+            previous = attempt
+    return events
 
 
 def write_trace(path: str, results: Sequence[RunResult]) -> None:
