@@ -81,7 +81,7 @@ def _label(step: StepResult) -> str:
         text += f", {step.attempts} attempts"
         if len(step.attempt_log) > 1:
             text += f": {_outcomes(step)}"
-    if step.rate_limited:
+    if step.rate_limited and len(step.attempt_log) <= 1:  # else the outcomes name each 429
         text += f", {step.rate_limited} rate-limited (429)"
     if step.status != "ok":
         text += f", {step.status}"
@@ -191,10 +191,11 @@ def _attempt_bars(step: StepResult, x, y: float, colour: str, tip: str,
         if attempt.outcome != "ok":
             parts.append(f'<rect x="{sent:.1f}" y="{y}" width="{max(1.0, done - sent):.1f}" '
                          f'height="{_BAR}" fill="url(#retry)"/>')
-        if attempt.outcome == "rate_limited":
-            parts.append(f'<rect x="{max(sent, done - 3):.1f}" y="{y}" width="3" '
-                         f'height="{_BAR}" fill="{_RETRY_429}"/>')
-        elif attempt.outcome == "ok" and step.ttft_ms and number == len(step.attempt_log):
+        if attempt.outcome != "ok":  # a tick taller than the bar: visible however short
+            tick = _RETRY_429 if attempt.outcome == "rate_limited" else _CRITICAL
+            parts.append(f'<rect x="{max(sent, done - 3):.1f}" y="{y - 3}" width="3" '
+                         f'height="{_BAR + 6}" fill="{tick}"><title>{what}</title></rect>')
+        if attempt.outcome == "ok" and step.ttft_ms and number == len(step.attempt_log):
             first = min(done, sent + step.ttft_ms / 1000 / span * _CHART)
             parts.append(f'<rect x="{sent:.1f}" y="{y}" width="{first - sent:.1f}" '
                          f'height="{_BAR}" fill="#000" fill-opacity="0.25"/>')
@@ -238,9 +239,9 @@ _LEGEND = (
     f'<span class="key" style="background:{_QUEUED}"></span> queued for a rate-limit permit '
     f'&nbsp; <span class="key" style="background:{_COLOURS[0]}"></span> in flight (colour: '
     'phase; darker start: time to first token, when streamed) &nbsp; '
-    '<span class="key hatch"></span> a failed attempt in flight &nbsp; '
-    f'<span class="key" style="background:{_COLOURS[0]};border-right:3px solid {_RETRY_429}">'
-    '</span> attempt answered 429 &nbsp; '
+    '<span class="key hatch"></span> a failed attempt in flight, ending in a tick: '
+    f'<span class="tick" style="background:{_RETRY_429}"></span> 429, '
+    f'<span class="tick" style="background:{_CRITICAL}"></span> other error &nbsp; '
     f'<span class="key" style="background:{_BACKOFF}"></span> retry backoff &nbsp; '
     f'<span class="key" style="border:2px solid {_RETRY_429}"></span> step met 429s (count in '
     f'the label) &nbsp; <span class="key" style="border:2.5px solid {_CRITICAL}"></span> '
@@ -270,7 +271,8 @@ def timeline_html(results: Sequence[RunResult]) -> str:
             "<style>body{font-family:sans-serif;margin:20px}small{color:#555;"
             "font-weight:normal;font-size:13px}h2{font-size:16px;margin:18px 0 4px}"
             ".key{display:inline-block;width:14px;height:12px;vertical-align:middle;"
-            "box-sizing:border-box}.hatch{background:repeating-linear-gradient(45deg,#4e79a7,"
+            "box-sizing:border-box}.tick{display:inline-block;width:3px;height:18px;"
+            "vertical-align:middle}.hatch{background:repeating-linear-gradient(45deg,#4e79a7,"
             "#4e79a7 3px,#27405a 3px,#27405a 5px)}.legend{font-size:13px;line-height:1.8}"
             "</style></head><body><h1>chainray timeline</h1>"
             f"<p class='legend'>{_LEGEND}</p>"
