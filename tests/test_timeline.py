@@ -140,9 +140,11 @@ def test_a_retried_steps_bar_is_split_per_attempt_into_queued_in_flight_and_back
     assert widths == [round(0.5 * px), round(px), round(0.5 * px), round(0.5 * px),
                       round(2 * px), round(1.5 * px)]
     assert "retry backoff 2.00s" in chart and "attempt 1: 429" in chart
-    assert "(queued 0.50s, backoff 3.00s), 3 attempts: 429, server_error, ok" in chart
+    assert "(queued 0.50s, backoff 3.00s), 3 attempts: 429, server_error, ok<" in chart
     assert chart.count('fill="url(#retry)"') == 2  # the two failed attempts are hatched
-    assert chart.count('width="3" height="16" fill="#d62728"') == 1  # one 429 mark
+    # each failed attempt ends in a tick: red for the 429, black for the 500
+    assert chart.count('width="3" height="22" fill="#d62728"') == 1
+    assert chart.count('width="3" height="22" fill="#222222"') == 1
     assert "retry backoff" in page.split("<h2>")[0]  # the legend names it
 
 
