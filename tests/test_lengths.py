@@ -9,7 +9,7 @@ import pytest
 
 from chainray.report.bench import redundancy
 from chainray.sim.config import SimConfig
-from chainray.sim.lengths import LengthModel, read_signals
+from chainray.sim.lengths import LengthModel, read_signals, reply_share
 from chainray.sim.replies import plan_reply
 from chainray.spec.chain import load_chain
 from tests.offline_sim import offline_run
@@ -27,6 +27,22 @@ def test_a_plain_reply_ends_before_max_tokens_unless_length_is_asked_for():
     assert plain < 0.93 * 400
     assert words("Write a detailed, comprehensive report on " + PLAIN) >= 0.9 * 400
     assert words("Write a concise summary of " + PLAIN) < 0.5 * 400
+
+
+def test_plain_replies_spread_well_under_max_tokens_and_the_question_sets_the_share():
+    model = LengthModel()
+    questions = [f"Research topic number {i} in 2026 focusing on: aspect {i % 7} and what "
+                 "follows from it." for i in range(300)]  # over twelve words
+    shares = [reply_share(model, read_signals(q), q, seed=0) for q in questions]
+    assert all(0.5 <= share <= 0.66 for share in shares)
+    assert 0.56 < sum(shares) / len(shares) < 0.60  # centred 0.58, with a spread
+    assert max(shares) - min(shares) > 0.1
+    # the same question with other trailing material (what strategies change): same share
+    one, other = questions[0] + " Notes: none.", questions[0] + " Notes: see the appendix."
+    assert reply_share(model, read_signals(one), one, 0) == reply_share(
+        model, read_signals(other), other, 0)
+    assert reply_share(model, read_signals(one), one, 1) != reply_share(
+        model, read_signals(one), one, 0)  # the seed draws again
 
 
 def test_an_isolated_sibling_writes_more_and_a_step_told_what_was_covered_less():
@@ -82,3 +98,17 @@ def test_parallel_siblings_repeat_each_other_more(seed_runs):
     assert sibling_redundancy("parallel") > sibling_redundancy("hybrid") > \
         sibling_redundancy("sequential")
     assert sibling_redundancy("parallel") > 1.5 * sibling_redundancy("sequential")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_the_seed_story_holds_at_other_simulator_seeds_with_margin(seed):
+    chain = load_chain("quantum_research")
+    runs = {s: offline_run(chain, s, SimConfig(seed=seed), latency_draws=30)
+            for s in ("sequential", "parallel", "hybrid")}
+    seq, par, hyb = (runs[s] for s in ("sequential", "parallel", "hybrid"))
+    assert hyb["total_tokens"] > 1.03 * seq["total_tokens"]
+    assert par["total_tokens"] > 1.03 * hyb["total_tokens"]
+    assert par["total_tokens"] / seq["total_tokens"] == pytest.approx(1.10, rel=0.15)
+    assert par["latency_s"] / seq["latency_s"] == pytest.approx(0.29, rel=0.15)
+    runner_up = max(seq["output_length"], par["output_length"])
+    assert hyb["output_length"] > 1.1 * runner_up
