@@ -114,7 +114,9 @@ def test_burst_beyond_rpm_gets_openai_429s(sim):
 
 
 def test_tokens_are_charged_at_admission(sim):
-    sim.configure(tpm=1000)
+    # replies that use 90 % of max_tokens: the unused 10 % is refunded after each reply, so
+    # two calls leave less than the third one's prompt + max_tokens
+    sim.configure(tpm=1000, lengths={"share": [0.9, 0.9]})
     c = client(sim)
     c.chat.completions.create(model="m", messages=MSG, max_tokens=400)
     c.chat.completions.create(model="m", messages=MSG, max_tokens=400)
