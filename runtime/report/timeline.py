@@ -4,31 +4,30 @@
 SVG, no scripts, no network). Every run is drawn on ONE shared time axis (each run starts at
 zero, all on the same scale), so strategies and runs compare by eye. One lane per step; each
 bar is split per attempt (``StepResult.attempt_log``) into the time queued for a rate-limit
-permit (light grey), in flight (coloured by phase; hatched when the attempt failed, a red
-mark at its end for a 429; the part before the first token darker when streaming measured it)
-and the retry backoff before the next attempt (pale orange). Results without per-attempt
-times (older JSON) split the bar into queued and in flight only. Steps that met 429s have a
-red outline and say so in their label.
-Steps on the run's measured critical path have a thick dark outline, and each dependency is a
-line from the end of the upstream bar to the start of the step that waited for it.
+permit (light grey), in flight (coloured by phase; a failed attempt hatched and ending in a
+tick taller than the bar, red for a 429, black for another error; the part before the first
+token darker when streaming measured it) and the retry backoff before the next attempt (pale
+orange). Results without per-attempt times (older JSON) split the bar into queued and in
+flight only. Steps that met 429s have a red outline. Steps on the run's measured critical
+path have a thick dark outline, and each dependency is a line from the end of the upstream
+bar to the start of the step that waited for it.
 
-``trace_json``: the same runs as Chrome Trace Event JSON (what ``ray timeline`` writes), which
-opens in Perfetto (ui.perfetto.dev) or chrome://tracing: one process per run, one thread per
-step, a slice per step and, nested in it, per attempt a "queued" slice, an "attempt N" slice
-(in flight, its outcome in args) and a "backoff" slice before the next attempt; flow arrows
-along dependencies.
+``trace_json`` (``chainray.report.trace``, re-exported here): the same runs as Chrome Trace
+Event JSON.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from chainray.report.run_steps import backoff_s, critical_path, outcomes
+from chainray.report.trace import trace_json, write_trace
 from chainray.results import Attempt, RunResult, StepResult
 
-__all__ = ["timeline_html", "write_timeline", "trace_json", "write_trace", "critical_path"]
+__all__ = ["timeline_html", "write_timeline", "trace_json", "write_trace", "critical_path",
+           "backoff_s"]
 
 _COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#e15759",
             "#ff9da7", "#9c755f", "#bab0ac")
@@ -36,38 +35,6 @@ _LANE, _BAR, _CHART = 24, 16, 820
 _CHAR = 7.2  # px per character of 12px sans-serif, generous
 _QUEUED, _FAILED, _CRITICAL, _RETRY_429 = "#d9d9d9", "#999999", "#222222", "#d62728"
 _BACKOFF = "#fbd9a5"
-_DUPLICATE_TID = 1000  # trace thread of a step's hedged duplicates: step's thread + this
-
-
-def backoff_s(step: StepResult) -> float:
-    """Seconds the step waited between attempts (retry backoff), from its attempt log."""
-    log = step.attempt_log
-    return sum(max(0.0, b.queued_at - a.finished_at) for a, b in zip(log, log[1:], strict=False))
-
-
-def _outcomes(step: StepResult) -> str:
-    return ", ".join("429" if a.outcome == "rate_limited" else
-                     a.code or a.outcome if a.outcome == "error" else a.outcome
-                     for a in step.attempt_log)
-
-
-def critical_path(result: RunResult) -> list[str]:
-    """The chain of steps, each waiting for the one before, that ends last (measured)."""
-    steps = {s.id: s for s in result.steps if s.started_at}
-    best: dict[str, list[str]] = {}
-
-    def path(step_id: str) -> list[str]:
-        if step_id not in best:
-            deps = [d for d in steps[step_id].depends_on if d in steps]
-            before = max((path(d) for d in deps), key=lambda p: steps[p[-1]].finished_at,
-                         default=[])
-            best[step_id] = [*before, step_id]
-        return best[step_id]
-
-    if not steps:
-        return []
-    last = max(steps.values(), key=lambda s: s.finished_at)
-    return path(last.id)
 
 
 def _label(step: StepResult) -> str:
@@ -80,7 +47,7 @@ def _label(step: StepResult) -> str:
     if step.attempts > 1:
         text += f", {step.attempts} attempts"
         if len(step.attempt_log) > 1:
-            text += f": {_outcomes(step)}"
+            text += f": {outcomes(step)}"
     if step.rate_limited and len(step.attempt_log) <= 1:  # else the outcomes name each 429
         text += f", {step.rate_limited} rate-limited (429)"
     if step.status != "ok":
@@ -283,99 +250,3 @@ def timeline_html(results: Sequence[RunResult]) -> str:
 
 def write_timeline(path: str, results: Sequence[RunResult]) -> None:
     Path(path).write_text(timeline_html(results), encoding="utf-8")
-
-
-def trace_json(results: Sequence[RunResult]) -> dict:
-    """Chrome Trace Event format: ``{"traceEvents": [...], "displayTimeUnit": "ms"}``."""
-    events: list[dict] = []
-    ran = [s for r in results for s in r.steps if s.started_at]
-    t0 = min((s.started_at for s in ran), default=0.0)
-    flow = 0
-    for pid, result in enumerate(results, 1):
-        events.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {
-            "name": f"{result.scenario} / {result.strategy} (run {result.run_id})"}})
-        on_path = set(critical_path(result))
-        steps = sorted((s for s in result.steps if s.started_at), key=lambda s: s.started_at)
-        tid_of = {s.id: i for i, s in enumerate(steps, 1)}
-        for step in steps:
-            tid = tid_of[step.id]
-            events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
-                           "args": {"name": step.id}})
-            start_us = (step.started_at - t0) * 1e6
-            args = {"status": step.status, "attempts": step.attempts,
-                    "rate_limited": step.rate_limited, "prompt_tokens": step.prompt_tokens,
-                    "completion_tokens": step.completion_tokens,
-                    "critical_path": step.id in on_path}
-            if step.attempt_log:
-                args["outcomes"] = _outcomes(step)
-                args["backoff_s"] = round(backoff_s(step), 3)
-                events.append(_slice(step.id, "llm" if step.model else "step", pid, tid,
-                                     step.started_at - t0, step.finished_at - t0, args))
-                events.extend(_attempt_slices(step, pid, tid, t0))
-            else:
-                queued_us = min(step.queued_ms * 1000,
-                                (step.finished_at - step.started_at) * 1e6)
-                if queued_us > 0:
-                    events.append({"name": "queued", "cat": "permit", "ph": "X", "pid": pid,
-                                   "tid": tid, "ts": round(start_us, 1),
-                                   "dur": round(queued_us, 1)})
-                events.append({"name": step.id, "cat": "llm" if step.model else "step",
-                               "ph": "X", "pid": pid, "tid": tid,
-                               "ts": round(start_us + queued_us, 1),
-                               "dur": round((step.finished_at - step.started_at) * 1e6
-                                            - queued_us, 1), "args": args})
-            for dep in step.depends_on:
-                before = next((s for s in steps if s.id == dep), None)
-                if before is None:
-                    continue
-                flow += 1
-                events.append({"name": "depends", "cat": "dependency", "ph": "s", "id": flow,
-                               "pid": pid, "tid": tid_of[dep],
-                               "ts": round((before.finished_at - t0) * 1e6 - 1, 1)})
-                events.append({"name": "depends", "cat": "dependency", "ph": "f", "bp": "e",
-                               "id": flow, "pid": pid, "tid": tid,
-                               "ts": round(start_us, 1)})
-    return {"traceEvents": events, "displayTimeUnit": "ms"}
-
-
-def _slice(name: str, cat: str, pid: int, tid: int, start_s: float, end_s: float,
-           args: dict | None = None) -> dict:
-    event = {"name": name, "cat": cat, "ph": "X", "pid": pid, "tid": tid,
-             "ts": round(start_s * 1e6, 1), "dur": round(max(0.0, end_s - start_s) * 1e6, 1)}
-    return {**event, "args": args} if args else event
-
-
-def _attempt_slices(step: StepResult, pid: int, tid: int, t0: float) -> list[dict]:
-    """Nested in the step's slice: per attempt "queued", "attempt N" and the "backoff" before
-    the next one. Clamped into the step's span, so viewers nest them."""
-    low, high = step.started_at - t0, step.finished_at - t0
-
-    def clamp(t: float) -> float:
-        return min(high, max(low, t - t0))
-
-    events: list[dict] = []
-    previous: Attempt | None = None
-    for number, attempt in enumerate(step.attempt_log, 1):
-        lane = tid
-        if previous is not None and attempt.queued_at < previous.finished_at:
-            # A hedged duplicate overlaps the request it doubles: a thread of its own, so
-            # viewers still nest each thread's slices.
-            lane = tid + _DUPLICATE_TID
-            events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": lane,
-                           "args": {"name": f"{step.id} (duplicate)"}})
-        elif previous is not None and attempt.queued_at > previous.finished_at:
-            events.append(_slice("backoff", "retry", pid, tid, clamp(previous.finished_at),
-                                 clamp(attempt.queued_at)))
-        if attempt.sent_at > attempt.queued_at:
-            events.append(_slice("queued", "permit", pid, lane, clamp(attempt.queued_at),
-                                 clamp(attempt.sent_at)))
-        events.append(_slice(f"attempt {number}", "request", pid, lane, clamp(attempt.sent_at),
-                             clamp(attempt.finished_at),
-                             {"outcome": attempt.outcome, "code": attempt.code}))
-        if lane == tid:
-            previous = attempt
-    return events
-
-
-def write_trace(path: str, results: Sequence[RunResult]) -> None:
-    Path(path).write_text(json.dumps(trace_json(results)), encoding="utf-8")
