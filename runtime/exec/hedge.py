@@ -7,6 +7,7 @@ the rate limit is not a straggler; the duplicate takes its own permit and spend 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,13 @@ class Charge:
     def __init__(self) -> None:
         self.loser: tuple[int, int] | None = None  # a hedge's cancelled duplicate
         self.sent = asyncio.Event()  # set when the first request leaves (hedge timer start)
+        self.sent_at = 0.0  # time.monotonic() then
+
+    def leave(self) -> None:
+        """A request leaves; the first one starts the hedge timer."""
+        if not self.sent.is_set():
+            self.sent_at = time.monotonic()
+            self.sent.set()
 
 
 async def hedged(send: Callable[[bool], Awaitable[Any]], threshold_s: float,

@@ -160,7 +160,7 @@ async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
             reply.queued_s += permit.waited_s
             reply.attempts += 1
             reply.hedged = reply.hedged or duplicate
-            charge.sent.set()
+            charge.leave()
             sent_at = time.monotonic()
             try:
                 with map_exceptions(secret):
@@ -196,20 +196,20 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
         return await _request(client, limiter, request, endpoint, reply, kwargs, left_s,
                               guards, charge, duplicate)
 
-    # Same model and same step (of other runs in a batch) first: their requests ask for as
-    # many tokens; then the same model's requests of any step.
-    peers = [f"{request.model}|{request.tag}", request.model]
+    latencies = guards.latencies if guards is not None else None
     threshold = None
-    if guards is not None and guards.hedge_after is not None and guards.latencies is not None:
-        threshold = next((q for key in peers if (q := guards.latencies.quantile(
-            key, guards.hedge_after)) is not None), None)
+    if latencies is not None and guards is not None and guards.hedge_after is not None:
+        threshold = latencies.threshold(request.model, request.tag, request.max_tokens,
+                                        guards.hedge_after)
     if threshold is None:
-        completion, seconds = await send()
+        completion, _ = await send()
     else:
-        completion, seconds = await hedged(send, threshold, charge)
-    if guards is not None and guards.latencies is not None:
-        for key in peers:
-            guards.latencies.add(key, seconds)
+        completion, _ = await hedged(send, threshold, charge)
+    if latencies is not None:
+        # From the first request's departure: a hedged straggler took that long for its step,
+        # so the slow tail stays in the view and the quantile does not drift into the normal.
+        latencies.add(request.model, request.tag, request.max_tokens,
+                      time.monotonic() - charge.sent_at)
     reply.text, reply.truncated = completion.text, completion.truncated
     # Added, not set: a schema correction or an adapted retry is a second paid request.
     reply.prompt_tokens += completion.prompt_tokens

@@ -1,0 +1,87 @@
+"""One invocation-wide view of finished request durations, for hedging stragglers.
+
+Every step runner keeps a local ``Latencies`` and trades what it saw for what the others saw
+with one small actor, at most every ``period_s`` and in the background: a request never waits
+on an actor call to learn its hedging threshold, and every runner decides from (nearly) all of
+the invocation's finished requests, not from its own share of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import ray
+
+from chainray.exec.guards import Latencies, Sample
+
+__all__ = ["DurationLog", "Durations", "SharedLatencies"]
+
+log = logging.getLogger(__name__)
+
+
+class DurationLog:
+    """The actor's logic, plain (``Durations`` is this class on Ray): an append-only log of
+    samples; each runner reads it from its own cursor on."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, Sample]] = []
+
+    def exchange(self, source: str, cursor: int, new: list[Sample]
+                 ) -> tuple[int, list[Sample]]:
+        """Add ``source``'s new samples; return the others' samples logged since ``cursor``
+        and the cursor to give next time."""
+        others = [sample for who, sample in self.log[cursor:] if who != source]
+        self.log.extend((source, sample) for sample in new)
+        return len(self.log), others
+
+
+Durations = ray.remote(num_cpus=0, max_concurrency=1)(DurationLog)  # serial: one log
+
+
+class SharedLatencies(Latencies):
+    """A runner's ``Latencies`` kept in step with the invocation's ``Durations`` actor.
+
+    Local samples count at once; others' arrive with the next exchange. A failed exchange
+    only delays sharing (hedging then uses what this runner knows)."""
+
+    def __init__(self, handle: ray.actor.ActorHandle, period_s: float = 0.2,
+                 min_samples: int = 10, timeout_s: float = 30.0) -> None:
+        super().__init__(min_samples)
+        self.handle, self.period_s, self.timeout_s = handle, period_s, timeout_s
+        self.source = uuid.uuid4().hex
+        self.cursor = 0
+        self.pending: list[Sample] = []
+        self.exchanged_at = float("-inf")
+        self.exchanging: asyncio.Task | None = None
+
+    def add(self, model: str, tag: str | None, max_tokens: int, seconds: float) -> None:
+        super().add(model, tag, max_tokens, seconds)
+        self.pending.append((model, tag, max_tokens, seconds))
+        self._exchange_soon()
+
+    def threshold(self, model: str, tag: str | None, max_tokens: int,
+                  q: float) -> float | None:
+        self._exchange_soon()
+        return super().threshold(model, tag, max_tokens, q)
+
+    def _exchange_soon(self) -> None:
+        if self.exchanging is not None and not self.exchanging.done():
+            return
+        if time.monotonic() - self.exchanged_at < self.period_s:
+            return
+        self.exchanged_at = time.monotonic()
+        self.exchanging = asyncio.ensure_future(self._exchange())
+
+    async def _exchange(self) -> None:
+        new, self.pending = self.pending, []
+        try:
+            self.cursor, others = await asyncio.wait_for(
+                self.handle.exchange.remote(self.source, self.cursor, new), self.timeout_s)
+        except (ray.exceptions.RayError, asyncio.TimeoutError) as exc:
+            log.debug("durations exchange failed (hedging uses local ones): %s", exc)
+            self.pending = new + self.pending
+            return
+        self.merge(others)
