@@ -47,7 +47,7 @@ class SharedLatencies(Latencies):
     Local samples count at once; others' arrive with the next exchange. A failed exchange
     only delays sharing (hedging then uses what this runner knows)."""
 
-    def __init__(self, handle: ray.actor.ActorHandle, period_s: float = 0.2,
+    def __init__(self, handle: ray.actor.ActorHandle, period_s: float = 0.1,
                  min_samples: int = 10, timeout_s: float = 30.0) -> None:
         super().__init__(min_samples)
         self.handle, self.period_s, self.timeout_s = handle, period_s, timeout_s
@@ -55,25 +55,35 @@ class SharedLatencies(Latencies):
         self.cursor = 0
         self.pending: list[Sample] = []
         self.exchanged_at = float("-inf")
-        self.exchanging: asyncio.Task | None = None
+        self.exchanging: asyncio.Future | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def add(self, model: str, tag: str | None, max_tokens: int, seconds: float) -> None:
         super().add(model, tag, max_tokens, seconds)
         self.pending.append((model, tag, max_tokens, seconds))
         self._exchange_soon()
 
-    def threshold(self, model: str, tag: str | None, max_tokens: int,
-                  q: float) -> float | None:
+    async def fresh(self) -> None:
+        """Trade samples unless that was done within ``period_s``; waits for the exchange (a
+        request asks once it is on its way, so this never delays a request)."""
         self._exchange_soon()
-        return super().threshold(model, tag, max_tokens, q)
+        if self.exchanging is not None and not self.exchanging.done():
+            await asyncio.shield(self.exchanging)  # others may wait on the same exchange
 
     def _exchange_soon(self) -> None:
         if self.exchanging is not None and not self.exchanging.done():
-            return
-        if time.monotonic() - self.exchanged_at < self.period_s:
+            return  # it sends what is pending when it ends
+        wait = self.exchanged_at + self.period_s - time.monotonic()
+        if wait > 0:
+            if self.pending and self.timer is None:  # samples reach the others within period_s
+                self.timer = asyncio.get_running_loop().call_later(wait, self._on_timer)
             return
         self.exchanged_at = time.monotonic()
         self.exchanging = asyncio.ensure_future(self._exchange())
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        self._exchange_soon()
 
     async def _exchange(self) -> None:
         new, self.pending = self.pending, []
@@ -85,3 +95,5 @@ class SharedLatencies(Latencies):
             self.pending = new + self.pending
             return
         self.merge(others)
+        if self.pending:
+            asyncio.get_running_loop().call_soon(self._exchange_soon)

@@ -41,6 +41,18 @@ class Arm:
     hedged: int
 
 
+def server_log(sim, attempts: int = 3) -> list[dict]:
+    """The simulator's request log (asked again if a loaded machine delays the answer)."""
+    for attempt in range(attempts):
+        try:
+            return sim.stats()["request_log"]
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(5)
+    return []
+
+
 def jobs(chain, count: int) -> list[RunJob]:
     return [RunJob(run_id=uuid.uuid4().hex[:12], chain=chain, strategy="hybrid",
                    inputs=dict(chain.inputs)) for _ in range(count)]
@@ -58,10 +70,10 @@ def batch(args: argparse.Namespace, hedge: float | None, seed: int) -> Arm:
             if args.warmup:
                 list(session.run_many(jobs(chain, args.warmup), window=args.window,
                                       total=args.warmup))
-            before = len(sim.stats()["request_log"])
+            before = len(server_log(sim))
             results = list(session.run_many(jobs(chain, args.runs), window=args.window,
                                             total=args.runs))
-        log = sim.stats()["request_log"][before:]
+        log = server_log(sim)[before:]
     assert all(r.status == "ok" for r in results), "every run should succeed"
     return Arm(latencies=[r.latency_ms for r in results],
                tokens=sum(r.total_tokens for r in results),

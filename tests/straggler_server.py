@@ -5,7 +5,8 @@ hedging tests: it says which requests it answered and which the client gave up o
     server = StragglerServer(slow={11}, slow_s=5.0)
     with server.running() as base_url:
         ...
-    server.log    # [{"n", "tag", "start", "end", "status"}], status 499: the client left
+    server.log    # [{"n", "tag", "start", "end", "status"}]; 499: the client had left when
+                  # the answer was ready
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class StragglerServer(PlainServer):
         self.log.append(entry)
         body = await request.json()
         await asyncio.sleep(self.slow_s if entry["n"] in self.slow else self.latency_s)
+        if request.transport is None or request.transport.is_closing():
+            return web.Response(status=499)  # nobody to answer: the client went away
         entry.update(end=time.time(), status=200)
         return web.json_response({
             "id": f"chatcmpl-{entry['n']}", "object": "chat.completion",

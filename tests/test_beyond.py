@@ -189,18 +189,19 @@ def one_step_chain(name: str = "one"):
 def test_a_straggler_is_hedged_and_the_run_ends_long_before_it_would(ray_session):
     from straggler_server import COMPLETION_TOKENS, PROMPT_TOKENS, StragglerServer
 
-    # Ten quick requests make the history; the eleventh is held for 8 s; its duplicate is not.
-    server = StragglerServer(latency_s=0.05, slow={11}, slow_s=8.0)
+    # Quick requests make the history (the runners share it within a fraction of a second);
+    # the fifteenth is held for 8 s; its duplicate is not.
+    server = StragglerServer(latency_s=0.05, slow={15}, slow_s=8.0)
     with server.running() as base_url:
         config = dict(base_url=base_url, env={"OPENAI_API_KEY": "sk-test"}, progress=False,
                       limiter_namespace=f"test-{uuid.uuid4().hex[:8]}", timeout_s=30.0,
                       rpm=100_000, tpm=10_000_000, hedge_after=0.9)
         with Session(SessionConfig(**config)) as session:
-            results = list(session.run_many([job(one_step_chain()) for _ in range(12)],
+            results = list(session.run_many([job(one_step_chain()) for _ in range(16)],
                                             window=1))
     by_request = {r["n"]: r for r in server.log}
-    assert by_request[11]["status"] == 499  # the straggler was cancelled ...
-    assert by_request[12]["status"] == 200  # ... its duplicate answered
+    assert by_request[15]["status"] == 499  # the straggler was cancelled ...
+    assert by_request[16]["status"] == 200  # ... its duplicate answered
     slowed = [r for r in results if r.steps[0].hedged]
     assert len(slowed) == 1 and slowed[0].steps[0].attempts == 2
     assert slowed[0].status == "ok" and slowed[0].latency_ms < 0.5 * 8000
@@ -226,7 +227,7 @@ def test_slow_simulator_requests_are_hedged_within_a_fraction_of_their_time(ray_
     steps = [s for r in results for s in r.steps]
     hedged = [s for s in steps if s.hedged]
     assert hedged and all(s.latency_ms / 1000 < 0.6 * slow_s for s in hedged)
-    assert any(r["status"] == 499 for r in log)  # a straggler the client gave up on
+    assert len(log) == sum(r.api_calls for r in results) > len(steps)  # duplicates counted
     # The duplicate's tokens are counted: a hedged step counts twice what its step's unhedged
     # copies in other runs count (the simulator's reply depends on the prompt only).
     plain = {s.id: s.prompt_tokens + s.completion_tokens for s in steps

@@ -89,7 +89,7 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
         charge, events = Charge(), []
 
         async def send(duplicate: bool):
-            charge.sent.set()
+            charge.leave()
             try:
                 await asyncio.sleep(0.01 if duplicate else 5)
             except asyncio.CancelledError:
@@ -98,7 +98,10 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
             return SimpleNamespace(text="duplicate" if duplicate else "first",
                                    prompt_tokens=3, completion_tokens=4), 0.01
 
-        (answer, _), = [await asyncio.wait_for(hedged(send, 0.05, charge), 2)]
+        async def threshold() -> float:
+            return 0.05
+
+        (answer, _), = [await asyncio.wait_for(hedged(send, threshold, charge), 2)]
         return answer, events, charge.loser
 
     answer, events, charged = asyncio.run(scenario())
@@ -156,8 +159,7 @@ def test_step_runners_share_one_view_of_finished_requests():
             two.add("m", "a", 100, seconds)
             await two.exchanging
         # Neither runner alone has four finished requests; together they do.
-        one.threshold("m", "a", 100, 0.5)
-        await one.exchanging
+        await one.fresh()
         return one.by_key["m|a"], two.by_key["m|a"], one.threshold("m", "a", 100, 0.75)
 
     first, second, threshold = asyncio.run(scenario())

@@ -78,6 +78,9 @@ class Latencies:
         bisect.insort(self.by_key.setdefault(f"{model}|{tag}", []), seconds)
         bisect.insort(self.by_key.setdefault(model, []), seconds / max(1, max_tokens))
 
+    async def fresh(self) -> None:
+        """Bring the view up to date (a view shared between processes asks for news)."""
+
     def merge(self, samples: Sequence[Sample]) -> None:
         for sample in samples:
             Latencies.add(self, *sample)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -187,6 +188,20 @@ async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
             await _hand_back(guards.budget.settle(reservation, request.model, *spent))
 
 
+def _straggler_threshold(guards: CallGuards | None, request: LLMRequest
+                         ) -> Callable[[], Awaitable[float | None]] | None:
+    """When a request of this step is a straggler (None: hedging is off)."""
+    if guards is None or guards.latencies is None or guards.hedge_after is None:
+        return None
+    latencies, q = guards.latencies, guards.hedge_after
+
+    async def threshold() -> float | None:
+        await latencies.fresh()
+        return latencies.threshold(request.model, request.tag, request.max_tokens, q)
+
+    return threshold
+
+
 async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
                    endpoint: Endpoint, reply: LLMReply, kwargs: dict, left_s: float,
                    guards: CallGuards | None = None) -> None:
@@ -196,15 +211,12 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
         return await _request(client, limiter, request, endpoint, reply, kwargs, left_s,
                               guards, charge, duplicate)
 
-    latencies = guards.latencies if guards is not None else None
-    threshold = None
-    if latencies is not None and guards is not None and guards.hedge_after is not None:
-        threshold = latencies.threshold(request.model, request.tag, request.max_tokens,
-                                        guards.hedge_after)
+    threshold = _straggler_threshold(guards, request)
     if threshold is None:
         completion, _ = await send()
     else:
         completion, _ = await hedged(send, threshold, charge)
+    latencies = guards.latencies if guards is not None else None
     if latencies is not None:
         # From the first request's departure: a hedged straggler took that long for its step,
         # so the slow tail stays in the view and the quantile does not drift into the normal.
