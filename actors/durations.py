@@ -48,9 +48,11 @@ class SharedLatencies(Latencies):
     only delays sharing (hedging then uses what this runner knows)."""
 
     def __init__(self, handle: ray.actor.ActorHandle, period_s: float = 0.1,
-                 min_samples: int = 10, timeout_s: float = 30.0) -> None:
+                 min_samples: int = 10, timeout_s: float = 30.0,
+                 fresh_wait_s: float = 1.0) -> None:
         super().__init__(min_samples)
         self.handle, self.period_s, self.timeout_s = handle, period_s, timeout_s
+        self.fresh_wait_s = fresh_wait_s
         self.source = uuid.uuid4().hex
         self.cursor = 0
         self.pending: list[Sample] = []
@@ -68,7 +70,10 @@ class SharedLatencies(Latencies):
         request asks once it is on its way, so this never delays a request)."""
         self._exchange_soon()
         if self.exchanging is not None and not self.exchanging.done():
-            await asyncio.shield(self.exchanging)  # others may wait on the same exchange
+            try:  # shielded: other requests may wait on the same exchange
+                await asyncio.wait_for(asyncio.shield(self.exchanging), self.fresh_wait_s)
+            except asyncio.TimeoutError:
+                pass  # a slow actor: decide with what is known
 
     def _exchange_soon(self) -> None:
         if self.exchanging is not None and not self.exchanging.done():
