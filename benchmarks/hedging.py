@@ -14,6 +14,7 @@ duplicate is charged as much as its winner); the server's own counts are printed
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import uuid
@@ -99,8 +100,8 @@ def repeat(args: argparse.Namespace, index: int) -> tuple[float, float]:
           f"{hedged.tokens} ({extra:+.1%}); server answered {plain.answered_tokens} -> "
           f"{hedged.answered_tokens}, started {plain.started_tokens} -> "
           f"{hedged.started_tokens} ({hedged.started_tokens / plain.started_tokens - 1:+.1%});"
-          f" requests {plain.requests} -> {hedged.requests}; {hedged.hedged} steps hedged",
-          flush=True)
+          f" requests {plain.requests} -> {hedged.requests}; {hedged.hedged} steps hedged; "
+          f"load average {os.getloadavg()[1]:.1f} (5 min)", flush=True)
     return drop, extra
 
 
