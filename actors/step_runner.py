@@ -14,6 +14,7 @@ import ray
 
 from chainray.actors.adaptations import RemoteAdaptations
 from chainray.actors.cache import RemoteCache
+from chainray.actors.durations import SharedLatencies
 from chainray.actors.rate_limiter import RemoteLimiter
 from chainray.actors.spend import RemoteBudget
 from chainray.exec.guards import CallGuards, Latencies
@@ -48,6 +49,7 @@ class GuardHandles:
     spend: ray.actor.ActorHandle | None = None
     cache: ray.actor.ActorHandle | None = None
     hedge_after: float | None = None
+    durations: ray.actor.ActorHandle | None = None  # the invocation's finished requests
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000, max_restarts=3)
@@ -59,9 +61,7 @@ class StepRunner:
         self.endpoint = endpoint
         self.client = make_client(endpoint)
         self.stores: dict[str, RemoteAdaptations] = {}  # one copy per adaptations actor
-        # Durations of this runner's finished requests: the hedging threshold. Runners take
-        # steps in turn, so each sees an even share of the invocation's requests.
-        self.latencies = Latencies()
+        self.latencies: dict[str, Latencies] = {}  # hedging's view, one per invocation
 
     def _guards(self, handles: GuardHandles | None) -> CallGuards | None:
         if handles is None:
@@ -69,7 +69,18 @@ class StepRunner:
         return CallGuards(
             budget=RemoteBudget(handles.spend) if handles.spend is not None else None,
             cache=RemoteCache(handles.cache) if handles.cache is not None else None,
-            hedge_after=handles.hedge_after, latencies=self.latencies)
+            hedge_after=handles.hedge_after, latencies=self._latencies(handles))
+
+    def _latencies(self, handles: GuardHandles) -> Latencies | None:
+        """The invocation-wide view of finished requests (one per durations actor)."""
+        if handles.hedge_after is None:
+            return None
+        if handles.durations is None:  # no actor: this runner's own requests
+            return self.latencies.setdefault("", Latencies())
+        key = handles.durations._actor_id.hex()
+        if key not in self.latencies:
+            self.latencies[key] = SharedLatencies(handles.durations)
+        return self.latencies[key]
 
     def _store(self, handle: ray.actor.ActorHandle | None) -> RemoteAdaptations | None:
         if handle is None:

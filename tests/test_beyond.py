@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from helpers import fan_chain, job, session_for
 from step_failing_server import StepFailingServer
 
+from chainray.api.session import Session, SessionConfig
 from chainray.cli.main import main
 from chainray.plan.cost import load_prices
 
@@ -174,3 +176,62 @@ def test_hedged_steps_are_marked_and_their_duplicates_counted(ray_session, sim, 
                    for r in stats["request_log"] if r["status"] == 200)
     assert counted >= answered > sum(s.prompt_tokens + s.completion_tokens for s in steps
                                      if not s.hedged)
+
+
+def one_step_chain(name: str = "one"):
+    from chainray.spec.chain import chain_from_dict
+
+    return chain_from_dict({"name": name, "inputs": {"topic": "tea"},
+                            "defaults": {"max_tokens": 30},
+                            "steps": [{"id": "a", "prompt": "say {topic}"}]})
+
+
+def test_a_straggler_is_hedged_and_the_run_ends_long_before_it_would(ray_session):
+    from straggler_server import COMPLETION_TOKENS, PROMPT_TOKENS, StragglerServer
+
+    # Quick requests make the history (the runners share it within a fraction of a second);
+    # the fifteenth is held for 8 s; its duplicate is not.
+    server = StragglerServer(latency_s=0.05, slow={15}, slow_s=8.0)
+    with server.running() as base_url:
+        config = dict(base_url=base_url, env={"OPENAI_API_KEY": "sk-test"}, progress=False,
+                      limiter_namespace=f"test-{uuid.uuid4().hex[:8]}", timeout_s=30.0,
+                      rpm=100_000, tpm=10_000_000, hedge_after=0.9)
+        with Session(SessionConfig(**config)) as session:
+            results = list(session.run_many([job(one_step_chain()) for _ in range(16)],
+                                            window=1))
+    by_request = {r["n"]: r for r in server.log}
+    assert by_request[15]["status"] == 499  # the straggler was cancelled ...
+    assert by_request[16]["status"] == 200  # ... its duplicate answered
+    slowed = [r for r in results if r.steps[0].hedged]
+    assert len(slowed) == 1 and slowed[0].steps[0].attempts == 2
+    assert slowed[0].status == "ok" and slowed[0].latency_ms < 0.5 * 8000
+    # Both requests are counted: the cancelled one as much as the one that answered.
+    step = slowed[0].steps[0]
+    assert (step.prompt_tokens, step.completion_tokens) == (2 * PROMPT_TOKENS,
+                                                            2 * COMPLETION_TOKENS)
+    assert all(r.total_tokens == PROMPT_TOKENS + COMPLETION_TOKENS
+               for r in results if r is not slowed[0])
+
+
+def test_slow_simulator_requests_are_hedged_within_a_fraction_of_their_time(ray_session, sim):
+    factor = 8.0
+    sim.configure(speed=2.0, ttft_sigma=0.0, faults={"slow": 0.1, "slow_factor": factor},
+                  rpm=100_000, tpm=10_000_000)
+    runs = [job(fan_chain(6, max_tokens=30, name=f"s{i}")) for i in range(8)]
+    with session_for(sim, hedge_after=0.8, max_concurrency=400, rpm=100_000,
+                     tpm=10_000_000) as session:
+        results = list(session.run_many(runs, window=2))
+    log = sim.stats()["request_log"]
+    normal_s = sorted(r["end"] - r["start"] for r in log if r["status"] == 200)
+    slow_s = factor * normal_s[len(normal_s) // 2]  # what a slow request takes
+    steps = [s for r in results for s in r.steps]
+    hedged = [s for s in steps if s.hedged]
+    assert hedged and all(s.latency_ms / 1000 < 0.6 * slow_s for s in hedged)
+    assert len(log) == sum(r.api_calls for r in results) > len(steps)  # duplicates counted
+    # The duplicate's tokens are counted: a hedged step counts twice what its step's unhedged
+    # copies in other runs count (the simulator's reply depends on the prompt only).
+    plain = {s.id: s.prompt_tokens + s.completion_tokens for s in steps
+             if not s.hedged and s.attempts == 1}
+    assert any(s.id in plain for s in hedged)
+    assert all(s.prompt_tokens + s.completion_tokens == 2 * plain[s.id]
+               for s in hedged if s.id in plain and s.attempts == 2)

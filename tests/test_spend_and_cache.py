@@ -89,7 +89,7 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
         charge, events = Charge(), []
 
         async def send(duplicate: bool):
-            charge.sent.set()
+            charge.leave()
             try:
                 await asyncio.sleep(0.01 if duplicate else 5)
             except asyncio.CancelledError:
@@ -98,7 +98,10 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
             return SimpleNamespace(text="duplicate" if duplicate else "first",
                                    prompt_tokens=3, completion_tokens=4), 0.01
 
-        (answer, _), = [await asyncio.wait_for(hedged(send, 0.05, charge), 2)]
+        async def threshold() -> float:
+            return 0.05
+
+        (answer, _), = [await asyncio.wait_for(hedged(send, threshold, charge), 2)]
         return answer, events, charge.loser
 
     answer, events, charged = asyncio.run(scenario())
@@ -111,8 +114,54 @@ def test_the_hedging_quantile_needs_enough_finished_requests():
 
     latencies = Latencies(min_samples=10)
     for seconds in range(1, 10):
-        latencies.add("m", float(seconds))
-    assert latencies.quantile("m", 0.9) is None
-    latencies.add("m", 10.0)
-    assert latencies.quantile("m", 0.9) == 10.0 and latencies.quantile("m", 0.5) == 6.0
-    assert latencies.quantile("other", 0.5) is None
+        latencies.add("m", "a", 100, float(seconds))
+    assert latencies.threshold("m", "a", 100, 0.9) is None
+    latencies.add("m", "a", 100, 10.0)
+    # The q-quantile: the smallest duration that at least q of the known ones do not exceed.
+    assert latencies.threshold("m", "a", 100, 0.9) == 9.0
+    assert latencies.threshold("m", "a", 100, 0.95) == 10.0
+    assert latencies.threshold("m", "a", 100, 0.5) == 5.0
+    assert latencies.threshold("other", "a", 100, 0.5) is None
+
+
+def test_a_step_with_no_history_is_judged_per_requested_token_of_its_model():
+    from chainray.exec.guards import Latencies
+
+    latencies = Latencies(min_samples=10)
+    for i in range(10):  # a 300-token step takes about 3 s
+        latencies.add("m", "short", 300, 3.0 + i / 100)
+    # A 1500-token step of the same model is a straggler only after about 15 s, not 3 s.
+    assert 15.0 <= latencies.threshold("m", "long", 1500, 0.9) <= 15.5
+    for _ in range(10):  # once the step has its own history, that is what counts
+        latencies.add("m", "long", 1500, 9.0)
+    assert latencies.threshold("m", "long", 1500, 0.9) == 9.0
+
+
+def test_step_runners_share_one_view_of_finished_requests():
+    import asyncio
+    from types import SimpleNamespace
+
+    from chainray.actors.durations import DurationLog, SharedLatencies
+
+    book = DurationLog()
+
+    async def exchange(*args):
+        return book.exchange(*args)
+
+    handle = SimpleNamespace(exchange=SimpleNamespace(remote=exchange))
+
+    async def scenario():
+        one, two = (SharedLatencies(handle, period_s=0.0, min_samples=4) for _ in range(2))
+        for seconds in (1.0, 1.1):
+            one.add("m", "a", 100, seconds)
+            await one.exchanging
+        for seconds in (1.2, 9.0):
+            two.add("m", "a", 100, seconds)
+            await two.exchanging
+        # Neither runner alone has four finished requests; together they do.
+        await one.fresh()
+        return one.by_key["m|a"], two.by_key["m|a"], one.threshold("m", "a", 100, 0.75)
+
+    first, second, threshold = asyncio.run(scenario())
+    assert first == second == [1.0, 1.1, 1.2, 9.0]  # the same samples, each counted once
+    assert threshold == 1.2 and len(book.log) == 4

@@ -22,6 +22,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from chainray.actors.adaptations import get_adaptations
 from chainray.actors.cache import CacheKeeper
 from chainray.actors.coordinator import Coordinator
+from chainray.actors.durations import Durations
 from chainray.actors.rate_limiter import LIMITER_NAMESPACE, get_rate_limiter, limiter_name
 from chainray.actors.spend import Spend
 from chainray.actors.step_runner import GuardHandles
@@ -162,7 +163,10 @@ class Session:
                  if config.max_cost is not None else None)
         cache = (CacheKeeper.options(scheduling_strategy=here).remote(Path(config.cache))
                  if config.cache is not None else None)
-        return GuardHandles(spend=spend, cache=cache, hedge_after=config.hedge_after)
+        durations = (Durations.options(scheduling_strategy=here).remote()
+                     if config.hedge_after is not None else None)
+        return GuardHandles(spend=spend, cache=cache, hedge_after=config.hedge_after,
+                            durations=durations)
 
     def spend_state(self) -> dict | None:
         """Cap, spent, in flight, refused, stopped; None without a cap."""
@@ -296,8 +300,8 @@ class Session:
         if self.coordinator is not None and ray.is_initialized():
             ray.kill(self.coordinator)
         self.coordinator = None
-        guards = getattr(self, "guards", None)  # the spend and cache actors are this session's
-        for handle in (guards.spend, guards.cache) if guards is not None else ():
+        guards = getattr(self, "guards", None)  # the guard actors are this session's
+        for handle in (guards.spend, guards.cache, guards.durations) if guards else ():
             if handle is not None and ray.is_initialized():
                 ray.kill(handle)
         if self.simulator is not None:

@@ -8,6 +8,7 @@ objects and runs on Ray with actor handles behind the same faces
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,7 +18,7 @@ from chainray.exec.cache import CachedReply
 from chainray.exec.spend import worst_case_prompt_tokens
 from chainray.results import RunResult
 
-__all__ = ["Budget", "ReplyCache", "CallGuards", "Latencies", "spend_cap_error",
+__all__ = ["Budget", "ReplyCache", "CallGuards", "Latencies", "Sample", "spend_cap_error",
            "worst_case_tokens", "stopped_by_cap", "SPEND_CAP"]
 
 
@@ -54,25 +55,50 @@ def stopped_by_cap(result: RunResult) -> bool:
     return any(SPEND_CAP in (step.error or "") for step in result.steps)
 
 
-class Latencies:
-    """Durations of finished requests per model, to decide when one is a straggler.
+Sample = tuple[str, str | None, int, float]  # model, step tag, max_tokens asked, seconds
 
-        latencies.add("gpt-4o-mini", 1.2)
-        latencies.quantile("gpt-4o-mini", 0.9)   # None until ``min_samples`` are known
+
+class Latencies:
+    """Durations of this invocation's finished requests, to tell when one is a straggler.
+
+    A request is compared with its peers of the same model: first the requests of the same
+    step (in a batch, the other runs' copies of a step ask for as much, so they take about as
+    long); until that view holds ``min_samples``, all of the model's requests in seconds per
+    requested ``max_tokens``, so that a 300-token and a 1500-token step share one scale.
+
+        latencies.add("gpt-4o-mini", "hardware", 400, 5.1)
+        latencies.threshold("gpt-4o-mini", "hardware", 400, 0.95)  # seconds; None: too few
     """
 
     def __init__(self, min_samples: int = 10) -> None:
         self.min_samples = min_samples
-        self.by_model: dict[str, list[float]] = {}
+        self.by_key: dict[str, list[float]] = {}  # sorted
 
-    def add(self, model: str, seconds: float) -> None:
-        bisect.insort(self.by_model.setdefault(model, []), seconds)
+    def add(self, model: str, tag: str | None, max_tokens: int, seconds: float) -> None:
+        bisect.insort(self.by_key.setdefault(f"{model}|{tag}", []), seconds)
+        bisect.insort(self.by_key.setdefault(model, []), seconds / max(1, max_tokens))
 
-    def quantile(self, model: str, q: float) -> float | None:
-        known: Sequence[float] = self.by_model.get(model, ())
+    async def fresh(self) -> None:
+        """Bring the view up to date (a view shared between processes asks for news)."""
+
+    def merge(self, samples: Sequence[Sample]) -> None:
+        for sample in samples:
+            Latencies.add(self, *sample)
+
+    def quantile(self, key: str, q: float) -> float | None:
+        known: Sequence[float] = self.by_key.get(key, ())
         if len(known) < self.min_samples:
             return None
-        return known[min(len(known) - 1, int(q * len(known)))]
+        # The smallest duration that at least ``q`` of the known ones do not exceed.
+        return known[max(0, math.ceil(q * len(known)) - 1)]
+
+    def threshold(self, model: str, tag: str | None, max_tokens: int,
+                  q: float) -> float | None:
+        """Seconds after which a request of this step is a straggler (None: not known yet)."""
+        if (seconds := self.quantile(f"{model}|{tag}", q)) is not None:
+            return seconds
+        per_token = self.quantile(model, q)
+        return None if per_token is None else per_token * max(1, max_tokens)
 
 
 @dataclass

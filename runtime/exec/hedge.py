@@ -7,6 +7,7 @@ the rate limit is not a straggler; the duplicate takes its own permit and spend 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,14 +20,23 @@ class Charge:
     def __init__(self) -> None:
         self.loser: tuple[int, int] | None = None  # a hedge's cancelled duplicate
         self.sent = asyncio.Event()  # set when the first request leaves (hedge timer start)
+        self.sent_at = 0.0  # time.monotonic() then
+
+    def leave(self) -> None:
+        """A request leaves; the first one starts the hedge timer."""
+        if not self.sent.is_set():
+            self.sent_at = time.monotonic()
+            self.sent.set()
 
 
-async def hedged(send: Callable[[bool], Awaitable[Any]], threshold_s: float,
-                 charge: Charge) -> Any:
-    """Send; if no answer ``threshold_s`` after the request left, send one duplicate and take
-    whichever answers first; the other is cancelled and, if it was sent, charged as much as
-    the winner (the server counts a request it started; the usage of a cancelled one is not
-    known). ``send(duplicate)`` makes one request."""
+async def hedged(send: Callable[[bool], Awaitable[Any]],
+                 threshold: Callable[[], Awaitable[float | None]], charge: Charge) -> Any:
+    """Send; if no answer ``threshold()`` seconds after the request left, send one duplicate
+    and take whichever answers first; the other is cancelled and, if it was sent, charged as
+    much as the winner (the server counts a request it started; the usage of a cancelled one
+    is not known). ``send(duplicate)`` makes one request. ``threshold`` is asked once the
+    request is on its way, so that what it looks up never delays the request; None: no hedge.
+    """
     first = asyncio.ensure_future(send(False))
     tasks = {first}
     try:
@@ -34,11 +44,17 @@ async def hedged(send: Callable[[bool], Awaitable[Any]], threshold_s: float,
         # Bounded: the first request's permit wait and request have deadlines of their own.
         await asyncio.wait({first, sent}, return_when=asyncio.FIRST_COMPLETED)
         sent.cancel()
-        done, _ = await asyncio.wait({first}, timeout=threshold_s)
+        limit = asyncio.ensure_future(threshold())
+        tasks.add(limit)  # bounded by the look-up's own timeout; cancelled in finally
+        await asyncio.wait({first, limit}, return_when=asyncio.FIRST_COMPLETED)
+        if first.done() or limit.exception() is not None or limit.result() is None:
+            return await first
+        left = limit.result() - (time.monotonic() - charge.sent_at)
+        done, _ = await asyncio.wait({first}, timeout=max(0.0, left))
         if done:
             return first.result()
         tasks.add(asyncio.ensure_future(send(True)))
-        pending, error = set(tasks), None
+        pending, error = tasks - {limit}, None
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:

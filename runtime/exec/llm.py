@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -165,7 +166,7 @@ async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
             reply.queued_s += permit.waited_s
             reply.attempts += 1
             reply.hedged = reply.hedged or duplicate
-            charge.sent.set()
+            charge.leave()
             sent_at = time.monotonic()
             try:
                 with map_exceptions(secret):
@@ -192,6 +193,20 @@ async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
             await _hand_back(guards.budget.settle(reservation, request.model, *spent))
 
 
+def _straggler_threshold(guards: CallGuards | None, request: LLMRequest
+                         ) -> Callable[[], Awaitable[float | None]] | None:
+    """When a request of this step is a straggler (None: hedging is off)."""
+    if guards is None or guards.latencies is None or guards.hedge_after is None:
+        return None
+    latencies, q = guards.latencies, guards.hedge_after
+
+    async def threshold() -> float | None:
+        await latencies.fresh()
+        return latencies.threshold(request.model, request.tag, request.max_tokens, q)
+
+    return threshold
+
+
 async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
                    endpoint: Endpoint, reply: LLMReply, kwargs: dict, left_s: float,
                    guards: CallGuards | None = None) -> None:
@@ -201,20 +216,17 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
         return await _request(client, limiter, request, endpoint, reply, kwargs, left_s,
                               guards, charge, duplicate)
 
-    # Same model and same step (of other runs in a batch) first: their requests ask for as
-    # many tokens; then the same model's requests of any step.
-    peers = [f"{request.model}|{request.tag}", request.model]
-    threshold = None
-    if guards is not None and guards.hedge_after is not None and guards.latencies is not None:
-        threshold = next((q for key in peers if (q := guards.latencies.quantile(
-            key, guards.hedge_after)) is not None), None)
+    threshold = _straggler_threshold(guards, request)
     if threshold is None:
-        completion, seconds = await send()
+        completion, _ = await send()
     else:
-        completion, seconds = await hedged(send, threshold, charge)
-    if guards is not None and guards.latencies is not None:
-        for key in peers:
-            guards.latencies.add(key, seconds)
+        completion, _ = await hedged(send, threshold, charge)
+    latencies = guards.latencies if guards is not None else None
+    if latencies is not None:
+        # From the first request's departure: a hedged straggler took that long for its step,
+        # so the slow tail stays in the view and the quantile does not drift into the normal.
+        latencies.add(request.model, request.tag, request.max_tokens,
+                      time.monotonic() - charge.sent_at)
     reply.text, reply.truncated = completion.text, completion.truncated
     # Added, not set: a schema correction or an adapted retry is a second paid request.
     reply.prompt_tokens += completion.prompt_tokens

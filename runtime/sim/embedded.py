@@ -5,9 +5,11 @@ A child process keeps the server's event loop off the driver's CPU time and dies
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
+import threading
 import urllib.request
 from dataclasses import dataclass
 
@@ -72,4 +74,9 @@ def start_simulator(*flags: str, env: dict[str, str] | None = None) -> EmbeddedS
         process.kill()
         _, err = process.communicate(timeout=5)
         raise ChainrayError(f"the embedded simulator did not start: {err.strip() or line}")
+    # Read its output for as long as it runs: a pipe nobody reads fills up (aiohttp logs a
+    # traceback for every client that leaves early, as a hedge's loser does) and the
+    # simulator would then block on its next log line, answering nothing.
+    for stream in (process.stdout, process.stderr):
+        threading.Thread(target=collections.deque, args=(stream, 0), daemon=True).start()
     return EmbeddedSimulator(process, line[len(_READY):].strip())
