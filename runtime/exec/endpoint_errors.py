@@ -19,12 +19,14 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-
-import httpx2
-import openai
+from functools import cache
+from typing import TYPE_CHECKING
 
 from chainray.errors import EndpointError
 from chainray.text import one_line
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = ["map_exceptions", "to_endpoint_error", "parse_retry_after", "redact",
            "NO_RETRY_429"]
@@ -113,25 +115,32 @@ def _other(exc: BaseException, secret: str) -> EndpointError:
     return EndpointError(one_line(redact(f"{type(exc).__name__}: {exc}", secret)))
 
 
-# First match wins: subclasses before their bases.
-_TABLE: tuple[tuple[type[BaseException] | tuple, Callable[..., EndpointError]], ...] = (
-    (openai.APITimeoutError, _timeout),
-    ((asyncio.TimeoutError, TimeoutError), _timeout),
-    (openai.APIConnectionError, _connection),
-    # A streamed body is read after openai hands it over, so httpx2 errors reach here.
-    (httpx2.TimeoutException, _timeout),
-    (httpx2.TransportError, _connection),
-    (openai.APIStatusError, _status_error),
-    ((ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeError), _malformed),
-    (Exception, _other),
-)
+@cache
+def _table() -> tuple[tuple[type[BaseException] | tuple, Callable[..., EndpointError]], ...]:
+    """First match wins: subclasses before their bases. Built on first use, so that importing
+    the call path (the driver, the Coordinator) does not pay for openai's import."""
+    import httpx2
+    import openai
+
+    return (
+        (openai.APITimeoutError, _timeout),
+        ((asyncio.TimeoutError, TimeoutError), _timeout),
+        (openai.APIConnectionError, _connection),
+        # A streamed body is read after openai hands it over, so httpx2 errors reach here.
+        (httpx2.TimeoutException, _timeout),
+        (httpx2.TransportError, _connection),
+        (openai.APIStatusError, _status_error),
+        ((ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeError),
+         _malformed),
+        (Exception, _other),
+    )
 
 
 def to_endpoint_error(exc: BaseException, secret: str = "") -> EndpointError:
     """The ``EndpointError`` that ``exc`` stands for (an ``EndpointError`` passes as it is)."""
     if isinstance(exc, EndpointError):
         return exc
-    for kinds, convert in _TABLE:
+    for kinds, convert in _table():
         if isinstance(exc, kinds):
             return convert(exc, secret)
     return _other(exc, secret)

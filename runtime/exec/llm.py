@@ -13,9 +13,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import openai
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from chainray.errors import EndpointError
@@ -36,6 +35,9 @@ from chainray.exec.permits import Permit
 from chainray.exec.retry import retry_policy
 from chainray.exec.streaming import collect_stream, completion_from_stream
 from chainray.exec.structured import correction_message, response_format, schema_problem
+
+if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
+    import openai
 from chainray.results import Attempt
 
 __all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "AdaptationStore", "make_client",
@@ -129,6 +131,8 @@ class _NoStore:
 
 
 def make_client(endpoint: Endpoint) -> openai.AsyncOpenAI:
+    import openai
+
     key, timeout = endpoint.api_key.get_secret_value(), openai.Timeout(endpoint.timeout_s,
                                                                         connect=5.0)
     if endpoint.api_version:  # Azure: the model named in a request is the deployment

@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import openai
 from pydantic import BaseModel, ConfigDict
 
 from chainray.errors import EndpointError
@@ -27,6 +27,9 @@ from chainray.spec.prompts import render_prompt
 from chainray.spec.templates import fill_template
 from chainray.text import error_text
 from chainray.tokens import estimate_prompt_tokens
+
+if TYPE_CHECKING:
+    import openai
 
 __all__ = ["StepRequest", "execute_llm_step", "execute_python_step"]
 
