@@ -135,9 +135,7 @@ class Session:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
             self.endpoint, config.runners)
-        # Waited for at the first run, so that its step runners start while that run's
-        # limiters do (each is a process start: about a second on a small machine).
-        self._coordinator_ready: ray.ObjectRef | None = self.coordinator.ready.remote()
+        ray.get(self.coordinator.ready.remote(), timeout=120)  # open means ready to run
         self.adaptations = get_adaptations(config.limiter_namespace)
         self.notes_shown = 0
         self.described: dict[str, str] = {}
@@ -235,12 +233,8 @@ class Session:
         return self.limiters
 
     def submit(self, job: RunJob) -> ray.ObjectRef:
-        limiters = self.limiters_for(job)
-        if self._coordinator_ready is not None:
-            ray.get(self._coordinator_ready, timeout=120)
-            self._coordinator_ready = None
         return self.coordinator.run.options(name=f"run:{job.chain.name}:{job.strategy}").remote(
-            job, limiters, self.adaptations, self.guards)
+            job, self.limiters_for(job), self.adaptations, self.guards)
 
     def run(self, job: RunJob, label: str | None = None) -> RunResult:
         """Run one chain to the end, showing progress."""
