@@ -35,10 +35,10 @@ from chainray.exec.permits import Permit
 from chainray.exec.retry import retry_policy
 from chainray.exec.streaming import collect_stream, completion_from_stream
 from chainray.exec.structured import correction_message, response_format, schema_problem
+from chainray.results import Attempt
 
 if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
     import openai
-from chainray.results import Attempt
 
 __all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "AdaptationStore", "make_client",
            "call_llm", "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
