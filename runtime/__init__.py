@@ -19,14 +19,15 @@ if __name__ != "chainray":  # the folder is not a package of its own; see pyproj
     raise ImportError("runtime/ is installed as chainray: import chainray")
 
 __all__ = ["load_chain", "Chain", "Step", "run", "arun", "bench", "plan", "Session", "Plan",
-           "RunResult", "StepResult", "bundled_scenarios", "ChainrayError", "SpecError",
-           "InputError"]
+           "RunResult", "StepResult", "RunList", "bundled_scenarios", "ChainrayError",
+           "SpecError", "InputError"]
 
 _EXPORTS = {
     "load_chain": "chainray.spec.chain", "Chain": "chainray.spec.chain",
     "Step": "chainray.spec.chain", "run": "chainray.api.library",
     "arun": "chainray.api.library", "bench": "chainray.api.library",
-    "Session": "chainray.api.library", "Plan": "chainray.api.planning",
+    "Session": "chainray.api.library", "RunList": "chainray.api.runs",
+    "Plan": "chainray.api.planning",
     "RunResult": "chainray.results", "StepResult": "chainray.results",
     "ChainrayError": "chainray.errors", "SpecError": "chainray.errors",
     "InputError": "chainray.errors", "bundled_scenarios": "chainray.spec.bundled",
@@ -35,6 +36,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from chainray.api.library import Session, arun, bench, run
     from chainray.api.planning import Plan
+    from chainray.api.runs import RunList
     from chainray.errors import ChainrayError, InputError, SpecError
     from chainray.results import RunResult, StepResult
     from chainray.spec.bundled import bundled_scenarios

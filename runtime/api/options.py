@@ -12,23 +12,67 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from chainray.errors import InputError
-from chainray.exec.jobs import RunJob
+from chainray.exec.cache import cache_dir
+from chainray.exec.jobs import RunJob, models_of
+from chainray.plan.cost import load_prices
 from chainray.plan.schedule import STRATEGIES
+from chainray.results import StepResult
 from chainray.spec.chain import Chain, load_chain
 
 if TYPE_CHECKING:
     from chainray.api.session import SessionConfig
 
 __all__ = ["session_config", "run_job", "chain_inputs", "as_chain", "choose_strategy",
-           "new_run_id", "OnError", "StrategyName", "Objective"]
+           "new_run_id", "cache_folder", "refuse_unpriced", "cap_summary", "OnError",
+           "StrategyName", "Objective", "CacheOption"]
 
-OnError = Literal["fail", "continue"]
+OnError = Literal["fail", "continue", "isolate"]
+CacheOption = str | os.PathLike[str] | bool | None
 StrategyName = Literal["sequential", "parallel", "hybrid", "auto"]
 Objective = Literal["latency", "cost", "quality"]
 
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_limits(rpm: int | None, tpm: int | None, max_concurrency: int, max_attempts: int,
+                  sim_speed: float, timeout: float, target_share: float,
+                  max_cost: float | None, hedge_after: float | None) -> None:
+    for name, value in (("rpm", rpm), ("tpm", tpm), ("max_concurrency", max_concurrency),
+                        ("max_attempts", max_attempts)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value <= 0):
+            raise InputError(f"{name} must be a whole number greater than 0, got {value!r}")
+    for name, value in (("sim_speed", sim_speed), ("timeout", timeout),
+                        ("max_cost", max_cost)):
+        if value is not None and not (_is_number(value) and value > 0):
+            unit = " (USD)" if name == "max_cost" else ""
+            raise InputError(f"{name} must be a number greater than 0{unit}, got {value!r}")
+    for name, value in (("target_share", target_share), ("hedge_after", hedge_after)):
+        if value is not None and not (_is_number(value) and 0 < value <= 1):
+            raise InputError(f"{name} must lie in (0, 1], got {value!r}")
+
+
+def cache_folder(cache: CacheOption) -> str | None:
+    """The response-cache folder ``cache`` names: ``True`` is the default folder
+    (``$CHAINRAY_HOME/cache``, as a bare ``--cache``), a path is that folder, ``None`` or
+    ``False`` no cache."""
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return str(cache_dir())
+    if not isinstance(cache, (str, os.PathLike)) or not os.fspath(cache):
+        raise InputError(f"cache must be a folder or True (the default folder "
+                         f"{cache_dir()}), got {cache!r}")
+    folder = os.path.expanduser(os.fspath(cache))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise InputError(f"cache: {folder} is a file, not a folder")
+    return folder
 
 
 def session_config(*, address: str | None = None, base_url: str | None = None,
@@ -38,31 +82,24 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
                    timeout: float = 60.0, max_attempts: int = 6,
                    progress: bool = False, api_version: str | None = None,
                    max_cost: float | None = None, prices: str | None = None,
-                   hedge_after: float | None = None, cache: str | None = None) -> SessionConfig:
+                   hedge_after: float | None = None, cache: CacheOption = None
+                   ) -> SessionConfig:
     """How to reach Ray and the endpoint, from the options ``chainray run`` also takes.
 
     ``api_version`` is Azure OpenAI's (``base_url`` is then the resource endpoint).
-    ``max_cost`` (USD) is a hard cap on what the session's calls may spend, ``cache`` a
-    response-cache folder, ``hedge_after`` the quantile after which a straggling request gets
-    one duplicate.
+    ``max_cost`` (USD) is a hard cap on what the session's calls may spend (kept with the
+    ``prices`` table), ``cache`` a response-cache folder (``True``: ``$CHAINRAY_HOME/cache``),
+    ``hedge_after`` the quantile (0..1] after which a straggling request gets one duplicate.
     ``api_key`` replaces ``OPENAI_API_KEY`` for this session only (the key never leaves the
     session's environment copy: not logged, not in results).
     """
     from chainray.api.session import SessionConfig
 
-    for name, value in (("rpm", rpm), ("tpm", tpm), ("max_concurrency", max_concurrency),
-                        ("max_attempts", max_attempts)):
-        if value is not None and (not isinstance(value, int) or value <= 0):
-            raise InputError(f"{name} must be a whole number greater than 0, got {value!r}")
-    for name, value in (("sim_speed", sim_speed), ("timeout", timeout)):
-        if not value > 0:
-            raise InputError(f"{name} must be greater than 0, got {value!r}")
-    if not 0 < target_share <= 1:
-        raise InputError(f"target_share must lie in (0, 1], got {target_share!r}")
-    if max_cost is not None and not max_cost > 0:
-        raise InputError(f"max_cost must be greater than 0 (USD), got {max_cost!r}")
-    if hedge_after is not None and not 0 < hedge_after <= 1:
-        raise InputError(f"hedge_after must lie in (0, 1], got {hedge_after!r}")
+    _check_limits(rpm, tpm, max_concurrency, max_attempts, sim_speed, timeout, target_share,
+                  max_cost, hedge_after)
+    folder = cache_folder(cache)
+    if prices is not None:
+        load_prices(prices)  # an unreadable price table is refused before anything starts
     env = dict(os.environ)
     if api_key is not None:
         env["OPENAI_API_KEY"] = api_key
@@ -71,7 +108,7 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
                          priority=priority, dashboard=dashboard, sim_speed=sim_speed,
                          timeout_s=timeout, max_attempts=max_attempts, progress=progress,
                          api_version=api_version, max_cost=max_cost, prices=prices,
-                         hedge_after=hedge_after, cache=cache, env=env)
+                         hedge_after=hedge_after, cache=folder, env=env)
 
 
 def as_chain(chain: Chain | str) -> Chain:
@@ -108,10 +145,41 @@ def choose_strategy(chain: Chain, strategy: StrategyName, objective: Objective =
     return advice.strategy, advice.reasons
 
 
-def run_job(chain: Chain, strategy: str, inputs: Mapping[str, str], *,
+def refuse_unpriced(chain: Chain, model: str | None, prices: str | None) -> None:
+    """Under a spend cap, every model a run may call (fallbacks included, ``model`` overriding
+    each llm step's) needs a price, else its cost cannot be capped: refused before anything
+    starts."""
+    table = load_prices(prices)
+    called = [m for step in chain.steps if step.kind == "llm"
+              for m in models_of(chain.settings_for(step))]
+    unpriced = sorted({model or m for m in called} - table.models.keys())
+    if unpriced:
+        raise InputError(f"--max-cost/max_cost: no price for model {unpriced[0]!r}, so its "
+                         "cost cannot be capped; add it to a price table and pass it with "
+                         "--prices (prices= in Python)")
+
+
+def cap_summary(state: dict | None) -> str | None:
+    """What the spend cap did, naming the cap and the spend; None when it stopped nothing."""
+    if not state or not state["stopped"]:
+        return None
+    return (f"spend cap ${state['cap_usd']:.4f} reached: spent ${state['spent_usd']:.4f}; "
+            "calls that did not fit were not sent")
+
+
+def run_job(chain: Chain, strategy: str, inputs: Mapping[str, str | None], *,
             on_error: OnError | None = None, model: str | None = None, priority: bool = True,
-            prices: str | None = None, run_id: str | None = None) -> RunJob:
-    """One run to hand to a session (``strategy`` already resolved: not ``auto``)."""
+            prices: str | None = None, run_id: str | None = None,
+            resumed: Mapping[str, StepResult] | None = None, journal_dir: str | None = None,
+            journal_key: str | None = None) -> RunJob:
+    """One run to hand to a session (``strategy`` already resolved: not ``auto``).
+
+    ``resumed`` holds the steps an earlier invocation finished (not sent again), and
+    ``journal_dir``/``journal_key`` where this run journals its finished steps.
+    """
+    if on_error not in (None, "fail", "continue", "isolate"):
+        raise InputError(f"on_error must be fail, continue or isolate, got {on_error!r}")
     return RunJob(run_id=run_id or new_run_id(), chain=chain, strategy=strategy,
                   inputs=dict(inputs), on_error=on_error, model=model, priority=priority,
-                  prices=prices)
+                  prices=prices, resumed=dict(resumed or {}), journal_dir=journal_dir,
+                  journal_key=journal_key)

@@ -6,8 +6,16 @@ import argparse
 import os
 import sys
 
+from chainray.api import options as opts
 from chainray.api.batch import BatchManifest, BatchRecord, BatchWriter, read_batch_inputs
-from chainray.cli.run import cap_message, pick_strategy, prepare, resume_hint, session_config
+from chainray.cli.run import (
+    cap_message,
+    job_options,
+    pick_strategy,
+    prepare,
+    resume_hint,
+    session_config,
+)
 from chainray.errors import InputError
 from chainray.exec.guards import stopped_by_cap
 from chainray.exec.jobs import RunJob
@@ -22,8 +30,6 @@ def _batch_record(args: argparse.Namespace, chain: Chain, base: dict,
                   parts: dict) -> tuple[BatchRecord | None, BatchManifest, dict]:
     """The batch's record and manifest (new, or the interrupted one to resume), and the runs
     an earlier invocation finished."""
-    from chainray.api.session import new_run_id
-
     if args.resume is not None:
         record = BatchRecord(journal_dir(), args.resume)
         manifest = record.manifest()
@@ -33,7 +39,7 @@ def _batch_record(args: argparse.Namespace, chain: Chain, base: dict,
                              "inputs than that batch; leave --inputs out to resume it")
         return record, manifest, record.finished_runs()
     batch = read_batch_inputs(args.inputs, chain, base)
-    manifest = BatchManifest(batch_id=f"b{new_run_id()}", scenario=args.scenario,
+    manifest = BatchManifest(batch_id=f"b{opts.new_run_id()}", scenario=args.scenario,
                              parts=parts, inputs=batch)
     if args.no_journal:
         return None, manifest, {}
@@ -83,10 +89,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             resumed = journal.finished_steps() if journal.path.exists() else {}
             journal.start()
             folder = str(record.folder)
-        return RunJob(run_id=run_id, chain=chain, strategy=strategy, inputs=inputs,
-                      on_error=args.on_error, model=args.model, priority=not args.no_priority,
-                      prices=args.prices, resumed=resumed, journal_dir=folder,
-                      journal_key=run_key(run))
+        return opts.run_job(chain, strategy, inputs, **job_options(args), run_id=run_id,
+                            resumed=resumed, journal_dir=folder, journal_key=run_key(run))
 
     todo = [i for i in range(len(manifest.inputs)) if manifest.run_id(i) not in finished]
     if record is not None:

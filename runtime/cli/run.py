@@ -8,22 +8,21 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
+from chainray.api import options as opts
 from chainray.api.batch import BatchRecord
 from chainray.errors import InputError
-from chainray.exec.cache import cache_dir
-from chainray.exec.jobs import RunJob, models_of
 from chainray.exec.journal import Journal, check_run_id, journal_dir, run_key, run_parts
-from chainray.plan.cost import load_prices
 from chainray.plan.schedule import STRATEGIES
 from chainray.report.bench import bench_summary
 from chainray.report.bench_table import print_bench
 from chainray.report.run_table import print_run
 from chainray.report.timeline import write_timeline, write_trace
 from chainray.results import RunResult
-from chainray.spec.chain import Chain, load_chain
+from chainray.spec.chain import Chain
 
 __all__ = ["add_run_parser", "add_bench_parser", "cmd_run", "cmd_bench", "parse_inputs",
-           "prepare", "pick_strategy", "session_config", "resume_hint", "cap_message"]
+           "prepare", "pick_strategy", "session_config", "job_options", "resume_hint",
+           "cap_message"]
 
 _RESULTS = TypeAdapter(list[RunResult])
 
@@ -159,35 +158,33 @@ def add_bench_parser(commands, positive_int, positive_float) -> None:
 
 def parse_inputs(chain: Chain, assignments: list[str]) -> dict[str, str | None]:
     """The chain's inputs with ``--set NAME=VALUE`` applied; every input must end up set."""
-    inputs = dict(chain.inputs)
+    overrides = {}
     for assignment in assignments:
         name, sep, value = assignment.partition("=")
         if not sep or not name:
             raise InputError(f"--set {assignment!r}: write NAME=VALUE")
-        if name not in inputs:
-            known = ", ".join(inputs) or "none"
-            raise InputError(f"--set {name}: the chain has no input {name!r} (inputs: {known})")
-        inputs[name] = value
-    missing = [name for name, value in inputs.items() if value is None]
-    if missing:
-        raise InputError(f"input {missing[0]!r} has no value; give it with --set "
-                         f"{missing[0]}=...")
-    return inputs
+        overrides[name] = value
+    return opts.chain_inputs(chain, overrides)
 
 
 def session_config(args: argparse.Namespace):
     """The flags' session options, translated as the Python API translates its arguments."""
-    from chainray.api.options import session_config
+    return opts.session_config(address=args.address, base_url=args.base_url, rpm=args.rpm,
+                               tpm=args.tpm, max_concurrency=args.max_concurrency,
+                               target_share=args.target_share, priority=not args.no_priority,
+                               dashboard=args.dashboard and not args.no_dashboard,
+                               sim_speed=args.sim_speed, timeout=args.timeout,
+                               max_attempts=args.max_attempts, progress=not args.quiet,
+                               api_version=args.api_version, max_cost=args.max_cost,
+                               prices=args.prices, hedge_after=args.hedge_after,
+                               cache=True if args.cache == "" else args.cache)
 
-    return session_config(address=args.address, base_url=args.base_url, rpm=args.rpm,
-                          tpm=args.tpm, max_concurrency=args.max_concurrency,
-                          target_share=args.target_share, priority=not args.no_priority,
-                          dashboard=args.dashboard and not args.no_dashboard,
-                          sim_speed=args.sim_speed, timeout=args.timeout,
-                          max_attempts=args.max_attempts, progress=not args.quiet,
-                          api_version=args.api_version, max_cost=args.max_cost,
-                          prices=args.prices, hedge_after=args.hedge_after,
-                          cache=None if args.cache is None else args.cache or str(cache_dir()))
+
+def job_options(args: argparse.Namespace) -> dict:
+    """The flags' per-run options, named as ``options.run_job`` (and ``chainray.Session``)
+    name them."""
+    return {"on_error": args.on_error, "model": args.model, "priority": not args.no_priority,
+            "prices": args.prices}
 
 
 def _write_json(path: str, text: str) -> None:
@@ -203,43 +200,31 @@ def _check_writable(path: str | None) -> None:
 
 
 def pick_strategy(chain: Chain, args: argparse.Namespace) -> str:
-    if args.strategy != "auto":
-        return args.strategy
-    from chainray.plan.advisor import advise
-    from chainray.plan.predict import predict
-
-    prices = load_prices(args.prices)
-    advice = advise(chain, args.objective, {s: predict(chain, s, prices) for s in STRATEGIES})
-    print(f"auto: {advice.strategy} for {args.objective}, because:", file=sys.stderr)
-    for reason in advice.reasons:
-        print(f"  - {reason}", file=sys.stderr)
-    return advice.strategy
+    """``--strategy``, or for ``auto`` the advisor's pick, with its reasons on stderr."""
+    strategy, reasons = opts.choose_strategy(chain, args.strategy, args.objective, args.prices)
+    if args.strategy == "auto":
+        print(f"auto: {strategy} for {args.objective}, because:", file=sys.stderr)
+        for reason in reasons:
+            print(f"  - {reason}", file=sys.stderr)
+    return strategy
 
 
 def prepare(args: argparse.Namespace) -> tuple[Chain, dict]:
     """Everything that can be wrong with the input is found here, before any connection."""
-    chain = load_chain(args.scenario)
+    chain = opts.as_chain(args.scenario)
     inputs = parse_inputs(chain, args.set)
     for path in (args.json, args.timeline, args.trace):
         _check_writable(path)
-    prices = load_prices(args.prices)
+    session_config(args)  # the session's options, checked as the Python API checks them
     if args.max_cost is not None:
-        unpriced = sorted({m for step in chain.steps if step.kind == "llm"
-                           for m in models_of(chain.settings_for(step))
-                           if (args.model or m) not in prices.models})
-        if unpriced or (args.model and args.model not in prices.models):
-            raise InputError(f"--max-cost: no price for model {(args.model or unpriced[0])!r}"
-                             ", so its cost cannot be capped; add it to a price table and "
-                             "pass --prices")
+        opts.refuse_unpriced(chain, args.model, args.prices)
     return chain, inputs
 
 
 def cap_message(state: dict | None) -> str | None:
     """The line that says the spend cap stopped admission, or None."""
-    if not state or not state["stopped"]:
-        return None
-    return (f"chainray: spend cap ${state['cap_usd']:.4f} reached: spent "
-            f"${state['spent_usd']:.4f}; calls that did not fit were not sent")
+    summary = opts.cap_summary(state)
+    return None if summary is None else f"chainray: {summary}"
 
 
 def _finish(args: argparse.Namespace, results: list[RunResult], json_text: str) -> None:
@@ -273,19 +258,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cmd_batch(args)
     chain, inputs = prepare(args)
     strategy = pick_strategy(chain, args)
-    from chainray.api.session import Session, new_run_id
+    from chainray.api.session import Session
 
     parts = run_parts(chain.model_dump_json(), strategy, inputs, args.model)
     key = run_key(parts)
-    run_id = check_run_id(args.resume) if args.resume is not None else new_run_id()
+    run_id = check_run_id(args.resume) if args.resume is not None else opts.new_run_id()
     journal = Journal(journal_dir(), run_id, key, parts)
     resumed = journal.finished_steps() if args.resume is not None else {}
     if not args.no_journal:
         journal.start()
-    job = RunJob(run_id=run_id, chain=chain, strategy=strategy, inputs=inputs,
-                 on_error=args.on_error, model=args.model, priority=not args.no_priority,
-                 prices=args.prices, resumed=resumed,
-                 journal_dir=None if args.no_journal else str(journal_dir()), journal_key=key)
+    job = opts.run_job(chain, strategy, inputs, **job_options(args), run_id=run_id,
+                       resumed=resumed, journal_key=key,
+                       journal_dir=None if args.no_journal else str(journal_dir()))
     if not args.no_journal:
         print(f"run {run_id} (journal {journal.path}; if interrupted: "
               f"{resume_hint(args, strategy, run_id)})", file=sys.stderr)
@@ -306,7 +290,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     chain, inputs = prepare(args)
     _check_writable(args.summary_json)
-    from chainray.api.session import Session, new_run_id
+    from chainray.api.session import Session
 
     results: list[RunResult] = []
     print(f"benchmarking {chain.name}: {', '.join(args.strategies)}, {args.repeat} run(s) "
@@ -315,10 +299,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with Session(session_config(args)) as session:
         for _ in range(args.repeat):
             for strategy in args.strategies:
-                job = RunJob(run_id=new_run_id(), chain=chain, strategy=strategy,
-                             inputs=inputs, on_error=args.on_error, model=args.model,
-                             priority=not args.no_priority, prices=args.prices)
-                results.append(session.run(job))
+                strategy, _ = opts.choose_strategy(chain, strategy)
+                results.append(session.run(opts.run_job(chain, strategy, inputs,
+                                                        **job_options(args))))
     _finish(args, results, _RESULTS.dump_json(results, indent=2).decode())
     if args.summary_json:
         _write_json(args.summary_json, bench_summary(chain.name, results).model_dump_json(

@@ -1,0 +1,56 @@
+"""What the Python API returns for many runs: every run asked for, in the given order, with
+what the spend cap did.
+
+When ``max_cost`` stops admission, the runs it kept from starting do not vanish from the list:
+each keeps its place as a ``RunResult`` with status ``failed``, every step ``skipped`` and an
+error that starts with ``not started:``, nothing sent; ``RunList.not_started`` names them. So a
+caller tells apart the runs that finished (``ok``), the partial ones (a call refused
+mid-run: ``partial`` or ``failed``) and those that never started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from chainray.api.options import cap_summary
+from chainray.exec.guards import SPEND_CAP
+from chainray.exec.jobs import RunJob
+from chainray.exec.summary import summarize_run
+from chainray.plan.cost import load_prices
+from chainray.plan.schedule import resolve
+from chainray.results import RunResult, StepResult
+
+__all__ = ["RunList", "not_started_result", "NOT_STARTED"]
+
+NOT_STARTED = "not started"
+
+
+class RunList(list[RunResult]):
+    """Results in the order the runs were given; a plain list with two more attributes.
+
+    ``not_started``: the run ids the spend cap kept from starting (resume them with a higher
+    ``max_cost``); ``spend``: the cap's account (``cap_usd``, ``spent_usd``, ``refused``,
+    ``stopped``), ``None`` without ``max_cost``.
+
+        runs = session.run_many(chains)
+        finished = [r for r in runs if r.status == "ok"]
+        never = [r for r in runs if r.run_id in runs.not_started]
+    """
+
+    def __init__(self, results: Iterable[RunResult] = (), not_started: Iterable[str] = (),
+                 spend: dict | None = None) -> None:
+        super().__init__(results)
+        self.not_started = list(not_started)
+        self.spend = spend
+
+
+def not_started_result(job: RunJob, spend: dict | None) -> RunResult:
+    """The place of a run the spend cap kept from starting: every step skipped, nothing
+    sent, the error naming the cap and the spend (so ``stopped_by_cap`` holds for it)."""
+    why = f"{NOT_STARTED}: {SPEND_CAP}"
+    if summary := cap_summary(spend):
+        why += f" ({summary})"
+    schedule = resolve(job.chain, job.strategy)
+    steps = {plan.id: StepResult(id=plan.id, depends_on=plan.depends_on, status="skipped",
+                                 error=why) for plan in schedule.steps}
+    return summarize_run(job.chain, schedule, steps, 0.0, job.run_id, load_prices(job.prices))
