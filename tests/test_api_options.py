@@ -229,3 +229,17 @@ def test_a_batch_line_becomes_the_run_the_api_builds_for_those_inputs(recorded, 
                                             on_error="continue").run_many(
         [("progressive_refinement", {"brief": "tea"})]))
     assert cli[1] == api[1]
+
+
+def test_a_capped_cli_bench_keeps_every_run_in_place_and_exits_1(ray_session, sim, tmp_path,
+                                                                  capsys):
+    sim.configure(speed=50.0, rpm=100_000, tpm=10_000_000)
+    out, cap = tmp_path / "bench.json", 0.0008
+    code = main(["bench", "progressive_refinement", "--strategies", "sequential,hybrid",
+                 "--repeat", "3", "--max-cost", str(cap), "--base-url", sim.base_url,
+                 "--json", str(out), "--quiet", "--rpm", "100000", "--tpm", "10000000"])
+    assert code == 1 and "spend cap $0.0008 reached" in capsys.readouterr().err
+    runs = json.loads(out.read_text())
+    assert [r["strategy"] for r in runs] == ["sequential", "hybrid"] * 3
+    assert runs[-1]["error"].startswith("not started:") and runs[-1]["api_calls"] == 0
+    assert runs[0]["status"] == "ok" and server_cost(sim) <= cap

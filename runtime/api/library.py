@@ -14,7 +14,7 @@ from typing import Any
 
 from chainray.api import options as opts
 from chainray.api.options import CacheOption, Objective, OnError, StrategyName
-from chainray.api.runs import RunList, not_started_result
+from chainray.api.runs import RunList, run_in_order
 from chainray.api.session import Session as _Driver
 from chainray.exec.jobs import RunJob
 from chainray.plan.schedule import STRATEGIES
@@ -113,18 +113,7 @@ class Session:
 
     def _run_jobs(self, jobs: Sequence[RunJob], window: int, label: str = "runs") -> RunList:
         """Run prepared jobs (at most ``window`` at once); one result per job, in order."""
-        driver = self._open()
-        order = {job.run_id: i for i, job in enumerate(jobs)}
-        results: list[RunResult | None] = [None] * len(jobs)
-        for result in driver.run_many(jobs, window=window, label=label, total=len(jobs)):
-            results[order[result.run_id]] = result
-        spend = driver.spend_state()
-        return RunList([result or not_started_result(job, spend)
-                        for job, result in zip(jobs, results, strict=True)],
-                       not_started=[job.run_id for job, result in zip(jobs, results,
-                                                                      strict=True)
-                                    if result is None],
-                       spend=spend)
+        return run_in_order(self._open(), jobs, window, label)
 
     def run(self, chain: Chain | str, strategy: StrategyName = "hybrid",
             inputs: Mapping[str, Any] | None = None, *,

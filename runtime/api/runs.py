@@ -10,7 +10,8 @@ mid-run: ``partial`` or ``failed``) and those that never started.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from chainray.api.options import cap_summary
 from chainray.exec.guards import SPEND_CAP
@@ -20,7 +21,10 @@ from chainray.plan.cost import load_prices
 from chainray.plan.schedule import resolve
 from chainray.results import RunResult, StepResult
 
-__all__ = ["RunList", "not_started_result", "NOT_STARTED"]
+if TYPE_CHECKING:
+    from chainray.api.session import Session as Driver
+
+__all__ = ["RunList", "run_in_order", "not_started_result", "NOT_STARTED"]
 
 NOT_STARTED = "not started"
 
@@ -54,3 +58,18 @@ def not_started_result(job: RunJob, spend: dict | None) -> RunResult:
     steps = {plan.id: StepResult(id=plan.id, depends_on=plan.depends_on, status="skipped",
                                  error=why) for plan in schedule.steps}
     return summarize_run(job.chain, schedule, steps, 0.0, job.run_id, load_prices(job.prices))
+
+
+def run_in_order(driver: Driver, jobs: Sequence[RunJob], window: int,
+                 label: str = "runs") -> RunList:
+    """Run ``jobs`` on ``driver`` (at most ``window`` at once): one result per job, in the
+    jobs' order, a run the spend cap kept from starting in its place."""
+    order = {job.run_id: i for i, job in enumerate(jobs)}
+    results: list[RunResult | None] = [None] * len(jobs)
+    for result in driver.run_many(jobs, window=window, label=label, total=len(jobs)):
+        results[order[result.run_id]] = result
+    spend = driver.spend_state()
+    pairs = list(zip(jobs, results, strict=True))
+    return RunList([result or not_started_result(job, spend) for job, result in pairs],
+                   not_started=[job.run_id for job, result in pairs if result is None],
+                   spend=spend)

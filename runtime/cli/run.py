@@ -10,6 +10,7 @@ from pydantic import TypeAdapter
 
 from chainray.api import options as opts
 from chainray.api.batch import BatchRecord
+from chainray.api.runs import run_in_order
 from chainray.errors import InputError
 from chainray.exec.journal import Journal, check_run_id, journal_dir, run_key, run_parts
 from chainray.plan.schedule import STRATEGIES
@@ -300,12 +301,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for _ in range(args.repeat):
             for strategy in args.strategies:
                 strategy, _ = opts.choose_strategy(chain, strategy)
-                results.append(session.run(opts.run_job(chain, strategy, inputs,
-                                                        **job_options(args))))
+                job = opts.run_job(chain, strategy, inputs, **job_options(args))
+                # A run the spend cap keeps from starting keeps its place, marked as such.
+                results += run_in_order(session, [job], 1, label=f"{chain.name}:{strategy}")
+        spend = session.spend_state()
     _finish(args, results, _RESULTS.dump_json(results, indent=2).decode())
     if args.summary_json:
         _write_json(args.summary_json, bench_summary(chain.name, results).model_dump_json(
             indent=2))
         print(f"summary written to {args.summary_json}", file=sys.stderr)
     print_bench(chain.name, results)
+    if (message := cap_message(spend)) is not None:
+        print(message, file=sys.stderr)
+        return 1
     return 0 if all(r.status == "ok" for r in results) else 1
