@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from pydantic import TypeAdapter
@@ -11,7 +12,7 @@ from pydantic import TypeAdapter
 from chainray.api.batch import BatchRecord
 from chainray.errors import InputError
 from chainray.exec.cache import cache_dir
-from chainray.exec.jobs import RunJob, models_of
+from chainray.exec.jobs import RunJob, models_of, step_models
 from chainray.exec.journal import Journal, check_run_id, journal_dir, run_key, run_parts
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import STRATEGIES
@@ -292,7 +293,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if resumed:
         print(f"resuming: {len(resumed)} finished step(s) will not be sent again: "
               f"{', '.join(resumed)}", file=sys.stderr)
-    with Session(session_config(args)) as session:
+    # The run's limiters start with the session, beside the Coordinator's processes.
+    config = replace(session_config(args), models=tuple(sorted(step_models(job))))
+    with Session(config) as session:
         result = session.run(job)
         spend = session.spend_state()
     _finish(args, [result], result.model_dump_json(indent=2))
