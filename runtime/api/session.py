@@ -19,7 +19,7 @@ import ray
 from pydantic import SecretStr
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from chainray.actors.adaptations import get_adaptations
+from chainray.actors.adaptations import AdaptationsRef
 from chainray.actors.cache import CacheKeeper
 from chainray.actors.coordinator import Coordinator, start_step_runners
 from chainray.actors.durations import Durations
@@ -136,7 +136,8 @@ class Session:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
             start_step_runners(self.endpoint, config.runners))
-        self.adaptations = get_adaptations(config.limiter_namespace)
+        self.adaptations = AdaptationsRef(config.limiter_namespace)
+        self.adaptations_handle: ray.actor.ActorHandle | None = None
         self.notes_shown = 0
         self.described: dict[str, str] = {}
         self.open_limiters(config.models)  # their processes start beside the Coordinator's
@@ -285,7 +286,11 @@ class Session:
 
     def _show_adaptations(self) -> None:
         """Say once, on stderr, how a model's parameters were adapted."""
-        notes = ray.get(self.adaptations.notes_since.remote(self.notes_shown), timeout=30)
+        self.adaptations_handle = self.adaptations_handle or self.adaptations.find()
+        if self.adaptations_handle is None:
+            return
+        notes = ray.get(self.adaptations_handle.notes_since.remote(self.notes_shown),
+                        timeout=30)
         self.notes_shown += len(notes)
         for note in notes:
             print(f"chainray: {note}", file=sys.stderr)
