@@ -11,7 +11,7 @@ import ray
 
 from chainray.exec.params import Adaptation, AdaptationBook
 
-__all__ = ["Adaptations", "RemoteAdaptations", "get_adaptations"]
+__all__ = ["Adaptations", "AdaptationsRef", "RemoteAdaptations", "get_adaptations"]
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -29,23 +29,47 @@ class Adaptations:
         return self.book.notes_since(index)
 
 
+NAME = "chainray-adaptations"
+
+
 def get_adaptations(namespace: str) -> ray.actor.ActorHandle:
-    return Adaptations.options(name="chainray-adaptations", namespace=namespace,
-                               get_if_exists=True, lifetime="detached").remote()
+    return Adaptations.options(name=NAME, namespace=namespace, get_if_exists=True,
+                               lifetime="detached").remote()
+
+
+class AdaptationsRef:
+    """The cluster-wide actor, by name. It starts with the first adaptation anyone learns: a
+    run whose models accept what they are sent starts no process for it."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    def find(self) -> ray.actor.ActorHandle | None:
+        try:
+            return ray.get_actor(NAME, namespace=self.namespace)
+        except ValueError:  # nothing learned yet, anywhere in the cluster
+            return None
+
+    def start(self) -> ray.actor.ActorHandle:
+        return get_adaptations(self.namespace)
 
 
 class RemoteAdaptations:
     """The actor as the call path sees it, with a copy per endpoint and model."""
 
-    def __init__(self, handle: ray.actor.ActorHandle) -> None:
-        self.handle = handle
+    def __init__(self, ref: AdaptationsRef) -> None:
+        self.ref = ref
+        self.handle: ray.actor.ActorHandle | None = None
         self.copies: dict[str, dict[str, Adaptation]] = {}
 
     async def known(self, key: str) -> dict[str, Adaptation]:
         if key not in self.copies:
-            self.copies[key] = await self.handle.known.remote(key)
+            self.handle = self.handle or self.ref.find()
+            self.copies[key] = ({} if self.handle is None
+                                else await self.handle.known.remote(key))
         return self.copies[key]
 
     async def learn(self, key: str, adaptation: Adaptation, note: str) -> None:
         self.copies.setdefault(key, {})[adaptation.param] = adaptation
+        self.handle = self.handle or self.ref.start()
         await self.handle.learn.remote(key, adaptation, note)

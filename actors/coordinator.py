@@ -33,13 +33,23 @@ from chainray.plan.cost import load_prices
 from chainray.plan.schedule import resolve
 from chainray.results import RunResult, StepResult
 
-__all__ = ["Coordinator", "is_process_death"]
+__all__ = ["Coordinator", "start_step_runners", "is_process_death"]
 
 # A step's process (worker, actor or node) is gone: sending the step again may succeed.
 _DEATHS = tuple(getattr(ray.exceptions, name) for name in (
     "RayActorError", "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError",
     "NodeDiedError", "LocalRayletDiedError", "ObjectLostError", "OwnerDiedError",
     "ObjectReconstructionFailedError") if hasattr(ray.exceptions, name))
+
+
+def start_step_runners(endpoint: Endpoint, count: int) -> list[ray.actor.ActorHandle]:
+    """``count`` step runners, one per node in turn. If a node leaves, its runner's steps are
+    sent again to the next runner (dispatch resubmits), which lives on another node. The
+    driver starts them beside the Coordinator: worker processes start a few at a time, and
+    starting them from the Coordinator's constructor would queue them behind it."""
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    return [StepRunner.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        nodes[i % len(nodes)], soft=False)).remote(endpoint) for i in range(count)]
 
 
 def is_process_death(exc: BaseException) -> bool:
@@ -49,13 +59,9 @@ def is_process_death(exc: BaseException) -> bool:
 
 @ray.remote(num_cpus=0, max_concurrency=1000)
 class Coordinator:
-    def __init__(self, endpoint: Endpoint, runners: int = 2) -> None:
+    def __init__(self, runners: list[ray.actor.ActorHandle]) -> None:
         keep_debug_log()
-        # One runner per node in turn; if a node leaves, its runner's steps are sent again to
-        # the next runner (dispatch resubmits), which lives on another node.
-        nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
-        self.runners = [StepRunner.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            nodes[i % len(nodes)], soft=False)).remote(endpoint) for i in range(runners)]
+        self.runners = runners  # from start_step_runners, started beside this actor
         self.turn = itertools.count()
         self.live: dict[str, Counter] = {}
         self.finished = Counter()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import ray
 
-from chainray.actors.adaptations import RemoteAdaptations
+from chainray.actors.adaptations import AdaptationsRef, RemoteAdaptations
 from chainray.actors.cache import RemoteCache
 from chainray.actors.durations import SharedLatencies
 from chainray.actors.rate_limiter import RemoteLimiter
@@ -60,7 +60,7 @@ class StepRunner:
         keep_debug_log()
         self.endpoint = endpoint
         self.client = make_client(endpoint)
-        self.stores: dict[str, RemoteAdaptations] = {}  # one copy per adaptations actor
+        self.stores: dict[str, RemoteAdaptations] = {}  # one copy per namespace
         self.latencies: dict[str, Latencies] = {}  # hedging's view, one per invocation
 
     def _guards(self, handles: GuardHandles | None) -> CallGuards | None:
@@ -82,17 +82,16 @@ class StepRunner:
             self.latencies[key] = SharedLatencies(handles.durations)
         return self.latencies[key]
 
-    def _store(self, handle: ray.actor.ActorHandle | None) -> RemoteAdaptations | None:
-        if handle is None:
+    def _store(self, ref: AdaptationsRef | None) -> RemoteAdaptations | None:
+        if ref is None:
             return None
-        key = handle._actor_id.hex()
-        if key not in self.stores:
-            self.stores[key] = RemoteAdaptations(handle)
-        return self.stores[key]
+        if ref.namespace not in self.stores:
+            self.stores[ref.namespace] = RemoteAdaptations(ref)
+        return self.stores[ref.namespace]
 
     async def run_step(self, request: StepRequest,
                        limiters: dict[str, ray.actor.ActorHandle],
-                       adaptations: ray.actor.ActorHandle | None,
+                       adaptations: AdaptationsRef | None,
                        *upstream: StepResult, guards: GuardHandles | None = None
                        ) -> StepResult:
         """``limiters`` holds the RateLimiter of the step's model and of each fallback."""

@@ -17,17 +17,20 @@ os.environ["CHAINRAY_HOME"] = tempfile.mkdtemp(prefix="chainray-test-")
 from chainray.sim import start_simulator  # noqa: E402
 from chainray.sim.reasoning import REASONING_MODELS  # noqa: E402
 
+SIM_SEED = 7  # the session simulator's seed; each test starts from it
+
 
 @pytest.fixture(scope="session")
 def simulator():
-    with start_simulator("--speed", "20", "--seed", "7") as sim:
+    with start_simulator("--speed", "20", "--seed", str(SIM_SEED)) as sim:
         yield sim
 
 
 @pytest.fixture
 def sim(simulator):
     """The session's simulator, reset to its start settings (fast latency) for this test."""
-    simulator.configure(speed=20.0, rpm=500, tpm=200_000, burst_s=60.0, api_key=None,
+    simulator.configure(speed=20.0, seed=SIM_SEED, rpm=500, tpm=200_000, burst_s=60.0,
+                        api_key=None,
                         enforce="minute",
                         ttft_sigma=0.65, ttft_median_s=0.5, tokens_per_s=70.0,
                         prefill_s_per_token=0.00005, lengths={},

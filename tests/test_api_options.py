@@ -208,6 +208,7 @@ def test_the_cli_and_the_api_translate_the_same_options_identically(recorded, tm
     assert cli == api
     config, job = api
     assert (config.max_cost, config.hedge_after, config.cache) == (2.5, 0.9, str(folder))
+    assert config.models == ("gpt-4o",)  # the run's limiters open with the session
     assert job["strategy"] == chainray.plan("quantum_research", "cost").strategy
     assert job["inputs"]["topic"] == "tea" and job["on_error"] == "isolate"
     # A bare --cache is cache=True; bench's runs are the API bench's.

@@ -12,6 +12,7 @@ from chainray.plan.forecast import forecast_batch
 from chainray.plan.predict import LatencyModel, fit_steps, predict
 from chainray.plan.schedule import STRATEGIES
 from chainray.spec.chain import load_chain
+from tests.conftest import SIM_SEED
 from tests.helpers import fan_chain, job, session_for
 
 PRICES = load_prices()
@@ -66,7 +67,9 @@ def test_calibration_predicts_an_unseen_chain(ray_session, sim):
     with session_for(sim, timeout_s=30.0) as session:
         calibration = [session.run(job(seen, s)) for s in STRATEGIES * 2]
         measured = {s: session.run(job(unseen, s)) for s in STRATEGIES}
-    model = fit_steps([step for r in calibration for step in r.steps])
+    # The length model is the simulator's, at the simulator's seed (a user states both).
+    model = fit_steps([step for r in calibration for step in r.steps],
+                      base=LatencyModel(seed=SIM_SEED))
     assert model.tokens_per_s == pytest.approx(150 * 2, rel=0.3)  # speed 2: twice as fast
     assert model.ttft_s > 0.05
     for strategy, result in measured.items():

@@ -89,6 +89,7 @@ def test_misbehaviour_is_accounted_for(ray_session, hostile, chain_file, tmp_pat
     step = data["steps"][0]
     assert data["api_calls"] == hostile.requests == requests == step["attempts"]
     assert data["status"] == ("ok" if code == 0 else "failed")
+    assert_attempts_timed(step, ok=code == 0)
     assert_no_permit_leak(hostile.base_url)
     printed = capsys.readouterr()
     ours = [line for line in (printed.out + printed.err).splitlines()
@@ -104,6 +105,21 @@ def test_misbehaviour_is_accounted_for(ray_session, hostile, chain_file, tmp_pat
         check(data, step, printed.out)
 
 
+def assert_attempts_timed(step: dict, ok: bool) -> None:
+    """Every request the server saw has its own entry, in order, ending as the step did."""
+    sent = [a for a in step["attempt_log"] if a["code"] not in ("connect_failed",
+                                                                  "permit_timeout")]
+    assert len(sent) == step["attempts"]
+    for attempt, following in zip(sent, sent[1:] + [None], strict=True):
+        assert attempt["queued_at"] <= attempt["sent_at"] <= attempt["finished_at"]
+        if following is not None:
+            assert attempt["outcome"] != "ok" and attempt["finished_at"] <= following["queued_at"]
+    assert (sent[-1]["outcome"] == "ok") == ok
+    for attempt in sent:
+        if attempt["outcome"] == "rate_limited":
+            assert attempt["code"] in ("429", "rate_limit_exceeded", "insufficient_quota")
+
+
 def _usage_estimated(data, step, out):
     assert step["usage_estimated"] and step["prompt_tokens"] > 0
     assert step["completion_tokens"] > 0 and data["estimated_cost"] > 0
@@ -116,6 +132,7 @@ def _truncated(data, step, out):
 
 def _rate_limited_once(data, step, out):
     assert data["rate_limited"] == 1 and data["retries"] == 1
+    assert [a["outcome"] for a in step["attempt_log"]] == ["rate_limited", "ok"]
 
 
 def _markup(data, step, out):

@@ -4,7 +4,10 @@ measurements and fallbacks, against the simulator and against the hostile fixtur
 from __future__ import annotations
 
 import pytest
+import ray
 
+from chainray.actors.adaptations import AdaptationsRef
+from chainray.exec.params import adaptation_key
 from chainray.spec.chain import SCENARIO_DIR, chain_from_dict, load_chain
 from tests.fixture_server import FixtureServer
 from tests.helpers import job, session_for
@@ -38,7 +41,11 @@ def test_an_unknown_model_is_taught_by_its_400s_once_per_parameter(ray_session, 
     with session_for(sim) as session:
         first = session.run(job(chain))
         second = session.run(job(chain))
+        learned = AdaptationsRef(session.config.limiter_namespace).find()
     assert first.status == second.status == "ok"
+    assert learned is not None and ray.get(learned.known.remote(
+        adaptation_key(sim.base_url, "house-reasoner")), timeout=30).keys() == {
+        "max_tokens", "temperature"}
     stats = sim.stats()
     assert stats["by_status"].get("400", 0) == 2  # max_tokens once, temperature once
     assert first.api_calls + second.api_calls == stats["requests"] == 8
@@ -83,6 +90,8 @@ def test_streamed_usage_equals_unstreamed_usage_and_measures_the_first_token(ray
         streamed = session.run(job(chain_from_dict(data)))
         data["defaults"]["stream"] = False
         plain = session.run(job(chain_from_dict(data)))
+        learned = AdaptationsRef(session.config.limiter_namespace).find()
+    assert learned is None  # the model took what it was sent: no process to remember it
     assert streamed.total_tokens == plain.total_tokens > 0
     assert all(s.ttft_ms and s.decode_tokens_per_s for s in streamed.steps)
     assert all(s.ttft_ms is None for s in plain.steps)

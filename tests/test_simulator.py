@@ -89,6 +89,39 @@ def test_streaming_time_to_first_token(sim):
     assert 0.045 < first < 0.075  # 0.5 s / 10
 
 
+def _stream_chunks(sim, max_tokens: int) -> tuple[list[str], float, int]:
+    """(content pieces, seconds from first to last piece, completion tokens) of one stream."""
+    stream = client(sim).chat.completions.create(
+        model="m", messages=MSG, max_tokens=max_tokens, stream=True,
+        stream_options={"include_usage": True})
+    pieces, times, tokens = [], [], 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+            times.append(time.perf_counter())
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    return pieces, times[-1] - times[0], tokens
+
+
+def test_a_fast_stream_holds_every_token_due_in_one_chunk_and_keeps_its_pace(sim):
+    # 70 tokens/s at speed 100: a token every 0.14 ms; chunks leave at most every 5 ms.
+    sim.configure(speed=100.0, ttft_sigma=0.0, itl_jitter=0.0)
+    pieces, seconds, tokens = _stream_chunks(sim, 600)
+    expected = (tokens - 1) / 70 / 100
+    assert len(pieces) < tokens / 5, "one chunk per token at 0.14 ms apart"
+    assert expected * 0.9 < seconds < expected + 0.05
+    plain = client(sim).chat.completions.create(model="m", messages=MSG, max_tokens=600)
+    assert "".join(pieces).strip() == plain.choices[0].message.content
+    assert plain.usage.completion_tokens == tokens
+
+
+def test_a_stream_at_real_pace_sends_one_chunk_per_token(sim):
+    sim.configure(speed=2.0, ttft_sigma=0.0, itl_jitter=0.0)  # 7 ms apart
+    pieces, _, tokens = _stream_chunks(sim, 40)
+    assert len(pieces) == tokens
+
+
 def test_burst_beyond_rpm_gets_openai_429s(sim):
     sim.configure(rpm=5)
 

@@ -16,7 +16,7 @@ from chainray.api import options as opts
 from chainray.api.options import CacheOption, Objective, OnError, StrategyName
 from chainray.api.runs import RunList, run_in_order
 from chainray.api.session import Session as _Driver
-from chainray.exec.jobs import RunJob
+from chainray.exec.jobs import RunJob, step_models
 from chainray.plan.schedule import STRATEGIES
 from chainray.results import RunResult
 from chainray.spec.chain import Chain
@@ -84,13 +84,14 @@ class Session:
                  sim_speed: float = 1.0, prices: str | None = None, dashboard: bool = False,
                  progress: bool = False, api_version: str | None = None,
                  max_cost: float | None = None, cache: CacheOption = None,
-                 hedge_after: float | None = None) -> None:
+                 hedge_after: float | None = None, _models: Iterable[str] = ()) -> None:
         config = opts.session_config(
             address=address, base_url=base_url, api_key=api_key, rpm=rpm, tpm=tpm,
             max_concurrency=max_concurrency, target_share=target_share, priority=priority,
             dashboard=dashboard, sim_speed=sim_speed, timeout=timeout,
             max_attempts=max_attempts, progress=progress, api_version=api_version,
-            max_cost=max_cost, prices=prices, hedge_after=hedge_after, cache=cache)
+            max_cost=max_cost, prices=prices, hedge_after=hedge_after, cache=cache,
+            models=_models)  # _models: run() knows its run's models before the session opens
         self._job_options = {"on_error": on_error, "model": model, "priority": priority,
                              "prices": prices}
         self._capped = max_cost is not None
@@ -187,7 +188,9 @@ def _bench_jobs(chain: Chain | str, strategies: Sequence[str], repeat: int,
             for _ in range(repeat) for strategy in strategies]
 
 
-_SESSION_OPTIONS = inspect.signature(Session).parameters
+_SESSION_OPTIONS = {name: parameter for name, parameter
+                    in inspect.signature(Session).parameters.items()
+                    if not name.startswith("_")}
 
 
 def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], bool]:
@@ -224,7 +227,8 @@ def run(chain: Chain | str, strategy: StrategyName = "hybrid",
     """
     options, job_options, capped = _split(options)
     job = _prepare_job(chain, strategy, inputs, objective, job_options, capped)
-    with Session(**options) as session:
+    # The run's limiters start with the session, as chainray run's do.
+    with Session(**options, _models=step_models(job)) as session:
         return session._run_jobs([job], 1, label=f"{job.chain.name}:{job.strategy}")[0]
 
 

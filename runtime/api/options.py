@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from chainray.errors import InputError
@@ -82,8 +82,8 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
                    timeout: float = 60.0, max_attempts: int = 6,
                    progress: bool = False, api_version: str | None = None,
                    max_cost: float | None = None, prices: str | None = None,
-                   hedge_after: float | None = None, cache: CacheOption = None
-                   ) -> SessionConfig:
+                   hedge_after: float | None = None, cache: CacheOption = None,
+                   models: Iterable[str] = ()) -> SessionConfig:
     """How to reach Ray and the endpoint, from the options ``chainray run`` also takes.
 
     ``api_version`` is Azure OpenAI's (``base_url`` is then the resource endpoint).
@@ -91,7 +91,8 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
     ``prices`` table), ``cache`` a response-cache folder (``True``: ``$CHAINRAY_HOME/cache``),
     ``hedge_after`` the quantile (0..1] after which a straggling request gets one duplicate.
     ``api_key`` replaces ``OPENAI_API_KEY`` for this session only (the key never leaves the
-    session's environment copy: not logged, not in results).
+    session's environment copy: not logged, not in results). ``models``: those whose rate
+    limiters open with the session, beside the Coordinator's processes (else at first use).
     """
     from chainray.api.session import SessionConfig
 
@@ -108,7 +109,8 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
                          priority=priority, dashboard=dashboard, sim_speed=sim_speed,
                          timeout_s=timeout, max_attempts=max_attempts, progress=progress,
                          api_version=api_version, max_cost=max_cost, prices=prices,
-                         hedge_after=hedge_after, cache=folder, env=env)
+                         hedge_after=hedge_after, cache=folder,
+                         models=tuple(sorted(set(models))), env=env)
 
 
 def as_chain(chain: Chain | str) -> Chain:

@@ -19,9 +19,9 @@ import ray
 from pydantic import SecretStr
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from chainray.actors.adaptations import get_adaptations
+from chainray.actors.adaptations import AdaptationsRef
 from chainray.actors.cache import CacheKeeper
-from chainray.actors.coordinator import Coordinator
+from chainray.actors.coordinator import Coordinator, start_step_runners
 from chainray.actors.durations import Durations
 from chainray.actors.rate_limiter import LIMITER_NAMESPACE, get_rate_limiter, limiter_name
 from chainray.actors.spend import Spend
@@ -70,6 +70,7 @@ class SessionConfig:
     prices: str | None = None  # the price table the cap is kept with (None: bundled)
     cache: str | None = None  # response cache folder (None: no cache)
     hedge_after: float | None = None  # hedge requests slower than this quantile (0..1)
+    models: tuple[str, ...] = ()  # models whose limiters open with the session (else at first use)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -134,11 +135,13 @@ class Session:
         # On the driver's node, so that the run journal lands on the driver's disk.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
-            self.endpoint, config.runners)
-        ray.get(self.coordinator.ready.remote(), timeout=120)  # open means ready to run
-        self.adaptations = get_adaptations(config.limiter_namespace)
+            start_step_runners(self.endpoint, config.runners))
+        self.adaptations = AdaptationsRef(config.limiter_namespace)
+        self.adaptations_handle: ray.actor.ActorHandle | None = None
         self.notes_shown = 0
         self.described: dict[str, str] = {}
+        self.open_limiters(config.models)  # their processes start beside the Coordinator's
+        ray.get(self.coordinator.ready.remote(), timeout=120)  # open means ready to run
         self.guards = self._open_guards(here)
         self.not_started: list[str] = []  # run ids the spend cap kept from starting
 
@@ -218,10 +221,16 @@ class Session:
         """The run's RateLimiters, started (and waited for) before its first step. Explicit
         limits reconfigure a shared limiter that exists already (the newest explicit value
         wins); the limits in force and where they came from are printed once."""
+        return self.open_limiters(step_models(job))
+
+    def open_limiters(self, models: Iterable[str]) -> dict[str, ray.actor.ActorHandle]:
+        """The shared RateLimiters of ``models`` (see ``limiters_for``)."""
         limits, detached = self.limits, self.simulator is None
         new = {model: get_rate_limiter(limiter_name(self.endpoint.base_url, model),
                                        limits, self.config.limiter_namespace, detached)
-               for model in step_models(job) - self.limiters.keys()}
+               for model in set(models) - self.limiters.keys()}
+        if not new:
+            return self.limiters
         changes = ray.get([handle.configure.remote(limits) for handle in new.values()],
                           timeout=120)
         stats = ray.get([handle.stats.remote() for handle in new.values()], timeout=120)
@@ -277,7 +286,11 @@ class Session:
 
     def _show_adaptations(self) -> None:
         """Say once, on stderr, how a model's parameters were adapted."""
-        notes = ray.get(self.adaptations.notes_since.remote(self.notes_shown), timeout=30)
+        self.adaptations_handle = self.adaptations_handle or self.adaptations.find()
+        if self.adaptations_handle is None:
+            return
+        notes = ray.get(self.adaptations_handle.notes_since.remote(self.notes_shown),
+                        timeout=30)
         self.notes_shown += len(notes)
         for note in notes:
             print(f"chainray: {note}", file=sys.stderr)

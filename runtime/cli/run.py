@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import TypeAdapter
@@ -12,6 +13,7 @@ from chainray.api import options as opts
 from chainray.api.batch import BatchRecord
 from chainray.api.runs import run_in_order
 from chainray.errors import InputError
+from chainray.exec.jobs import step_models
 from chainray.exec.journal import Journal, check_run_id, journal_dir, run_key, run_parts
 from chainray.plan.schedule import STRATEGIES
 from chainray.report.bench import bench_summary
@@ -168,8 +170,9 @@ def parse_inputs(chain: Chain, assignments: list[str]) -> dict[str, str | None]:
     return opts.chain_inputs(chain, overrides)
 
 
-def session_config(args: argparse.Namespace):
-    """The flags' session options, translated as the Python API translates its arguments."""
+def session_config(args: argparse.Namespace, models: Iterable[str] = ()):
+    """The flags' session options, translated as the Python API translates its arguments
+    (``models``: those whose limiters open with the session)."""
     return opts.session_config(address=args.address, base_url=args.base_url, rpm=args.rpm,
                                tpm=args.tpm, max_concurrency=args.max_concurrency,
                                target_share=args.target_share, priority=not args.no_priority,
@@ -178,7 +181,8 @@ def session_config(args: argparse.Namespace):
                                max_attempts=args.max_attempts, progress=not args.quiet,
                                api_version=args.api_version, max_cost=args.max_cost,
                                prices=args.prices, hedge_after=args.hedge_after,
-                               cache=True if args.cache == "" else args.cache)
+                               cache=True if args.cache == "" else args.cache,
+                               models=models)
 
 
 def job_options(args: argparse.Namespace) -> dict:
@@ -277,7 +281,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if resumed:
         print(f"resuming: {len(resumed)} finished step(s) will not be sent again: "
               f"{', '.join(resumed)}", file=sys.stderr)
-    with Session(session_config(args)) as session:
+    # The run's limiters start with the session, beside the Coordinator's processes.
+    with Session(session_config(args, models=step_models(job))) as session:
         result = session.run(job)
         spend = session.spend_state()
     _finish(args, [result], result.model_dump_json(indent=2))

@@ -55,6 +55,10 @@ class SimConfig(BaseModel):
     prefill_s_per_token: float = Field(0.00005, ge=0)
     tokens_per_s: float = Field(70.0, gt=0)
     itl_jitter: float = Field(0.1, ge=0, lt=1)
+    chunk_s: float = Field(0.005, ge=0, description="a stream sends at most one chunk per "
+                           "this many seconds, holding every token due by then (a server "
+                           "or network does as much; at high speeds a chunk per token made "
+                           "the simulator and its client CPU-bound)")
     lengths: LengthModel = LengthModel()  # how long replies are: see chainray.sim.lengths
     default_max_tokens: int = Field(512, gt=0)
     reasoning_models: str = Field(REASONING_MODELS, description="models (a regex) that answer "

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import hmac
+import itertools
 import json
 import math
 import random
@@ -252,11 +254,19 @@ class Simulator:
         await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant",
                                                                 "content": ""},
                                          "finish_reason": None}]})
-        for i, token in enumerate(reply.tokens):
-            if i:
-                await asyncio.sleep(reply.itl_s[i - 1])
-            await send({**base, "choices": [{"index": 0, "delta": {"content": token},
+        # Each token is due at its own time after the first; every chunk holds what is due.
+        loop, tokens = asyncio.get_running_loop(), reply.tokens
+        start, due = loop.time(), list(itertools.accumulate(reply.itl_s, initial=0.0))
+        sent = next_chunk_at = 0
+        while sent < len(tokens):
+            if (wait := max(start + due[sent], next_chunk_at) - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            now = loop.time()
+            ready = max(sent + 1, bisect.bisect_right(due, now - start))
+            await send({**base, "choices": [{"index": 0,
+                                             "delta": {"content": "".join(tokens[sent:ready])},
                                              "finish_reason": None}]})
+            sent, next_chunk_at = ready, now + self.config.chunk_s
         await send({**base, "choices": [{"index": 0, "delta": {},
                                          "finish_reason": reply.finish_reason}]})
         if usage is not None:
