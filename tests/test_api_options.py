@@ -83,6 +83,15 @@ def test_cache_makes_a_rerun_send_nothing_with_identical_output(ray_session, sim
     assert again.api_calls == 0 and again.estimated_cost == 0
 
 
+def test_cache_hits_across_embedded_simulators_which_listen_on_new_ports(ray_session, tmp_path):
+    # Each run starts its own simulator on a free port; its replies do not depend on the port.
+    first = chainray.run("progressive_refinement", sim_speed=50, cache=tmp_path, **FAST)
+    again = chainray.run("progressive_refinement", sim_speed=50, cache=tmp_path, **FAST)
+    assert first.api_calls > 0 and not any(s.cached for s in first.steps)
+    assert again.api_calls == 0 and all(s.cached for s in again.steps)
+    assert [s.output for s in again.steps] == [s.output for s in first.steps]
+
+
 def test_cache_true_is_the_default_folder_and_works_on_a_server_that_is_not_the_simulator(
         ray_session, tmp_path, monkeypatch):
     monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import ray
@@ -184,13 +185,17 @@ class Session:
     def _open_endpoint(self) -> Endpoint:
         config, env = self.config, self.config.env
         base_url = config.base_url or env.get("OPENAI_BASE_URL")
-        api_key = env.get("OPENAI_API_KEY")
+        api_key, identity = env.get("OPENAI_API_KEY"), None
         if self.simulator is not None:
             base_url, api_key = self.simulator.base_url, "sim-no-key-needed"
+            # Its replies depend on its version and content flags (seed, lengths), not on
+            # its port or speed: a cached reply from an earlier simulator is the same reply.
+            identity = " ".join(("chainray-simulator", version("chainray"), *config.sim_flags))
         check_reachable(base_url or OPENAI_URL)
         return Endpoint(base_url=base_url or OPENAI_URL, api_key=SecretStr(api_key or "none"),
                         timeout_s=config.timeout_s, max_attempts=config.max_attempts,
-                        backoff_s=config.backoff_s, api_version=config.api_version)
+                        backoff_s=config.backoff_s, api_version=config.api_version,
+                        identity=identity)
 
     def _simulator_settings(self) -> SimConfig:
         """The embedded simulator's limits: the flags if given, else its own defaults."""

@@ -60,6 +60,9 @@ class Endpoint(BaseModel):
     max_retry_s: float = Field(120.0, gt=0)
     backoff_s: float = Field(0.5, ge=0)
     api_version: str | None = None  # set for Azure OpenAI (base_url is the resource endpoint)
+    # What the response cache knows the endpoint by, when its address says nothing lasting
+    # (the embedded simulator listens on a new port each time); None: base_url.
+    identity: str | None = None
 
 
 class LLMRequest(BaseModel):
@@ -304,7 +307,8 @@ async def call_llm(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
     store = store if store is not None else _NoStore()
     kwargs = _request_kwargs(request)
     cache = guards.cache if guards is not None else None
-    key = ResponseCache.key(endpoint.base_url, kwargs) if cache is not None else None
+    key = (ResponseCache.key(endpoint.identity or endpoint.base_url, kwargs)
+           if cache is not None else None)
     if cache is not None and key is not None and (hit := await cache.get(key)) is not None:
         reply.text, reply.truncated, reply.cached = hit.text, hit.finish_reason == "length", True
         return reply
