@@ -3,9 +3,11 @@ told otherwise), get the shared RateLimiters, and hand runs to the Coordinator."
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
+import subprocess
 import sys
 import urllib.parse
 import uuid
@@ -36,7 +38,7 @@ from chainray.results import RunResult
 from chainray.sim.config import SimConfig
 from chainray.sim.embedded import EmbeddedSimulator, start_simulator
 
-__all__ = ["Session", "SessionConfig", "connect_ray", "new_run_id", "OPENAI_URL"]
+__all__ = ["Session", "SessionConfig", "connect_ray", "leave_ray", "new_run_id", "OPENAI_URL"]
 
 OPENAI_URL = "https://api.openai.com/v1"
 
@@ -99,6 +101,23 @@ def connect_ray(address: str | None, dashboard: bool = True) -> None:
         ray.init(address=address, **quiet)
     else:
         ray.init(address="local", include_dashboard=dashboard, **quiet)
+        atexit.register(leave_ray)  # before Ray's own exit hook, which is slower
+
+
+def leave_ray() -> None:
+    """Disconnect, and stop a Ray this process started. Its autoscaler monitor is stopped
+    first, by its PID: it outlives SIGTERM for the whole second ``ray.shutdown`` gives it
+    before killing it, a second of every cold run. The rest stops as Ray stops it."""
+    node = getattr(ray._private.worker, "_global_node", None)  # set only for a Ray we started
+    if node is not None and node.is_head():
+        for info in node.all_processes.get("monitor", ()):
+            if info.process.poll() is None:
+                info.process.kill()
+                try:
+                    info.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass  # ray.shutdown tries again
+    ray.shutdown()
 
 
 class Session:
