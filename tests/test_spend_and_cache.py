@@ -83,30 +83,78 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
     import asyncio
     from types import SimpleNamespace
 
-    from chainray.exec.hedge import Charge, hedged
+    from chainray.exec.guards import Limits
+    from chainray.exec.hedge import Charge, hedged, loser_charge
 
     async def scenario():
         charge, events = Charge(), []
 
-        async def send(duplicate: bool):
+        async def send(duplicate: bool, progress):
             charge.leave()
             try:
                 await asyncio.sleep(0.01 if duplicate else 5)
             except asyncio.CancelledError:
                 events.append(f"cancelled duplicate={duplicate}")
+                events.append(loser_charge(charge, progress, [{"content": "hi"}]))
                 raise
             return SimpleNamespace(text="duplicate" if duplicate else "first",
                                    prompt_tokens=3, completion_tokens=4), 0.01
 
-        async def threshold() -> float:
-            return 0.05
+        async def limits() -> Limits:  # not streamed: only the whole-duration rule applies
+            return Limits(first_token_s=0.01, per_char_s=0.001, duration_s=0.05)
 
-        (answer, _), = [await asyncio.wait_for(hedged(send, threshold, charge), 2)]
-        return answer, events, charge.loser
+        (answer, _), _ = await asyncio.wait_for(hedged(send, limits, charge), 2)
+        return answer, events
 
-    answer, events, charged = asyncio.run(scenario())
-    assert answer.text == "duplicate" and events == ["cancelled duplicate=False"]
-    assert charged == (3, 4)  # the cancelled request is charged as much as the winner
+    answer, events = asyncio.run(scenario())
+    assert answer.text == "duplicate" and events[0] == "cancelled duplicate=False"
+    # A reply not streamed may have been generated whole: charged as much as the winner.
+    assert events[1] == ((3, 4), False)
+
+
+def test_a_streamed_hedge_is_decided_at_the_first_token_and_the_loser_charged_its_prompt():
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from chainray.exec.guards import Limits
+    from chainray.exec.hedge import Charge, hedged, loser_charge
+    from chainray.tokens import estimate_prompt_tokens
+
+    messages = [{"role": "user", "content": "say something about tea " * 10}]
+
+    async def scenario():
+        charge, events = Charge(), {}
+
+        async def send(duplicate: bool, progress):
+            charge.leave()
+            progress.streamed = True
+            try:  # the first request never starts answering; its duplicate answers slowly
+                await asyncio.sleep(5 if not duplicate else 0.02)
+                for word in ("tea ", "is ", "good"):
+                    progress.on_text(word)
+                    await asyncio.sleep(0.2)
+            except asyncio.CancelledError:
+                events[duplicate] = (time.monotonic(), loser_charge(charge, progress, messages))
+                raise
+            return SimpleNamespace(text="tea is good", prompt_tokens=30,
+                                   completion_tokens=3), 0.6
+
+        async def limits() -> Limits:  # no content token within 0.05 s: a straggler
+            return Limits(first_token_s=0.05, per_char_s=None, duration_s=3.0)
+
+        started = time.monotonic()
+        (answer, _), progress = await asyncio.wait_for(
+            hedged(send, limits, charge, streaming=True), 3)
+        return started, time.monotonic(), answer, progress, events
+
+    started, ended, answer, progress, events = asyncio.run(scenario())
+    assert answer.text == "tea is good" and progress.started.is_set()
+    cancelled_at, (charged, estimated) = events[False]
+    # The loser is cut at the winner's first token (~0.07 s), not when the winner ends (~0.67 s).
+    assert cancelled_at - started < 0.4 < ended - started
+    assert charged == (estimate_prompt_tokens(messages), 0) and estimated
+    assert True not in events  # the winner ran to its end
 
 
 def test_the_hedging_quantile_needs_enough_finished_requests():

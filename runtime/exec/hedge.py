@@ -1,26 +1,71 @@
-"""Hedged stragglers: a request slower than most of its model's gets one duplicate.
+"""Hedged stragglers: a request slower than most of its step's gets one duplicate.
+
+A straggler shows long before it ends, so a request is judged by how long it has waited for
+what it has not received yet (``Limits``: quantiles of this invocation's finished requests):
+
+- a streamed request with no content token after the first-token limit;
+- a streamed request that answers slower than the per-character limit (a slow decoder);
+- a request not streamed (nothing to watch but its end) with no answer after the duration
+  limit, and any request whose step has too few finished peers for the rules above.
 
 The timer starts when the first request leaves (after its permit), so a request queued behind
 the rate limit is not a straggler; the duplicate takes its own permit and spend reservation.
+A duplicate sent before either had started answering races to the first content token: the
+other is cancelled then, having cost its prompt and next to no output. Otherwise the first
+whole answer wins. What a cancelled request is charged is ``loser_charge``'s to say.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["Charge", "hedged"]
+from chainray.exec.guards import Limits
+from chainray.tokens import estimate_prompt_tokens, estimate_text_tokens
+
+__all__ = ["Charge", "Progress", "hedged", "loser_charge", "SLACK_CHARS"]
+
+# A streaming request is a straggler once it is this many characters (~50 tokens) behind the
+# per-character limit: a few late chunks are not a slow decoder.
+SLACK_CHARS = 200
+_MIN_CHARS = 100  # fewer characters after the first chunk tell no decode speed
+
+
+class Progress:
+    """How far one request's streamed answer has come (fed by the stream reader)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()  # set at the first content token
+        self.streamed = False  # the answer came as a stream
+        self.first_at = self.last_at = 0.0  # time.monotonic()
+        self.chars = self.first_chars = 0
+        self.parts: list[str] = []
+
+    def on_text(self, text: str) -> None:
+        now = time.monotonic()
+        if not self.started.is_set():
+            self.first_at, self.first_chars = now, len(text)
+            self.started.set()
+        self.last_at = now
+        self.chars += len(text)
+        self.parts.append(text)
+
+    def per_char_s(self) -> float | None:
+        """Seconds per character after the first chunk (None: too little to tell)."""
+        after = self.chars - self.first_chars
+        return (self.last_at - self.first_at) / after if after >= _MIN_CHARS else None
 
 
 class Charge:
-    """What a request is settled at when it ends without a reply of its own."""
+    """A hedge's shared state: when the first request left, what the winner counted."""
 
     def __init__(self) -> None:
-        self.loser: tuple[int, int] | None = None  # a hedge's cancelled duplicate
+        self.winner: tuple[int, int] | None = None  # (prompt, completion) of a whole answer
         self.sent = asyncio.Event()  # set when the first request leaves (hedge timer start)
         self.sent_at = 0.0  # time.monotonic() then
+        self.losers: set[int] = set()  # id() of the Progress of each cancelled loser
 
     def leave(self) -> None:
         """A request leaves; the first one starts the hedge timer."""
@@ -28,44 +73,128 @@ class Charge:
             self.sent_at = time.monotonic()
             self.sent.set()
 
+    def lost(self, progress: Progress) -> bool:
+        return id(progress) in self.losers
 
-async def hedged(send: Callable[[bool], Awaitable[Any]],
-                 threshold: Callable[[], Awaitable[float | None]], charge: Charge) -> Any:
-    """Send; if no answer ``threshold()`` seconds after the request left, send one duplicate
-    and take whichever answers first; the other is cancelled and, if it was sent, charged as
-    much as the winner (the server counts a request it started; the usage of a cancelled one
-    is not known). ``send(duplicate)`` makes one request. ``threshold`` is asked once the
-    request is on its way, so that what it looks up never delays the request; None: no hedge.
+
+def loser_charge(charge: Charge, progress: Progress,
+                 messages: Sequence[Mapping[str, object]]) -> tuple[tuple[int, int], bool]:
+    """What a cancelled loser is charged, and whether that is an estimate.
+
+    A server reports no usage for a request the client left. A cancelled stream is charged
+    its prompt (the winner's count when known, else estimated from the messages) and the
+    output it delivered before it was cancelled (estimated from that text): generation stops
+    when the client leaves. A request not streamed may have been generated whole: it is
+    charged as much as the winner, the most the server can have counted.
     """
-    first = asyncio.ensure_future(send(False))
+    if progress.streamed:
+        prompt = charge.winner[0] if charge.winner else estimate_prompt_tokens(messages)
+        output = "".join(progress.parts)
+        return (prompt, estimate_text_tokens(output) if output else 0), True
+    if charge.winner is not None:
+        return charge.winner, False
+    return (estimate_prompt_tokens(messages), 0), True  # cut before it could answer at all
+
+
+def _late_at(progress: Progress, limits: Limits, sent_at: float,
+             streaming: bool) -> float | None:
+    """When the request becomes a straggler as far as is known now (None: no rule applies)."""
+    if streaming and not progress.started.is_set() and limits.first_token_s is not None:
+        return sent_at + limits.first_token_s
+    if progress.started.is_set() and limits.per_char_s is not None:
+        return progress.first_at + limits.per_char_s * (progress.chars + SLACK_CHARS)
+    return None if limits.duration_s is None else sent_at + limits.duration_s
+
+
+async def _straggles(first: asyncio.Future, progress: Progress, limits: Limits,
+                     sent_at: float, streaming: bool) -> bool:
+    """Wait until ``first`` ends (False) or is a straggler (True). Bounded: the request has
+    a deadline of its own."""
+    while True:
+        late_at = _late_at(progress, limits, sent_at, streaming)
+        if late_at is None:
+            await asyncio.wait({first})
+            return False
+        if late_at <= time.monotonic():
+            return True
+        # Judged again at the first token (another rule applies then) or when the limit is
+        # reached (a stream that went on meanwhile has moved its limit).
+        wake = {asyncio.ensure_future(progress.started.wait())} \
+            if streaming and not progress.started.is_set() else set()
+        done, _ = await asyncio.wait({first, *wake}, timeout=late_at - time.monotonic())
+        for task in wake:
+            task.cancel()
+        if first in done:
+            return False
+
+
+async def _race(racers: dict[asyncio.Future, Progress], by_first_token: bool,
+                charge: Charge) -> tuple[Any, Progress]:
+    """The first to start answering (``by_first_token``) or else the first whole answer wins;
+    the other is cancelled (by the caller, once this returns)."""
+    pending, error = set(racers), None
+    watchers = {asyncio.ensure_future(progress.started.wait()): task
+                for task, progress in racers.items()} if by_first_token else {}
+    try:
+        while pending:
+            done, _ = await asyncio.wait(pending | set(watchers),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            started = [watchers[w] for w in done if w in watchers and watchers[w] in pending]
+            if started:  # one answers: the other is cut now, not when this one ends
+                winner = started[0]
+                for task in pending - {winner}:
+                    charge.losers.add(id(racers[task]))
+                    task.cancel()
+                return await winner, racers[winner]
+            for task in done & pending:
+                pending.discard(task)
+                if task.exception() is None:
+                    completion, _ = task.result()
+                    charge.winner = (completion.prompt_tokens, completion.completion_tokens)
+                    charge.losers.update(id(racers[other]) for other in pending)
+                    return task.result(), racers[task]
+                error = error or task.exception()
+            for watcher in [w for w, task in watchers.items() if task not in pending]:
+                watcher.cancel()
+                del watchers[watcher]
+        raise error  # type: ignore[misc]
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+
+
+async def hedged(send: Callable[[bool, Progress], Awaitable[Any]],
+                 limits: Callable[[], Awaitable[Limits | None]], charge: Charge,
+                 streaming: bool = False) -> tuple[Any, Progress]:
+    """Send; once the request is a straggler, send one duplicate and race them. Returns the
+    winner's ``(completion, seconds)`` and its ``Progress``.
+
+    ``send(duplicate, progress)`` makes one request and feeds ``progress``. ``limits`` is
+    asked once the request is on its way, so that what it looks up never delays the request;
+    None: no hedge. ``streaming``: the request asks for a stream.
+    """
+    original = Progress()
+    first = asyncio.ensure_future(send(False, original))
     tasks = {first}
     try:
         sent = asyncio.ensure_future(charge.sent.wait())
         # Bounded: the first request's permit wait and request have deadlines of their own.
         await asyncio.wait({first, sent}, return_when=asyncio.FIRST_COMPLETED)
         sent.cancel()
-        limit = asyncio.ensure_future(threshold())
-        tasks.add(limit)  # bounded by the look-up's own timeout; cancelled in finally
-        await asyncio.wait({first, limit}, return_when=asyncio.FIRST_COMPLETED)
-        if first.done() or limit.exception() is not None or limit.result() is None:
-            return await first
-        left = limit.result() - (time.monotonic() - charge.sent_at)
-        done, _ = await asyncio.wait({first}, timeout=max(0.0, left))
-        if done:
-            return first.result()
-        tasks.add(asyncio.ensure_future(send(True)))
-        pending, error = tasks - {limit}, None
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task.exception() is None:
-                    completion, seconds = task.result()
-                    # The other is cancelled (finally); if it was sent, it is charged this.
-                    charge.loser = (completion.prompt_tokens, completion.completion_tokens)
-                    return completion, seconds
-                error = error or task.exception()
-        raise error  # type: ignore[misc]
+        look = asyncio.ensure_future(limits())
+        tasks.add(look)  # bounded by the look-up's own timeout; cancelled in finally
+        await asyncio.wait({first, look}, return_when=asyncio.FIRST_COMPLETED)
+        if first.done() or look.exception() is not None or look.result() is None:
+            return await first, original
+        if not await _straggles(first, original, look.result(), charge.sent_at, streaming):
+            return first.result(), original
+        copy = Progress()
+        second = asyncio.ensure_future(send(True, copy))
+        tasks.add(second)
+        by_first_token = streaming and not original.started.is_set()
+        return await _race({first: original, second: copy}, by_first_token, charge)
     finally:
         for task in tasks:
-            task.cancel()
+            if not task.done() and not task.cancelling():
+                task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

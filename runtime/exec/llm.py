@@ -27,8 +27,8 @@ from chainray.exec.endpoint_errors import (
     redact,
     to_endpoint_error,
 )
-from chainray.exec.guards import CallGuards, spend_cap_error, worst_case_tokens
-from chainray.exec.hedge import Charge, hedged
+from chainray.exec.guards import CallGuards, Limits, spend_cap_error, worst_case_tokens
+from chainray.exec.hedge import Charge, Progress, hedged, loser_charge
 from chainray.exec.params import Adaptation, adapt, describe, known_adaptations, learn_adaptation
 from chainray.exec.permit_scope import PermitScope, _hand_back
 from chainray.exec.permits import Permit
@@ -156,7 +156,8 @@ async def _reserve(guards: CallGuards | None, model: str,
 
 async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
                    endpoint: Endpoint, reply: LLMReply, kwargs: dict, left_s: float,
-                   guards: CallGuards | None, charge: Charge, duplicate: bool = False):
+                   guards: CallGuards | None, charge: Charge, progress: Progress,
+                   duplicate: bool = False):
     """One HTTP request under a spend reservation and a permit: (completion, seconds)."""
     secret = endpoint.api_key.get_secret_value()
     worst = worst_case_tokens(kwargs)
@@ -175,18 +176,21 @@ async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
             try:
                 with map_exceptions(secret):
                     raw, completion = await asyncio.wait_for(
-                        _send(client, kwargs, request, reply), endpoint.timeout_s)
+                        _send(client, kwargs, request, reply, progress), endpoint.timeout_s)
             except EndpointError as error:
                 reply.attempts -= error.code == "connect_failed"  # nothing reached the server
                 reply.rate_limited += error.status == 429
                 if error.status is None and error.code != "connect_failed":
                     spent = worst  # cut off mid-reply: the server may have counted it all
                 raise
-            except asyncio.CancelledError:  # a hedge's loser: charged as the winner
-                spent = charge.loser or worst
-                if charge.loser is not None:
-                    reply.prompt_tokens += spent[0]
-                    reply.completion_tokens += spent[1]
+            except asyncio.CancelledError:
+                if not charge.lost(progress):  # cancelled from outside: assume the worst
+                    spent = worst
+                    raise
+                spent, estimated = loser_charge(charge, progress, request.messages)
+                reply.prompt_tokens += spent[0]
+                reply.completion_tokens += spent[1]
+                reply.usage_estimated = reply.usage_estimated or estimated
                 raise
             spent = (completion.prompt_tokens, completion.completion_tokens)
             permit.settle(sum(spent), {k: raw.headers[k] for k in _RATE_HEADERS
@@ -197,18 +201,18 @@ async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
             await _hand_back(guards.budget.settle(reservation, request.model, *spent))
 
 
-def _straggler_threshold(guards: CallGuards | None, request: LLMRequest
-                         ) -> Callable[[], Awaitable[float | None]] | None:
+def _straggler_limits(guards: CallGuards | None, request: LLMRequest
+                      ) -> Callable[[], Awaitable[Limits]] | None:
     """When a request of this step is a straggler (None: hedging is off)."""
     if guards is None or guards.latencies is None or guards.hedge_after is None:
         return None
     latencies, q = guards.latencies, guards.hedge_after
 
-    async def threshold() -> float | None:
+    async def limits() -> Limits:
         await latencies.fresh()
-        return latencies.threshold(request.model, request.tag, request.max_tokens, q)
+        return latencies.limits(request.model, request.tag, request.max_tokens, q)
 
-    return threshold
+    return limits
 
 
 async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
@@ -216,21 +220,21 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
                    guards: CallGuards | None = None) -> None:
     charge = Charge()
 
-    async def send(duplicate: bool = False):
+    async def send(duplicate: bool, progress: Progress):
         return await _request(client, limiter, request, endpoint, reply, kwargs, left_s,
-                              guards, charge, duplicate)
+                              guards, charge, progress, duplicate)
 
-    threshold = _straggler_threshold(guards, request)
-    if threshold is None:
-        completion, _ = await send()
-    else:
-        completion, _ = await hedged(send, threshold, charge)
+    limits = _straggler_limits(guards, request)
     latencies = guards.latencies if guards is not None else None
-    if latencies is not None:
+    if limits is None or latencies is None:
+        completion, _ = await send(False, Progress())
+    else:
+        (completion, _), progress = await hedged(send, limits, charge, bool(kwargs.get("stream")))
         # From the first request's departure: a hedged straggler took that long for its step,
-        # so the slow tail stays in the view and the quantile does not drift into the normal.
+        # so the slow tail stays in the view and the quantiles do not drift into the normal.
+        ttft = progress.first_at - charge.sent_at if progress.started.is_set() else None
         latencies.add(request.model, request.tag, request.max_tokens,
-                      time.monotonic() - charge.sent_at)
+                      time.monotonic() - charge.sent_at, ttft, progress.per_char_s())
     reply.text, reply.truncated = completion.text, completion.truncated
     # Added, not set: a schema correction or an adapted retry is a second paid request.
     reply.prompt_tokens += completion.prompt_tokens
@@ -239,7 +243,7 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
 
 
 async def _send(client: openai.AsyncOpenAI, kwargs: dict, request: LLMRequest,
-                reply: LLMReply):
+                reply: LLMReply, progress: Progress):
     """One HTTP request; a stream is read to its end (its usage chunk comes last)."""
     sent_at = time.perf_counter()
     raw = await client.chat.completions.with_raw_response.create(**kwargs)
@@ -248,7 +252,11 @@ async def _send(client: openai.AsyncOpenAI, kwargs: dict, request: LLMRequest,
     if "text/event-stream" not in raw.headers.get("content-type", ""):
         # A server that ignores ``stream`` answers with one body: read it as such.
         return raw, read_completion(await raw.http_response.aread(), request.messages)
-    streamed = await collect_stream(raw.parse(), sent_at)
+    progress.streamed = True
+    try:
+        streamed = await collect_stream(raw.parse(), sent_at, on_text=progress.on_text)
+    finally:  # a stream left unread (a hedge's loser) is closed now, not when collected:
+        await raw.http_response.aclose()  # the server sees the client leave and stops
     reply.ttft_s, reply.decode_s = streamed.ttft_s, streamed.decode_s
     reply.stream_without_usage = not streamed.has_usage
     return raw, completion_from_stream(streamed, request.messages)
