@@ -72,9 +72,11 @@ class SharedLatencies(Latencies):
         self.timer: asyncio.TimerHandle | None = None
 
     def add(self, model: str, tag: str | None, max_tokens: int, seconds: float,
-            first_token_s: float | None = None, per_char_s: float | None = None) -> None:
-        super().add(model, tag, max_tokens, seconds, first_token_s, per_char_s)
-        self.pending.append((model, tag, max_tokens, seconds, first_token_s, per_char_s))
+            first_token_s: float | None = None, per_char_s: float | None = None,
+            chars: int | None = None) -> None:
+        super().add(model, tag, max_tokens, seconds, first_token_s, per_char_s, chars)
+        self.pending.append((model, tag, max_tokens, seconds, first_token_s, per_char_s,
+                             chars))
         self._exchange_soon()
 
     async def fresh(self) -> None:

@@ -95,6 +95,7 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
                 await asyncio.sleep(0.01 if duplicate else 5)
             except asyncio.CancelledError:
                 events.append(f"cancelled duplicate={duplicate}")
+                await asyncio.wait_for(charge.settled.wait(), 2)  # as the call path does
                 events.append(loser_charge(charge, progress, [{"content": "hi"}]))
                 raise
             return SimpleNamespace(text="duplicate" if duplicate else "first",
@@ -109,7 +110,7 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
     answer, events = asyncio.run(scenario())
     assert answer.text == "duplicate" and events[0] == "cancelled duplicate=False"
     # A reply not streamed may have been generated whole: charged as much as the winner.
-    assert events[1] == ((3, 4), False)
+    assert events[1] == (3, 4)
 
 
 def test_a_streamed_hedge_is_decided_at_the_first_token_and_the_loser_charged_its_prompt():
@@ -135,7 +136,9 @@ def test_a_streamed_hedge_is_decided_at_the_first_token_and_the_loser_charged_it
                     progress.on_text(word)
                     await asyncio.sleep(0.2)
             except asyncio.CancelledError:
-                events[duplicate] = (time.monotonic(), loser_charge(charge, progress, messages))
+                cut_at = time.monotonic()
+                await asyncio.wait_for(charge.settled.wait(), 2)  # as the call path does
+                events[duplicate] = (cut_at, loser_charge(charge, progress, messages))
                 raise
             return SimpleNamespace(text="tea is good", prompt_tokens=30,
                                    completion_tokens=3), 0.6
@@ -150,10 +153,12 @@ def test_a_streamed_hedge_is_decided_at_the_first_token_and_the_loser_charged_it
 
     started, ended, answer, progress, events = asyncio.run(scenario())
     assert answer.text == "tea is good" and progress.started.is_set()
-    cancelled_at, (charged, estimated) = events[False]
+    cancelled_at, charged = events[False]
     # The loser is cut at the winner's first token (~0.07 s), not when the winner ends (~0.67 s).
     assert cancelled_at - started < 0.4 < ended - started
-    assert charged == (estimate_prompt_tokens(messages), 0) and estimated
+    # ... and charged, once the winner's usage is known, its prompt as the winner's and no
+    # output (it had delivered none).
+    assert charged == (30, 0) != (estimate_prompt_tokens(messages), 0)
     assert True not in events  # the winner ran to its end
 
 
@@ -183,6 +188,31 @@ def test_a_step_with_no_history_is_judged_per_requested_token_of_its_model():
     for _ in range(10):  # once the step has its own history, that is what counts
         latencies.add("m", "long", 1500, 9.0)
     assert latencies.threshold("m", "long", 1500, 0.9) == 9.0
+
+
+def test_the_hedging_views_keep_the_latest_samples_only():
+    from chainray.actors.durations import DurationLog
+    from chainray.exec.guards import Latencies
+
+    latencies = Latencies(min_samples=10, window=20)
+    for _ in range(20):
+        latencies.add("m", "a", 100, 9.0, 1.0)
+    for _ in range(20):  # the endpoint got faster: the old samples leave the view
+        latencies.add("m", "a", 100, 3.0, 0.5)
+    assert latencies.threshold("m", "a", 100, 0.95) == 3.0
+    assert latencies.limits("m", "a", 100, 0.95).first_token_s == 0.5
+    assert all(len(known) <= 20 for known in latencies.by_key.values())
+
+    book = DurationLog(keep=10)
+    cursor, _ = book.exchange("one", 0, [("m", "a", 100, 1.0, None, None)])
+    for i in range(30):
+        book.exchange("two", 0, [("m", "a", 100, float(i), None, None)])
+    assert len(book.log) < 20  # bounded
+    # A reader from before the oldest kept sample gets what is kept, and a cursor that
+    # goes on from there.
+    cursor, seen = book.exchange("one", cursor, [])
+    assert seen == [sample for _, sample in book.log] and seen[-1][3] == 29.0
+    assert book.exchange("one", cursor, []) == (cursor, [])
 
 
 def test_step_runners_share_one_view_of_finished_requests():

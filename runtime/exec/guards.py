@@ -57,8 +57,8 @@ def stopped_by_cap(result: RunResult) -> bool:
 
 
 # model, step tag, max_tokens asked, seconds, then (None: not measured) seconds to the first
-# content token and decode seconds per character of a streamed reply
-Sample = tuple[str, str | None, int, float, float | None, float | None]
+# content token, decode seconds per character and characters of a streamed reply
+Sample = tuple[str, str | None, int, float, float | None, float | None, int | None]
 
 
 @dataclass(frozen=True)
@@ -67,11 +67,15 @@ class Limits:
 
     ``first_token_s``: no content token after this long (streamed requests); ``per_char_s``:
     once streaming, its answer arrives slower than this many seconds per character;
-    ``duration_s``: no whole answer after this long (the rule for a reply not streamed)."""
+    ``duration_s``: no whole answer after this long (the rule for a reply not streamed).
+    ``reply_chars`` and ``median_per_char_s``: the step's median reply length and pace, to
+    tell which of two streams ends sooner."""
 
     first_token_s: float | None = None
     per_char_s: float | None = None
     duration_s: float | None = None
+    reply_chars: float | None = None
+    median_per_char_s: float | None = None
 
 
 class Latencies:
@@ -84,7 +88,7 @@ class Latencies:
     one scale). Each view keeps the latest ``window`` samples: memory stays bounded in a long
     batch and the quantiles follow the endpoint as it changes; it limits nothing that is sent.
 
-        latencies.add("gpt-4o-mini", "hardware", 400, 5.1, 0.4, 0.002)
+        latencies.add("gpt-4o-mini", "hardware", 400, 5.1, 0.4, 0.002, 2100)
         latencies.threshold("gpt-4o-mini", "hardware", 400, 0.95)  # seconds; None: too few
     """
 
@@ -94,10 +98,11 @@ class Latencies:
         self.arrivals: dict[str, deque[float]] = {}  # the same samples, oldest first
 
     def add(self, model: str, tag: str | None, max_tokens: int, seconds: float,
-            first_token_s: float | None = None, per_char_s: float | None = None) -> None:
+            first_token_s: float | None = None, per_char_s: float | None = None,
+            chars: int | None = None) -> None:
         self._put(f"{model}|{tag}", seconds)
         self._put(model, seconds / max(1, max_tokens))
-        for kind, value in (("ttft", first_token_s), ("char", per_char_s)):
+        for kind, value in (("ttft", first_token_s), ("char", per_char_s), ("len", chars)):
             if value is not None:
                 self._put(f"{kind}|{model}|{tag}", value)
                 self._put(f"{kind}|{model}", value)
@@ -133,12 +138,13 @@ class Latencies:
 
     def limits(self, model: str, tag: str | None, max_tokens: int, q: float) -> Limits:
         """Each rule's limit for a request of this step (the step's own view first)."""
-        def step_or_model(kind: str) -> float | None:
-            seconds = self.quantile(f"{kind}|{model}|{tag}", q)
-            return seconds if seconds is not None else self.quantile(f"{kind}|{model}", q)
+        def step_or_model(kind: str, q: float = q) -> float | None:
+            value = self.quantile(f"{kind}|{model}|{tag}", q)
+            return value if value is not None else self.quantile(f"{kind}|{model}", q)
 
         return Limits(step_or_model("ttft"), step_or_model("char"),
-                      self.threshold(model, tag, max_tokens, q))
+                      self.threshold(model, tag, max_tokens, q),
+                      self.quantile(f"len|{model}|{tag}", 0.5), step_or_model("char", 0.5))
 
 
 @dataclass

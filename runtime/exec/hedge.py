@@ -10,9 +10,14 @@ what it has not received yet (``Limits``: quantiles of this invocation's finishe
 
 The timer starts when the first request leaves (after its permit), so a request queued behind
 the rate limit is not a straggler; the duplicate takes its own permit and spend reservation.
-A duplicate sent before either had started answering races to the first content token: the
-other is cancelled then, having cost its prompt and next to no output. Otherwise the first
-whole answer wins. What a cancelled request is charged is ``loser_charge``'s to say.
+The race is decided when the duplicate starts answering, not when one of them ends, so the
+loser has cost its prompt and what it had delivered by then:
+- if neither had started, the first to send a content token wins;
+- if the first was streaming already, the one expected to end sooner wins: the first's
+  remaining characters (to the step's median reply length) at its own pace, against a whole
+  reply at the step's median pace;
+- without a stream (or without those medians), the first whole answer wins.
+What a cancelled request is charged is ``loser_charge``'s to say.
 """
 
 from __future__ import annotations
@@ -63,9 +68,15 @@ class Charge:
 
     def __init__(self) -> None:
         self.winner: tuple[int, int] | None = None  # (prompt, completion) of a whole answer
+        self.winner_chars = 0  # the length of its text
+        self.settled = asyncio.Event()  # set once the race is over (winner known or not)
         self.sent = asyncio.Event()  # set when the first request leaves (hedge timer start)
         self.sent_at = 0.0  # time.monotonic() then
         self.losers: set[int] = set()  # id() of the Progress of each cancelled loser
+
+    def won(self, completion: Any) -> None:
+        self.winner = (completion.prompt_tokens, completion.completion_tokens)
+        self.winner_chars = len(completion.text or "")
 
     def leave(self) -> None:
         """A request leaves; the first one starts the hedge timer."""
@@ -78,22 +89,26 @@ class Charge:
 
 
 def loser_charge(charge: Charge, progress: Progress,
-                 messages: Sequence[Mapping[str, object]]) -> tuple[tuple[int, int], bool]:
-    """What a cancelled loser is charged, and whether that is an estimate.
+                 messages: Sequence[Mapping[str, object]]) -> tuple[int, int]:
+    """What a cancelled loser is charged (an estimate: a server reports no usage for a
+    request the client left). Asked once the race is settled, so the winner's usage, for the
+    same prompt from the same server, is known unless the winner failed.
 
-    A server reports no usage for a request the client left. A cancelled stream is charged
-    its prompt (the winner's count when known, else estimated from the messages) and the
-    output it delivered before it was cancelled (estimated from that text): generation stops
-    when the client leaves. A request not streamed may have been generated whole: it is
-    charged as much as the winner, the most the server can have counted.
+    A cancelled stream is charged its prompt and the output it had delivered: generation
+    stops when the client leaves. Output tokens are counted at the winner's tokens per
+    character (chainray's estimate without a winner). A request not streamed may have been
+    generated whole: it is charged as much as the winner, the most the server can have
+    counted.
     """
+    prompt = charge.winner[0] if charge.winner else estimate_prompt_tokens(messages)
     if progress.streamed:
-        prompt = charge.winner[0] if charge.winner else estimate_prompt_tokens(messages)
-        output = "".join(progress.parts)
-        return (prompt, estimate_text_tokens(output) if output else 0), True
-    if charge.winner is not None:
-        return charge.winner, False
-    return (estimate_prompt_tokens(messages), 0), True  # cut before it could answer at all
+        delivered = "".join(progress.parts)
+        if not delivered:
+            return prompt, 0
+        if charge.winner and charge.winner_chars:
+            return prompt, round(len(delivered) * charge.winner[1] / charge.winner_chars)
+        return prompt, estimate_text_tokens(delivered)
+    return charge.winner if charge.winner else (prompt, 0)
 
 
 def _late_at(progress: Progress, limits: Limits, sent_at: float,
@@ -128,20 +143,40 @@ async def _straggles(first: asyncio.Future, progress: Progress, limits: Limits,
             return False
 
 
-async def _race(racers: dict[asyncio.Future, Progress], by_first_token: bool,
-                charge: Charge) -> tuple[Any, Progress]:
-    """The first to start answering (``by_first_token``) or else the first whole answer wins;
-    the other is cancelled (by the caller, once this returns)."""
-    pending, error = set(racers), None
-    watchers = {asyncio.ensure_future(progress.started.wait()): task
-                for task, progress in racers.items()} if by_first_token else {}
+def _ends_sooner(first: Progress, limits: Limits) -> bool | None:
+    """Whether a stream that is on its way ends before a duplicate that starts answering now
+    would (None: the step's medians are not known)."""
+    if limits.reply_chars is None or limits.median_per_char_s is None or first.chars == 0:
+        return None
+    pace = (time.monotonic() - first.first_at) / first.chars  # its own, so far
+    left = max(0.0, limits.reply_chars - first.chars) * pace
+    return left <= limits.reply_chars * limits.median_per_char_s
+
+
+async def _race(racers: dict[asyncio.Future, Progress], limits: Limits,
+                streaming: bool, charge: Charge) -> tuple[Any, Progress]:
+    """Decide the race when the duplicate starts answering (see the module's docstring) or
+    when one of them ends; the loser is cancelled at once (marked in ``charge``)."""
+    (first, original), (second, copy) = racers.items()
+    pending, error = {first, second}, None
+    watchers: dict[asyncio.Future, asyncio.Future] = {}
+    if streaming:
+        watchers[asyncio.ensure_future(copy.started.wait())] = second
+        if not original.started.is_set():
+            watchers[asyncio.ensure_future(original.started.wait())] = first
     try:
         while pending:
             done, _ = await asyncio.wait(pending | set(watchers),
                                          return_when=asyncio.FIRST_COMPLETED)
             started = [watchers[w] for w in done if w in watchers and watchers[w] in pending]
-            if started:  # one answers: the other is cut now, not when this one ends
+            if started:
                 winner = started[0]
+                if winner is second and original.started.is_set() and first in pending:
+                    keep = _ends_sooner(original, limits)
+                    winner = first if keep else second
+                    if keep is None:  # nothing to project by: the first whole answer wins
+                        watchers = {w: t for w, t in watchers.items() if t is not second}
+                        continue
                 for task in pending - {winner}:
                     charge.losers.add(id(racers[task]))
                     task.cancel()
@@ -149,8 +184,6 @@ async def _race(racers: dict[asyncio.Future, Progress], by_first_token: bool,
             for task in done & pending:
                 pending.discard(task)
                 if task.exception() is None:
-                    completion, _ = task.result()
-                    charge.winner = (completion.prompt_tokens, completion.completion_tokens)
                     charge.losers.update(id(racers[other]) for other in pending)
                     return task.result(), racers[task]
                 error = error or task.exception()
@@ -191,9 +224,12 @@ async def hedged(send: Callable[[bool, Progress], Awaitable[Any]],
         copy = Progress()
         second = asyncio.ensure_future(send(True, copy))
         tasks.add(second)
-        by_first_token = streaming and not original.started.is_set()
-        return await _race({first: original, second: copy}, by_first_token, charge)
+        result, progress = await _race({first: original, second: copy}, look.result(),
+                                        streaming, charge)
+        charge.won(result[0])
+        return result, progress
     finally:
+        charge.settled.set()  # a cancelled loser is charged now (see ``loser_charge``)
         for task in tasks:
             if not task.done() and not task.cancelling():
                 task.cancel()

@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
 __all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "AdaptationStore", "make_client",
            "call_llm", "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
 
+_CLOSE_S = 5.0  # closing a stream's connection takes no round trip; bounded all the same
 STEP_HEADER = "x-chainray-step"  # names the step in server logs (the simulator's /stats)
 _RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
                  "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
@@ -163,6 +164,7 @@ async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
     worst = worst_case_tokens(kwargs)
     reservation = await _reserve(guards, request.model, worst)
     spent = (0, 0)  # an HTTP error status costs nothing
+    lost = False  # a hedge's loser, cancelled: charged once the race is settled
     try:
         async with AttemptTimer(reply.attempt_log) as timer, PermitScope(
                 limiter, request.estimated_tokens, request.priority, timeout_s=left_s,
@@ -184,21 +186,33 @@ async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
                     spent = worst  # cut off mid-reply: the server may have counted it all
                 raise
             except asyncio.CancelledError:
-                if not charge.lost(progress):  # cancelled from outside: assume the worst
-                    spent = worst
-                    raise
-                spent, estimated = loser_charge(charge, progress, request.messages)
-                reply.prompt_tokens += spent[0]
-                reply.completion_tokens += spent[1]
-                reply.usage_estimated = reply.usage_estimated or estimated
+                spent = worst  # cancelled from outside: assume the worst
+                lost = charge.lost(progress)
                 raise
             spent = (completion.prompt_tokens, completion.completion_tokens)
             permit.settle(sum(spent), {k: raw.headers[k] for k in _RATE_HEADERS
                                        if k in raw.headers})
         return completion, time.monotonic() - sent_at
     finally:
+        if lost:
+            spent = await _charge_loser(charge, progress, request, reply, left_s)
         if reservation is not None and guards is not None and guards.budget is not None:
             await _hand_back(guards.budget.settle(reservation, request.model, *spent))
+
+
+async def _charge_loser(charge: Charge, progress: Progress, request: LLMRequest,
+                        reply: LLMReply, wait_s: float) -> tuple[int, int]:
+    """Count a hedge's cancelled loser once the winner's usage is known (``loser_charge``);
+    bounded: the winner has its own deadline, and the race ends with it."""
+    try:
+        await asyncio.wait_for(charge.settled.wait(), wait_s)
+    except asyncio.TimeoutError:
+        pass  # charged without the winner's usage
+    spent = loser_charge(charge, progress, request.messages)
+    reply.prompt_tokens += spent[0]
+    reply.completion_tokens += spent[1]
+    reply.usage_estimated = True  # the server reports no usage for a request it was left by
+    return spent
 
 
 def _straggler_limits(guards: CallGuards | None, request: LLMRequest
@@ -234,7 +248,8 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
         # so the slow tail stays in the view and the quantiles do not drift into the normal.
         ttft = progress.first_at - charge.sent_at if progress.started.is_set() else None
         latencies.add(request.model, request.tag, request.max_tokens,
-                      time.monotonic() - charge.sent_at, ttft, progress.per_char_s())
+                      time.monotonic() - charge.sent_at, ttft, progress.per_char_s(),
+                      progress.chars if progress.started.is_set() else None)
     reply.text, reply.truncated = completion.text, completion.truncated
     # Added, not set: a schema correction or an adapted retry is a second paid request.
     reply.prompt_tokens += completion.prompt_tokens
@@ -256,7 +271,8 @@ async def _send(client: openai.AsyncOpenAI, kwargs: dict, request: LLMRequest,
     try:
         streamed = await collect_stream(raw.parse(), sent_at, on_text=progress.on_text)
     finally:  # a stream left unread (a hedge's loser) is closed now, not when collected:
-        await raw.http_response.aclose()  # the server sees the client leave and stops
+        await asyncio.wait_for(raw.http_response.aclose(), _CLOSE_S)  # the server sees
+        # the client leave and stops generating
     reply.ttft_s, reply.decode_s = streamed.ttft_s, streamed.decode_s
     reply.stream_without_usage = not streamed.has_usage
     return raw, completion_from_stream(streamed, request.messages)
