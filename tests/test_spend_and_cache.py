@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
+
 from chainray.exec.cache import CachedReply, ResponseCache
 from chainray.exec.spend import SpendBook, worst_case_prompt_tokens
 
@@ -160,6 +162,47 @@ def test_a_streamed_hedge_is_decided_at_the_first_token_and_the_loser_charged_it
     # output (it had delivered none).
     assert charged == (30, 0) != (estimate_prompt_tokens(messages), 0)
     assert True not in events  # the winner ran to its end
+
+
+@pytest.mark.parametrize("median_per_char_s,cut", [(0.001, False), (0.05, True)])
+def test_a_slow_stream_and_its_duplicate_race_to_the_end_they_are_expected_to_reach_first(
+        median_per_char_s, cut):
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from chainray.exec.guards import Limits
+    from chainray.exec.hedge import Charge, hedged
+
+    async def scenario():
+        charge, events = Charge(), {}
+
+        async def send(duplicate: bool, progress):
+            charge.leave()
+            progress.streamed = True
+            pace = 0.001 if duplicate else 0.02  # the first request decodes 20x slower
+            try:
+                await asyncio.sleep(0.05 if duplicate else 0.0)
+                for _ in range(20):
+                    progress.on_text("abcde")
+                    await asyncio.sleep(5 * pace)
+            except asyncio.CancelledError:
+                events[duplicate] = time.monotonic()
+                raise
+            return SimpleNamespace(text="x" * 100, prompt_tokens=5, completion_tokens=25), 1.0
+
+        async def limits() -> Limits:  # a reply is 100 characters; 1 ms each is slow
+            return Limits(None, 0.001, 10.0, 100, median_per_char_s)
+
+        (answer, _), _ = await asyncio.wait_for(hedged(send, limits, charge, True), 5)
+        return events
+
+    events = asyncio.run(scenario())
+    # Hedged at ~0.2 s (200 characters behind the 1 ms limit); at the duplicate's first token
+    # the first request has ~20 of 100 characters: ~80 more at its pace (~1.6 s) against a
+    # whole reply at the median pace (0.1 s, or 5 s when the median pace is slow). The one
+    # expected to end later is cut then, and only it.
+    assert list(events) == [cut]
 
 
 def test_the_hedging_quantile_needs_enough_finished_requests():
