@@ -12,10 +12,10 @@ The timer starts when the first request leaves (after its permit), so a request 
 the rate limit is not a straggler; the duplicate takes its own permit and spend reservation.
 The race is decided when the duplicate starts answering, not when one of them ends, so the
 loser has cost its prompt and what it had delivered by then:
-- if neither had started, the first to send a content token wins;
-- if the first was streaming already, the one expected to end sooner wins: the first's
-  remaining characters (to the step's median reply length) at its own pace, against a whole
-  reply at the step's median pace;
+- if the first has not started answering, the duplicate wins;
+- if it has, the one expected to end sooner wins: the first's remaining characters (to the
+  step's median reply length) at its own pace so far, against a whole reply at the step's
+  median pace (a straggler that starts late often decodes slowly too);
 - without a stream (or without those medians), the first whole answer wins.
 What a cancelled request is charged is ``loser_charge``'s to say.
 """
@@ -146,9 +146,10 @@ async def _straggles(first: asyncio.Future, progress: Progress, limits: Limits,
 def _ends_sooner(first: Progress, limits: Limits) -> bool | None:
     """Whether a stream that is on its way ends before a duplicate that starts answering now
     would (None: the step's medians are not known)."""
-    if limits.reply_chars is None or limits.median_per_char_s is None or first.chars == 0:
+    if limits.reply_chars is None or limits.median_per_char_s is None:
         return None
-    pace = (time.monotonic() - first.first_at) / first.chars  # its own, so far
+    # Its own pace so far, after its first chunk (the one the medians are measured after too)
+    pace = (time.monotonic() - first.first_at) / max(1, first.chars - first.first_chars)
     left = max(0.0, limits.reply_chars - first.chars) * pace
     return left <= limits.reply_chars * limits.median_per_char_s
 
@@ -159,40 +160,31 @@ async def _race(racers: dict[asyncio.Future, Progress], limits: Limits,
     when one of them ends; the loser is cancelled at once (marked in ``charge``)."""
     (first, original), (second, copy) = racers.items()
     pending, error = {first, second}, None
-    watchers: dict[asyncio.Future, asyncio.Future] = {}
-    if streaming:
-        watchers[asyncio.ensure_future(copy.started.wait())] = second
-        if not original.started.is_set():
-            watchers[asyncio.ensure_future(original.started.wait())] = first
+    watcher = asyncio.ensure_future(copy.started.wait()) if streaming else None
     try:
         while pending:
-            done, _ = await asyncio.wait(pending | set(watchers),
+            done, _ = await asyncio.wait(pending | ({watcher} if watcher else set()),
                                          return_when=asyncio.FIRST_COMPLETED)
-            started = [watchers[w] for w in done if w in watchers and watchers[w] in pending]
-            if started:
-                winner = started[0]
-                if winner is second and original.started.is_set() and first in pending:
-                    keep = _ends_sooner(original, limits)
-                    winner = first if keep else second
-                    if keep is None:  # nothing to project by: the first whole answer wins
-                        watchers = {w: t for w, t in watchers.items() if t is not second}
-                        continue
-                for task in pending - {winner}:
-                    charge.losers.add(id(racers[task]))
-                    task.cancel()
-                return await winner, racers[winner]
             for task in done & pending:
                 pending.discard(task)
                 if task.exception() is None:
                     charge.losers.update(id(racers[other]) for other in pending)
                     return task.result(), racers[task]
                 error = error or task.exception()
-            for watcher in [w for w, task in watchers.items() if task not in pending]:
-                watcher.cancel()
-                del watchers[watcher]
+            if watcher is not None and watcher.done() and pending == {first, second}:
+                # The duplicate answers: the one expected to end later is cut now.
+                keep = _ends_sooner(original, limits) if original.started.is_set() else False
+                if keep is not None:
+                    winner, loser = (first, second) if keep else (second, first)
+                    charge.losers.add(id(racers[loser]))
+                    loser.cancel()
+                    return await winner, racers[winner]
+            if watcher is not None and (watcher.done() or second not in pending):
+                watcher.cancel()  # decided when one ends (nothing to project by)
+                watcher = None
         raise error  # type: ignore[misc]
     finally:
-        for watcher in watchers:
+        if watcher is not None:
             watcher.cancel()
 
 
