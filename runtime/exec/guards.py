@@ -68,14 +68,15 @@ class Limits:
     ``first_token_s``: no content token after this long (streamed requests); ``per_char_s``:
     once streaming, its answer arrives slower than this many seconds per character;
     ``duration_s``: no whole answer after this long (the rule for a reply not streamed).
-    ``reply_chars`` and ``median_per_char_s``: the step's median reply length and pace, to
-    tell which of two streams ends sooner."""
+    ``reply_chars``, ``median_per_char_s`` and ``median_first_token_s``: the step's median
+    reply length, pace and time to first token, to tell which of two streams ends sooner."""
 
     first_token_s: float | None = None
     per_char_s: float | None = None
     duration_s: float | None = None
     reply_chars: float | None = None
     median_per_char_s: float | None = None
+    median_first_token_s: float | None = None
 
 
 class Latencies:
@@ -144,7 +145,8 @@ class Latencies:
 
         return Limits(step_or_model("ttft"), step_or_model("char"),
                       self.threshold(model, tag, max_tokens, q),
-                      self.quantile(f"len|{model}|{tag}", 0.5), step_or_model("char", 0.5))
+                      self.quantile(f"len|{model}|{tag}", 0.5), step_or_model("char", 0.5),
+                      step_or_model("ttft", 0.5))
 
 
 @dataclass

@@ -117,7 +117,12 @@ def _late_at(progress: Progress, limits: Limits, sent_at: float,
     if streaming and not progress.started.is_set() and limits.first_token_s is not None:
         return sent_at + limits.first_token_s
     if progress.started.is_set() and limits.per_char_s is not None:
-        return progress.first_at + limits.per_char_s * (progress.chars + SLACK_CHARS)
+        late_at = progress.first_at + limits.per_char_s * (progress.chars + SLACK_CHARS)
+        if late_at <= time.monotonic() and _ends_sooner(progress, limits, fresh=True):
+            # Behind, but a duplicate sent now would be cut when it starts answering: judged
+            # again once ~SLACK_CHARS more should have come.
+            return time.monotonic() + SLACK_CHARS * (limits.median_per_char_s or 0.0) + 0.001
+        return late_at
     return None if limits.duration_s is None else sent_at + limits.duration_s
 
 
@@ -143,15 +148,16 @@ async def _straggles(first: asyncio.Future, progress: Progress, limits: Limits,
             return False
 
 
-def _ends_sooner(first: Progress, limits: Limits) -> bool | None:
+def _ends_sooner(first: Progress, limits: Limits, fresh: bool = False) -> bool | None:
     """Whether a stream that is on its way ends before a duplicate that starts answering now
-    would (None: the step's medians are not known)."""
+    (``fresh``: that is sent now) would (None: the step's medians are not known)."""
     if limits.reply_chars is None or limits.median_per_char_s is None:
         return None
     # Its own pace so far, after its first chunk (the one the medians are measured after too)
     pace = (time.monotonic() - first.first_at) / max(1, first.chars - first.first_chars)
     left = max(0.0, limits.reply_chars - first.chars) * pace
-    return left <= limits.reply_chars * limits.median_per_char_s
+    head_start = (limits.median_first_token_s or 0.0) if fresh else 0.0
+    return left <= head_start + limits.reply_chars * limits.median_per_char_s
 
 
 async def _race(racers: dict[asyncio.Future, Progress], limits: Limits,
