@@ -10,6 +10,7 @@ place (``map_exceptions``); the body is read by ``read_completion``, which trust
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
 __all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "AdaptationStore", "make_client",
            "call_llm", "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
 
+log = logging.getLogger(__name__)
 _CLOSE_S = 5.0  # closing a stream's connection takes no round trip; bounded all the same
 STEP_HEADER = "x-chainray-step"  # names the step in server logs (the simulator's /stats)
 _RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
@@ -271,11 +273,18 @@ async def _send(client: openai.AsyncOpenAI, kwargs: dict, request: LLMRequest,
     try:
         streamed = await collect_stream(raw.parse(), sent_at, on_text=progress.on_text)
     finally:  # a stream left unread (a hedge's loser) is closed now, not when collected:
-        await asyncio.wait_for(raw.http_response.aclose(), _CLOSE_S)  # the server sees
-        # the client leave and stops generating
+        await _close(raw)  # the server sees the client leave and stops generating
     reply.ttft_s, reply.decode_s = streamed.ttft_s, streamed.decode_s
     reply.stream_without_usage = not streamed.has_usage
     return raw, completion_from_stream(streamed, request.messages)
+
+
+async def _close(raw: Any) -> None:
+    """Close a response's connection; best effort (what was read stands either way)."""
+    try:
+        await asyncio.wait_for(raw.http_response.aclose(), _CLOSE_S)
+    except Exception:  # noqa: BLE001 - closing must not replace the reason we stopped reading
+        log.debug("could not close a stream", exc_info=True)
 
 
 def _request_kwargs(request: LLMRequest) -> dict[str, Any]:
