@@ -23,19 +23,30 @@ log = logging.getLogger(__name__)
 
 
 class DurationLog:
-    """The actor's logic, plain (``Durations`` is this class on Ray): an append-only log of
-    samples; each runner reads it from its own cursor on."""
+    """The actor's logic, plain (``Durations`` is this class on Ray): a log of samples that
+    each runner reads from its own cursor on.
 
-    def __init__(self) -> None:
+    The log keeps the latest ``keep`` samples (memory, not a limit on calls: a runner trades
+    every ``period_s``, so it never falls that far behind, and its own view keeps fewer per
+    step anyway); a cursor from before the oldest kept sample reads from that sample on."""
+
+    def __init__(self, keep: int = 20_000) -> None:
+        self.keep = keep
         self.log: list[tuple[str, Sample]] = []
+        self.dropped = 0  # samples that have left the front of the log
 
     def exchange(self, source: str, cursor: int, new: list[Sample]
                  ) -> tuple[int, list[Sample]]:
         """Add ``source``'s new samples; return the others' samples logged since ``cursor``
         and the cursor to give next time."""
-        others = [sample for who, sample in self.log[cursor:] if who != source]
+        start = max(0, cursor - self.dropped)
+        others = [sample for who, sample in self.log[start:] if who != source]
         self.log.extend((source, sample) for sample in new)
-        return len(self.log), others
+        if len(self.log) >= 2 * self.keep:  # trimmed in halves: each sample moves once
+            excess = len(self.log) - self.keep
+            del self.log[:excess]
+            self.dropped += excess
+        return self.dropped + len(self.log), others
 
 
 Durations = ray.remote(num_cpus=0, max_concurrency=1)(DurationLog)  # serial: one log
@@ -60,9 +71,12 @@ class SharedLatencies(Latencies):
         self.exchanging: asyncio.Future | None = None
         self.timer: asyncio.TimerHandle | None = None
 
-    def add(self, model: str, tag: str | None, max_tokens: int, seconds: float) -> None:
-        super().add(model, tag, max_tokens, seconds)
-        self.pending.append((model, tag, max_tokens, seconds))
+    def add(self, model: str, tag: str | None, max_tokens: int, seconds: float,
+            first_token_s: float | None = None, per_char_s: float | None = None,
+            chars: int | None = None) -> None:
+        super().add(model, tag, max_tokens, seconds, first_token_s, per_char_s, chars)
+        self.pending.append((model, tag, max_tokens, seconds, first_token_s, per_char_s,
+                             chars))
         self._exchange_soon()
 
     async def fresh(self) -> None:

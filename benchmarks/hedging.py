@@ -8,7 +8,10 @@ Each arm is one session (one invocation): ``--warmup`` runs first (same faults; 
 session's view of finished requests and warm Ray's workers, and are left out of every figure),
 then ``--runs`` measured runs. The arms alternate which goes first, with the same simulator
 seed per repeat. Extra tokens are counted as chainray counts and prices them (a cancelled
-duplicate is charged as much as its winner); the server's own counts are printed beside them.
+stream is charged its prompt and the output it delivered, a cancelled request not streamed as
+much as its winner); the server's own counts are printed beside them: of the requests it
+answered, and of every request it started (a request the client left counts its prompt and
+what was sent before it left).
 """
 
 from __future__ import annotations

@@ -170,46 +170,88 @@ def test_hedged_steps_are_marked_and_their_duplicates_counted(ray_session, sim, 
         return
     assert hedged and all(s.attempts >= 2 for s in hedged)  # a retry may add one
     # Both copies are counted: never fewer tokens than the server counted for the requests it
-    # answered (a cancelled duplicate the server may not count is charged as the winner).
+    # answered, and about what it counted for every request it started (a cancelled one
+    # counts its prompt and what it had sent; chainray estimates the latter from the text it
+    # had received).
     counted = sum(s.prompt_tokens + s.completion_tokens for s in steps)
     answered = sum(r["prompt_tokens"] + r["completion_tokens"]
                    for r in stats["request_log"] if r["status"] == 200)
+    started = sum(r["prompt_tokens"] + r["completion_tokens"] for r in stats["request_log"])
     assert counted >= answered > sum(s.prompt_tokens + s.completion_tokens for s in steps
                                      if not s.hedged)
+    assert abs(counted - started) <= 0.02 * started, (counted, started)
 
 
-def one_step_chain(name: str = "one"):
+def one_step_chain(name: str = "one", stream: bool = True):
     from chainray.spec.chain import chain_from_dict
 
     return chain_from_dict({"name": name, "inputs": {"topic": "tea"},
-                            "defaults": {"max_tokens": 30},
+                            "defaults": {"max_tokens": 30, "stream": stream},
                             "steps": [{"id": "a", "prompt": "say {topic}"}]})
 
 
-def test_a_straggler_is_hedged_and_the_run_ends_long_before_it_would(ray_session):
-    from straggler_server import COMPLETION_TOKENS, PROMPT_TOKENS, StragglerServer
-
-    # Quick requests make the history (the runners share it within a fraction of a second);
-    # the fifteenth is held for 8 s; its duplicate is not.
-    server = StragglerServer(latency_s=0.05, slow={15}, slow_s=8.0)
+def run_against_a_straggler(server, stream: bool) -> list:
+    """Sixteen one-step runs, one at a time, against ``server`` with ``--hedge-after 0.9``."""
     with server.running() as base_url:
         config = dict(base_url=base_url, env={"OPENAI_API_KEY": "sk-test"}, progress=False,
                       limiter_namespace=f"test-{uuid.uuid4().hex[:8]}", timeout_s=30.0,
                       rpm=100_000, tpm=10_000_000, hedge_after=0.9)
         with Session(SessionConfig(**config)) as session:
-            results = list(session.run_many([job(one_step_chain()) for _ in range(16)],
-                                            window=1))
+            return list(session.run_many([job(one_step_chain(stream=stream))
+                                          for _ in range(16)], window=1))
+
+
+def test_a_straggler_is_hedged_and_the_run_ends_long_before_it_would(ray_session):
+    from straggler_server import COMPLETION_TOKENS, PROMPT_TOKENS, StragglerServer
+
+    # Not streamed: only the whole-duration rule can tell. Quick requests make the history
+    # (the runners share it within a fraction of a second); the fifteenth is held for 8 s;
+    # its duplicate is not.
+    server = StragglerServer(latency_s=0.05, slow={15}, slow_s=8.0)
+    results = run_against_a_straggler(server, stream=False)
     by_request = {r["n"]: r for r in server.log}
     assert by_request[15]["status"] == 499  # the straggler was cancelled ...
     assert by_request[16]["status"] == 200  # ... its duplicate answered
     slowed = [r for r in results if r.steps[0].hedged]
     assert len(slowed) == 1 and slowed[0].steps[0].attempts == 2
     assert slowed[0].status == "ok" and slowed[0].latency_ms < 0.5 * 8000
-    # Both requests are counted: the cancelled one as much as the one that answered.
+    # A reply not streamed may have been generated whole: the cancelled request is charged
+    # as much as the one that answered.
     step = slowed[0].steps[0]
     assert (step.prompt_tokens, step.completion_tokens) == (2 * PROMPT_TOKENS,
                                                             2 * COMPLETION_TOKENS)
     assert all(r.total_tokens == PROMPT_TOKENS + COMPLETION_TOKENS
+               for r in results if r is not slowed[0])
+
+
+def test_a_stream_late_to_its_first_token_is_hedged_and_cut_when_its_duplicate_answers(
+        ray_session):
+    from straggler_server import COMPLETION_TOKENS, PROMPT_TOKENS, StragglerServer
+
+    from chainray.tokens import estimate_prompt_tokens
+
+    # Streams whose first content token comes after 0.05 s (an empty role chunk at once),
+    # then 17 tokens 0.05 s apart; the fifteenth request holds its first token for 8 s.
+    server = StragglerServer(latency_s=0.05, slow={15}, slow_s=8.0, chunk_s=0.05)
+    results = run_against_a_straggler(server, stream=True)
+    late, duplicate = (next(r for r in server.log if r["n"] == n) for n in (15, 16))
+    slowed = [r for r in results if r.steps[0].hedged]
+    assert len(slowed) == 1 and slowed[0].status == "ok"
+    assert slowed[0].latency_ms < 0.3 * 8000  # the run ends long before the late one would
+    # The late request was cut when its duplicate started answering (its first token came
+    # 0.05 s after it left), not when the duplicate ended (0.85 s later), and sent nothing.
+    assert late["status"] == 499 and late["chunks"] == 0
+    assert duplicate["status"] == 200 and duplicate["chunks"] == COMPLETION_TOKENS
+    assert late["left"] - duplicate["start"] < 0.5 < duplicate["end"] - late["left"]
+    # Counted: the answer's usage, plus the cut request's prompt (as the answer counted it:
+    # a server reports no usage for a request the client left, so this is an estimate) and
+    # no output.
+    step = slowed[0].steps[0]
+    assert step.attempts == 2 and len(step.attempt_log) == 2 and step.usage_estimated
+    assert sorted(a.outcome for a in step.attempt_log) == ["cancelled", "ok"]
+    assert step.prompt_tokens == 2 * PROMPT_TOKENS != estimate_prompt_tokens(late["messages"])
+    assert step.completion_tokens == COMPLETION_TOKENS
+    assert all(r.total_tokens == PROMPT_TOKENS + COMPLETION_TOKENS and not r.steps[0].hedged
                for r in results if r is not slowed[0])
 
 
@@ -228,10 +270,45 @@ def test_slow_simulator_requests_are_hedged_within_a_fraction_of_their_time(ray_
     hedged = [s for s in steps if s.hedged]
     assert hedged and all(s.latency_ms / 1000 < 0.6 * slow_s for s in hedged)
     assert len(log) == sum(r.api_calls for r in results) > len(steps)  # duplicates counted
-    # The duplicate's tokens are counted: a hedged step counts twice what its step's unhedged
-    # copies in other runs count (the simulator's reply depends on the prompt only).
-    plain = {s.id: s.prompt_tokens + s.completion_tokens for s in steps
+    # Slow requests are late to their first token (ttft_sigma 0: every normal one takes as
+    # long): the race ends at the duplicate's first token, and the cancelled request has sent
+    # no output; the server counted its prompt only.
+    cut = [r for r in log if r["status"] == 499]
+    assert cut and all(r["completion_tokens"] == 0 for r in cut)
+    # chainray counts each request as the server did: a hedged step pays a second prompt and
+    # no second output (the simulator's reply depends on the prompt only).
+    plain = {s.id: (s.prompt_tokens, s.completion_tokens) for s in steps
              if not s.hedged and s.attempts == 1}
     assert any(s.id in plain for s in hedged)
-    assert all(s.prompt_tokens + s.completion_tokens == 2 * plain[s.id]
-               for s in hedged if s.id in plain and s.attempts == 2)
+    assert all((s.prompt_tokens, s.completion_tokens) == (2 * plain[s.id][0], plain[s.id][1])
+               and s.usage_estimated for s in hedged if s.id in plain and s.attempts == 2)
+
+
+def test_the_embedded_simulator_keeps_answering_when_it_writes_a_lot_to_its_output():
+    import http.client
+    import urllib.parse
+    import urllib.request
+
+    from chainray.sim import start_simulator
+
+    # Every client that leaves a stream early (a hedge's loser) makes the simulator log a
+    # traceback of about 2 KB: 100 of them fill an unread pipe (64 KiB) three times over, and a
+    # simulator blocked on its output would answer nothing more.
+    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 20, "stream": True,
+                       "messages": [{"role": "user", "content": "hello"}]})
+    with start_simulator("--ttft-median", "0.01", "--speed", "10") as sim:
+        address = urllib.parse.urlparse(sim.base_url)
+        for _ in range(100):
+            connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+            connection.request("POST", "/v1/chat/completions", body,
+                               {"Content-Type": "application/json"})
+            connection.getresponse().close()  # the headers only: the client leaves
+            connection.close()
+        request = urllib.request.Request(
+            f"{sim.base_url}/chat/completions", headers={"Content-Type": "application/json"},
+            data=body.replace('"stream": true', '"stream": false').encode())
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert json.load(answer)["choices"][0]["message"]["content"]
+        log = sim.stats()["request_log"]
+    # (the last client to leave may not have been noticed yet)
+    assert len(log) == 101 and sum(r["status"] == 499 for r in log) >= 99

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import threading
 
+import pytest
+
 from chainray.exec.cache import CachedReply, ResponseCache
 from chainray.exec.spend import SpendBook, worst_case_prompt_tokens
 
@@ -83,30 +85,125 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
     import asyncio
     from types import SimpleNamespace
 
-    from chainray.exec.hedge import Charge, hedged
+    from chainray.exec.guards import Limits
+    from chainray.exec.hedge import Charge, hedged, loser_charge
 
     async def scenario():
         charge, events = Charge(), []
 
-        async def send(duplicate: bool):
+        async def send(duplicate: bool, progress):
             charge.leave()
             try:
                 await asyncio.sleep(0.01 if duplicate else 5)
             except asyncio.CancelledError:
                 events.append(f"cancelled duplicate={duplicate}")
+                await asyncio.wait_for(charge.settled.wait(), 2)  # as the call path does
+                events.append(loser_charge(charge, progress, [{"content": "hi"}]))
                 raise
             return SimpleNamespace(text="duplicate" if duplicate else "first",
                                    prompt_tokens=3, completion_tokens=4), 0.01
 
-        async def threshold() -> float:
-            return 0.05
+        async def limits() -> Limits:  # not streamed: only the whole-duration rule applies
+            return Limits(first_token_s=0.01, per_char_s=0.001, duration_s=0.05)
 
-        (answer, _), = [await asyncio.wait_for(hedged(send, threshold, charge), 2)]
-        return answer, events, charge.loser
+        (answer, _), _ = await asyncio.wait_for(hedged(send, limits, charge), 2)
+        return answer, events
 
-    answer, events, charged = asyncio.run(scenario())
-    assert answer.text == "duplicate" and events == ["cancelled duplicate=False"]
-    assert charged == (3, 4)  # the cancelled request is charged as much as the winner
+    answer, events = asyncio.run(scenario())
+    assert answer.text == "duplicate" and events[0] == "cancelled duplicate=False"
+    # A reply not streamed may have been generated whole: charged as much as the winner.
+    assert events[1] == (3, 4)
+
+
+def test_a_streamed_hedge_is_decided_at_the_first_token_and_the_loser_charged_its_prompt():
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from chainray.exec.guards import Limits
+    from chainray.exec.hedge import Charge, hedged, loser_charge
+    from chainray.tokens import estimate_prompt_tokens
+
+    messages = [{"role": "user", "content": "say something about tea " * 10}]
+
+    async def scenario():
+        charge, events = Charge(), {}
+
+        async def send(duplicate: bool, progress):
+            charge.leave()
+            progress.streamed = True
+            try:  # the first request never starts answering; its duplicate answers slowly
+                await asyncio.sleep(5 if not duplicate else 0.02)
+                for word in ("tea ", "is ", "good"):
+                    progress.on_text(word)
+                    await asyncio.sleep(0.2)
+            except asyncio.CancelledError:
+                cut_at = time.monotonic()
+                await asyncio.wait_for(charge.settled.wait(), 2)  # as the call path does
+                events[duplicate] = (cut_at, loser_charge(charge, progress, messages))
+                raise
+            return SimpleNamespace(text="tea is good", prompt_tokens=30,
+                                   completion_tokens=3), 0.6
+
+        async def limits() -> Limits:  # no content token within 0.05 s: a straggler
+            return Limits(first_token_s=0.05, per_char_s=None, duration_s=3.0)
+
+        started = time.monotonic()
+        (answer, _), progress = await asyncio.wait_for(
+            hedged(send, limits, charge, streaming=True), 3)
+        return started, time.monotonic(), answer, progress, events
+
+    started, ended, answer, progress, events = asyncio.run(scenario())
+    assert answer.text == "tea is good" and progress.started.is_set()
+    cancelled_at, charged = events[False]
+    # The loser is cut at the winner's first token (~0.07 s), not when the winner ends (~0.67 s).
+    assert cancelled_at - started < 0.4 < ended - started
+    # ... and charged, once the winner's usage is known, its prompt as the winner's and no
+    # output (it had delivered none).
+    assert charged == (30, 0) != (estimate_prompt_tokens(messages), 0)
+    assert True not in events  # the winner ran to its end
+
+
+@pytest.mark.parametrize("median_per_char_s,sent,cut", [(0.001, 2, [False]), (0.05, 1, [])])
+def test_a_slow_stream_gets_a_duplicate_only_if_that_is_expected_to_end_sooner(
+        median_per_char_s, sent, cut):
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from chainray.exec.guards import Limits
+    from chainray.exec.hedge import Charge, hedged
+
+    async def scenario():
+        charge, events, sends = Charge(), {}, []
+
+        async def send(duplicate: bool, progress):
+            charge.leave()
+            sends.append(duplicate)
+            progress.streamed = True
+            pace = 0.001 if duplicate else 0.02  # the first request decodes 20x slower
+            try:
+                await asyncio.sleep(0.05 if duplicate else 0.0)
+                for _ in range(20):
+                    progress.on_text("abcde")
+                    await asyncio.sleep(5 * pace)
+            except asyncio.CancelledError:
+                events[duplicate] = time.monotonic()
+                raise
+            return SimpleNamespace(text="x" * 100, prompt_tokens=5, completion_tokens=25), 1.0
+
+        async def limits() -> Limits:  # a reply is 100 characters; 1 ms each is slow
+            return Limits(None, 0.001, 10.0, 100, median_per_char_s)
+
+        (answer, _), _ = await asyncio.wait_for(hedged(send, limits, charge, True), 5)
+        return events, sends
+
+    events, sends = asyncio.run(scenario())
+    # ~0.2 s in, the first request is 200 characters behind the 1 ms limit, with ~90 of 100
+    # characters to come at its pace (~1.8 s). A duplicate at the median pace would take
+    # 0.1 s: it is sent, and the first request is cut when it starts answering. At a slow
+    # median pace (5 s) a duplicate would end later: none is sent.
+    assert len(sends) == sent and list(events) == cut
 
 
 def test_the_hedging_quantile_needs_enough_finished_requests():
@@ -135,6 +232,31 @@ def test_a_step_with_no_history_is_judged_per_requested_token_of_its_model():
     for _ in range(10):  # once the step has its own history, that is what counts
         latencies.add("m", "long", 1500, 9.0)
     assert latencies.threshold("m", "long", 1500, 0.9) == 9.0
+
+
+def test_the_hedging_views_keep_the_latest_samples_only():
+    from chainray.actors.durations import DurationLog
+    from chainray.exec.guards import Latencies
+
+    latencies = Latencies(min_samples=10, window=20)
+    for _ in range(20):
+        latencies.add("m", "a", 100, 9.0, 1.0)
+    for _ in range(20):  # the endpoint got faster: the old samples leave the view
+        latencies.add("m", "a", 100, 3.0, 0.5)
+    assert latencies.threshold("m", "a", 100, 0.95) == 3.0
+    assert latencies.limits("m", "a", 100, 0.95).first_token_s == 0.5
+    assert all(len(known) <= 20 for known in latencies.by_key.values())
+
+    book = DurationLog(keep=10)
+    cursor, _ = book.exchange("one", 0, [("m", "a", 100, 1.0, None, None)])
+    for i in range(30):
+        book.exchange("two", 0, [("m", "a", 100, float(i), None, None)])
+    assert len(book.log) < 20  # bounded
+    # A reader from before the oldest kept sample gets what is kept, and a cursor that
+    # goes on from there.
+    cursor, seen = book.exchange("one", cursor, [])
+    assert seen == [sample for _, sample in book.log] and seen[-1][3] == 29.0
+    assert book.exchange("one", cursor, []) == (cursor, [])
 
 
 def test_step_runners_share_one_view_of_finished_requests():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,7 +19,7 @@ from chainray.exec.cache import CachedReply
 from chainray.exec.spend import worst_case_prompt_tokens
 from chainray.results import RunResult
 
-__all__ = ["Budget", "ReplyCache", "CallGuards", "Latencies", "Sample", "spend_cap_error",
+__all__ = ["Budget", "ReplyCache", "CallGuards", "Latencies", "Limits", "Sample", "spend_cap_error",
            "worst_case_tokens", "stopped_by_cap", "SPEND_CAP"]
 
 
@@ -55,7 +56,27 @@ def stopped_by_cap(result: RunResult) -> bool:
     return any(SPEND_CAP in (step.error or "") for step in result.steps)
 
 
-Sample = tuple[str, str | None, int, float]  # model, step tag, max_tokens asked, seconds
+# model, step tag, max_tokens asked, seconds, then (None: not measured) seconds to the first
+# content token, decode seconds per character and characters of a streamed reply
+Sample = tuple[str, str | None, int, float, float | None, float | None, int | None]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """When a request of one step is a straggler; None where too few requests are known.
+
+    ``first_token_s``: no content token after this long (streamed requests); ``per_char_s``:
+    once streaming, its answer arrives slower than this many seconds per character;
+    ``duration_s``: no whole answer after this long (the rule for a reply not streamed).
+    ``reply_chars``, ``median_per_char_s`` and ``median_first_token_s``: the step's median
+    reply length, pace and time to first token, to tell which of two streams ends sooner."""
+
+    first_token_s: float | None = None
+    per_char_s: float | None = None
+    duration_s: float | None = None
+    reply_chars: float | None = None
+    median_per_char_s: float | None = None
+    median_first_token_s: float | None = None
 
 
 class Latencies:
@@ -63,20 +84,36 @@ class Latencies:
 
     A request is compared with its peers of the same model: first the requests of the same
     step (in a batch, the other runs' copies of a step ask for as much, so they take about as
-    long); until that view holds ``min_samples``, all of the model's requests in seconds per
-    requested ``max_tokens``, so that a 300-token and a 1500-token step share one scale.
+    long); until that view holds ``min_samples``, all of the model's requests (whole durations
+    in seconds per requested ``max_tokens``, so that a 300-token and a 1500-token step share
+    one scale). Each view keeps the latest ``window`` samples: memory stays bounded in a long
+    batch and the quantiles follow the endpoint as it changes; it limits nothing that is sent.
 
-        latencies.add("gpt-4o-mini", "hardware", 400, 5.1)
+        latencies.add("gpt-4o-mini", "hardware", 400, 5.1, 0.4, 0.002, 2100)
         latencies.threshold("gpt-4o-mini", "hardware", 400, 0.95)  # seconds; None: too few
     """
 
-    def __init__(self, min_samples: int = 10) -> None:
-        self.min_samples = min_samples
+    def __init__(self, min_samples: int = 10, window: int = 2000) -> None:
+        self.min_samples, self.window = min_samples, window
         self.by_key: dict[str, list[float]] = {}  # sorted
+        self.arrivals: dict[str, deque[float]] = {}  # the same samples, oldest first
 
-    def add(self, model: str, tag: str | None, max_tokens: int, seconds: float) -> None:
-        bisect.insort(self.by_key.setdefault(f"{model}|{tag}", []), seconds)
-        bisect.insort(self.by_key.setdefault(model, []), seconds / max(1, max_tokens))
+    def add(self, model: str, tag: str | None, max_tokens: int, seconds: float,
+            first_token_s: float | None = None, per_char_s: float | None = None,
+            chars: int | None = None) -> None:
+        self._put(f"{model}|{tag}", seconds)
+        self._put(model, seconds / max(1, max_tokens))
+        for kind, value in (("ttft", first_token_s), ("char", per_char_s), ("len", chars)):
+            if value is not None:
+                self._put(f"{kind}|{model}|{tag}", value)
+                self._put(f"{kind}|{model}", value)
+
+    def _put(self, key: str, value: float) -> None:
+        known, arrivals = self.by_key.setdefault(key, []), self.arrivals.setdefault(key, deque())
+        bisect.insort(known, value)
+        arrivals.append(value)
+        if len(arrivals) > self.window:  # the oldest sample leaves the view
+            del known[bisect.bisect_left(known, arrivals.popleft())]
 
     async def fresh(self) -> None:
         """Bring the view up to date (a view shared between processes asks for news)."""
@@ -99,6 +136,17 @@ class Latencies:
             return seconds
         per_token = self.quantile(model, q)
         return None if per_token is None else per_token * max(1, max_tokens)
+
+    def limits(self, model: str, tag: str | None, max_tokens: int, q: float) -> Limits:
+        """Each rule's limit for a request of this step (the step's own view first)."""
+        def step_or_model(kind: str, q: float = q) -> float | None:
+            value = self.quantile(f"{kind}|{model}|{tag}", q)
+            return value if value is not None else self.quantile(f"{kind}|{model}", q)
+
+        return Limits(step_or_model("ttft"), step_or_model("char"),
+                      self.threshold(model, tag, max_tokens, q),
+                      self.quantile(f"len|{model}|{tag}", 0.5), step_or_model("char", 0.5),
+                      step_or_model("ttft", 0.5))
 
 
 @dataclass

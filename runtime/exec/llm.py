@@ -10,6 +10,7 @@ place (``map_exceptions``); the body is read by ``read_completion``, which trust
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,8 +28,8 @@ from chainray.exec.endpoint_errors import (
     redact,
     to_endpoint_error,
 )
-from chainray.exec.guards import CallGuards, spend_cap_error, worst_case_tokens
-from chainray.exec.hedge import Charge, hedged
+from chainray.exec.guards import CallGuards, Limits, spend_cap_error, worst_case_tokens
+from chainray.exec.hedge import Charge, Progress, hedged, loser_charge
 from chainray.exec.params import Adaptation, adapt, describe, known_adaptations, learn_adaptation
 from chainray.exec.permit_scope import PermitScope, _hand_back
 from chainray.exec.permits import Permit
@@ -43,6 +44,8 @@ if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
 __all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "AdaptationStore", "make_client",
            "call_llm", "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
 
+log = logging.getLogger(__name__)
+_CLOSE_S = 5.0  # closing a stream's connection takes no round trip; bounded all the same
 STEP_HEADER = "x-chainray-step"  # names the step in server logs (the simulator's /stats)
 _RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
                  "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
@@ -159,12 +162,14 @@ async def _reserve(guards: CallGuards | None, model: str,
 
 async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
                    endpoint: Endpoint, reply: LLMReply, kwargs: dict, left_s: float,
-                   guards: CallGuards | None, charge: Charge, duplicate: bool = False):
+                   guards: CallGuards | None, charge: Charge, progress: Progress,
+                   duplicate: bool = False):
     """One HTTP request under a spend reservation and a permit: (completion, seconds)."""
     secret = endpoint.api_key.get_secret_value()
     worst = worst_case_tokens(kwargs)
     reservation = await _reserve(guards, request.model, worst)
     spent = (0, 0)  # an HTTP error status costs nothing
+    lost = False  # a hedge's loser, cancelled: charged once the race is settled
     try:
         async with AttemptTimer(reply.attempt_log) as timer, PermitScope(
                 limiter, request.estimated_tokens, request.priority, timeout_s=left_s,
@@ -178,40 +183,55 @@ async def _request(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
             try:
                 with map_exceptions(secret):
                     raw, completion = await asyncio.wait_for(
-                        _send(client, kwargs, request, reply), endpoint.timeout_s)
+                        _send(client, kwargs, request, reply, progress), endpoint.timeout_s)
             except EndpointError as error:
                 reply.attempts -= error.code == "connect_failed"  # nothing reached the server
                 reply.rate_limited += error.status == 429
                 if error.status is None and error.code != "connect_failed":
                     spent = worst  # cut off mid-reply: the server may have counted it all
                 raise
-            except asyncio.CancelledError:  # a hedge's loser: charged as the winner
-                spent = charge.loser or worst
-                if charge.loser is not None:
-                    reply.prompt_tokens += spent[0]
-                    reply.completion_tokens += spent[1]
+            except asyncio.CancelledError:
+                spent = worst  # cancelled from outside: assume the worst
+                lost = charge.lost(progress)
                 raise
             spent = (completion.prompt_tokens, completion.completion_tokens)
             permit.settle(sum(spent), {k: raw.headers[k] for k in _RATE_HEADERS
                                        if k in raw.headers})
         return completion, time.monotonic() - sent_at
     finally:
+        if lost:
+            spent = await _charge_loser(charge, progress, request, reply, left_s)
         if reservation is not None and guards is not None and guards.budget is not None:
             await _hand_back(guards.budget.settle(reservation, request.model, *spent))
 
 
-def _straggler_threshold(guards: CallGuards | None, request: LLMRequest
-                         ) -> Callable[[], Awaitable[float | None]] | None:
+async def _charge_loser(charge: Charge, progress: Progress, request: LLMRequest,
+                        reply: LLMReply, wait_s: float) -> tuple[int, int]:
+    """Count a hedge's cancelled loser once the winner's usage is known (``loser_charge``);
+    bounded: the winner has its own deadline, and the race ends with it."""
+    try:
+        await asyncio.wait_for(charge.settled.wait(), wait_s)
+    except asyncio.TimeoutError:
+        pass  # charged without the winner's usage
+    spent = loser_charge(charge, progress, request.messages)
+    reply.prompt_tokens += spent[0]
+    reply.completion_tokens += spent[1]
+    reply.usage_estimated = True  # the server reports no usage for a request it was left by
+    return spent
+
+
+def _straggler_limits(guards: CallGuards | None, request: LLMRequest
+                      ) -> Callable[[], Awaitable[Limits]] | None:
     """When a request of this step is a straggler (None: hedging is off)."""
     if guards is None or guards.latencies is None or guards.hedge_after is None:
         return None
     latencies, q = guards.latencies, guards.hedge_after
 
-    async def threshold() -> float | None:
+    async def limits() -> Limits:
         await latencies.fresh()
-        return latencies.threshold(request.model, request.tag, request.max_tokens, q)
+        return latencies.limits(request.model, request.tag, request.max_tokens, q)
 
-    return threshold
+    return limits
 
 
 async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMRequest,
@@ -219,21 +239,22 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
                    guards: CallGuards | None = None) -> None:
     charge = Charge()
 
-    async def send(duplicate: bool = False):
+    async def send(duplicate: bool, progress: Progress):
         return await _request(client, limiter, request, endpoint, reply, kwargs, left_s,
-                              guards, charge, duplicate)
+                              guards, charge, progress, duplicate)
 
-    threshold = _straggler_threshold(guards, request)
-    if threshold is None:
-        completion, _ = await send()
-    else:
-        completion, _ = await hedged(send, threshold, charge)
+    limits = _straggler_limits(guards, request)
     latencies = guards.latencies if guards is not None else None
-    if latencies is not None:
+    if limits is None or latencies is None:
+        completion, _ = await send(False, Progress())
+    else:
+        (completion, _), progress = await hedged(send, limits, charge, bool(kwargs.get("stream")))
         # From the first request's departure: a hedged straggler took that long for its step,
-        # so the slow tail stays in the view and the quantile does not drift into the normal.
+        # so the slow tail stays in the view and the quantiles do not drift into the normal.
+        ttft = progress.first_at - charge.sent_at if progress.started.is_set() else None
         latencies.add(request.model, request.tag, request.max_tokens,
-                      time.monotonic() - charge.sent_at)
+                      time.monotonic() - charge.sent_at, ttft, progress.per_char_s(),
+                      progress.chars if progress.started.is_set() else None)
     reply.text, reply.truncated = completion.text, completion.truncated
     # Added, not set: a schema correction or an adapted retry is a second paid request.
     reply.prompt_tokens += completion.prompt_tokens
@@ -242,7 +263,7 @@ async def _attempt(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
 
 
 async def _send(client: openai.AsyncOpenAI, kwargs: dict, request: LLMRequest,
-                reply: LLMReply):
+                reply: LLMReply, progress: Progress):
     """One HTTP request; a stream is read to its end (its usage chunk comes last)."""
     sent_at = time.perf_counter()
     raw = await client.chat.completions.with_raw_response.create(**kwargs)
@@ -251,10 +272,22 @@ async def _send(client: openai.AsyncOpenAI, kwargs: dict, request: LLMRequest,
     if "text/event-stream" not in raw.headers.get("content-type", ""):
         # A server that ignores ``stream`` answers with one body: read it as such.
         return raw, read_completion(await raw.http_response.aread(), request.messages)
-    streamed = await collect_stream(raw.parse(), sent_at)
+    progress.streamed = True
+    try:
+        streamed = await collect_stream(raw.parse(), sent_at, on_text=progress.on_text)
+    finally:  # a stream left unread (a hedge's loser) is closed now, not when collected:
+        await _close(raw)  # the server sees the client leave and stops generating
     reply.ttft_s, reply.decode_s = streamed.ttft_s, streamed.decode_s
     reply.stream_without_usage = not streamed.has_usage
     return raw, completion_from_stream(streamed, request.messages)
+
+
+async def _close(raw: Any) -> None:
+    """Close a response's connection; best effort (what was read stands either way)."""
+    try:
+        await asyncio.wait_for(raw.http_response.aclose(), _CLOSE_S)
+    except Exception:  # noqa: BLE001 - closing must not replace the reason we stopped reading
+        log.debug("could not close a stream", exc_info=True)
 
 
 def _request_kwargs(request: LLMRequest) -> dict[str, Any]:

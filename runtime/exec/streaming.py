@@ -38,8 +38,10 @@ class StreamedReply:
 
 
 async def collect_stream(chunks: AsyncIterable[Any], sent_at: float,
-                         clock: Callable[[], float] = time.perf_counter) -> StreamedReply:
-    """Consume ``chunks`` (openai ``ChatCompletionChunk`` objects) sent at ``sent_at``."""
+                         clock: Callable[[], float] = time.perf_counter,
+                         on_text: Callable[[str], None] | None = None) -> StreamedReply:
+    """Consume ``chunks`` (openai ``ChatCompletionChunk`` objects) sent at ``sent_at``;
+    ``on_text`` hears each piece of content as it arrives (a hedge watches a stream so)."""
     reply = StreamedReply()
     first = last = None
     async for chunk in chunks:
@@ -55,6 +57,8 @@ async def collect_stream(chunks: AsyncIterable[Any], sent_at: float,
                     first = now if first is None else first
                     last = now
                     reply.parts.append(delta.content)
+                    if on_text is not None:
+                        on_text(delta.content)
                 if getattr(delta, "refusal", None):
                     reply.refusal = (reply.refusal or "") + delta.refusal
                 if getattr(delta, "tool_calls", None):

@@ -116,7 +116,7 @@ class Simulator:
             stream=False, start=time.time()))
         try:
             response = await self._complete(request, record)
-        except asyncio.CancelledError:  # the client went away (timeout or disconnect)
+        except (asyncio.CancelledError, ConnectionResetError):  # the client went away
             self.stats.finish(record, 499, "client_closed" if record.outcome == "pending"
                               else record.outcome)
             raise
@@ -240,6 +240,7 @@ class Simulator:
 
     async def _stream(self, request: web.Request, record: RequestRecord, reply: Reply,
                       usage: dict | None) -> web.StreamResponse:
+        record.completion_tokens = 0  # a client that leaves is charged what it was sent
         response = web.StreamResponse(headers={**self._headers(record),
                                                "Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -267,6 +268,7 @@ class Simulator:
                                              "delta": {"content": "".join(tokens[sent:ready])},
                                              "finish_reason": None}]})
             sent, next_chunk_at = ready, now + self.config.chunk_s
+            record.completion_tokens = sent
         await send({**base, "choices": [{"index": 0, "delta": {},
                                          "finish_reason": reply.finish_reason}]})
         if usage is not None:
