@@ -13,10 +13,12 @@ much as its winner); the server's own counts are printed beside them: of the req
 answered, and of every request it started (a request the client left counts its prompt and
 what was sent before it left).
 
-``--quantile`` (0.97) is the ``--hedge-after`` it runs with: each step's first-token quantile
-at 0.95 sits where 5 % of normal requests wait longer, so about one normal request in twenty
-got a duplicate (the synthesis step's ~6,000-token prompt each time: +7 % tokens for 39 %
-lower p95); at 0.97, +3 % for 35 %; at 0.98 the slow requests hide among the normal ones.
+``--quantile`` (0.97) is the ``--hedge-after`` it runs with. Measured here (3 repeats each,
+``--runs 100 --warmup 16 --window 16 --speed 2``): at 0.95, p95 39/25/42 % lower for
++2.9/+8.3/+7.2 % tokens (about one normal request in twenty waits past the first-token
+quantile and gets a duplicate, paying the synthesis step's ~6,000-token prompt); at 0.97,
+35/20/22 % lower for +2.8/+2.8/+4.7 %; at 0.98 (1 repeat) 15 % for +2.9 %: the slow requests
+hide among the normal ones. p95 of 100 runs is the fifth-worst run, so repeats spread widely.
 """
 
 from __future__ import annotations
