@@ -43,15 +43,19 @@ class AdaptationsRef:
 
     def __init__(self, namespace: str) -> None:
         self.namespace = namespace
+        self.handle: ray.actor.ActorHandle | None = None  # once found or started
 
     def find(self) -> ray.actor.ActorHandle | None:
-        try:
-            return ray.get_actor(NAME, namespace=self.namespace)
-        except ValueError:  # nothing learned yet, anywhere in the cluster
-            return None
+        if self.handle is None:
+            try:
+                self.handle = ray.get_actor(NAME, namespace=self.namespace)
+            except ValueError:  # nothing learned yet, anywhere in the cluster
+                pass
+        return self.handle
 
     def start(self) -> ray.actor.ActorHandle:
-        return get_adaptations(self.namespace)
+        self.handle = self.handle or get_adaptations(self.namespace)
+        return self.handle
 
 
 class RemoteAdaptations:
@@ -59,17 +63,14 @@ class RemoteAdaptations:
 
     def __init__(self, ref: AdaptationsRef) -> None:
         self.ref = ref
-        self.handle: ray.actor.ActorHandle | None = None
         self.copies: dict[str, dict[str, Adaptation]] = {}
 
     async def known(self, key: str) -> dict[str, Adaptation]:
         if key not in self.copies:
-            self.handle = self.handle or self.ref.find()
-            self.copies[key] = ({} if self.handle is None
-                                else await self.handle.known.remote(key))
+            handle = self.ref.find()
+            self.copies[key] = {} if handle is None else await handle.known.remote(key)
         return self.copies[key]
 
     async def learn(self, key: str, adaptation: Adaptation, note: str) -> None:
         self.copies.setdefault(key, {})[adaptation.param] = adaptation
-        self.handle = self.handle or self.ref.start()
-        await self.handle.learn.remote(key, adaptation, note)
+        await self.ref.start().learn.remote(key, adaptation, note)

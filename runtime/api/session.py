@@ -157,7 +157,6 @@ class Session:
         self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
             start_step_runners(self.endpoint, config.runners))
         self.adaptations = AdaptationsRef(config.limiter_namespace)
-        self.adaptations_handle: ray.actor.ActorHandle | None = None
         self.notes_shown = 0
         self.described: dict[str, str] = {}
         self.open_limiters(config.models)  # their processes start beside the Coordinator's
@@ -310,11 +309,9 @@ class Session:
 
     def _show_adaptations(self) -> None:
         """Say once, on stderr, how a model's parameters were adapted."""
-        self.adaptations_handle = self.adaptations_handle or self.adaptations.find()
-        if self.adaptations_handle is None:
+        if (handle := self.adaptations.find()) is None:
             return
-        notes = ray.get(self.adaptations_handle.notes_since.remote(self.notes_shown),
-                        timeout=30)
+        notes = ray.get(handle.notes_since.remote(self.notes_shown), timeout=30)
         self.notes_shown += len(notes)
         for note in notes:
             print(f"chainray: {note}", file=sys.stderr)
