@@ -104,7 +104,7 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
                                    prompt_tokens=3, completion_tokens=4), 0.01
 
         async def limits() -> Limits:  # not streamed: only the whole-duration rule applies
-            return Limits(first_token_s=0.01, per_char_s=0.001, duration_s=0.05)
+            return Limits(duration_s=0.05, per_char_s=0.001)
 
         (answer, _), _ = await asyncio.wait_for(hedged(send, limits, charge), 2)
         return answer, events
@@ -113,6 +113,47 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
     assert answer.text == "duplicate" and events[0] == "cancelled duplicate=False"
     # A reply not streamed may have been generated whole: charged as much as the winner.
     assert events[1] == (3, 4)
+
+
+@pytest.mark.parametrize("first_token_s, duplicated", [(0.3, False), (5.0, True)])
+def test_a_late_first_token_is_a_straggler_only_past_the_duration_quantile(first_token_s,
+                                                                            duplicated):
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from chainray.exec.guards import Latencies, Limits
+    from chainray.exec.hedge import Charge, hedged
+
+    latencies = Latencies(min_samples=10)
+    for i in range(20):  # first tokens after 0.05-0.1 s, whole answers after about 0.5 s
+        latencies.add("m", "step", 10, 0.5 + i / 1000, 0.05 + i / 400, 0.001, 50)
+
+    async def scenario():
+        charge, sends = Charge(), []
+
+        async def send(duplicate: bool, progress):
+            charge.leave()
+            sends.append((duplicate, time.monotonic()))
+            progress.streamed = True
+            await asyncio.sleep(0.01 if duplicate else first_token_s)
+            for _ in range(10):  # then answers at a normal pace
+                progress.on_text("abcde")
+                await asyncio.sleep(0.005)
+            return SimpleNamespace(text="abcde" * 10, prompt_tokens=5, completion_tokens=10), 0.1
+
+        async def limits() -> Limits:
+            return latencies.limits("m", "step", 10, 0.9)
+
+        await asyncio.wait_for(hedged(send, limits, charge, streaming=True), 8)
+        return sends
+
+    sends = asyncio.run(scenario())
+    # A duplicate pays the prompt again: a request late to its first token gets one only once
+    # it has been in flight longer than the step's requests take whole.
+    assert [duplicate for duplicate, _ in sends] == [False, True][:1 + duplicated]
+    if duplicated:
+        assert 0.45 <= sends[1][1] - sends[0][1] < 2.0
 
 
 def test_a_streamed_hedge_is_decided_at_the_first_token_and_the_loser_charged_its_prompt():
@@ -145,8 +186,8 @@ def test_a_streamed_hedge_is_decided_at_the_first_token_and_the_loser_charged_it
             return SimpleNamespace(text="tea is good", prompt_tokens=30,
                                    completion_tokens=3), 0.6
 
-        async def limits() -> Limits:  # no content token within 0.05 s: a straggler
-            return Limits(first_token_s=0.05, per_char_s=None, duration_s=3.0)
+        async def limits() -> Limits:  # no answer within 0.05 s: a straggler
+            return Limits(duration_s=0.05)
 
         started = time.monotonic()
         (answer, _), progress = await asyncio.wait_for(
@@ -193,7 +234,8 @@ def test_a_slow_stream_gets_a_duplicate_only_if_that_is_expected_to_end_sooner(
             return SimpleNamespace(text="x" * 100, prompt_tokens=5, completion_tokens=25), 1.0
 
         async def limits() -> Limits:  # a reply is 100 characters; 1 ms each is slow
-            return Limits(None, 0.001, 10.0, 100, median_per_char_s)
+            return Limits(duration_s=10.0, per_char_s=0.001, reply_chars=100,
+                          median_per_char_s=median_per_char_s)
 
         (answer, _), _ = await asyncio.wait_for(hedged(send, limits, charge, True), 5)
         return events, sends
@@ -244,7 +286,7 @@ def test_the_hedging_views_keep_the_latest_samples_only():
     for _ in range(20):  # the endpoint got faster: the old samples leave the view
         latencies.add("m", "a", 100, 3.0, 0.5)
     assert latencies.threshold("m", "a", 100, 0.95) == 3.0
-    assert latencies.limits("m", "a", 100, 0.95).first_token_s == 0.5
+    assert latencies.limits("m", "a", 100, 0.95).median_first_token_s == 0.5
     assert all(len(known) <= 20 for known in latencies.by_key.values())
 
     book = DurationLog(keep=10)

@@ -71,7 +71,7 @@ class Session:
       than that quantile of this session's finished requests of its model gets one
       duplicate; the first answer wins, the duplicate's tokens are counted and priced.
 
-          with chainray.Session(max_cost=0.50, cache=True, hedge_after=0.95) as session:
+          with chainray.Session(max_cost=0.50, cache=True, hedge_after=0.9) as session:
               runs = session.run_many([(chain, {"topic": t}) for t in topics])
           print(runs.spend["spent_usd"], "USD;", len(runs.not_started), "never started")
     """
@@ -223,7 +223,7 @@ def run(chain: Chain | str, strategy: StrategyName = "hybrid",
 
         result = chainray.run(chain, max_cost=0.05)      # never spends more than 5 cents
         result = chainray.run(chain, cache=True)         # a rerun is answered from disk
-        result = chainray.run(chain, hedge_after=0.95)   # duplicate the slowest 5 %
+        result = chainray.run(chain, hedge_after=0.9)    # duplicate stragglers
     """
     options, job_options, capped = _split(options)
     job = _prepare_job(chain, strategy, inputs, objective, job_options, capped)

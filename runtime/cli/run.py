@@ -76,7 +76,7 @@ def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_f
                         "$CHAINRAY_HOME/cache); hits send nothing and cost $0")
     parser.add_argument("--hedge-after", type=_share, metavar="Q",
                         help="send one duplicate of a request in flight longer than the "
-                        "Q-quantile (e.g. 0.95) of this invocation's finished requests of "
+                        "Q-quantile (e.g. 0.9) of this invocation's finished requests of "
                         "the same model; the first answer wins (default: off)")
     parser.add_argument("--no-priority", action="store_true",
                         help="grant permits first come, first served instead of longest "

@@ -65,15 +65,13 @@ Sample = tuple[str, str | None, int, float, float | None, float | None, int | No
 class Limits:
     """When a request of one step is a straggler; None where too few requests are known.
 
-    ``first_token_s``: no content token after this long (streamed requests); ``per_char_s``:
-    once streaming, its answer arrives slower than this many seconds per character;
-    ``duration_s``: no whole answer after this long (the rule for a reply not streamed).
-    ``reply_chars``, ``median_per_char_s`` and ``median_first_token_s``: the step's median
-    reply length, pace and time to first token, to tell which of two streams ends sooner."""
+    ``duration_s``: no whole answer after this long; ``per_char_s``: once streaming, its answer
+    arrives slower than this many seconds per character. ``reply_chars``, ``median_per_char_s``
+    and ``median_first_token_s``: the step's median reply length, pace and time to first token,
+    to tell which of two streams ends sooner."""
 
-    first_token_s: float | None = None
-    per_char_s: float | None = None
     duration_s: float | None = None
+    per_char_s: float | None = None
     reply_chars: float | None = None
     median_per_char_s: float | None = None
     median_first_token_s: float | None = None
@@ -143,8 +141,7 @@ class Latencies:
             value = self.quantile(f"{kind}|{model}|{tag}", q)
             return value if value is not None else self.quantile(f"{kind}|{model}", q)
 
-        return Limits(step_or_model("ttft"), step_or_model("char"),
-                      self.threshold(model, tag, max_tokens, q),
+        return Limits(self.threshold(model, tag, max_tokens, q), step_or_model("char"),
                       self.quantile(f"len|{model}|{tag}", 0.5), step_or_model("char", 0.5),
                       step_or_model("ttft", 0.5))
 

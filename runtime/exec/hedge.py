@@ -1,12 +1,13 @@
 """Hedged stragglers: a request slower than most of its step's gets one duplicate.
 
-A straggler shows long before it ends, so a request is judged by how long it has waited for
-what it has not received yet (``Limits``: quantiles of this invocation's finished requests):
-
-- a streamed request with no content token after the first-token limit;
-- a streamed request that answers slower than the per-character limit (a slow decoder);
-- a request not streamed (nothing to watch but its end) with no answer after the duration
-  limit, and any request whose step has too few finished peers for the rules above.
+A request is a straggler once it has been in flight longer than the Q-quantile of its step's
+finished requests (``Limits.duration_s``); a streamed request that is answering shows it
+sooner, by its pace: once it is ``SLACK_CHARS`` behind the Q-quantile of seconds per character
+(``Limits.per_char_s``), a slow decoder. The wait for a first token is not a rule of its own:
+among normal requests it has a long tail (the simulator's, like a real endpoint's, p95 is three
+times its median), and a duplicate sent on it pays the whole prompt again, most of a run's
+tokens for a step that reads the others' reports; a slow decoder's pace tells it from a normal
+request within a few dozen tokens.
 
 The timer starts when the first request leaves (after its permit), so a request queued behind
 the rate limit is not a straggler; the duplicate takes its own permit and spend reservation.
@@ -111,11 +112,8 @@ def loser_charge(charge: Charge, progress: Progress,
     return charge.winner if charge.winner else (prompt, 0)
 
 
-def _late_at(progress: Progress, limits: Limits, sent_at: float,
-             streaming: bool) -> float | None:
+def _late_at(progress: Progress, limits: Limits, sent_at: float) -> float | None:
     """When the request becomes a straggler as far as is known now (None: no rule applies)."""
-    if streaming and not progress.started.is_set() and limits.first_token_s is not None:
-        return sent_at + limits.first_token_s
     if progress.started.is_set() and limits.per_char_s is not None:
         late_at = progress.first_at + limits.per_char_s * (progress.chars + SLACK_CHARS)
         if late_at <= time.monotonic() and _ends_sooner(progress, limits, fresh=True):
@@ -131,7 +129,7 @@ async def _straggles(first: asyncio.Future, progress: Progress, limits: Limits,
     """Wait until ``first`` ends (False) or is a straggler (True). Bounded: the request has
     a deadline of its own."""
     while True:
-        late_at = _late_at(progress, limits, sent_at, streaming)
+        late_at = _late_at(progress, limits, sent_at)
         if late_at is None:
             await asyncio.wait({first})
             return False
