@@ -156,6 +156,41 @@ def test_a_late_first_token_is_a_straggler_only_past_the_duration_quantile(first
         assert 0.45 <= sends[1][1] - sends[0][1] < 2.0
 
 
+def test_a_slow_decoder_is_hedged_by_its_pace_soon_after_its_first_token():
+    import asyncio
+    import time
+    from types import SimpleNamespace
+
+    from chainray.exec.guards import Limits
+    from chainray.exec.hedge import Charge, hedged
+
+    async def scenario():
+        charge, sends = Charge(), []
+
+        async def send(duplicate: bool, progress):
+            charge.leave()
+            sends.append((duplicate, time.monotonic()))
+            progress.streamed = True
+            await asyncio.sleep(0.05)  # the first token comes after the hedge starts watching
+            for _ in range(100):  # 5 characters every 0.1 s: 20x slower than the limit
+                progress.on_text("abcde")
+                await asyncio.sleep(0.1 if not duplicate else 0.001)
+            return SimpleNamespace(text="abcde" * 100, prompt_tokens=5, completion_tokens=100), 1
+
+        async def limits() -> Limits:  # whole answers take 5 s; 1 ms a character is slow
+            return Limits(duration_s=5.0, per_char_s=0.001, reply_chars=500,
+                          median_per_char_s=0.0002, median_first_token_s=0.05)
+
+        await asyncio.wait_for(hedged(send, limits, charge, streaming=True), 8)
+        return sends
+
+    sends = asyncio.run(scenario())
+    # ~0.3 s after its first token it is 200 characters behind the limit: a duplicate leaves
+    # then, not when the duration limit (5 s) is reached.
+    assert [duplicate for duplicate, _ in sends] == [False, True]
+    assert sends[1][1] - sends[0][1] < 1.5
+
+
 def test_a_streamed_hedge_is_decided_at_the_first_token_and_the_loser_charged_its_prompt():
     import asyncio
     import time

@@ -130,16 +130,18 @@ async def _straggles(first: asyncio.Future, progress: Progress, limits: Limits,
     a deadline of its own."""
     while True:
         late_at = _late_at(progress, limits, sent_at)
-        if late_at is None:
-            await asyncio.wait({first})
-            return False
-        if late_at <= time.monotonic():
+        if late_at is not None and late_at <= time.monotonic():
             return True
-        # Judged again at the first token (another rule applies then) or when the limit is
+        # Judged again at the first token (the pace rule applies then) or when the limit is
         # reached (a stream that went on meanwhile has moved its limit).
         wake = {asyncio.ensure_future(progress.started.wait())} \
             if streaming and not progress.started.is_set() else set()
-        done, _ = await asyncio.wait({first, *wake}, timeout=late_at - time.monotonic())
+        if late_at is None and not wake:
+            await asyncio.wait({first})
+            return False
+        done, _ = await asyncio.wait(
+            {first, *wake}, return_when=asyncio.FIRST_COMPLETED,
+            timeout=None if late_at is None else late_at - time.monotonic())
         for task in wake:
             task.cancel()
         if first in done:
