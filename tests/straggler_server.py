@@ -1,5 +1,6 @@
 """A fixture server (not the simulator) that answers every request quickly except the ones it
-is told to hold: the ``k``-th request it receives (counting from 1) takes ``slow_s``. For
+is told to hold: the ``k``-th request it receives (counting from 1) takes ``slow_s`` before it
+answers (``slow``), or streams its chunks ``slow_s`` apart (``slow_pace``, a slow decoder). For
 hedging tests: it says which requests it answered and which the client gave up on.
 
     server = StragglerServer(slow={11}, slow_s=5.0)
@@ -31,6 +32,8 @@ class StragglerServer(PlainServer):
     slow_s: float = 5.0
     received: int = 0
     chunk_s: float = 0.1  # a streamed answer: COMPLETION_TOKENS chunks this far apart
+    slow_pace: set[int] = field(default_factory=set)  # streamed with chunks slow_s apart
+    chunk_chars: int = 0  # characters added to each chunk's word
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.received += 1
@@ -81,9 +84,9 @@ class StragglerServer(PlainServer):
             if _gone(request):
                 entry["left"] = time.time()
                 return response
-            await send({"content": f"w{i} "})
+            await send({"content": f"w{i} " + "x" * self.chunk_chars})
             entry["chunks"] += 1
-            await asyncio.sleep(self.chunk_s)
+            await asyncio.sleep(self.slow_s if entry["n"] in self.slow_pace else self.chunk_s)
         await send({}, finish="stop")
         if (body.get("stream_options") or {}).get("include_usage"):
             await send(None, usage=_usage())

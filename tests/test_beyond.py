@@ -257,6 +257,29 @@ def test_a_stream_late_to_its_first_token_is_hedged_and_cut_when_its_duplicate_a
                for r in results if r is not slowed[0])
 
 
+def test_a_slow_decoder_is_hedged_by_its_pace_long_before_the_others_end(ray_session):
+    from straggler_server import COMPLETION_TOKENS, PROMPT_TOKENS, StragglerServer
+
+    # Streams of 17 chunks of ~85 characters 0.05 s apart (~0.9 s each); the fifteenth
+    # starts on time and then sends a chunk every 0.5 s (it would take 8.5 s).
+    server = StragglerServer(latency_s=0.05, chunk_s=0.05, chunk_chars=80, slow_pace={15},
+                             slow_s=0.5)
+    results = run_against_a_straggler(server, stream=True)
+    slow, duplicate = (next(r for r in server.log if r["n"] == n) for n in (15, 16))
+    # Its pace gives it away ~0.2 s after its first chunk: the duplicate leaves long before
+    # the slow one has been in flight as long as the others take whole.
+    assert duplicate["start"] - slow["start"] < 0.6
+    assert slow["status"] == 499 and 1 <= slow["chunks"] <= 3
+    assert duplicate["status"] == 200 and duplicate["chunks"] == COMPLETION_TOKENS
+    slowed = [r for r in results if r.steps[0].hedged]
+    assert len(slowed) == 1 and slowed[0].status == "ok" and slowed[0].latency_ms < 3000
+    # Charged: the answer, plus the cut stream's prompt and the output it had delivered
+    # (its characters at the answer's tokens per character).
+    step = slowed[0].steps[0]
+    assert step.usage_estimated and step.prompt_tokens == 2 * PROMPT_TOKENS
+    assert step.completion_tokens == COMPLETION_TOKENS + slow["chunks"]
+
+
 def test_slow_simulator_requests_are_hedged_within_a_fraction_of_their_time(ray_session, sim):
     factor = 8.0
     sim.configure(speed=2.0, ttft_sigma=0.0, faults={"slow": 0.1, "slow_factor": factor},
