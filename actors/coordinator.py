@@ -24,9 +24,9 @@ from chainray.actors.step_runner import (
     run_python_step,
 )
 from chainray.exec.dispatch import dispatch
+from chainray.exec.endpoint import Endpoint
 from chainray.exec.jobs import RunJob, models_of
 from chainray.exec.journal import Journal
-from chainray.exec.llm import Endpoint
 from chainray.exec.step_exec import StepRequest
 from chainray.exec.summary import summarize_run
 from chainray.plan.cost import load_prices

@@ -172,7 +172,7 @@ _returns: dict[str, _Returns] = {}
 
 
 class RemoteLimiter:
-    """The RateLimiter actor seen through the ``chainray.exec.llm.Limiter`` interface."""
+    """The RateLimiter actor seen through the ``chainray.exec.endpoint.Limiter`` interface."""
 
     def __init__(self, handle: ray.actor.ActorHandle) -> None:
         self.handle = handle

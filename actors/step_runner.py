@@ -17,8 +17,8 @@ from chainray.actors.cache import RemoteCache
 from chainray.actors.durations import SharedLatencies
 from chainray.actors.rate_limiter import RemoteLimiter
 from chainray.actors.spend import RemoteBudget
+from chainray.exec.endpoint import Endpoint, make_client
 from chainray.exec.guards import CallGuards, Latencies
-from chainray.exec.llm import Endpoint, make_client
 from chainray.exec.step_exec import StepRequest, execute_llm_step, execute_python_step
 from chainray.results import StepResult
 

@@ -12,8 +12,9 @@ from pydantic import SecretStr
 
 from chainray.errors import EndpointError
 from chainray.exec.completion import read_completion
+from chainray.exec.endpoint import Endpoint, LLMReply, LLMRequest, make_client
 from chainray.exec.endpoint_errors import parse_retry_after
-from chainray.exec.llm import Endpoint, LLMReply, LLMRequest, call_llm, make_client
+from chainray.exec.llm import call_llm
 from chainray.exec.permit_scope import PermitScope
 from chainray.exec.permits import Limits, PermitBook
 from chainray.text import one_line, terminal_safe

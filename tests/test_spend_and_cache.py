@@ -85,7 +85,7 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
     import asyncio
     from types import SimpleNamespace
 
-    from chainray.exec.guards import Limits
+    from chainray.exec.guards import StragglerLimits
     from chainray.exec.hedge import Charge, hedged, loser_charge
 
     async def scenario():
@@ -103,8 +103,8 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
             return SimpleNamespace(text="duplicate" if duplicate else "first",
                                    prompt_tokens=3, completion_tokens=4), 0.01
 
-        async def limits() -> Limits:  # not streamed: only the whole-duration rule applies
-            return Limits(duration_s=0.05, per_char_s=0.001)
+        async def limits() -> StragglerLimits:  # not streamed: only the whole-duration rule applies
+            return StragglerLimits(duration_s=0.05, per_char_s=0.001)
 
         (answer, _), _ = await asyncio.wait_for(hedged(send, limits, charge), 2)
         return answer, events
@@ -122,7 +122,7 @@ def test_a_late_first_token_is_a_straggler_only_past_the_duration_quantile(first
     import time
     from types import SimpleNamespace
 
-    from chainray.exec.guards import Latencies, Limits
+    from chainray.exec.guards import Latencies, StragglerLimits
     from chainray.exec.hedge import Charge, hedged
 
     latencies = Latencies(min_samples=10)
@@ -142,7 +142,7 @@ def test_a_late_first_token_is_a_straggler_only_past_the_duration_quantile(first
                 await asyncio.sleep(0.005)
             return SimpleNamespace(text="abcde" * 10, prompt_tokens=5, completion_tokens=10), 0.1
 
-        async def limits() -> Limits:
+        async def limits() -> StragglerLimits:
             return latencies.limits("m", "step", 10, 0.9)
 
         await asyncio.wait_for(hedged(send, limits, charge, streaming=True), 8)
@@ -161,7 +161,7 @@ def test_a_slow_decoder_is_hedged_by_its_pace_soon_after_its_first_token():
     import time
     from types import SimpleNamespace
 
-    from chainray.exec.guards import Limits
+    from chainray.exec.guards import StragglerLimits
     from chainray.exec.hedge import Charge, hedged
 
     async def scenario():
@@ -177,8 +177,8 @@ def test_a_slow_decoder_is_hedged_by_its_pace_soon_after_its_first_token():
                 await asyncio.sleep(0.1 if not duplicate else 0.001)
             return SimpleNamespace(text="abcde" * 100, prompt_tokens=5, completion_tokens=100), 1
 
-        async def limits() -> Limits:  # whole answers take 5 s; 1 ms a character is slow
-            return Limits(duration_s=5.0, per_char_s=0.001, reply_chars=500,
+        async def limits() -> StragglerLimits:  # whole answers take 5 s; 1 ms a character is slow
+            return StragglerLimits(duration_s=5.0, per_char_s=0.001, reply_chars=500,
                           median_per_char_s=0.0002, median_first_token_s=0.05)
 
         await asyncio.wait_for(hedged(send, limits, charge, streaming=True), 8)
@@ -196,7 +196,7 @@ def test_a_streamed_hedge_is_decided_at_the_first_token_and_the_loser_charged_it
     import time
     from types import SimpleNamespace
 
-    from chainray.exec.guards import Limits
+    from chainray.exec.guards import StragglerLimits
     from chainray.exec.hedge import Charge, hedged, loser_charge
     from chainray.tokens import estimate_prompt_tokens
 
@@ -221,8 +221,8 @@ def test_a_streamed_hedge_is_decided_at_the_first_token_and_the_loser_charged_it
             return SimpleNamespace(text="tea is good", prompt_tokens=30,
                                    completion_tokens=3), 0.6
 
-        async def limits() -> Limits:  # no answer within 0.05 s: a straggler
-            return Limits(duration_s=0.05)
+        async def limits() -> StragglerLimits:  # no answer within 0.05 s: a straggler
+            return StragglerLimits(duration_s=0.05)
 
         started = time.monotonic()
         (answer, _), progress = await asyncio.wait_for(
@@ -247,7 +247,7 @@ def test_a_slow_stream_gets_a_duplicate_only_if_that_is_expected_to_end_sooner(
     import time
     from types import SimpleNamespace
 
-    from chainray.exec.guards import Limits
+    from chainray.exec.guards import StragglerLimits
     from chainray.exec.hedge import Charge, hedged
 
     async def scenario():
@@ -268,8 +268,8 @@ def test_a_slow_stream_gets_a_duplicate_only_if_that_is_expected_to_end_sooner(
                 raise
             return SimpleNamespace(text="x" * 100, prompt_tokens=5, completion_tokens=25), 1.0
 
-        async def limits() -> Limits:  # a reply is 100 characters; 1 ms each is slow
-            return Limits(duration_s=10.0, per_char_s=0.001, reply_chars=100,
+        async def limits() -> StragglerLimits:  # a reply is 100 characters; 1 ms each is slow
+            return StragglerLimits(duration_s=10.0, per_char_s=0.001, reply_chars=100,
                           median_per_char_s=median_per_char_s)
 
         (answer, _), _ = await asyncio.wait_for(hedged(send, limits, charge, True), 5)

@@ -30,9 +30,9 @@ from chainray.actors.rate_limiter import LIMITER_NAMESPACE, get_rate_limiter, li
 from chainray.actors.spend import Spend
 from chainray.actors.step_runner import GuardHandles
 from chainray.errors import InputError
+from chainray.exec.endpoint import Endpoint
 from chainray.exec.jobs import RunJob, step_models
 from chainray.exec.limits import Limits
-from chainray.exec.llm import Endpoint
 from chainray.report.progress import ProgressView, result_counts
 from chainray.results import RunResult
 from chainray.sim.config import SimConfig

@@ -19,8 +19,8 @@ from chainray.exec.cache import CachedReply
 from chainray.exec.spend import worst_case_prompt_tokens
 from chainray.results import RunResult
 
-__all__ = ["Budget", "ReplyCache", "CallGuards", "Latencies", "Limits", "Sample", "spend_cap_error",
-           "worst_case_tokens", "stopped_by_cap", "SPEND_CAP"]
+__all__ = ["Budget", "ReplyCache", "CallGuards", "Latencies", "StragglerLimits", "Sample",
+           "spend_cap_error", "worst_case_tokens", "stopped_by_cap", "SPEND_CAP"]
 
 
 class Budget(Protocol):
@@ -62,7 +62,7 @@ Sample = tuple[str, str | None, int, float, float | None, float | None, int | No
 
 
 @dataclass(frozen=True)
-class Limits:
+class StragglerLimits:
     """When a request of one step is a straggler; None where too few requests are known.
 
     ``duration_s``: no whole answer after this long; ``per_char_s``: once streaming, its answer
@@ -135,15 +135,16 @@ class Latencies:
         per_token = self.quantile(model, q)
         return None if per_token is None else per_token * max(1, max_tokens)
 
-    def limits(self, model: str, tag: str | None, max_tokens: int, q: float) -> Limits:
+    def limits(self, model: str, tag: str | None, max_tokens: int, q: float) -> StragglerLimits:
         """Each rule's limit for a request of this step (the step's own view first)."""
         def step_or_model(kind: str, q: float = q) -> float | None:
             value = self.quantile(f"{kind}|{model}|{tag}", q)
             return value if value is not None else self.quantile(f"{kind}|{model}", q)
 
-        return Limits(self.threshold(model, tag, max_tokens, q), step_or_model("char"),
-                      self.quantile(f"len|{model}|{tag}", 0.5), step_or_model("char", 0.5),
-                      step_or_model("ttft", 0.5))
+        return StragglerLimits(
+            self.threshold(model, tag, max_tokens, q), step_or_model("char"),
+            self.quantile(f"len|{model}|{tag}", 0.5), step_or_model("char", 0.5),
+            step_or_model("ttft", 0.5))
 
 
 @dataclass

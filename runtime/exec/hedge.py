@@ -1,13 +1,13 @@
 """Hedged stragglers: a request slower than most of its step's gets one duplicate.
 
 A request is a straggler once it has been in flight longer than the Q-quantile of its step's
-finished requests (``Limits.duration_s``); a streamed request that is answering shows it
-sooner, by its pace: once it is ``SLACK_CHARS`` behind the Q-quantile of seconds per character
-(``Limits.per_char_s``), a slow decoder. The wait for a first token is not a rule of its own:
-among normal requests it has a long tail (the simulator's, like a real endpoint's, p95 is three
-times its median), and a duplicate sent on it pays the whole prompt again, most of a run's
+finished requests (``StragglerLimits.duration_s``). A streamed request that is answering shows
+it sooner, by its pace: once it is ``SLACK_CHARS`` behind the Q-quantile of seconds per
+character (``StragglerLimits.per_char_s``), a slow decoder. A late first token is not a rule of
+its own: among normal requests it has a long tail (p95 three to five times the median, on real
+endpoints as in the simulator), and a duplicate pays the whole prompt again, most of a run's
 tokens for a step that reads the others' reports; a slow decoder's pace tells it from a normal
-request within a few dozen tokens.
+request within a few dozen tokens of its first.
 
 The timer starts when the first request leaves (after its permit), so a request queued behind
 the rate limit is not a straggler; the duplicate takes its own permit and spend reservation.
@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from chainray.exec.guards import Limits
+from chainray.exec.guards import StragglerLimits
 from chainray.tokens import estimate_prompt_tokens, estimate_text_tokens
 
 __all__ = ["Charge", "Progress", "hedged", "loser_charge", "SLACK_CHARS"]
@@ -112,7 +112,7 @@ def loser_charge(charge: Charge, progress: Progress,
     return charge.winner if charge.winner else (prompt, 0)
 
 
-def _late_at(progress: Progress, limits: Limits, sent_at: float) -> float | None:
+def _late_at(progress: Progress, limits: StragglerLimits, sent_at: float) -> float | None:
     """When the request becomes a straggler as far as is known now (None: no rule applies)."""
     if progress.started.is_set() and limits.per_char_s is not None:
         late_at = progress.first_at + limits.per_char_s * (progress.chars + SLACK_CHARS)
@@ -124,7 +124,7 @@ def _late_at(progress: Progress, limits: Limits, sent_at: float) -> float | None
     return None if limits.duration_s is None else sent_at + limits.duration_s
 
 
-async def _straggles(first: asyncio.Future, progress: Progress, limits: Limits,
+async def _straggles(first: asyncio.Future, progress: Progress, limits: StragglerLimits,
                      sent_at: float, streaming: bool) -> bool:
     """Wait until ``first`` ends (False) or is a straggler (True). Bounded: the request has
     a deadline of its own."""
@@ -148,7 +148,7 @@ async def _straggles(first: asyncio.Future, progress: Progress, limits: Limits,
             return False
 
 
-def _ends_sooner(first: Progress, limits: Limits, fresh: bool = False) -> bool | None:
+def _ends_sooner(first: Progress, limits: StragglerLimits, fresh: bool = False) -> bool | None:
     """Whether a stream that is on its way ends before a duplicate that starts answering now
     (``fresh``: that is sent now) would (None: the step's medians are not known)."""
     if limits.reply_chars is None or limits.median_per_char_s is None:
@@ -160,7 +160,7 @@ def _ends_sooner(first: Progress, limits: Limits, fresh: bool = False) -> bool |
     return left <= head_start + limits.reply_chars * limits.median_per_char_s
 
 
-async def _race(racers: dict[asyncio.Future, Progress], limits: Limits,
+async def _race(racers: dict[asyncio.Future, Progress], limits: StragglerLimits,
                 streaming: bool, charge: Charge) -> tuple[Any, Progress]:
     """Decide the race when the duplicate starts answering (see the module's docstring) or
     when one of them ends; the loser is cancelled at once (marked in ``charge``)."""
@@ -195,7 +195,7 @@ async def _race(racers: dict[asyncio.Future, Progress], limits: Limits,
 
 
 async def hedged(send: Callable[[bool, Progress], Awaitable[Any]],
-                 limits: Callable[[], Awaitable[Limits | None]], charge: Charge,
+                 limits: Callable[[], Awaitable[StragglerLimits | None]], charge: Charge,
                  streaming: bool = False) -> tuple[Any, Progress]:
     """Send; once the request is a straggler, send one duplicate and race them. Returns the
     winner's ``(completion, seconds)`` and its ``Progress``.

@@ -13,140 +13,44 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
-
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from typing import TYPE_CHECKING, Any
 
 from chainray.errors import EndpointError
 from chainray.exec.attempt_log import AttemptTimer
 from chainray.exec.cache import CachedReply, ResponseCache
 from chainray.exec.completion import read_completion
+from chainray.exec.endpoint import (
+    AdaptationStore,
+    Endpoint,
+    Limiter,
+    LLMReply,
+    LLMRequest,
+    NoStore,
+)
 from chainray.exec.endpoint_errors import (
     map_exceptions,
     parse_retry_after,
     redact,
     to_endpoint_error,
 )
-from chainray.exec.guards import CallGuards, Limits, spend_cap_error, worst_case_tokens
+from chainray.exec.guards import CallGuards, StragglerLimits, spend_cap_error, worst_case_tokens
 from chainray.exec.hedge import Charge, Progress, hedged, loser_charge
 from chainray.exec.params import Adaptation, adapt, describe, known_adaptations, learn_adaptation
 from chainray.exec.permit_scope import PermitScope, _hand_back
-from chainray.exec.permits import Permit
 from chainray.exec.retry import retry_policy
 from chainray.exec.streaming import collect_stream, completion_from_stream
 from chainray.exec.structured import correction_message, response_format, schema_problem
-from chainray.results import Attempt
 
 if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
     import openai
 
-__all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "AdaptationStore", "make_client",
-           "call_llm", "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
+__all__ = ["call_llm", "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
 
 log = logging.getLogger(__name__)
 _CLOSE_S = 5.0  # closing a stream's connection takes no round trip; bounded all the same
 STEP_HEADER = "x-chainray-step"  # names the step in server logs (the simulator's /stats)
 _RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
                  "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
-
-
-class Endpoint(BaseModel):
-    """Where LLM calls go and how hard to try. The key never appears in repr or dumps."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    base_url: str
-    api_key: SecretStr = Field(repr=False, exclude=True)
-    timeout_s: float = Field(60.0, gt=0)
-    max_attempts: int = Field(6, gt=0)
-    max_retry_s: float = Field(120.0, gt=0)
-    backoff_s: float = Field(0.5, ge=0)
-    api_version: str | None = None  # set for Azure OpenAI (base_url is the resource endpoint)
-    # What the response cache knows the endpoint by, when its address says nothing lasting
-    # (the embedded simulator listens on a new port each time); None: base_url.
-    identity: str | None = None
-
-
-class LLMRequest(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: str
-    messages: tuple[dict[str, str], ...]
-    max_tokens: int
-    temperature: float | None = None
-    params: dict[str, Any] = {}
-    response_schema: dict[str, Any] | None = None
-    stream: bool = False
-    tag: str | None = None
-    priority: float = 0.0
-    estimated_tokens: int
-    adaptation_key: str = ""  # endpoint and model: where what the model accepts is learned
-
-
-@dataclass
-class LLMReply:
-    """What a call did; filled as it goes, so a failed call still tells what it sent."""
-
-    text: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    attempts: int = 0  # HTTP requests sent, failures included
-    rate_limited: int = 0
-    queued_s: float = 0.0
-    usage_estimated: bool = False
-    truncated: bool = False
-    ttft_s: float | None = None
-    decode_s: float | None = None
-    stream_without_usage: bool = False
-    cached: bool = False  # answered from the response cache: nothing was sent
-    hedged: bool = False  # a duplicate request was sent for a straggler
-    notes: list[str] = field(default_factory=list)
-    attempt_log: list[Attempt] = field(default_factory=list)  # each request's times
-
-
-class Limiter(Protocol):
-    """The RateLimiter as the call path sees it (``chainray.actors.rate_limiter.RemoteLimiter``
-    in production, a ``PermitBook`` in unit tests)."""
-
-    async def acquire(self, tokens: int, priority: float,
-                      timeout_s: float | None = None) -> Permit: ...
-    async def release(self, permit_id: str, used_tokens: int | None,
-                      headers: dict[str, str] | None) -> None: ...
-    async def penalize(self, permit_id: str, retry_after_s: float | None) -> None: ...
-
-
-class AdaptationStore(Protocol):
-    """What each endpoint's models accept (``chainray.actors.adaptations``)."""
-
-    async def known(self, key: str) -> dict[str, Adaptation]: ...
-    async def learn(self, key: str, adaptation: Adaptation, note: str) -> None: ...
-
-
-class _NoStore:
-    """Adaptations kept for one call only (unit tests, and callers with no actor)."""
-
-    def __init__(self) -> None:
-        self.learned: dict[str, dict[str, Adaptation]] = {}
-
-    async def known(self, key: str) -> dict[str, Adaptation]:
-        return self.learned.setdefault(key, {})
-
-    async def learn(self, key: str, adaptation: Adaptation, note: str) -> None:
-        self.learned.setdefault(key, {})[adaptation.param] = adaptation
-
-
-def make_client(endpoint: Endpoint) -> openai.AsyncOpenAI:
-    import openai
-
-    key, timeout = endpoint.api_key.get_secret_value(), openai.Timeout(endpoint.timeout_s,
-                                                                        connect=5.0)
-    if endpoint.api_version:  # Azure: the model named in a request is the deployment
-        return openai.AsyncAzureOpenAI(azure_endpoint=endpoint.base_url, api_key=key,
-                                       api_version=endpoint.api_version, max_retries=0,
-                                       timeout=timeout)
-    return openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=key, max_retries=0,
-                              timeout=timeout)
 
 
 async def _reserve(guards: CallGuards | None, model: str,
@@ -221,13 +125,13 @@ async def _charge_loser(charge: Charge, progress: Progress, request: LLMRequest,
 
 
 def _straggler_limits(guards: CallGuards | None, request: LLMRequest
-                      ) -> Callable[[], Awaitable[Limits]] | None:
+                      ) -> Callable[[], Awaitable[StragglerLimits]] | None:
     """When a request of this step is a straggler (None: hedging is off)."""
     if guards is None or guards.latencies is None or guards.hedge_after is None:
         return None
     latencies, q = guards.latencies, guards.hedge_after
 
-    async def limits() -> Limits:
+    async def limits() -> StragglerLimits:
         await latencies.fresh()
         return latencies.limits(request.model, request.tag, request.max_tokens, q)
 
@@ -337,7 +241,7 @@ async def call_llm(client: openai.AsyncOpenAI, limiter: Limiter, request: LLMReq
     Raises ``EndpointError`` only.
     """
     reply = reply if reply is not None else LLMReply()
-    store = store if store is not None else _NoStore()
+    store = store if store is not None else NoStore()
     kwargs = _request_kwargs(request)
     cache = guards.cache if guards is not None else None
     key = (ResponseCache.key(endpoint.identity or endpoint.base_url, kwargs)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from chainray.errors import EndpointError
 
 if TYPE_CHECKING:
-    from chainray.exec.llm import Limiter
+    from chainray.exec.endpoint import Limiter
 
 __all__ = ["PermitScope"]
 

@@ -11,15 +11,9 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from chainray.errors import EndpointError
+from chainray.exec.endpoint import AdaptationStore, Endpoint, Limiter, LLMReply, LLMRequest
 from chainray.exec.guards import CallGuards
-from chainray.exec.llm import (
-    AdaptationStore,
-    Endpoint,
-    Limiter,
-    LLMReply,
-    LLMRequest,
-    call_llm,
-)
+from chainray.exec.llm import call_llm
 from chainray.exec.params import adaptation_key
 from chainray.results import StepResult
 from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ModelSettings, Step, resolve_call
