@@ -61,7 +61,7 @@ def test_forecast_matches_a_measured_batch_under_a_binding_rpm(ray_session, sim)
 
 def test_calibration_predicts_an_unseen_chain(ray_session, sim):
     # a latency profile unlike the simulator's default: faster decode, slower prefill
-    sim.configure(speed=2.0, ttft_median_s=0.3, ttft_sigma=0.3, tokens_per_s=150.0,
+    sim.configure(speed=3.0, ttft_median_s=0.3, ttft_sigma=0.3, tokens_per_s=150.0,
                   prefill_s_per_token=0.0002)
     seen, unseen = load_chain("code_review"), load_chain("quantum_research")
     with session_for(sim, timeout_s=30.0) as session:
@@ -70,7 +70,7 @@ def test_calibration_predicts_an_unseen_chain(ray_session, sim):
     # The length model is the simulator's, at the simulator's seed (a user states both).
     model = fit_steps([step for r in calibration for step in r.steps],
                       base=LatencyModel(seed=SIM_SEED))
-    assert model.tokens_per_s == pytest.approx(150 * 2, rel=0.3)  # speed 2: twice as fast
+    assert model.tokens_per_s == pytest.approx(150 * 3, rel=0.3)  # speed 3: three times as fast
     assert model.ttft_s > 0.05
     for strategy, result in measured.items():
         guess = predict(unseen, strategy, PRICES, model)
