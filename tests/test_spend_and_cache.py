@@ -115,19 +115,16 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
     assert events[1] == (3, 4)
 
 
-@pytest.mark.parametrize("first_token_s, duplicated", [(0.3, False), (5.0, True)])
-def test_a_late_first_token_is_a_straggler_only_past_the_duration_quantile(first_token_s,
-                                                                            duplicated):
+def hedge_send_times(limits, first_token_s: float, chunks: int, chunk_s: float,
+                     duplicate_chunk_s: float) -> list[tuple[bool, float]]:
+    """Race ``hedged`` over streams of ``chunks`` 5-character chunks: the first request's first
+    token after ``first_token_s`` and then one chunk every ``chunk_s``; a duplicate's after
+    0.01 s, every ``duplicate_chunk_s``. Returns (duplicate, sent at) per request sent."""
     import asyncio
     import time
     from types import SimpleNamespace
 
-    from chainray.exec.guards import Latencies, StragglerLimits
     from chainray.exec.hedge import Charge, hedged
-
-    latencies = Latencies(min_samples=10)
-    for i in range(20):  # first tokens after 0.05-0.1 s, whole answers after about 0.5 s
-        latencies.add("m", "step", 10, 0.5 + i / 1000, 0.05 + i / 400, 0.001, 50)
 
     async def scenario():
         charge, sends = Charge(), []
@@ -137,18 +134,32 @@ def test_a_late_first_token_is_a_straggler_only_past_the_duration_quantile(first
             sends.append((duplicate, time.monotonic()))
             progress.streamed = True
             await asyncio.sleep(0.01 if duplicate else first_token_s)
-            for _ in range(10):  # then answers at a normal pace
+            for _ in range(chunks):
                 progress.on_text("abcde")
-                await asyncio.sleep(0.005)
-            return SimpleNamespace(text="abcde" * 10, prompt_tokens=5, completion_tokens=10), 0.1
+                await asyncio.sleep(duplicate_chunk_s if duplicate else chunk_s)
+            return SimpleNamespace(text="abcde" * chunks, prompt_tokens=5,
+                                   completion_tokens=chunks), 0.1
 
-        async def limits() -> StragglerLimits:
-            return latencies.limits("m", "step", 10, 0.9)
+        async def look_up():
+            return limits
 
-        await asyncio.wait_for(hedged(send, limits, charge, streaming=True), 8)
+        await asyncio.wait_for(hedged(send, look_up, charge, streaming=True), 8)
         return sends
 
-    sends = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("first_token_s, duplicated", [(0.3, False), (5.0, True)])
+def test_a_late_first_token_is_a_straggler_only_past_the_duration_quantile(first_token_s,
+                                                                            duplicated):
+    from chainray.exec.guards import Latencies
+
+    latencies = Latencies(min_samples=10)
+    for i in range(20):  # first tokens after 0.05-0.1 s, whole answers after about 0.5 s
+        latencies.add("m", "step", 10, 0.5 + i / 1000, 0.05 + i / 400, 0.001, 50)
+    # After its first token, it answers at a normal pace.
+    sends = hedge_send_times(latencies.limits("m", "step", 10, 0.9), first_token_s,
+                             chunks=10, chunk_s=0.005, duplicate_chunk_s=0.005)
     # A duplicate pays the prompt again: a request late to its first token gets one only once
     # it has been in flight longer than the step's requests take whole.
     assert [duplicate for duplicate, _ in sends] == [False, True][:1 + duplicated]
@@ -157,34 +168,13 @@ def test_a_late_first_token_is_a_straggler_only_past_the_duration_quantile(first
 
 
 def test_a_slow_decoder_is_hedged_by_its_pace_soon_after_its_first_token():
-    import asyncio
-    import time
-    from types import SimpleNamespace
-
     from chainray.exec.guards import StragglerLimits
-    from chainray.exec.hedge import Charge, hedged
 
-    async def scenario():
-        charge, sends = Charge(), []
-
-        async def send(duplicate: bool, progress):
-            charge.leave()
-            sends.append((duplicate, time.monotonic()))
-            progress.streamed = True
-            await asyncio.sleep(0.05)  # the first token comes after the hedge starts watching
-            for _ in range(100):  # 5 characters every 0.1 s: 20x slower than the limit
-                progress.on_text("abcde")
-                await asyncio.sleep(0.1 if not duplicate else 0.001)
-            return SimpleNamespace(text="abcde" * 100, prompt_tokens=5, completion_tokens=100), 1
-
-        async def limits() -> StragglerLimits:  # whole answers take 5 s; 1 ms a character is slow
-            return StragglerLimits(duration_s=5.0, per_char_s=0.001, reply_chars=500,
-                          median_per_char_s=0.0002, median_first_token_s=0.05)
-
-        await asyncio.wait_for(hedged(send, limits, charge, streaming=True), 8)
-        return sends
-
-    sends = asyncio.run(scenario())
+    # Whole answers take 5 s; 1 ms a character is slow. The first token comes after the
+    # hedge starts watching, then 5 characters every 0.1 s: 20x slower than the limit.
+    limits = StragglerLimits(duration_s=5.0, per_char_s=0.001, reply_chars=500,
+                             median_per_char_s=0.0002, median_first_token_s=0.05)
+    sends = hedge_send_times(limits, 0.05, chunks=100, chunk_s=0.1, duplicate_chunk_s=0.001)
     # ~0.3 s after its first token it is 200 characters behind the limit: a duplicate leaves
     # then, not when the duration limit (5 s) is reached.
     assert [duplicate for duplicate, _ in sends] == [False, True]
@@ -270,7 +260,7 @@ def test_a_slow_stream_gets_a_duplicate_only_if_that_is_expected_to_end_sooner(
 
         async def limits() -> StragglerLimits:  # a reply is 100 characters; 1 ms each is slow
             return StragglerLimits(duration_s=10.0, per_char_s=0.001, reply_chars=100,
-                          median_per_char_s=median_per_char_s)
+                                   median_per_char_s=median_per_char_s)
 
         (answer, _), _ = await asyncio.wait_for(hedged(send, limits, charge, True), 5)
         return events, sends
