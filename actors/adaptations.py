@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ray
 
-from chainray.exec.params import Adaptation, AdaptationBook
+from chainray.call.adaptations import Adaptation, AdaptationBook
 
 __all__ = ["Adaptations", "AdaptationsRef", "RemoteAdaptations", "get_adaptations"]
 

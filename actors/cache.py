@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ray
 
-from chainray.exec.cache import CachedReply, ResponseCache
+from chainray.guards.cache import CachedReply, ResponseCache
 
 __all__ = ["CacheKeeper", "RemoteCache"]
 
@@ -15,7 +15,7 @@ CacheKeeper = ray.remote(num_cpus=0, max_concurrency=8)(ResponseCache)
 
 
 class RemoteCache:
-    """The actor as the call path sees it (``chainray.exec.guards.ReplyCache``)."""
+    """The actor as the call path sees it (``chainray.guards.call_guards.ReplyCache``)."""
 
     def __init__(self, handle: ray.actor.ActorHandle) -> None:
         self.handle = handle

@@ -23,15 +23,15 @@ from chainray.actors.step_runner import (
     keep_debug_log,
     run_python_step,
 )
-from chainray.exec.dispatch import dispatch
-from chainray.exec.endpoint import Endpoint
-from chainray.exec.jobs import RunJob, models_of
-from chainray.exec.journal import Journal
-from chainray.exec.step_exec import StepRequest
-from chainray.exec.summary import summarize_run
+from chainray.call.endpoint import Endpoint
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import resolve
 from chainray.results import RunResult, StepResult
+from chainray.runner.dispatch import dispatch
+from chainray.runner.jobs import RunJob, models_of
+from chainray.runner.journal import Journal
+from chainray.runner.step_exec import StepRequest
+from chainray.runner.summary import summarize_run
 
 __all__ = ["Coordinator", "start_step_runners", "is_process_death"]
 

@@ -15,7 +15,7 @@ import uuid
 
 import ray
 
-from chainray.exec.guards import Latencies, Sample
+from chainray.guards.call_guards import Latencies, Sample
 
 __all__ = ["DurationLog", "Durations", "SharedLatencies"]
 

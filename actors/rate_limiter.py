@@ -4,7 +4,7 @@ Every step, run and driver connected to the cluster gets the same actor by name
 (``get_if_exists``). Against a shared endpoint it is detached, so that it outlives the driver
 that created it; one made for a local run's embedded simulator is not (it ends with the run).
 It restarts if it dies (its book starts again; permits held by the dead instance simply
-vanish, so none leak). The logic lives in ``chainray.exec.permits.PermitBook``; this file puts
+vanish, so none leak). The logic lives in ``chainray.limit.permit_book.PermitBook``; this file puts
 it on Ray and exports metrics for the dashboard.
 
 Why it cannot stall: a Ray async actor runs at most ``max_concurrency`` calls at once per
@@ -28,7 +28,7 @@ import ray
 from ray.util.metrics import Counter, Gauge
 
 from chainray.errors import PermitRefused
-from chainray.exec.permits import Limits, Permit, PermitBook
+from chainray.limit.permit_book import Limits, Permit, PermitBook
 
 __all__ = ["RateLimiter", "RemoteLimiter", "limiter_name", "get_rate_limiter",
            "LIMITER_NAMESPACE", "WAITERS_PER_ACTOR"]
@@ -172,7 +172,7 @@ _returns: dict[str, _Returns] = {}
 
 
 class RemoteLimiter:
-    """The RateLimiter actor seen through the ``chainray.exec.endpoint.Limiter`` interface."""
+    """The RateLimiter actor seen through the ``chainray.call.endpoint.Limiter`` interface."""
 
     def __init__(self, handle: ray.actor.ActorHandle) -> None:
         self.handle = handle

@@ -1,7 +1,7 @@
 """The spend cap of one invocation, held in one actor that every step of every run asks.
 
 One actor is the one place where "spent plus in flight" is known, however many nodes send
-calls. Admission is by reservation (``chainray.exec.spend.SpendBook``); a call whose worst case
+calls. Admission is by reservation (``chainray.guards.spend.SpendBook``); a call whose worst case
 would fit once calls in flight settle waits for them (bounded), and the first call that can
 never fit stops admission for good: running calls finish, nothing new starts.
 """
@@ -14,7 +14,7 @@ import time
 
 import ray
 
-from chainray.exec.spend import SpendBook
+from chainray.guards.spend import SpendBook
 from chainray.plan.cost import load_prices
 
 __all__ = ["SpendLedger", "Spend", "RemoteBudget", "WAIT"]
@@ -57,7 +57,7 @@ Spend = ray.remote(num_cpus=0, max_concurrency=1)(SpendLedger)  # serial: one bo
 
 
 class RemoteBudget:
-    """The actor as the call path sees it (``chainray.exec.guards.Budget``)."""
+    """The actor as the call path sees it (``chainray.guards.call_guards.Budget``)."""
 
     def __init__(self, handle: ray.actor.ActorHandle, max_wait_s: float = 300.0) -> None:
         self.handle, self.max_wait_s = handle, max_wait_s

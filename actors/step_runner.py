@@ -17,10 +17,10 @@ from chainray.actors.cache import RemoteCache
 from chainray.actors.durations import SharedLatencies
 from chainray.actors.rate_limiter import RemoteLimiter
 from chainray.actors.spend import RemoteBudget
-from chainray.exec.endpoint import Endpoint, make_client
-from chainray.exec.guards import CallGuards, Latencies
-from chainray.exec.step_exec import StepRequest, execute_llm_step, execute_python_step
+from chainray.call.endpoint import Endpoint, make_client
+from chainray.guards.call_guards import CallGuards, Latencies
 from chainray.results import StepResult
+from chainray.runner.step_exec import StepRequest, execute_llm_step, execute_python_step
 
 __all__ = ["StepRunner", "GuardHandles", "run_python_step", "keep_debug_log"]
 

@@ -15,11 +15,11 @@ import uuid
 from _common import machine, start_ray
 
 from chainray.api.session import Session, SessionConfig
-from chainray.exec.jobs import RunJob
 from chainray.plan.cost import load_prices
 from chainray.plan.forecast import forecast_batch
 from chainray.plan.predict import fit_steps, predict
 from chainray.plan.schedule import STRATEGIES
+from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator
 from chainray.spec.chain import chain_from_dict, load_chain
 

@@ -15,7 +15,7 @@ import ray
 from _common import PeakMemory, machine, start_ray
 
 from chainray.api.session import Session, SessionConfig
-from chainray.exec.jobs import RunJob
+from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator
 from chainray.spec.chain import chain_from_dict
 

@@ -21,8 +21,8 @@ from _common import machine, start_ray
 
 from chainray.actors.rate_limiter import RateLimiter, RemoteLimiter
 from chainray.api.session import Session, SessionConfig
-from chainray.exec.jobs import RunJob
-from chainray.exec.permits import Limits
+from chainray.limit.permit_book import Limits
+from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator
 from chainray.spec.chain import chain_from_dict
 

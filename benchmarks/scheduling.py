@@ -14,7 +14,7 @@ from _common import machine, start_ray
 from concurrency import wide_chain
 
 from chainray.api.session import Session, SessionConfig
-from chainray.exec.jobs import RunJob
+from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator
 
 

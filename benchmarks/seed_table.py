@@ -20,8 +20,8 @@ import uuid
 from _common import machine, start_ray
 
 from chainray.api.session import Session, SessionConfig
-from chainray.exec.jobs import RunJob
 from chainray.report.bench import summarize_bench
+from chainray.runner.jobs import RunJob
 from chainray.spec.chain import load_chain
 
 # The seed's published figures: tokens per strategy, and the latency ratio it reports.

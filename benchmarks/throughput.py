@@ -24,7 +24,7 @@ import uuid
 from _common import machine, start_ray
 
 from chainray.api.session import Session, SessionConfig
-from chainray.exec.jobs import RunJob
+from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator
 from chainray.spec.chain import load_chain
 

@@ -29,7 +29,7 @@ from _common import machine, start_ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from chainray.api.session import Session, SessionConfig  # noqa: E402
-from chainray.exec.jobs import RunJob  # noqa: E402
+from chainray.runner.jobs import RunJob  # noqa: E402
 from chainray.spec.chain import load_chain  # noqa: E402
 from tests.plain_server import PlainServer  # noqa: E402  (the in-repo plain server)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from chainray.api.session import Session, SessionConfig
-from chainray.exec.jobs import RunJob
+from chainray.runner.jobs import RunJob
 from chainray.spec.chain import Chain, chain_from_dict
 
 

@@ -10,13 +10,13 @@ from email.utils import formatdate
 import pytest
 from pydantic import SecretStr
 
+from chainray.call.completion import read_completion
+from chainray.call.endpoint import Endpoint, LLMReply, LLMRequest, make_client
+from chainray.call.error_table import parse_retry_after
+from chainray.call.llm import call_llm
 from chainray.errors import EndpointError
-from chainray.exec.completion import read_completion
-from chainray.exec.endpoint import Endpoint, LLMReply, LLMRequest, make_client
-from chainray.exec.endpoint_errors import parse_retry_after
-from chainray.exec.llm import call_llm
-from chainray.exec.permit_scope import PermitScope
-from chainray.exec.permits import Limits, PermitBook
+from chainray.limit.permit_book import Limits, PermitBook
+from chainray.limit.permit_scope import PermitScope
 from chainray.text import one_line, terminal_safe
 from tests.fixture_server import FixtureServer
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from chainray.exec.dispatch import dispatch
 from chainray.plan.schedule import resolve
 from chainray.results import StepResult
+from chainray.runner.dispatch import dispatch
 from chainray.spec.chain import chain_from_dict
 
 DIAMOND = chain_from_dict({"name": "d", "steps": [

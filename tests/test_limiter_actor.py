@@ -12,7 +12,7 @@ import ray
 
 from chainray.actors.rate_limiter import RateLimiter, RemoteLimiter, get_rate_limiter
 from chainray.api.session import Session, SessionConfig
-from chainray.exec.permits import Limits, PermitTimeout
+from chainray.limit.permit_book import Limits, PermitTimeout
 from chainray.spec.chain import chain_from_dict
 from tests.helpers import fan_chain, job, session_for
 from tests.plain_server import PlainServer

@@ -7,7 +7,7 @@ import pytest
 import ray
 
 from chainray.actors.adaptations import AdaptationsRef
-from chainray.exec.params import adaptation_key
+from chainray.call.adaptations import adaptation_key
 from chainray.spec.chain import SCENARIO_DIR, chain_from_dict, load_chain
 from tests.fixture_server import FixtureServer
 from tests.helpers import job, session_for

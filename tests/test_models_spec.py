@@ -10,10 +10,10 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from chainray.call.adaptations import adapt, describe, known_adaptations, learn_adaptation
+from chainray.call.streaming import collect_stream
+from chainray.call.structured import response_format, schema_problem
 from chainray.errors import SpecError
-from chainray.exec.params import adapt, describe, known_adaptations, learn_adaptation
-from chainray.exec.streaming import collect_stream
-from chainray.exec.structured import response_format, schema_problem
 from chainray.spec.chain import chain_from_dict
 from chainray.spec.prompts import render_prompt
 

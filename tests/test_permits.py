@@ -9,7 +9,7 @@ import time
 import pytest
 
 from chainray.errors import ChainrayError, PermitRefused
-from chainray.exec.permits import SLOW_START, Limits, PermitBook, PermitTimeout
+from chainray.limit.permit_book import SLOW_START, Limits, PermitBook, PermitTimeout
 
 
 def flags(**values) -> Limits:

@@ -14,7 +14,7 @@ import time
 import ray
 
 from chainray.cli.main import main
-from chainray.exec.journal import journal_dir
+from chainray.runner.journal import journal_dir
 from tests.helpers import fan_chain, job, session_for
 
 

@@ -13,7 +13,7 @@ import time
 import ray
 
 from chainray.cli.main import main
-from chainray.exec.journal import Journal, journal_dir, run_key, run_parts
+from chainray.runner.journal import Journal, journal_dir, run_key, run_parts
 from chainray.spec.chain import load_chain
 
 FAST = ["--quiet", "--no-dashboard"]

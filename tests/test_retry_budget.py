@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from chainray.call.retry import retry_policy
 from chainray.errors import EndpointError
-from chainray.exec.retry import retry_policy
 
 
 async def attempts_until_done(policy, errors: list[EndpointError]) -> int:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import ray
 
+from chainray.call.llm import redact
 from chainray.cli.main import main
 from chainray.errors import EndpointError
-from chainray.exec.llm import redact
 
 KEY = "sk-planted-SECRET-7f3a9c2e1b"
 

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from chainray.exec.cache import CachedReply, ResponseCache
-from chainray.exec.spend import SpendBook, worst_case_prompt_tokens
+from chainray.guards.cache import CachedReply, ResponseCache
+from chainray.guards.spend import SpendBook, worst_case_prompt_tokens
 
 
 def test_reservations_keep_spent_plus_in_flight_under_the_cap():
@@ -85,8 +85,8 @@ def test_a_hedge_takes_the_first_answer_and_cancels_the_other():
     import asyncio
     from types import SimpleNamespace
 
-    from chainray.exec.guards import StragglerLimits
-    from chainray.exec.hedge import Charge, hedged, loser_charge
+    from chainray.guards.call_guards import StragglerLimits
+    from chainray.guards.hedge import Charge, hedged, loser_charge
 
     async def scenario():
         charge, events = Charge(), []
@@ -124,7 +124,7 @@ def hedge_send_times(limits, first_token_s: float, chunks: int, chunk_s: float,
     import time
     from types import SimpleNamespace
 
-    from chainray.exec.hedge import Charge, hedged
+    from chainray.guards.hedge import Charge, hedged
 
     async def scenario():
         charge, sends = Charge(), []
@@ -152,7 +152,7 @@ def hedge_send_times(limits, first_token_s: float, chunks: int, chunk_s: float,
 @pytest.mark.parametrize("first_token_s, duplicated", [(0.3, False), (5.0, True)])
 def test_a_late_first_token_is_a_straggler_only_past_the_duration_quantile(first_token_s,
                                                                             duplicated):
-    from chainray.exec.guards import Latencies
+    from chainray.guards.call_guards import Latencies
 
     latencies = Latencies(min_samples=10)
     for i in range(20):  # first tokens after 0.05-0.1 s, whole answers after about 0.5 s
@@ -168,7 +168,7 @@ def test_a_late_first_token_is_a_straggler_only_past_the_duration_quantile(first
 
 
 def test_a_slow_decoder_is_hedged_by_its_pace_soon_after_its_first_token():
-    from chainray.exec.guards import StragglerLimits
+    from chainray.guards.call_guards import StragglerLimits
 
     # Whole answers take 5 s; 1 ms a character is slow. The first token comes after the
     # hedge starts watching, then 5 characters every 0.1 s: 20x slower than the limit.
@@ -186,8 +186,8 @@ def test_a_streamed_hedge_is_decided_at_the_first_token_and_the_loser_charged_it
     import time
     from types import SimpleNamespace
 
-    from chainray.exec.guards import StragglerLimits
-    from chainray.exec.hedge import Charge, hedged, loser_charge
+    from chainray.guards.call_guards import StragglerLimits
+    from chainray.guards.hedge import Charge, hedged, loser_charge
     from chainray.tokens import estimate_prompt_tokens
 
     messages = [{"role": "user", "content": "say something about tea " * 10}]
@@ -237,8 +237,8 @@ def test_a_slow_stream_gets_a_duplicate_only_if_that_is_expected_to_end_sooner(
     import time
     from types import SimpleNamespace
 
-    from chainray.exec.guards import StragglerLimits
-    from chainray.exec.hedge import Charge, hedged
+    from chainray.guards.call_guards import StragglerLimits
+    from chainray.guards.hedge import Charge, hedged
 
     async def scenario():
         charge, events, sends = Charge(), {}, []
@@ -274,7 +274,7 @@ def test_a_slow_stream_gets_a_duplicate_only_if_that_is_expected_to_end_sooner(
 
 
 def test_the_hedging_quantile_needs_enough_finished_requests():
-    from chainray.exec.guards import Latencies
+    from chainray.guards.call_guards import Latencies
 
     latencies = Latencies(min_samples=10)
     for seconds in range(1, 10):
@@ -289,7 +289,7 @@ def test_the_hedging_quantile_needs_enough_finished_requests():
 
 
 def test_a_step_with_no_history_is_judged_per_requested_token_of_its_model():
-    from chainray.exec.guards import Latencies
+    from chainray.guards.call_guards import Latencies
 
     latencies = Latencies(min_samples=10)
     for i in range(10):  # a 300-token step takes about 3 s
@@ -303,7 +303,7 @@ def test_a_step_with_no_history_is_judged_per_requested_token_of_its_model():
 
 def test_the_hedging_views_keep_the_latest_samples_only():
     from chainray.actors.durations import DurationLog
-    from chainray.exec.guards import Latencies
+    from chainray.guards.call_guards import Latencies
 
     latencies = Latencies(min_samples=10, window=20)
     for _ in range(20):

@@ -22,8 +22,8 @@ from typing import IO
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from chainray.errors import InputError
-from chainray.exec.journal import check_run_id
 from chainray.results import RunResult
+from chainray.runner.journal import check_run_id
 from chainray.spec.chain import Chain
 
 __all__ = ["read_batch_inputs", "BatchTotals", "BatchWriter", "BatchRecord", "BatchManifest"]

@@ -16,9 +16,9 @@ from chainray.api import options as opts
 from chainray.api.options import CacheOption, Objective, OnError, StrategyName
 from chainray.api.runs import RunList, run_in_order
 from chainray.api.session import Session as _Driver
-from chainray.exec.jobs import RunJob, step_models
 from chainray.plan.schedule import STRATEGIES
 from chainray.results import RunResult
+from chainray.runner.jobs import RunJob, step_models
 from chainray.spec.chain import Chain
 
 __all__ = ["Session", "RunList", "run", "arun", "bench"]

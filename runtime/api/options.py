@@ -12,11 +12,11 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from chainray.errors import InputError
-from chainray.exec.cache import cache_dir
-from chainray.exec.jobs import RunJob, models_of
+from chainray.guards.cache import cache_dir
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import STRATEGIES
 from chainray.results import StepResult
+from chainray.runner.jobs import RunJob, models_of
 from chainray.spec.chain import Chain, load_chain
 
 if TYPE_CHECKING:

@@ -14,12 +14,12 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from chainray.api.options import cap_summary
-from chainray.exec.guards import SPEND_CAP
-from chainray.exec.jobs import RunJob
-from chainray.exec.summary import summarize_run
+from chainray.guards.call_guards import SPEND_CAP
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import resolve
 from chainray.results import RunResult, StepResult
+from chainray.runner.jobs import RunJob
+from chainray.runner.summary import summarize_run
 
 if TYPE_CHECKING:
     from chainray.api.session import Session as Driver

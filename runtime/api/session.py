@@ -29,12 +29,12 @@ from chainray.actors.durations import Durations
 from chainray.actors.rate_limiter import LIMITER_NAMESPACE, get_rate_limiter, limiter_name
 from chainray.actors.spend import Spend
 from chainray.actors.step_runner import GuardHandles
+from chainray.call.endpoint import Endpoint
 from chainray.errors import InputError
-from chainray.exec.endpoint import Endpoint
-from chainray.exec.jobs import RunJob, step_models
-from chainray.exec.limits import Limits
+from chainray.limit.limits import Limits
 from chainray.report.progress import ProgressView, result_counts
 from chainray.results import RunResult
+from chainray.runner.jobs import RunJob, step_models
 from chainray.sim.config import SimConfig
 from chainray.sim.embedded import EmbeddedSimulator, start_simulator
 

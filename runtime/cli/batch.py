@@ -17,10 +17,10 @@ from chainray.cli.run import (
     session_config,
 )
 from chainray.errors import InputError
-from chainray.exec.guards import stopped_by_cap
-from chainray.exec.jobs import RunJob
-from chainray.exec.journal import Journal, journal_dir, run_key, run_parts
+from chainray.guards.call_guards import stopped_by_cap
 from chainray.plan.cost import load_prices
+from chainray.runner.jobs import RunJob
+from chainray.runner.journal import Journal, journal_dir, run_key, run_parts
 from chainray.spec.chain import Chain
 
 __all__ = ["cmd_batch"]

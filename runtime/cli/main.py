@@ -194,7 +194,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_cache(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from chainray.exec.cache import ResponseCache, cache_dir
+    from chainray.guards.cache import ResponseCache, cache_dir
 
     cache = ResponseCache(Path(args.dir) if args.dir else cache_dir())
     if args.action == "clear":

@@ -13,14 +13,14 @@ from chainray.api import options as opts
 from chainray.api.batch import BatchRecord
 from chainray.api.runs import run_in_order
 from chainray.errors import InputError
-from chainray.exec.jobs import step_models
-from chainray.exec.journal import Journal, check_run_id, journal_dir, run_key, run_parts
 from chainray.plan.schedule import STRATEGIES
 from chainray.report.bench import bench_summary
 from chainray.report.bench_table import print_bench
 from chainray.report.run_table import print_run
 from chainray.report.timeline import write_timeline, write_trace
 from chainray.results import RunResult
+from chainray.runner.jobs import step_models
+from chainray.runner.journal import Journal, check_run_id, journal_dir, run_key, run_parts
 from chainray.spec.chain import Chain
 
 __all__ = ["add_run_parser", "add_bench_parser", "cmd_run", "cmd_bench", "parse_inputs",

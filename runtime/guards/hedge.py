@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from chainray.exec.guards import StragglerLimits
+from chainray.guards.call_guards import StragglerLimits
 from chainray.tokens import estimate_prompt_tokens, estimate_text_tokens
 
 __all__ = ["Charge", "Progress", "hedged", "loser_charge", "SLACK_CHARS"]

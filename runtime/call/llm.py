@@ -15,31 +15,41 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from chainray.errors import EndpointError
-from chainray.exec.attempt_log import AttemptTimer
-from chainray.exec.cache import CachedReply, ResponseCache
-from chainray.exec.completion import read_completion
-from chainray.exec.endpoint import (
+from chainray.call.adaptations import (
+    Adaptation,
+    adapt,
+    describe,
+    known_adaptations,
+    learn_adaptation,
+)
+from chainray.call.attempt_log import AttemptTimer
+from chainray.call.completion import read_completion
+from chainray.call.endpoint import (
     AdaptationStore,
     Endpoint,
-    Limiter,
     LLMReply,
     LLMRequest,
     NoStore,
 )
-from chainray.exec.endpoint_errors import (
+from chainray.call.error_table import (
     map_exceptions,
     parse_retry_after,
     redact,
     to_endpoint_error,
 )
-from chainray.exec.guards import CallGuards, StragglerLimits, spend_cap_error, worst_case_tokens
-from chainray.exec.hedge import Charge, Progress, hedged, loser_charge
-from chainray.exec.params import Adaptation, adapt, describe, known_adaptations, learn_adaptation
-from chainray.exec.permit_scope import PermitScope, _hand_back
-from chainray.exec.retry import retry_policy
-from chainray.exec.streaming import collect_stream, completion_from_stream
-from chainray.exec.structured import correction_message, response_format, schema_problem
+from chainray.call.retry import retry_policy
+from chainray.call.streaming import collect_stream, completion_from_stream
+from chainray.call.structured import correction_message, response_format, schema_problem
+from chainray.errors import EndpointError
+from chainray.guards.cache import CachedReply, ResponseCache
+from chainray.guards.call_guards import (
+    CallGuards,
+    StragglerLimits,
+    spend_cap_error,
+    worst_case_tokens,
+)
+from chainray.guards.hedge import Charge, Progress, hedged, loser_charge
+from chainray.limit.permit_scope import Limiter, PermitScope, _hand_back
 
 if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
     import openai

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chainray.call.completion import Completion
 from chainray.errors import EndpointError
-from chainray.exec.completion import Completion
 from chainray.tokens import estimate_prompt_tokens, estimate_text_tokens
 
 __all__ = ["StreamedReply", "collect_stream", "completion_from_stream"]

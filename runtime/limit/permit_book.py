@@ -1,6 +1,6 @@
 """Call permits under requests/min, tokens/min and a concurrency cap: the RateLimiter's logic.
 
-Each *stated* dimension (see ``chainray.exec.limits``) is a continuously refilling bucket at
+Each *stated* dimension (see ``chainray.limit.limits``) is a continuously refilling bucket at
 ``target_share`` of its limit. The bucket holds ``burst_s`` (1 s) of that pace, because
 OpenAI may enforce a minute's limit per second, and starts full: a chain that fits the budget
 never waits. When the server's ``x-ratelimit-remaining-*`` headers show that it allows more
@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from chainray.errors import PermitRefused
-from chainray.exec.limits import DIMENSIONS, Limits, outranks
+from chainray.limit.limits import DIMENSIONS, Limits, outranks
 
 __all__ = ["Limits", "Permit", "PermitBook", "PermitTimeout", "SLOW_START"]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chainray.errors import EndpointError
-from chainray.exec.cache import CachedReply
-from chainray.exec.spend import worst_case_prompt_tokens
+from chainray.guards.cache import CachedReply
+from chainray.guards.spend import worst_case_prompt_tokens
 from chainray.results import RunResult
 
 __all__ = ["Budget", "ReplyCache", "CallGuards", "Latencies", "StragglerLimits", "Sample",

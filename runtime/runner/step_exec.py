@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from chainray.call.adaptations import adaptation_key
+from chainray.call.endpoint import AdaptationStore, Endpoint, LLMReply, LLMRequest
+from chainray.call.llm import call_llm
 from chainray.errors import EndpointError
-from chainray.exec.endpoint import AdaptationStore, Endpoint, Limiter, LLMReply, LLMRequest
-from chainray.exec.guards import CallGuards
-from chainray.exec.llm import call_llm
-from chainray.exec.params import adaptation_key
+from chainray.guards.call_guards import CallGuards
+from chainray.limit.permit_scope import Limiter
 from chainray.results import StepResult
 from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ModelSettings, Step, resolve_call
 from chainray.spec.prompts import render_prompt

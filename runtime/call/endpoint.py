@@ -9,14 +9,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from chainray.exec.params import Adaptation
-from chainray.exec.permits import Permit
+from chainray.call.adaptations import Adaptation
 from chainray.results import Attempt
 
 if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
     import openai
 
-__all__ = ["Endpoint", "LLMRequest", "LLMReply", "Limiter", "AdaptationStore", "NoStore",
+__all__ = ["Endpoint", "LLMRequest", "LLMReply", "AdaptationStore", "NoStore",
            "make_client"]
 
 
@@ -72,17 +71,6 @@ class LLMReply:
     hedged: bool = False  # a duplicate request was sent for a straggler
     notes: list[str] = field(default_factory=list)
     attempt_log: list[Attempt] = field(default_factory=list)  # each request's times
-
-
-class Limiter(Protocol):
-    """The RateLimiter as the call path sees it (``chainray.actors.rate_limiter.RemoteLimiter``
-    in production, a ``PermitBook`` in unit tests)."""
-
-    async def acquire(self, tokens: int, priority: float,
-                      timeout_s: float | None = None) -> Permit: ...
-    async def release(self, permit_id: str, used_tokens: int | None,
-                      headers: dict[str, str] | None) -> None: ...
-    async def penalize(self, permit_id: str, retry_after_s: float | None) -> None: ...
 
 
 class AdaptationStore(Protocol):

@@ -16,14 +16,23 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Mapping
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from chainray.errors import EndpointError
+from chainray.limit.permit_book import Permit
 
-if TYPE_CHECKING:
-    from chainray.exec.endpoint import Limiter
+__all__ = ["Limiter", "PermitScope"]
 
-__all__ = ["PermitScope"]
+class Limiter(Protocol):
+    """The RateLimiter as the call path sees it (``chainray.actors.rate_limiter.RemoteLimiter``
+    in production, a ``PermitBook`` in unit tests)."""
+
+    async def acquire(self, tokens: int, priority: float,
+                      timeout_s: float | None = None) -> Permit: ...
+    async def release(self, permit_id: str, used_tokens: int | None,
+                      headers: dict[str, str] | None) -> None: ...
+    async def penalize(self, permit_id: str, retry_after_s: float | None) -> None: ...
+
 
 log = logging.getLogger("chainray.permits")
 HAND_BACK_S = 10.0  # bound on telling the RateLimiter; its lease expiry covers the rest
