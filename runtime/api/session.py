@@ -32,6 +32,7 @@ from chainray.actors.step_runner import GuardHandles
 from chainray.call.endpoint import Endpoint
 from chainray.errors import InputError
 from chainray.limit.limits import Limits
+from chainray.limit.machine_budget import claim_budget
 from chainray.report.progress import ProgressView, result_counts
 from chainray.results import RunResult
 from chainray.runner.jobs import RunJob, step_models
@@ -152,6 +153,7 @@ class Session:
                     self.simulator = simulator.result(timeout=120)
             if simulator is not None:
                 self.endpoint = self._open_endpoint()
+        self._claim_budget()
         # On the driver's node, so that the run journal lands on the driver's disk.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
@@ -163,6 +165,20 @@ class Session:
         ray.get(self.coordinator.ready.remote(), timeout=120)  # open means ready to run
         self.guards = self._open_guards(here)
         self.not_started: list[str] = []  # run ids the spend cap kept from starting
+
+    def _claim_budget(self) -> None:
+        """Say at once when another process on this machine paces the same endpoint with a
+        Ray (so a budget) of its own: a Ray this process started shares its limiter with
+        nobody else. The embedded simulator is private to its process."""
+        started_here = getattr(ray._private.worker, "_global_node", None) is not None
+        if self.simulator is None and started_here:
+            claim = claim_budget(self.endpoint.base_url)
+            if claim.holder_pid is not None:
+                message = claim.not_shared_message()
+                if self.config.progress:
+                    print(f"chainray: {message}", file=sys.stderr, flush=True)
+                else:
+                    logging.getLogger("chainray").warning(message)
 
     def _wants_simulator(self) -> bool:
         env = self.config.env

@@ -23,11 +23,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from chainray.home import chainray_home
+
 __all__ = ["CachedReply", "ResponseCache", "cache_dir"]
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CHAINRAY_HOME", Path.home() / ".chainray")) / "cache"
+    return chainray_home() / "cache"
 
 
 class CachedReply(BaseModel):

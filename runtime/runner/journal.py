@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 from chainray.errors import InputError
+from chainray.home import chainray_home
 from chainray.results import StepResult
 
 __all__ = ["journal_dir", "Journal", "run_key", "run_parts", "check_run_id"]
@@ -25,7 +26,7 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 def journal_dir() -> Path:
-    return Path(os.environ.get("CHAINRAY_HOME", Path.home() / ".chainray")) / "runs"
+    return chainray_home() / "runs"
 
 
 def check_run_id(run_id: str) -> str:
