@@ -65,6 +65,7 @@ class Coordinator:
         self.turn = itertools.count()
         self.live: dict[str, Counter] = {}
         self.finished = Counter()
+        self.stopped = False
 
     def _start_step(self, job: RunJob, schedule, limiters: Mapping[str, Any],
                     adaptations: Any = None, guards: GuardHandles | None = None):
@@ -124,7 +125,8 @@ class Coordinator:
             start = self._start_step(job, schedule, limiters, adaptations, guards)
             results = await dispatch(schedule, start,
                                      job.on_error or job.chain.on_error, update,
-                                     is_process_death=is_process_death)
+                                     is_process_death=is_process_death,
+                                     stopped=lambda: self.stopped)
         finally:
             self.finished.update(self.live.pop(job.run_id))
             self.finished["runs"] += 1
@@ -132,6 +134,17 @@ class Coordinator:
         return summarize_run(job.chain, schedule, results, latency_ms, job.run_id,
                              load_prices(job.prices), resumed=job.resumed.keys(),
                              isolated=(job.on_error or job.chain.on_error) == "isolate")
+
+    async def stop(self) -> int:
+        """Start nothing new, in any run: no step starts and the step runners send no new
+        request; requests in flight finish and their replies are journaled. Returns how many
+        steps were running."""
+        import asyncio
+
+        self.stopped = True
+        await asyncio.gather(*(runner.stop.remote() for runner in self.runners),
+                             return_exceptions=True)
+        return sum(counts["running"] for counts in self.live.values())
 
     async def progress(self, run_ids: list[str] | None = None) -> dict:
         """Steps pending, running, done, failed; calls, retries, 429s, tokens; runs done.

@@ -6,6 +6,7 @@ process; one async actor keeps hundreds of calls in flight (shared/notes/ray-fac
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from chainray.actors.rate_limiter import RemoteLimiter
 from chainray.actors.spend import RemoteBudget
 from chainray.call.endpoint import Endpoint, make_client
 from chainray.guards.call_guards import CallGuards, Latencies
+from chainray.limit.stoppable import StoppableLimiter
 from chainray.results import StepResult
 from chainray.runner.step_exec import StepRequest, execute_llm_step, execute_python_step
 
@@ -62,6 +64,7 @@ class StepRunner:
         self.client = make_client(endpoint)
         self.stores: dict[str, RemoteAdaptations] = {}  # one copy per namespace
         self.latencies: dict[str, Latencies] = {}  # hedging's view, one per invocation
+        self.stopped = asyncio.Event()  # set by stop(): no new request from here on
 
     def _guards(self, handles: GuardHandles | None) -> CallGuards | None:
         if handles is None:
@@ -95,9 +98,14 @@ class StepRunner:
                        *upstream: StepResult, guards: GuardHandles | None = None
                        ) -> StepResult:
         """``limiters`` holds the RateLimiter of the step's model and of each fallback."""
-        remote = {model: RemoteLimiter(handle) for model, handle in limiters.items()}
+        remote = {model: StoppableLimiter(RemoteLimiter(handle), self.stopped)
+                  for model, handle in limiters.items()}
         return await execute_llm_step(request, upstream, self.client, remote, self.endpoint,
                                       _where, self._store(adaptations), self._guards(guards))
+
+    async def stop(self) -> None:
+        """Send no new request (requests in flight finish): the invocation is stopping."""
+        self.stopped.set()
 
     async def pid(self) -> int:
         import os

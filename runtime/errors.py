@@ -5,6 +5,7 @@
      ├ InputError         bad command-line input: --set, --inputs, limits, unknown scenario
      ├ EndpointError      an HTTP call to the LLM endpoint failed (status, code, retry_after)
      ├ PermitRefused      the RateLimiter can never grant a request of this size
+     │ └ Interrupted      the run is stopping (Ctrl-C, SIGTERM): no new request is sent
      └ StepError          a step failed after its retries (step id, cause)
 
 Every error keeps its fields in ``args`` so that it survives pickling across Ray
@@ -19,6 +20,7 @@ __all__ = [
     "InputError",
     "EndpointError",
     "PermitRefused",
+    "Interrupted",
     "StepError",
 ]
 
@@ -70,6 +72,14 @@ class EndpointError(ChainrayError):
 
 class PermitRefused(ChainrayError):
     """A request is larger than the rate limit can ever admit; it is not retried."""
+
+
+class Interrupted(PermitRefused):
+    """The run is stopping (Ctrl-C or SIGTERM): this request was not sent; a resume sends it."""
+
+    def __init__(self, message: str = "not sent: the run was interrupted; --resume sends it"
+                 ) -> None:
+        super().__init__(message)
 
 
 class StepError(ChainrayError):

@@ -29,10 +29,16 @@ class PlainServer:
     completion_tokens: int = 40
     rate_limit_first: int = 0          # answer this many requests 429 ...
     retry_after: str | None = None     # ... with this Retry-After header (None: none)
-    log: list[dict] = field(default_factory=list)
+    log: list[dict] = field(default_factory=list)  # one entry per answered request
+    start_times: list[float] = field(default_factory=list)  # one per request received
+
+    @property
+    def started(self) -> int:
+        return len(self.start_times)
 
     async def chat(self, request: web.Request) -> web.Response:
         start, tag = time.time(), request.headers.get("x-chainray-step", "")
+        self.start_times.append(start)
         body = await request.json()
         if self.rate_limit_first > 0:
             self.rate_limit_first -= 1

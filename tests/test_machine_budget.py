@@ -5,10 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from plain_server import PlainServer
-from test_limiter_actor import session_for_plain
-
 from chainray.limit.machine_budget import claim_budget
+from tests.plain_server import PlainServer
+from tests.test_limiter_actor import session_for_plain
 
 HOLD = ("import sys; from chainray.limit.machine_budget import claim_budget; "
         "claim_budget(sys.argv[1]); print('held', flush=True); sys.stdin.read()")

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 import uuid
 from collections import Counter
@@ -39,7 +40,8 @@ from chainray.runner.jobs import RunJob, step_models
 from chainray.sim.config import SimConfig
 from chainray.sim.embedded import EmbeddedSimulator, start_simulator
 
-__all__ = ["Session", "SessionConfig", "connect_ray", "leave_ray", "new_run_id", "OPENAI_URL"]
+__all__ = ["Session", "SessionConfig", "StopAborted", "connect_ray", "leave_ray", "new_run_id",
+           "OPENAI_URL"]
 
 OPENAI_URL = "https://api.openai.com/v1"
 
@@ -76,6 +78,11 @@ class SessionConfig:
     hedge_after: float | None = None  # hedge requests slower than this quantile (0..1)
     models: tuple[str, ...] = ()  # models whose limiters open with the session (else at first use)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+class StopAborted(KeyboardInterrupt):
+    """A stop that could not wait for the requests in flight (a second interrupt, or the
+    grace time ran out)."""
 
 
 def check_reachable(base_url: str, timeout_s: float = 5.0) -> None:
@@ -165,6 +172,7 @@ class Session:
         ray.get(self.coordinator.ready.remote(), timeout=120)  # open means ready to run
         self.guards = self._open_guards(here)
         self.not_started: list[str] = []  # run ids the spend cap kept from starting
+        self.stopping_until = 0.0  # monotonic deadline of a stop's grace (0: not stopping)
 
     def _claim_budget(self) -> None:
         """Say at once when another process on this machine paces the same endpoint with a
@@ -302,26 +310,62 @@ class Session:
         with ProgressView(label, self.config.progress, limits=limits,
                           forecast_s=forecast_s) as view:
             while True:
-                while len(in_flight) < window and (job := next(pending, None)) is not None:
-                    if self._cap_stopped():  # the cap stopped admission: start nothing new
-                        self.not_started += [job.run_id, *(j.run_id for j in pending)]
-                        break
-                    in_flight[self.submit(job)] = job.run_id
-                if not in_flight:
+                try:
+                    results = self._next_results(pending, in_flight, window)
+                except KeyboardInterrupt:
+                    self._stop(len(in_flight))
+                    continue
+                if results is None:
                     return
-                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
-                results = [ray.get(ref) for ref in done]
-                for ref in done:
-                    del in_flight[ref]
                 for result in results:
                     finished.update(result_counts(result))
-                live = ray.get(self.coordinator.progress.remote(list(in_flight.values())))
+                live = ray.get(self.coordinator.progress.remote(list(in_flight.values())),
+                               timeout=60)
                 counts = dict(finished + Counter(live))
                 counts["runs_running"] = live.get("runs_running", 0)
                 view.show({**counts, "runs_total": total} if total else counts)
                 if results:
                     self._show_adaptations()
                 yield from results
+
+    def _next_results(self, pending: Iterator[RunJob], in_flight: dict[ray.ObjectRef, str],
+                      window: int) -> list[RunResult] | None:
+        """Admit runs up to ``window`` (none once stopping), then the results finished within
+        half a second; None when nothing is left. A result leaves ``in_flight`` only once it
+        is in hand, so an interrupt anywhere here loses none."""
+        while not self.stopping_until and len(in_flight) < window and (
+                job := next(pending, None)) is not None:
+            if self._cap_stopped():  # the cap stopped admission: start nothing new
+                self.not_started += [job.run_id, *(j.run_id for j in pending)]
+                break
+            in_flight[self.submit(job)] = job.run_id
+        if not in_flight:
+            return None
+        if self.stopping_until and time.monotonic() > self.stopping_until:
+            raise StopAborted(f"{len(in_flight)} run(s) still had requests in flight when "
+                              "the grace time ended")
+        done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+        results = [ray.get(ref, timeout=60) for ref in done]
+        for ref in done:
+            del in_flight[ref]
+        return results
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether an interrupt stopped this session (its runs may be partial: resume them)."""
+        return bool(self.stopping_until)
+
+    def _stop(self, runs_in_flight: int) -> None:
+        """The first interrupt: no new run and no new request; requests in flight finish
+        (their replies are journaled) within the grace time. The second one aborts."""
+        if self.stopping_until:
+            raise StopAborted("interrupted twice: requests in flight were abandoned")
+        grace = self.config.timeout_s
+        self.stopping_until = time.monotonic() + grace
+        steps = ray.get(self.coordinator.stop.remote(), timeout=10)
+        print(f"chainray: stopping: nothing new is sent; {steps} step(s) of {runs_in_flight} "
+              f"run(s) in flight finish within {grace:.0f}s and are kept. Ctrl-C again to "
+              "abandon them (a resume would pay for them again)", file=sys.stderr, flush=True)
 
     def _show_adaptations(self) -> None:
         """Say once, on stderr, how a model's parameters were adapted."""

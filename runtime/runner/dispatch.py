@@ -28,7 +28,7 @@ IsProcessDeath = Callable[[BaseException], bool]
 log = logging.getLogger("chainray.dispatch")
 
 
-def _never(exc: BaseException) -> bool:
+def _never(*_: object) -> bool:
     return False
 
 
@@ -39,7 +39,8 @@ async def _settle(handle: Awaitable[StepResult]) -> StepResult:
 async def dispatch(schedule: Schedule, start_step: StartStep,
                    on_error: Literal["fail", "continue", "isolate"] = "fail",
                    on_update: Update = lambda *_: None, resubmits: int = 2,
-                   is_process_death: IsProcessDeath = _never) -> dict[str, StepResult]:
+                   is_process_death: IsProcessDeath = _never,
+                   stopped: Callable[[], bool] = _never) -> dict[str, StepResult]:
     """Run every step of ``schedule``; return each step's result by id.
 
     With ``on_error="fail"`` the first failed step stops dispatch and the steps not started
@@ -48,7 +49,8 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
     branches run on. A handle whose process died (``is_process_death``, which the Coordinator makes
     Ray-aware) is started again, at most ``resubmits`` times; any other exception a handle
     raises becomes the step's error (one line; the detail goes to the debug log) and follows
-    the ``on_error`` policy like any failed step.
+    the ``on_error`` policy like any failed step. Once ``stopped()`` (a Ctrl-C), no step
+    starts; those not started are ``skipped`` and the running ones finish.
     """
     plans = schedule.plan
     sorter = graphlib.TopologicalSorter({step.id: step.depends_on for step in schedule.steps})
@@ -72,9 +74,15 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
     while sorter.is_active():
         for step_id in sorter.get_ready():
             failed = [d for d in plans[step_id].depends_on if results[d].status != "ok"]
-            if stopping or (on_error == "isolate" and failed):
-                why = f"depends on {failed[0]}, which did not finish" if failed and not \
-                    stopping else "an earlier step failed"
+            if stopped():
+                why = "not started: the run was interrupted"
+            elif stopping:
+                why = "an earlier step failed"
+            elif on_error == "isolate" and failed:
+                why = f"depends on {failed[0]}, which did not finish"
+            else:
+                why = None
+            if why is not None:
                 results[step_id] = StepResult(id=step_id, status="skipped",
                                               depends_on=plans[step_id].depends_on,
                                               error=why)
@@ -89,7 +97,7 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
         try:
             result = task.result()
         except Exception as exc:
-            if is_process_death(exc) and tries[step_id] <= resubmits:
+            if is_process_death(exc) and tries[step_id] <= resubmits and not stopped():
                 on_update(step_id, "resubmitted", None)
                 start(step_id)
                 continue
