@@ -17,6 +17,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from chainray.actors.lifeline import watch_parent
 from chainray.actors.step_runner import (
     GuardHandles,
     StepRunner,
@@ -66,6 +67,7 @@ class Coordinator:
         self.live: dict[str, Counter] = {}
         self.finished = Counter()
         self.stopped = False
+        self.lifeline = None  # stops dispatch when the raylet (and so the driver) is gone
 
     def _start_step(self, job: RunJob, schedule, limiters: Mapping[str, Any],
                     adaptations: Any = None, guards: GuardHandles | None = None):
@@ -93,6 +95,8 @@ class Coordinator:
 
     async def run(self, job: RunJob, limiters: Mapping[str, Any],
                   adaptations: Any = None, guards: GuardHandles | None = None) -> RunResult:
+        if self.lifeline is None:
+            self.lifeline = watch_parent(lambda: setattr(self, "stopped", True))
         schedule = resolve(job.chain, job.strategy)
         counts = self.live[job.run_id] = Counter(pending=len(schedule.steps))
         journal = None

@@ -16,6 +16,7 @@ import ray
 from chainray.actors.adaptations import AdaptationsRef, RemoteAdaptations
 from chainray.actors.cache import RemoteCache
 from chainray.actors.durations import SharedLatencies
+from chainray.actors.lifeline import watch_parent
 from chainray.actors.rate_limiter import RemoteLimiter
 from chainray.actors.spend import RemoteBudget
 from chainray.call.endpoint import Endpoint, make_client
@@ -65,6 +66,7 @@ class StepRunner:
         self.stores: dict[str, RemoteAdaptations] = {}  # one copy per namespace
         self.latencies: dict[str, Latencies] = {}  # hedging's view, one per invocation
         self.stopped = asyncio.Event()  # set by stop(): no new request from here on
+        self.lifeline: asyncio.Task | None = None  # stops sending when the raylet is gone
 
     def _guards(self, handles: GuardHandles | None) -> CallGuards | None:
         if handles is None:
@@ -98,6 +100,8 @@ class StepRunner:
                        *upstream: StepResult, guards: GuardHandles | None = None
                        ) -> StepResult:
         """``limiters`` holds the RateLimiter of the step's model and of each fallback."""
+        if self.lifeline is None:
+            self.lifeline = watch_parent(self.stopped.set)
         remote = {model: StoppableLimiter(RemoteLimiter(handle), self.stopped)
                   for model, handle in limiters.items()}
         return await execute_llm_step(request, upstream, self.client, remote, self.endpoint,

@@ -110,10 +110,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
                                            window=args.batch_window,
                                            label=f"{chain.name}:{strategy}", total=len(todo),
                                            forecast_s=forecast.makespan_s if forecast else None):
-                if record is not None and not stopped_by_cap(result):  # resume runs it again
+                # A run the cap or an interrupt cut short is not final: resume runs it again.
+                cut_short = stopped_by_cap(result) or (session.interrupted
+                                                       and result.status != "ok")
+                if record is not None and not cut_short:
                     record.record(result)
                 writer.add(result)
             spend = session.spend_state()
+            interrupted = session.interrupted
             writer.totals.not_started = list(session.not_started)
             writer.totals.spend = spend
         totals = writer.close()
@@ -128,6 +132,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
           + f") in {totals.latency_ms / 1000:.1f}s: {totals.api_calls} calls, "
           f"{totals.rate_limited} 429s, {totals.total_tokens} tokens; "
           f"{totals.requests_per_min:.0f} requests/min, {totals.tokens_per_min:.0f} tokens/min")
+    if interrupted:
+        print(f"chainray: interrupted; every reply received is kept. Resume with: "
+              f"{resume_hint(args, strategy, manifest.batch_id)}", file=sys.stderr)
+        return 130
     if (message := cap_message(spend)) is not None:
         print(f"{message}; {totals.runs - totals.not_ok} run(s) finished, {totals.not_ok} "
               f"partial or failed, {len(totals.not_started)} never started; resume with a "

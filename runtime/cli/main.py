@@ -27,7 +27,20 @@ examples:
 
 SCENARIO is a bundled scenario name or a path to a chain YAML file. Without --base-url and
 OPENAI_API_KEY, run and bench start the embedded simulator on a free loopback port.
-exit status: 0 success, 1 a run failed, 2 bad input (nothing was sent to any endpoint)."""
+exit status: 0 success, 1 a run failed, 2 bad input (nothing was sent to any endpoint),
+130 interrupted (Ctrl-C or SIGTERM: what was received is kept; --resume sends the rest)."""
+
+
+def _sigterm_stops_like_ctrl_c() -> Callable[[], None]:
+    """SIGTERM (a job scheduler, ``kill``) stops a run as a Ctrl-C does, cleanly; returns
+    what puts the previous handler back (``main`` may be called in-process)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -242,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
         handlers["sim"] = cli_sim.cmd_sim
     ray_was_up = _ray_is_up()  # called in-process by someone with Ray up: leave it up
+    restore_sigterm = _sigterm_stops_like_ctrl_c()
     try:
         code = handlers[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
@@ -258,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print("chainray: interrupted", file=sys.stderr)
         return 130
     finally:
+        restore_sigterm()
         if not ray_was_up:
             _leave_ray()
 

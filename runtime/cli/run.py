@@ -284,9 +284,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The run's limiters start with the session, beside the Coordinator's processes.
     with Session(session_config(args, models=step_models(job))) as session:
         result = session.run(job)
-        spend = session.spend_state()
+        spend, interrupted = session.spend_state(), session.interrupted
     _finish(args, [result], result.model_dump_json(indent=2))
     print_run(result)
+    if interrupted:
+        print("chainray: interrupted; every reply received is kept. Resume with: "
+              f"{resume_hint(args, strategy, run_id)}", file=sys.stderr)
+        return 130
     if (message := cap_message(spend)) is not None:
         print(message, file=sys.stderr)
         return 1
