@@ -141,6 +141,8 @@ def test_unknown_scenario_lists_the_bundled_ones():
     with pytest.raises(SpecError) as info:
         load_chain("no_such_scenario")
     assert "quantum_research" in info.value.message
+    with pytest.raises(SpecError, match="did you mean 'quantum_research'"):
+        load_chain("quantum_reserch")
 
 
 def test_yaml_cycle_file(tmp_path):

@@ -146,8 +146,8 @@ def input_problems(chain: Chain, values: Mapping[str, Any], model: str | None = 
         max_tokens = settings.max_tokens or DEFAULT_MAX_TOKENS
         tokens = _prompt_tokens(chain, step, settings.system, inputs)
         if tokens + max_tokens > window:
-            largest = max(values, key=lambda k: len(str(values[k])), default=None)
-            cause = (f"; input {largest!r} is {len(str(values[largest])):,} characters"
+            largest = max(inputs, key=lambda k: len(inputs[k]), default=None)
+            cause = (f"; input {largest!r} is {len(inputs[largest]):,} characters"
                      if largest is not None else "")
             problems.append(f"{where}step {step.id!r}: its prompt is about {tokens:,} tokens, "
                             f"which with max_tokens {max_tokens:,} exceeds {name}'s context "

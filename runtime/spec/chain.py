@@ -290,9 +290,9 @@ def load_chain(name_or_path: str) -> Chain:
     if not path.suffix and not path.exists():
         path = SCENARIO_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
-        raise SpecError(f"no such scenario or chain file (bundled scenarios: {known})",
-                        str(name_or_path))
+        known = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+        raise SpecError(f"no such scenario or chain file{suggest(path.stem, known)} (bundled "
+                        f"scenarios: {', '.join(known)})", str(name_or_path))
     size = path.stat().st_size
     if size > MAX_CHAIN_BYTES:
         raise SpecError(f"the chain file is {size} bytes; the limit is {MAX_CHAIN_BYTES} "
