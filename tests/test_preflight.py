@@ -81,6 +81,18 @@ def test_a_lone_surrogate_given_with_set_is_refused(sim, chain_file, capsys):
     assert sim.stats()["requests"] == 0
 
 
+def test_every_bad_input_of_every_line_is_named(sim, chain_file, tmp_path, capsys, home):
+    inputs = lines_file(tmp_path, '{"topic": "tea"}', '{"topci": "x", "topic": null}',
+                        '{"topic": [1]}')
+    code, err = run_cli(["run", chain_file, "--inputs", inputs, "--base-url", sim.base_url,
+                         "--quiet"], capsys)
+    assert code == 2 and "3 problems, nothing was sent" in err
+    assert "line 2: unknown input 'topci'; did you mean 'topic'?" in err
+    assert "line 2: input 'topic' must be text or a number, got null" in err
+    assert "line 3: input 'topic' must be text or a number, got a list" in err
+    assert sim.stats()["requests"] == 0 and not (home / "runs").exists()
+
+
 def test_a_missing_timeline_folder_blames_timeline(sim, chain_file, capsys):
     code, err = run_cli(["run", chain_file, "--base-url", sim.base_url, "--quiet",
                          "--timeline", "/missing/t.html"], capsys)
@@ -139,8 +151,8 @@ def test_context_windows_are_known_by_family_and_unknown_models_go_unchecked():
                              "steps": [{"id": "a", "prompt": "{topic}", "max_tokens": 100}]})
     assert input_problems(chain, {"topic": BIG}, model="my-model") == []
     assert input_problems(chain, {"topic": "w" * 400_000}) == []  # 100,000 tokens fit
-    assert input_problems(chain, {"topic": True}) == [
-        "input 'topic' must be text or a number, got bool"]
+    assert input_problems(chain, {"topic": True}, where="line 2: ") == [
+        "line 2: input 'topic' must be text or a number, got true/false"]
 
 
 async def step_against_fixture(topic: str, mode: str | None = None):

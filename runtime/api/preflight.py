@@ -111,9 +111,13 @@ def set_values(chain: Chain, assignments: list[str]) -> dict[str, str]:
     return {name: value for name, sep, value in pairs if sep and name in chain.inputs}
 
 
+_JSON_KINDS = {type(None): "null", bool: "true/false", list: "a list", dict: "an object"}
+
+
 def _value_problem(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return f"must be text or a number, got {type(value).__name__}"
+        kind = _JSON_KINDS.get(type(value), type(value).__name__)
+        return f"must be text or a number, got {kind}"
     if isinstance(value, str):
         try:
             value.encode("utf-8")
