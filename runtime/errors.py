@@ -30,19 +30,44 @@ class ChainrayError(Exception):
 
 
 class SpecError(ChainrayError):
-    """A chain is invalid; names where (file, step, field) and what to do."""
+    """A chain is invalid; names where (file, step, field) and what to do.
+
+    ``problems`` holds every problem found (the first one's fields are this error's own), so
+    one report lists them all: ``SpecError.collect([...])`` builds it.
+    """
 
     def __init__(
         self, message: str, file: str | None = None, step: str | None = None,
-        field: str | None = None,
+        field: str | None = None, problems: tuple[SpecError, ...] = (),
     ) -> None:
-        super().__init__(message, file, step, field)
+        super().__init__(message, file, step, field, tuple(problems))
         self.message, self.file, self.step, self.field = message, file, step, field
+        self.problems: tuple[SpecError, ...] = tuple(problems) or (self,)
+
+    @classmethod
+    def collect(cls, problems: list[SpecError]) -> SpecError:
+        """One error reporting ``problems`` (at least one), duplicates dropped, order kept."""
+        unique = list({(p.file, p.step, p.field, p.message): p for p in problems}.values())
+        if len(unique) == 1:
+            return unique[0]
+        first = unique[0]
+        return cls(first.message, first.file, first.step, first.field, tuple(unique))
+
+    def _where(self, with_file: bool = True) -> str:
+        return ", ".join(f"{name} {value!r}" for name, value in
+                         (("file", self.file if with_file else None), ("step", self.step),
+                          ("field", self.field)) if value)
 
     def __str__(self) -> str:
-        where = [f"{name} {value!r}" for name, value in
-                 (("file", self.file), ("step", self.step), ("field", self.field)) if value]
-        return f"{', '.join(where)}: {self.message}" if where else self.message
+        if len(self.problems) > 1:
+            files = {p.file for p in self.problems}
+            same_file = len(files) == 1 and None not in files
+            head = f"file {self.file!r}: " if same_file else ""
+            lines = [f"  - {p._where(not same_file) or 'chain'}: {p.message}"
+                     for p in self.problems]
+            return f"{head}{len(self.problems)} problems:\n" + "\n".join(lines)
+        where = self._where()
+        return f"{where}: {self.message}" if where else self.message
 
 
 class InputError(ChainrayError):

@@ -40,6 +40,19 @@ def test_bad_chain_exits_2_and_sends_nothing(sim, tmp_path, capsys, name):
     assert sim.stats()["requests"] == 0
 
 
+def test_a_chain_file_with_several_mistakes_reports_them_all_at_once(sim, tmp_path, capsys):
+    path = tmp_path / "typos.yaml"
+    path.write_text("name: x\ninputs: {topic: tea}\nsteps:\n"
+                    "  - {id: overview, prompt: 'about {topic}'}\n"
+                    "  - {id: b, after: [overview], prompt: '{overveiw}', max_tokns: 5}\n"
+                    "  - {id: c, after: [b, overveiw], prompt: '{b}'}\n")
+    code, err = run_cli(["run", str(path), "--base-url", sim.base_url, "--quiet"], capsys)
+    assert code == 2 and "3 problems" in err and str(path) in err
+    assert "did you mean {overview}?" in err and "did you mean 'max_tokens'?" in err
+    assert "depends on unknown step 'overveiw'; did you mean 'overview'?" in err
+    assert sim.stats()["requests"] == 0
+
+
 @pytest.mark.parametrize("flags,expected", [
     (["--rpm", "0"], "--rpm"), (["--tpm", "-5"], "--tpm"),
     (["--max-concurrency", "0"], "--max-concurrency"), (["--set", "topic"], "NAME=VALUE"),

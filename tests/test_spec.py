@@ -141,6 +141,8 @@ def test_unknown_scenario_lists_the_bundled_ones():
     with pytest.raises(SpecError) as info:
         load_chain("no_such_scenario")
     assert "quantum_research" in info.value.message
+    with pytest.raises(SpecError, match="did you mean 'quantum_research'"):
+        load_chain("quantum_reserch")
 
 
 def test_yaml_cycle_file(tmp_path):
@@ -170,3 +172,76 @@ def test_chain_is_frozen():
     c = Chain(name="x", steps=[Step(id="a", prompt="p")])
     with pytest.raises(ValidationError):
         c.name = "y"
+
+
+def test_every_problem_of_a_chain_file_is_reported_at_once(tmp_path):
+    path = tmp_path / "many.yaml"
+    path.write_text(textwrap.dedent("""\
+        name: many
+        inputs: {topic: tea}
+        defaults: {modle: m}
+        steps:
+          - {id: overview, prompt: "Overview of {topic}"}
+          - {id: facts, prompt: "Facts on {topc}", after: [overveiw], max_tokens: -3}
+          - {id: summary, after: [facts, overview], promtp: x, prompt: "{overveiw:.500}"}
+        """))
+    with pytest.raises(SpecError) as info:
+        load_chain(str(path))
+    found = {(p.step, p.field): p.message for p in info.value.problems}
+    assert set(found) == {(None, "defaults.modle"), ("facts", "max_tokens"),
+                          ("summary", "promtp"), ("facts", "after"), ("facts", "prompt"),
+                          ("summary", "prompt")}
+    assert all(p.file == str(path) for p in info.value.problems)
+    assert "did you mean 'model'?" in found[(None, "defaults.modle")]
+    assert "did you mean 'prompt'?" in found[("summary", "promtp")]
+    assert "did you mean 'overview'?" in found[("facts", "after")]
+    assert "did you mean {topic}?" in found[("facts", "prompt")]
+    assert "did you mean {overview}?" in found[("summary", "prompt")]
+    text = str(info.value)
+    assert text.startswith(f"file {str(path)!r}: 6 problems:")
+    assert text.count("\n  - ") == 6 and "step 'facts', field 'after'" in text
+
+
+def test_a_misspelled_step_in_a_template_suggests_adding_it_to_after():
+    err = spec_error({"id": "overview", "prompt": "x"},
+                     {"id": "b", "prompt": "{overveiw}", "after": []},
+                     {"id": "c", "prompt": "{b}", "after": ["b", "overview"]})
+    assert (err.step, err.field) == ("b", "prompt")
+    assert "did you mean {overview}? (then add 'overview' to this step's after list)" \
+        in err.message
+
+
+def test_a_name_nothing_resembles_gets_no_suggestion():
+    err = spec_error({"id": "a", "prompt": "{zzz}"})
+    assert "did you mean" not in err.message and "inputs: topic" in err.message
+
+
+def test_graph_problems_are_all_named():
+    err = spec_error({"id": "a", "prompt": "x"}, {"id": "a", "prompt": "x"},
+                     {"id": "b", "prompt": "x", "after": ["a", "b", "ghost"]})
+    assert [(p.step, p.field) for p in err.problems] == [("a", "id"), ("b", "after"),
+                                                          ("b", "after")]
+    assert "steps 1, 2" in err.problems[0].message
+    assert "itself" in err.problems[1].message and "ghost" in err.problems[2].message
+
+
+def test_a_misspelled_python_call_suggests_the_function():
+    err = spec_error({"id": "a", "kind": "python",
+                      "call": "chainray.scenarios.sql_helpers:run_querry"})
+    assert (err.step, err.field) == ("a", "call") and "did you mean 'run_query'?" in err.message
+
+
+def test_steps_built_in_python_still_raise_spec_errors():
+    with pytest.raises(SpecError) as info:
+        Step(id="a", prompt="x", max_tokens=0, temprature=1)
+    assert {(p.step, p.field) for p in info.value.problems} == {("a", "max_tokens"),
+                                                                ("a", "temprature")}
+    with pytest.raises(SpecError) as info:
+        Chain(name="x", steps=[Step(id="a", prompt="{b}"), Step(id="c", prompt="x")])
+    assert len(info.value.problems) == 2
+
+
+def test_a_report_of_many_problems_survives_pickling():
+    err = spec_error({"id": "a", "prompt": "{nope}", "after": ["ghost"]})
+    again = pickle.loads(pickle.dumps(err))
+    assert str(again) == str(err) and len(again.problems) == 2

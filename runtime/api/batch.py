@@ -21,16 +21,20 @@ from typing import IO
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from chainray.api.preflight import input_problems, refuse
 from chainray.errors import InputError
 from chainray.results import RunResult
 from chainray.runner.journal import check_run_id
 from chainray.spec.chain import Chain
+from chainray.spec.problems import suggest
 
 __all__ = ["read_batch_inputs", "BatchTotals", "BatchWriter", "BatchRecord", "BatchManifest"]
 
 
-def read_batch_inputs(path: str, chain: Chain, base: dict[str, str | None]) -> list[dict]:
-    """Every line's inputs (over ``base``), or an ``InputError`` naming each bad line."""
+def read_batch_inputs(path: str, chain: Chain, base: dict[str, str | None],
+                      model: str | None = None) -> list[dict]:
+    """Every line's inputs (over ``base``), or an ``InputError`` naming each bad line (and
+    each bad input of it: type, encoding, size against ``model``'s context window)."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -47,26 +51,18 @@ def read_batch_inputs(path: str, chain: Chain, base: dict[str, str | None]) -> l
         if not isinstance(data, dict):
             problems.append(f"line {number}: must be an object of inputs")
             continue
-        unknown = [k for k in data if k not in chain.inputs]
-        if unknown:
-            problems.append(f"line {number}: unknown input {unknown[0]!r} (inputs: "
-                            f"{', '.join(chain.inputs) or 'none'})")
-            continue
-        bad = [k for k, v in data.items() if not isinstance(v, (str, int, float))]
-        if bad:
-            problems.append(f"line {number}: input {bad[0]!r} must be text or a number")
-            continue
-        inputs = {**base, **{k: str(v) for k, v in data.items()}}
-        missing = [k for k, v in inputs.items() if v is None]
-        if missing:
-            problems.append(f"line {number}: input {missing[0]!r} has no value")
-            continue
-        batch.append(inputs)
-    if problems:
-        shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more"
-                                            if len(problems) > 10 else "")
-        raise InputError(f"--inputs {path}: {len(problems)} bad line(s), nothing was run: "
-                         f"{shown}")
+        found = [f"line {number}: unknown input {k!r}{suggest(k, chain.inputs)} (inputs: "
+                 f"{', '.join(chain.inputs) or 'none'})" for k in data if k not in chain.inputs]
+        known = {k: v for k, v in data.items() if k in chain.inputs}
+        given = {k: v for k, v in base.items() if v is not None}
+        found += input_problems(chain, {**given, **known}, model, f"line {number}: ")
+        inputs = {**base, **{k: str(v) for k, v in known.items()}}
+        found += [f"line {number}: input {k!r} has no value" for k, v in inputs.items()
+                  if v is None]
+        problems += found
+        if not found:
+            batch.append(inputs)
+    refuse(problems, f"--inputs {path}: ")
     if not batch:
         raise InputError(f"--inputs {path}: no input lines")
     return batch

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from chainray.api import options as opts
+from chainray.api import preflight
 from chainray.api.options import CacheOption, Objective, OnError, StrategyName
 from chainray.api.runs import RunList, run_in_order
 from chainray.api.session import Session as _Driver
@@ -32,6 +33,7 @@ def _prepare_job(chain: Chain | str, strategy: StrategyName, inputs: Mapping | N
     price) before anything starts: the translation ``chainray run`` uses too."""
     chain = opts.as_chain(chain)
     values = opts.chain_inputs(chain, inputs)
+    preflight.refuse(preflight.input_problems(chain, values, job_options["model"], "inputs: "))
     if capped:
         opts.refuse_unpriced(chain, job_options["model"], job_options["prices"])
     chosen, _ = opts.choose_strategy(chain, strategy, objective, job_options["prices"])

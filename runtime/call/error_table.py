@@ -29,13 +29,15 @@ if TYPE_CHECKING:
     import openai
 
 __all__ = ["map_exceptions", "to_endpoint_error", "parse_retry_after", "redact",
-           "NO_RETRY_429"]
+           "NO_RETRY_429", "TOO_LARGE"]
 
 log = logging.getLogger("chainray.calls")
 
 NO_RETRY_429 = {"insufficient_quota", "credit_balance_exhausted",
                 "organization_spend_limit_exceeded", "project_spend_limit_exceeded",
                 "organization_usage_limit_exceeded"}
+# Codes of a request the server will never take as it is (shorten the prompt, not retry).
+TOO_LARGE = {"request_too_large", "context_length_exceeded"}
 
 
 def _seconds(text: str, scale: float = 1.0) -> float | None:
@@ -85,9 +87,23 @@ def _status_error(exc: openai.APIStatusError, secret: str) -> EndpointError:
     if status == 429 and (code in NO_RETRY_429 or kind == "insufficient_quota"):
         retryable = False
     message = one_line(redact(str(getattr(exc, "message", exc)), secret))
+    if status == 413:  # often a proxy's bare page: say what was too large, and how large
+        code = code if isinstance(code, str) else "request_too_large"
+        size = _request_bytes(exc)
+        message = ("the server refuses a request body this large"
+                   + (f" ({size:,} bytes sent)" if size else "") + "; shorten the prompt")
     return EndpointError(message, status, code if isinstance(code, str) else None,
                          kind if isinstance(kind, str) else None,
                          parse_retry_after(headers), retryable)
+
+
+def _request_bytes(exc: openai.APIStatusError) -> int | None:
+    try:
+        request = exc.response.request
+        length = request.headers.get("content-length")
+        return int(length) if length else len(request.content)
+    except Exception:  # no request kept, or a streamed body: the size is then not known
+        return None
 
 
 def _timeout(exc: BaseException, secret: str) -> EndpointError:

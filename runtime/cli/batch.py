@@ -34,11 +34,12 @@ def _batch_record(args: argparse.Namespace, chain: Chain, base: dict,
         record = BatchRecord(journal_dir(), args.resume)
         manifest = record.manifest()
         record.check(manifest, parts)
-        if args.inputs and read_batch_inputs(args.inputs, chain, base) != manifest.inputs:
+        lines = args.inputs and read_batch_inputs(args.inputs, chain, base, args.model)
+        if lines and lines != manifest.inputs:
             raise InputError(f"--resume {args.resume}: --inputs {args.inputs} holds other "
                              "inputs than that batch; leave --inputs out to resume it")
         return record, manifest, record.finished_runs()
-    batch = read_batch_inputs(args.inputs, chain, base)
+    batch = read_batch_inputs(args.inputs, chain, base, args.model)
     manifest = BatchManifest(batch_id=f"b{opts.new_run_id()}", scenario=args.scenario,
                              parts=parts, inputs=batch)
     if args.no_journal:

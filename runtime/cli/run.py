@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from chainray.api import options as opts
+from chainray.api import preflight
 from chainray.api.batch import BatchRecord
 from chainray.api.runs import run_in_order
 from chainray.errors import InputError
@@ -199,11 +200,6 @@ def _write_json(path: str, text: str) -> None:
         raise InputError(f"--json: cannot write {path}: {exc.strerror}") from None
 
 
-def _check_writable(path: str | None) -> None:
-    if path and not Path(path).resolve().parent.is_dir():
-        raise InputError(f"--json: the folder of {path} does not exist")
-
-
 def pick_strategy(chain: Chain, args: argparse.Namespace) -> str:
     """``--strategy``, or for ``auto`` the advisor's pick, with its reasons on stderr."""
     strategy, reasons = opts.choose_strategy(chain, args.strategy, args.objective, args.prices)
@@ -217,9 +213,15 @@ def pick_strategy(chain: Chain, args: argparse.Namespace) -> str:
 def prepare(args: argparse.Namespace) -> tuple[Chain, dict]:
     """Everything that can be wrong with the input is found here, before any connection."""
     chain = opts.as_chain(args.scenario)
+    outputs = {"--json": args.json, "--timeline": args.timeline, "--trace": args.trace,
+               "--summary-json": getattr(args, "summary_json", None)}
+    preflight.refuse(  # every problem at once; then nothing is sent
+        preflight.set_problems(chain, args.set) + preflight.output_problems(outputs)
+        + preflight.input_problems(chain, preflight.set_values(chain, args.set), args.model,
+                                   "--set: ")
+        + ([] if getattr(args, "no_journal", True) else preflight.journal_problems(
+            journal_dir())))
     inputs = parse_inputs(chain, args.set)
-    for path in (args.json, args.timeline, args.trace):
-        _check_writable(path)
     session_config(args)  # the session's options, checked as the Python API checks them
     if args.max_cost is not None:
         opts.refuse_unpriced(chain, args.model, args.prices)
@@ -299,7 +301,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     chain, inputs = prepare(args)
-    _check_writable(args.summary_json)
     from chainray.api.session import Session
 
     results: list[RunResult] = []

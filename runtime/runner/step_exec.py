@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 
 from chainray.call.adaptations import adaptation_key
 from chainray.call.endpoint import AdaptationStore, Endpoint, LLMReply, LLMRequest
+from chainray.call.error_table import TOO_LARGE
 from chainray.call.llm import call_llm
 from chainray.errors import EndpointError
 from chainray.guards.call_guards import CallGuards
@@ -20,7 +21,7 @@ from chainray.results import StepResult
 from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ModelSettings, Step, resolve_call
 from chainray.spec.prompts import render_prompt
 from chainray.spec.templates import fill_template
-from chainray.text import error_text
+from chainray.text import error_text, one_line
 from chainray.tokens import estimate_prompt_tokens
 
 if TYPE_CHECKING:
@@ -117,7 +118,12 @@ async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
                           exc_info=True)
                 continue
             log.debug("step %s failed", request.task_name, exc_info=True)
-            return _result(request, started, context, status="error", error=error_text(exc),
+            error = error_text(exc)
+            if isinstance(exc, EndpointError) and exc.code in TOO_LARGE:
+                error = one_line(f"step {request.step.id!r}: its request of about "
+                                 f"{llm_request.estimated_tokens:,} tokens (prompt + "
+                                 f"max_tokens) is too large for {model}: {error}")
+            return _result(request, started, context, status="error", error=error,
                            attempts=reply.attempts, rate_limited=reply.rate_limited,
                            queued_ms=reply.queued_s * 1000, model=model,
                            prompt_tokens=reply.prompt_tokens, hedged=reply.hedged,

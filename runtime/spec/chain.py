@@ -1,8 +1,9 @@
 """The chain spec: pydantic models for steps and chains, and the loader for chain files.
 
-Build, validate, freeze, then run: ``load_chain`` and ``Chain(...)`` raise ``SpecError`` for every
-problem (duplicate ids, unknown dependencies, cycles, unknown template fields, final step, bad
-numbers) before anything is sent anywhere.
+Build, validate, freeze, then run: ``load_chain`` and ``Chain(...)`` raise one ``SpecError``
+listing every problem (duplicate ids, unknown dependencies, cycles, unknown template fields,
+final step, bad numbers, unknown keys), with the nearest name for a misspelling, before
+anything is sent anywhere.
 
     >>> chain = Chain(name="demo", inputs={"topic": "tea"}, steps=[
     ...     Step(id="facts", prompt="List facts about {topic}"),
@@ -13,10 +14,11 @@ numbers) before anything is sent anywhere.
 
 from __future__ import annotations
 
-import graphlib
 import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,7 +30,6 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationError,
-    ValidationInfo,
     WithJsonSchema,
     field_serializer,
     field_validator,
@@ -36,8 +37,9 @@ from pydantic import (
 )
 
 from chainray.errors import SpecError
-from chainray.spec.output_schema import field_path_problem, normalize_schema
-from chainray.spec.templates import check_template, template_fields
+from chainray.spec.checks import graph_problems, raw_step_views, step_view
+from chainray.spec.output_schema import normalize_schema
+from chainray.spec.problems import FieldProblem, field_problems, suggest
 
 __all__ = ["ModelSettings", "Step", "Chain", "load_chain", "chain_from_dict", "SCENARIO_DIR",
            "DEFAULT_MODEL", "DEFAULT_MAX_TOKENS", "MAX_CHAIN_BYTES", "StepCall", "resolve_call",
@@ -46,6 +48,20 @@ __all__ = ["ModelSettings", "Step", "Chain", "load_chain", "chain_from_dict", "S
 DEFAULT_MODEL = "gpt-4o-mini"  # an llm step with no model in the step or the defaults
 DEFAULT_MAX_TOKENS = 512  # an llm step with no max_tokens in the step or the defaults
 MAX_CHAIN_BYTES = 1 << 20  # a chain file larger than this is refused before it is parsed
+
+# Set while a chain validates: its steps' errors then join the chain's report instead of
+# each step raising its own (pydantic calls Step.__init__ for nested steps too).
+_IN_CHAIN: ContextVar[bool] = ContextVar("chainray_spec_in_chain", default=False)
+
+
+@contextmanager
+def _in_chain() -> Iterator[None]:
+    token = _IN_CHAIN.set(True)
+    try:
+        yield
+    finally:
+        _IN_CHAIN.reset(token)
+
 
 def _scenario_dir() -> Path:
     import chainray.scenarios
@@ -115,8 +131,10 @@ def resolve_call(call: str | StepCall) -> StepCall:
                         f"{type(exc).__name__}: {exc}", field="call") from None
     function = getattr(module, function_name, None)
     if not callable(function):
-        raise SpecError(f"module {module_name!r} has no function {function_name!r}",
-                        field="call")
+        public = [name for name, value in vars(module).items()
+                  if callable(value) and not name.startswith("_")]
+        raise SpecError(f"module {module_name!r} has no function {function_name!r}"
+                        f"{suggest(function_name, public)}", field="call")
     return function
 
 
@@ -149,15 +167,25 @@ class Step(ModelSettings):
     def _schema_from_model(cls, value: Any) -> Any:
         return normalize_schema(value)
 
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            if _IN_CHAIN.get():
+                raise
+            step_id = data.get("id") if isinstance(data.get("id"), str) else None
+            raise SpecError.collect(field_problems(exc, data, None, lambda _: _keys(Step),
+                                                   step=step_id)) from None
+
     @field_validator("call", mode="plain")
     @classmethod
-    def _resolve_call(cls, value: Any, info: ValidationInfo) -> StepCall | None:
+    def _resolve_call(cls, value: Any) -> StepCall | None:
         if value is None:
             return None
         try:
             return resolve_call(value)
-        except SpecError as exc:
-            raise SpecError(exc.message, step=info.data.get("id"), field="call") from None
+        except SpecError as exc:  # collected with the chain's other problems
+            raise FieldProblem(exc.message, "call") from None
 
     @field_serializer("call", when_used="json")
     def _call_name(self, call: StepCall | None) -> str | None:
@@ -166,10 +194,9 @@ class Step(ModelSettings):
     @model_validator(mode="after")
     def _kind_fields(self) -> Step:
         if self.kind == "llm" and not self.prompt:
-            raise SpecError("an llm step needs a prompt", step=self.id, field="prompt")
+            raise FieldProblem("an llm step needs a prompt", "prompt")
         if self.kind == "python" and not self.call:
-            raise SpecError("a python step needs call: module:function", step=self.id,
-                            field="call")
+            raise FieldProblem("a python step needs call: module:function", "call")
         return self
 
 
@@ -186,9 +213,18 @@ class Chain(BaseModel):
     steps: tuple[Step, ...] = Field(min_length=1)
     source: str | None = Field(default=None, exclude=True)
 
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            with _in_chain():
+                super().__init__(**data)
+        except ValidationError as exc:
+            raise _spec_error(exc, data, data.get("source")) from None
+
     @model_validator(mode="after")
     def _graph(self) -> Chain:
-        _check_graph(self)
+        problems = graph_problems(self.inputs, [step_view(s) for s in self.steps], self.source)
+        if problems:  # not a ValueError: pydantic passes it on as it is
+            raise SpecError.collect(problems)
         return self
 
     @cached_property
@@ -216,92 +252,25 @@ def _sinks(chain: Chain) -> list[Step]:
     return [step for step in chain.steps if step.id not in needed]
 
 
-def _check_graph(chain: Chain) -> None:
-    file = chain.source
-    ids = [step.id for step in chain.steps]
-    for step_id in ids:
-        if ids.count(step_id) > 1:
-            raise SpecError(f"duplicate step id {step_id!r}; ids must be unique", file, step_id,
-                            "id")
-    for step_id in ids:
-        if step_id in chain.inputs:
-            raise SpecError(f"step id {step_id!r} is also an input's name, so {{{step_id}}} "
-                            "would be ambiguous; rename the step or the input", file, step_id,
-                            "id")
-    for step in chain.steps:
-        for dep in step.after:
-            if dep not in ids:
-                raise SpecError(f"depends on unknown step {dep!r} (known: {', '.join(ids)})",
-                                file, step.id, "after")
-            if dep == step.id:
-                raise SpecError("a step cannot depend on itself", file, step.id, "after")
-    try:
-        graphlib.TopologicalSorter({s.id: s.after for s in chain.steps}).prepare()
-    except graphlib.CycleError as exc:
-        cycle = " -> ".join(exc.args[1])
-        raise SpecError(f"dependency cycle {cycle} (each step needs the one before it); "
-                        "remove one of these 'after' entries",
-                        file, exc.args[1][0], "after") from None
-    for step in chain.steps:
-        _check_step_fields(chain, step)
-    _check_final(chain)
+def _keys(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items() if name != "source"]
 
 
-def _check_final(chain: Chain) -> None:
-    file = chain.source
-    marked = [step.id for step in chain.steps if step.final]
-    if len(marked) > 1:
-        raise SpecError(f"{len(marked)} steps are marked final ({', '.join(marked)}); "
-                        "mark exactly one", file, marked[1], "final")
-    sinks = [step.id for step in _sinks(chain)]
-    if not marked and len(sinks) > 1:
-        raise SpecError(f"no final step and several steps nothing depends on "
-                        f"({', '.join(sinks)}); mark the aggregating one final: true",
-                        file, sinks[0], "final")
-    final = marked[0] if marked else sinks[0]
-    if final not in sinks:
-        raise SpecError("the final step must be the last: no other step may depend on it",
-                        file, final, "final")
-    reaches_final = _ancestors(chain, final) | {final}
-    for step_id in sinks:
-        if step_id not in reaches_final:
-            raise SpecError(f"the final step {final!r} does not depend on this step, so its "
-                            f"output would be lost; add it to {final!r}'s after list",
-                            file, step_id, "after")
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys a chain file allows at ``loc`` (for "did you mean" on an unknown key)."""
+    if loc[:1] == ("steps",):
+        return _keys(Step)
+    return _keys(ModelSettings) if loc[:1] == ("defaults",) else _keys(Chain)
 
 
-def _ancestors(chain: Chain, step_id: str) -> set[str]:
-    by_id, seen, todo = chain.by_id, set(), list(chain.by_id[step_id].after)
-    while todo:
-        dep = todo.pop()
-        if dep not in seen:
-            seen.add(dep)
-            todo.extend(by_id[dep].after)
-    return seen
-
-
-def _check_step_fields(chain: Chain, step: Step) -> None:
-    file = chain.source
-    for field in ("prompt", "system"):
-        template = getattr(step, field)
-        if template is None:
-            continue
-        problem = check_template(template)
-        if problem:
-            raise SpecError(problem, file, step.id, field)
-        for name, _ in template_fields(template):
-            root, *path = name.split(".")
-            if path and root in step.after:
-                problem = field_path_problem(chain.by_id[root].output_schema, root, path)
-                if problem:
-                    raise SpecError(problem, file, step.id, field)
-                continue
-            if root in step.after or (root in chain.inputs and not path):
-                continue
-            hint = (f"add {root!r} to this step's after list" if root in chain.by_id
-                    else f"declare it under inputs (inputs: {', '.join(chain.inputs) or 'none'})")
-            raise SpecError(f"template field {{{name}}} names no input or dependency; {hint}",
-                            file, step.id, field)
+def _spec_error(exc: ValidationError, data: Any, source: str | None) -> SpecError:
+    """Every problem of ``data``: its fields' errors, then those of its graph as far as the
+    raw data shows it (so a bad key in one step does not hide a bad reference in another)."""
+    problems = field_problems(exc, data, source, _keys_at)
+    inputs = data.get("inputs") if isinstance(data, dict) else None
+    problems += graph_problems(inputs if isinstance(inputs, dict) else {},
+                               raw_step_views(data), source)
+    return SpecError.collect(problems)
 
 
 def chain_from_dict(data: Any, source: str | None = None) -> Chain:
@@ -309,28 +278,10 @@ def chain_from_dict(data: Any, source: str | None = None) -> Chain:
     if not isinstance(data, dict):
         raise SpecError("a chain file must be a mapping with name and steps", source)
     try:
-        return Chain.model_validate({**data, "source": source})
-    except SpecError as exc:
-        raise SpecError(exc.message, source, exc.step, exc.field) from None
+        with _in_chain():
+            return Chain.model_validate({**data, "source": source})
     except ValidationError as exc:
-        raise _spec_error_from(exc, data, source) from None
-
-
-def _spec_error_from(exc: ValidationError, data: dict, source: str | None) -> SpecError:
-    error = exc.errors()[0]
-    loc = list(error["loc"])
-    step_id = None
-    if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
-        steps = data.get("steps") or []
-        raw = steps[loc[1]] if loc[1] < len(steps) else None
-        step_id = raw.get("id") if isinstance(raw, dict) else None
-        step_id = step_id or f"#{loc[1] + 1}"
-        loc = loc[2:]
-    field = ".".join(str(part) for part in loc) or None
-    message = error["msg"]
-    if error["type"] == "extra_forbidden":
-        message = "unknown key (check its spelling against the chain file format in the README)"
-    return SpecError(message, source, step_id, field)
+        raise _spec_error(exc, data, source) from None
 
 
 def load_chain(name_or_path: str) -> Chain:
@@ -339,9 +290,9 @@ def load_chain(name_or_path: str) -> Chain:
     if not path.suffix and not path.exists():
         path = SCENARIO_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml")))
-        raise SpecError(f"no such scenario or chain file (bundled scenarios: {known})",
-                        str(name_or_path))
+        known = sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
+        raise SpecError(f"no such scenario or chain file{suggest(path.stem, known)} (bundled "
+                        f"scenarios: {', '.join(known)})", str(name_or_path))
     size = path.stat().st_size
     if size > MAX_CHAIN_BYTES:
         raise SpecError(f"the chain file is {size} bytes; the limit is {MAX_CHAIN_BYTES} "
