@@ -54,9 +54,10 @@ def add_run_parser(commands, positive_int, positive_float) -> None:
     run.add_argument("--objective", choices=("latency", "cost", "quality"), default="latency",
                      help="what --strategy auto optimises (default latency)")
     run.add_argument("--resume", metavar="RUN|BATCH",
-                     help="finish run RUN (or batch BATCH) whose driver stopped: steps its "
-                     "journal holds as finished are not sent again (same chain, strategy, "
-                     "inputs and --model)")
+                     help="finish run RUN (a run of a batch too: BATCH-N) or batch BATCH "
+                     "(its runs that are not ok run again): steps the journals hold as "
+                     "finished are not sent again (same chain, strategy, inputs and "
+                     "--model); refused while another process executes it")
     run.add_argument("--inputs", metavar="FILE.jsonl",
                      help="a batch: run the chain once per line (a JSON object of inputs), "
                      "all under the one rate limit; a bad line refuses the whole batch before "
