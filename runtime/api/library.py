@@ -15,8 +15,8 @@ from typing import Any
 from chainray.api import options as opts
 from chainray.api.batch import batch_forecast
 from chainray.api.config import SessionConfig, configure
-from chainray.api.options import Objective, StrategyName
-from chainray.api.resume import PreparedBatch, PreparedRun
+from chainray.api.options import Objective, RunSpec, StrategyName
+from chainray.api.resume import PreparedBatch, PreparedRun, prepare_batch, prepare_run
 from chainray.api.runs import RunList, run_in_order
 from chainray.api.session import Driver
 from chainray.plan.schedule import STRATEGIES
@@ -25,49 +25,6 @@ from chainray.runner.jobs import RunJob, step_models
 from chainray.spec.chain import Chain
 
 __all__ = ["Session", "RunList", "run", "arun", "bench", "prepare_run", "prepare_batch"]
-
-RunSpec = Chain | str | tuple[Chain | str, Mapping[str, Any]]
-
-
-def _prepare_job(chain: Chain | str, strategy: StrategyName, inputs: Mapping | None,
-                 objective: Objective, config: SessionConfig,
-                 run_id: str | None = None) -> RunJob:
-    """The run ``chain`` asks for, every input checked (and, under a spend cap, every model's
-    price) before anything starts."""
-    chain = opts.as_chain(chain)
-    values = opts.chain_inputs(chain, inputs)
-    if config.max_cost is not None:
-        opts.refuse_unpriced(chain, config.model, config.prices)
-    chosen, _ = opts.choose_strategy(chain, strategy, objective, config.prices)
-    return opts.run_job(chain, chosen, values, config, run_id=run_id)
-
-
-def prepare_run(chain: Chain | str, strategy: StrategyName = "hybrid",
-                inputs: Mapping[str, Any] | None = None, *, objective: Objective = "latency",
-                config: SessionConfig | None = None, resume: str | None = None,
-                run_id: str | None = None, journal: bool = True) -> PreparedRun:
-    """Everything ``Session.run`` does before it sends anything, with no Ray: the run
-    checked, its journal opened and locked (``resume``: the steps it holds as finished
-    loaded). Run it with ``Session.run_prepared``; close it (``with``) afterwards."""
-    job = _prepare_job(chain, strategy, inputs, objective, configure(config),
-                       run_id=resume or run_id)
-    return PreparedRun(job, resume=resume is not None, journal=journal)
-
-
-def prepare_batch(runs: Iterable[RunSpec], strategy: StrategyName = "hybrid", *,
-                  objective: Objective = "latency", config: SessionConfig | None = None,
-                  resume: str | None = None, batch_id: str | None = None,
-                  journal: bool = True) -> PreparedBatch:
-    """``prepare_run`` for ``Session.run_many``: every item checked, the batch's folder
-    written (or, ``resume``, checked against these runs and read), and locked."""
-    config = configure(config)
-    pairs = [item if isinstance(item, tuple) else (item, None) for item in runs]
-    jobs = [_prepare_job(chain, strategy, inputs, objective, config)
-            for chain, inputs in pairs]
-    label = ", ".join(dict.fromkeys(job.chain.name for job in jobs))
-    return PreparedBatch(jobs, resume or batch_id or f"b{opts.new_run_id()}",
-                         resume=resume is not None, journal=journal, scenario=label)
-
 
 class Session:
     """Ray, the endpoint and the shared rate limit, kept open for many runs.
@@ -247,7 +204,7 @@ def _bench_jobs(chain: Chain | str, strategies: Sequence[str], repeat: int,
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
         raise opts.InputError(f"repeat must be a whole number of at least 1, got {repeat!r}")
     chain = opts.as_chain(chain)
-    return [_prepare_job(chain, strategy, inputs, "latency", config)
+    return [opts.prepare_job(chain, strategy, inputs, "latency", config)
             for _ in range(repeat) for strategy in strategies]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from chainray.errors import InputError
 from chainray.plan.cost import load_prices
@@ -18,11 +18,16 @@ from chainray.plan.schedule import STRATEGIES
 from chainray.runner.jobs import RunJob, RunOptions, models_of
 from chainray.spec.chain import Chain, load_chain
 
-__all__ = ["run_job", "chain_inputs", "as_chain", "choose_strategy", "new_run_id",
-           "refuse_unpriced", "cap_summary", "StrategyName", "Objective"]
+if TYPE_CHECKING:
+    from chainray.api.config import SessionConfig
+
+__all__ = ["prepare_job", "run_job", "RunSpec", "chain_inputs", "as_chain",
+           "choose_strategy", "new_run_id", "refuse_unpriced", "cap_summary", "StrategyName",
+           "Objective"]
 
 StrategyName = Literal["sequential", "parallel", "hybrid", "auto"]
 Objective = Literal["latency", "cost", "quality"]
+RunSpec = Chain | str | tuple[Chain | str, Mapping[str, Any]]  # a chain, or (chain, inputs)
 
 
 def new_run_id() -> str:
@@ -91,3 +96,16 @@ def run_job(chain: Chain, strategy: str, inputs: Mapping[str, str | None],
     per-run ``options``; its journal and resumed steps are added when it is opened."""
     return RunJob(run_id=run_id or new_run_id(), chain=chain, strategy=strategy,
                   inputs=dict(inputs), **dict(options.run_options()))
+
+
+def prepare_job(chain: Chain | str, strategy: StrategyName, inputs: Mapping | None,
+                objective: Objective, config: SessionConfig,
+                run_id: str | None = None) -> RunJob:
+    """The run ``chain`` asks for, every input checked (and, under a spend cap, every model's
+    price) before anything starts."""
+    chain = as_chain(chain)
+    values = chain_inputs(chain, inputs)
+    if config.max_cost is not None:
+        refuse_unpriced(chain, config.model, config.prices)
+    chosen, _ = choose_strategy(chain, strategy, objective, config.prices)
+    return run_job(chain, chosen, values, config, run_id=run_id)

@@ -11,12 +11,15 @@ opened here, once, in the driver; the Coordinator only appends finished steps to
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from chainray.api.config import SessionConfig, configure
+from chainray.api.options import Objective, RunSpec, StrategyName, new_run_id, prepare_job
 from chainray.errors import InputError
 from chainray.results import RunResult
 from chainray.runner.jobs import RunJob
@@ -29,9 +32,10 @@ from chainray.runner.journal import (
     run_key,
     run_parts,
 )
+from chainray.spec.chain import Chain
 
-__all__ = ["PreparedRun", "PreparedBatch", "BatchManifest", "BatchRecord", "BatchRun",
-           "job_parts", "is_batch"]
+__all__ = ["prepare_run", "prepare_batch", "PreparedRun", "PreparedBatch", "BatchManifest",
+           "BatchRecord", "BatchRun", "job_parts", "is_batch"]
 
 _PART_NAMES = {"chain": "chain file content", "strategy": "strategy", "model": "--model",
                "inputs": "inputs"}
@@ -242,3 +246,30 @@ class PreparedBatch:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def prepare_run(chain: Chain | str, strategy: StrategyName = "hybrid",
+                inputs: Mapping[str, Any] | None = None, *, objective: Objective = "latency",
+                config: SessionConfig | None = None, resume: str | None = None,
+                run_id: str | None = None, journal: bool = True) -> PreparedRun:
+    """Everything ``Session.run`` does before it sends anything, with no Ray: the run
+    checked, its journal opened and locked (``resume``: the steps it holds as finished
+    loaded). Run it with ``Session.run_prepared``; close it (``with``) afterwards."""
+    job = prepare_job(chain, strategy, inputs, objective, configure(config),
+                      run_id=resume or run_id)
+    return PreparedRun(job, resume=resume is not None, journal=journal)
+
+
+def prepare_batch(runs: Iterable[RunSpec], strategy: StrategyName = "hybrid", *,
+                  objective: Objective = "latency", config: SessionConfig | None = None,
+                  resume: str | None = None, batch_id: str | None = None,
+                  journal: bool = True) -> PreparedBatch:
+    """``prepare_run`` for ``Session.run_many``: every item checked, the batch's folder
+    written (or, ``resume``, checked against these runs and read), and locked."""
+    config = configure(config)
+    pairs = [item if isinstance(item, tuple) else (item, None) for item in runs]
+    jobs = [prepare_job(chain, strategy, inputs, objective, config)
+            for chain, inputs in pairs]
+    label = ", ".join(dict.fromkeys(job.chain.name for job in jobs))
+    return PreparedBatch(jobs, resume or batch_id or f"b{new_run_id()}",
+                         resume=resume is not None, journal=journal, scenario=label)

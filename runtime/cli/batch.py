@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from chainray.api.batch import BatchWriter, batch_forecast, read_batch_inputs
-from chainray.api.resume import BatchRecord
+from chainray.api.resume import BatchRecord, prepare_batch
 from chainray.cli.flags import cap_message, pick_strategy, prepare, resume_hint
 from chainray.errors import InputError
 from chainray.runner.journal import journal_dir
@@ -35,8 +35,6 @@ def cmd_batch(args: argparse.Namespace) -> int:
         raise InputError("--timeline is for single runs, not a batch (--inputs)")
     chain, base, config = prepare(args)
     strategy = pick_strategy(chain, args)
-    from chainray.api.library import Session, prepare_batch
-
     items = [(chain, inputs) for inputs in _lines(args, chain, base)]
     with prepare_batch(items, strategy, config=config, resume=args.resume,
                        journal=not args.no_journal) as batch:
@@ -56,6 +54,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             writer = BatchWriter(out, batch.batch_id, earlier=batch.earlier)
             for result in batch.finished.values():
                 writer.add(result, resumed=True)
+            from chainray.api.library import Session  # Ray: only once the input is good
+
             with Session(config) as session:
                 runs = session.run_prepared_batch(batch, args.batch_window,
                                                   on_result=writer.add,

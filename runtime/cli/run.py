@@ -13,7 +13,7 @@ import sys
 from pydantic import TypeAdapter
 
 from chainray.api import options as opts
-from chainray.api.resume import is_batch
+from chainray.api.resume import is_batch, prepare_run
 from chainray.cli.batch import cmd_batch
 from chainray.cli.flags import (
     add_session_flags,
@@ -104,7 +104,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     chain, inputs, config = prepare(args)
     strategy = pick_strategy(chain, args)
     from chainray.api.config import configure
-    from chainray.api.library import Session, prepare_run
 
     run_id = args.resume or opts.new_run_id()
     with prepare_run(chain, strategy, inputs, config=config, resume=args.resume,
@@ -115,6 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if resumed := prepared.job.resumed:
             print(f"resuming: {len(resumed)} finished step(s) will not be sent again: "
                   f"{', '.join(resumed)}", file=sys.stderr)
+        from chainray.api.library import Session  # Ray: only once the input is known good
+
         # The run's limiters start with the session, beside the Coordinator's processes.
         with Session(configure(config, models=step_models(prepared.job))) as session:
             result = session.run_prepared(prepared)
