@@ -30,7 +30,7 @@ from chainray.plan.schedule import resolve
 from chainray.results import RunResult, StepResult
 from chainray.runner.dispatch import dispatch
 from chainray.runner.jobs import RunJob, models_of
-from chainray.runner.journal import Journal
+from chainray.runner.journal import append_step
 from chainray.runner.step_exec import StepRequest
 from chainray.runner.summary import summarize_run
 
@@ -99,10 +99,8 @@ class Coordinator:
             self.lifeline = watch_parent(lambda: setattr(self, "stopped", True))
         schedule = resolve(job.chain, job.strategy)
         counts = self.live[job.run_id] = Counter(pending=len(schedule.steps))
-        journal = None
-        if job.journal_dir:
-            journal = Journal(Path(job.journal_dir), job.run_id, job.journal_key or "")
-            journal.start()
+        # The driver opened the journal (header, lock); this only appends finished steps.
+        journal = Path(job.journal_dir) / f"{job.run_id}.jsonl" if job.journal_dir else None
 
         def update(step_id: str, state: str, result: StepResult | None) -> None:
             if state == "running":
@@ -117,7 +115,7 @@ class Coordinator:
                 counts["running"] -= 1
                 counts["done" if state == "ok" else "failed"] += 1
             if result is not None and journal is not None and step_id not in job.resumed:
-                journal.record(result)
+                append_step(journal, result)
             if result is not None and step_id not in job.resumed:  # sent by this invocation
                 counts["tokens"] += result.prompt_tokens + result.completion_tokens
                 counts["calls"] += result.attempts

@@ -14,7 +14,8 @@ import uuid
 
 from _common import machine, start_ray
 
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.plan.cost import load_prices
 from chainray.plan.forecast import forecast_batch
 from chainray.plan.predict import fit_steps, predict
@@ -42,9 +43,9 @@ def main() -> None:
         sim.configure(ttft_median_s=0.3, ttft_sigma=0.3, tokens_per_s=150.0,
                       prefill_s_per_token=0.0002)
         config = SessionConfig(base_url=sim.base_url, env={"OPENAI_API_KEY": "sim"},
-                               progress=False, rpm=100_000, tpm=100_000_000, timeout_s=60)
+                               progress=False, rpm=100_000, tpm=100_000_000, timeout=60)
         seen, unseen = load_chain("code_review"), load_chain("quantum_research")
-        with Session(config) as session:
+        with Driver(config) as session:
             calibration = [session.run(job(seen, s)) for s in STRATEGIES * 2]
             measured = {s: session.run(job(unseen, s)) for s in STRATEGIES}
         model = fit_steps([step for r in calibration for step in r.steps])
@@ -70,7 +71,7 @@ def main() -> None:
         batch_config = SessionConfig(base_url=sim.base_url, env={"OPENAI_API_KEY": "sim"},
                                      progress=False, rpm=args.rpm, tpm=100_000_000,
                                      limiter_namespace=f"bench-{uuid.uuid4().hex[:8]}")
-        with Session(batch_config) as session:
+        with Driver(batch_config) as session:
             started = time.perf_counter()
             results = list(session.run_many([job(chain) for _ in range(args.batch)], window=64))
             elapsed = time.perf_counter() - started

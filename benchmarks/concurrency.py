@@ -14,7 +14,8 @@ import uuid
 import ray
 from _common import PeakMemory, machine, start_ray
 
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator
 from chainray.spec.chain import chain_from_dict
@@ -50,7 +51,7 @@ def main() -> None:
         config = SessionConfig(base_url=sim.base_url, env={"OPENAI_API_KEY": "sim"},
                                rpm=1_000_000, tpm=100_000_000, max_concurrency=args.calls * 2,
                                progress=False)
-        with Session(config) as session:
+        with Driver(config) as session:
             job = RunJob(run_id=uuid.uuid4().hex[:12], chain=wide_chain(args.calls),
                          strategy="hybrid", inputs={})
             with PeakMemory() as memory:

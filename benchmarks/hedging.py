@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 from _common import machine, start_ray
 
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator
 from chainray.spec.chain import load_chain
@@ -79,7 +80,7 @@ def batch(args: argparse.Namespace, hedge: float | None, seed: int) -> Arm:
         config = SessionConfig(base_url=sim.base_url, env={"OPENAI_API_KEY": "sim"},
                                rpm=100_000, tpm=10_000_000, max_concurrency=512,
                                progress=False, hedge_after=hedge)
-        with Session(config) as session:
+        with Driver(config) as session:
             if args.warmup:
                 list(session.run_many(jobs(chain, args.warmup), window=args.window,
                                       total=args.warmup))

@@ -20,7 +20,8 @@ import ray
 from _common import machine, start_ray
 
 from chainray.actors.rate_limiter import RateLimiter, RemoteLimiter
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.limit.permit_book import Limits
 from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator
@@ -72,7 +73,7 @@ def fanout_case(runs: int, width: int, rpm: int, speed: float) -> None:
         config = SessionConfig(base_url=sim.base_url, env={"OPENAI_API_KEY": "sim"}, rpm=rpm,
                                max_concurrency=256, progress=False, runners=2,
                                limiter_namespace=f"bench-{uuid.uuid4().hex[:6]}")
-        with Session(config) as session:
+        with Driver(config) as session:
             jobs = [RunJob(run_id=uuid.uuid4().hex[:12], chain=chain, strategy="parallel",
                            inputs=dict(chain.inputs)) for _ in range(runs)]
             started = time.perf_counter()

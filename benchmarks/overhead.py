@@ -13,7 +13,8 @@ import uuid
 
 from _common import machine, start_ray
 
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.plan.schedule import longest_path, resolve
 from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator
@@ -33,7 +34,7 @@ def main() -> None:
     with start_simulator("--speed", str(args.speed)) as sim:
         config = SessionConfig(base_url=sim.base_url, env={"OPENAI_API_KEY": "sim"},
                                progress=False)
-        with Session(config) as session:
+        with Driver(config) as session:
             session.run(RunJob(run_id="warm-up", chain=chain, strategy="hybrid",
                                inputs=dict(chain.inputs)))
             for _ in range(args.runs):

@@ -15,7 +15,8 @@ import uuid
 
 from _common import machine, start_ray
 
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator
 from chainray.spec.chain import load_chain
@@ -26,7 +27,7 @@ def batch_makespan(sim, chain, runs: int, rpm: int, priority: bool) -> float:
     config = SessionConfig(base_url=sim.base_url, env={"OPENAI_API_KEY": "sim"}, rpm=rpm,
                            tpm=10_000_000, priority=priority, progress=False,
                            limiter_namespace=f"prio-{uuid.uuid4().hex[:6]}")
-    with Session(config) as session:
+    with Driver(config) as session:
         jobs = [RunJob(run_id=uuid.uuid4().hex[:12], chain=chain, strategy="hybrid",
                        inputs={"topic": f"topic {i}"}, priority=priority) for i in range(runs)]
         started = time.perf_counter()

@@ -13,7 +13,8 @@ import uuid
 from _common import machine, start_ray
 from concurrency import wide_chain
 
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator
 
@@ -28,7 +29,7 @@ def main() -> None:
         config = SessionConfig(base_url=sim.base_url, env={"OPENAI_API_KEY": "sim"},
                                rpm=10_000_000, tpm=1_000_000_000, max_concurrency=10_000,
                                progress=False)
-        with Session(config) as session:
+        with Driver(config) as session:
             job = RunJob(run_id=uuid.uuid4().hex[:12], chain=chain, strategy="hybrid",
                          inputs={})
             started = time.perf_counter()

@@ -19,7 +19,8 @@ import uuid
 
 from _common import machine, start_ray
 
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.report.bench import summarize_bench
 from chainray.runner.jobs import RunJob
 from chainray.spec.chain import load_chain
@@ -45,7 +46,7 @@ def main() -> None:
     chain = load_chain("quantum_research")
     start_ray()
     results = []
-    with Session(SessionConfig(progress=False, sim_speed=args.speed,
+    with Driver(SessionConfig(progress=False, sim_speed=args.speed,
                                 sim_flags=("--seed", str(args.seed)))) as session:
         for _ in range(args.repeat):
             for strategy in STRATEGIES:

@@ -13,7 +13,8 @@ import uuid
 
 from _common import machine, start_ray
 
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.plan.cost import load_prices
 from chainray.plan.predict import predict
 from chainray.runner.jobs import RunJob
@@ -38,7 +39,7 @@ def main() -> None:
         config = SessionConfig(base_url=sim.base_url, env={"OPENAI_API_KEY": "sim"},
                                rpm=100_000, tpm=10_000_000, max_concurrency=256,
                                progress=False, max_cost=cap)
-        with Session(config) as session:
+        with Driver(config) as session:
             jobs = [RunJob(run_id=uuid.uuid4().hex[:12], chain=chain, strategy="hybrid",
                            inputs=dict(chain.inputs)) for _ in range(args.runs)]
             started = time.perf_counter()

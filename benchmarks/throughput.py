@@ -23,7 +23,8 @@ import uuid
 
 from _common import machine, start_ray
 
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator
 from chainray.spec.chain import load_chain
@@ -60,7 +61,7 @@ def main() -> None:
         config = SessionConfig(base_url=sim.base_url, env={"OPENAI_API_KEY": "sim"},
                                target_share=args.share, max_concurrency=256, progress=False,
                                limiter_namespace=f"tp-{uuid.uuid4().hex[:6]}", **flags)
-        with Session(config) as session:
+        with Driver(config) as session:
             jobs = (RunJob(run_id=uuid.uuid4().hex[:12], chain=chain, strategy="parallel",
                            inputs=dict(chain.inputs)) for _ in range(args.runs))
             started = time.perf_counter()

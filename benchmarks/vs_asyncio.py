@@ -28,7 +28,8 @@ import openai
 from _common import machine, start_ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from chainray.api.session import Session, SessionConfig  # noqa: E402
+from chainray.api.config import SessionConfig  # noqa: E402
+from chainray.api.session import Driver  # noqa: E402
 from chainray.runner.jobs import RunJob  # noqa: E402
 from chainray.spec.chain import load_chain  # noqa: E402
 from tests.plain_server import PlainServer  # noqa: E402  (the in-repo plain server)
@@ -77,7 +78,7 @@ def main() -> None:
     with server.running() as base_url:
         config = SessionConfig(base_url=base_url, env={"OPENAI_API_KEY": "none"},
                                progress=False, limiter_namespace=f"vs-{uuid.uuid4().hex[:6]}")
-        with Session(config) as session:
+        with Driver(config) as session:
             session.run(RunJob(run_id="warm-up", chain=chain, strategy="parallel",
                                inputs=dict(chain.inputs)))  # workers, pools, limiter
             [stats] = session.limiter_stats()

@@ -18,15 +18,16 @@ from typing import TYPE_CHECKING, Any
 if __name__ != "chainray":  # the folder is not a package of its own; see pyproject.toml
     raise ImportError("runtime/ is installed as chainray: import chainray")
 
-__all__ = ["load_chain", "Chain", "Step", "run", "arun", "bench", "plan", "Session", "Plan",
-           "RunResult", "StepResult", "RunList", "bundled_scenarios", "ChainrayError",
-           "SpecError", "InputError"]
+__all__ = ["load_chain", "Chain", "Step", "run", "arun", "bench", "plan", "Session",
+           "SessionConfig", "Plan", "RunResult", "StepResult", "RunList", "bundled_scenarios",
+           "ChainrayError", "SpecError", "InputError"]
 
 _EXPORTS = {
     "load_chain": "chainray.spec.chain", "Chain": "chainray.spec.chain",
     "Step": "chainray.spec.chain", "run": "chainray.api.library",
     "arun": "chainray.api.library", "bench": "chainray.api.library",
-    "Session": "chainray.api.library", "RunList": "chainray.api.runs",
+    "Session": "chainray.api.library", "SessionConfig": "chainray.api.config",
+    "RunList": "chainray.api.runs",
     "Plan": "chainray.api.planning",
     "RunResult": "chainray.results", "StepResult": "chainray.results",
     "ChainrayError": "chainray.errors", "SpecError": "chainray.errors",
@@ -34,6 +35,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from chainray.api.config import SessionConfig
     from chainray.api.library import Session, arun, bench, run
     from chainray.api.planning import Plan
     from chainray.api.runs import RunList

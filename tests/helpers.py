@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import uuid
 
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.runner.jobs import RunJob
 from chainray.spec.chain import Chain, chain_from_dict
 
 
-def session_for(sim, **overrides) -> Session:
+def session_for(sim, **overrides) -> Driver:
     """A Session on the test simulator with its own limiter namespace (a fresh RateLimiter)."""
     config = dict(base_url=sim.base_url, env={"OPENAI_API_KEY": "sk-test"}, progress=False,
-                  limiter_namespace=f"test-{uuid.uuid4().hex[:8]}", timeout_s=10.0,
+                  limiter_namespace=f"test-{uuid.uuid4().hex[:8]}", timeout=10.0,
                   rpm=500, tpm=200_000, backoff_s=0.05)
     config.update(overrides)
-    return Session(SessionConfig(**config))
+    return Driver(SessionConfig(**config))
 
 
 def job(chain: Chain, strategy: str = "hybrid", **fields) -> RunJob:

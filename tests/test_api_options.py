@@ -153,7 +153,7 @@ class _Captured(Exception):
 
 @pytest.fixture
 def recorded(monkeypatch):
-    """Replace the driver (``chainray.api.session.Session``) by one that records the
+    """Replace the driver (``chainray.api.session.Driver``) by one that records the
     ``SessionConfig`` it is opened with and the first ``RunJob`` it is given, then stops."""
     seen: dict = {}
 
@@ -182,8 +182,7 @@ def recorded(monkeypatch):
         def __exit__(self, *exc):
             pass
 
-    monkeypatch.setattr("chainray.api.session.Session", Recorder)
-    monkeypatch.setattr("chainray.api.library._Driver", Recorder)
+    monkeypatch.setattr("chainray.api.library.Driver", Recorder)
 
     def capture(call, *args, **kwargs):
         seen.clear()
@@ -210,8 +209,7 @@ def test_the_cli_and_the_api_translate_the_same_options_identically(recorded, tm
              "3", "--sim-speed", "4", "--prices", str(prices), "--api-version", "2024-06-01",
              "--quiet"]
     cli = recorded(main, ["run", "quantum_research", "--strategy", "auto", "--objective",
-                          "cost", "--set", "topic=tea", "--cache", str(folder), "--no-journal",
-                          *flags])
+                          "cost", "--set", "topic=tea", "--cache", str(folder), *flags])
     api = recorded(chainray.run, "quantum_research", "auto", {"topic": "tea"},
                    objective="cost", cache=folder, **common)
     assert cli == api
@@ -237,7 +235,7 @@ def test_a_batch_line_becomes_the_run_the_api_builds_for_those_inputs(recorded, 
     cli = recorded(main, ["run", "progressive_refinement", "--inputs", str(lines), *flags])
     api = recorded(lambda: chainray.Session(base_url="http://127.0.0.1:9/v1", model="gpt-4o",
                                             on_error="continue").run_many(
-        [("progressive_refinement", {"brief": "tea"})]))
+        [("progressive_refinement", {"brief": "tea"})], journal=False))
     assert cli[1] == api[1]
 
 

@@ -9,7 +9,8 @@ import pytest
 from helpers import fan_chain, job, session_for
 from step_failing_server import StepFailingServer
 
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.cli.main import main
 from chainray.plan.cost import load_prices
 
@@ -194,9 +195,9 @@ def run_against_a_straggler(server, stream: bool) -> list:
     """Sixteen one-step runs, one at a time, against ``server`` with ``--hedge-after 0.9``."""
     with server.running() as base_url:
         config = dict(base_url=base_url, env={"OPENAI_API_KEY": "sk-test"}, progress=False,
-                      limiter_namespace=f"test-{uuid.uuid4().hex[:8]}", timeout_s=30.0,
+                      limiter_namespace=f"test-{uuid.uuid4().hex[:8]}", timeout=30.0,
                       rpm=100_000, tpm=10_000_000, hedge_after=0.9)
-        with Session(SessionConfig(**config)) as session:
+        with Driver(SessionConfig(**config)) as session:
             return list(session.run_many([job(one_step_chain(stream=stream))
                                           for _ in range(16)], window=1))
 

@@ -21,7 +21,7 @@ def assert_matches_server(result, stats):
 ], ids=["20%-500s", "dropped-connections", "hung-responses"])
 def test_transient_faults_are_retried_to_success(ray_session, sim, faults):
     sim.configure(speed=50.0, seed=3, faults=faults)
-    with session_for(sim, timeout_s=0.5, max_attempts=8) as session:
+    with session_for(sim, timeout=0.5, max_attempts=8) as session:
         result = session.run(job(fan_chain(10)))
     stats = sim.stats()
     assert result.status == "ok"

@@ -64,7 +64,7 @@ def test_calibration_predicts_an_unseen_chain(ray_session, sim):
     sim.configure(speed=3.0, ttft_median_s=0.3, ttft_sigma=0.3, tokens_per_s=150.0,
                   prefill_s_per_token=0.0002)
     seen, unseen = load_chain("code_review"), load_chain("quantum_research")
-    with session_for(sim, timeout_s=30.0) as session:
+    with session_for(sim, timeout=30.0) as session:
         calibration = [session.run(job(seen, s)) for s in STRATEGIES * 2]
         measured = {s: session.run(job(unseen, s)) for s in STRATEGIES}
     # The length model is the simulator's, at the simulator's seed (a user states both).

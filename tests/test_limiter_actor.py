@@ -11,7 +11,8 @@ import pytest
 import ray
 
 from chainray.actors.rate_limiter import RateLimiter, RemoteLimiter, get_rate_limiter
-from chainray.api.session import Session, SessionConfig
+from chainray.api.config import SessionConfig
+from chainray.api.session import Driver
 from chainray.limit.permit_book import Limits, PermitTimeout
 from chainray.spec.chain import chain_from_dict
 from tests.helpers import fan_chain, job, session_for
@@ -103,19 +104,19 @@ def test_a_retry_after_beyond_the_budget_fails_the_step_at_once(ray_session):
     assert "the server asked to wait 3600 s; retry budget is" in result.steps[0].error
 
 
-def session_for_plain(base_url: str, **overrides) -> Session:
+def session_for_plain(base_url: str, **overrides) -> Driver:
     """A session on a plain server with no flags at all."""
     config = dict(base_url=base_url, env={"OPENAI_API_KEY": "sk-test"}, progress=False,
-                  limiter_namespace=f"test-{uuid.uuid4().hex[:8]}", timeout_s=10.0,
+                  limiter_namespace=f"test-{uuid.uuid4().hex[:8]}", timeout=10.0,
                   backoff_s=0.05)
-    return Session(SessionConfig(**{**config, **overrides}))
+    return Driver(SessionConfig(**{**config, **overrides}))
 
 
 def test_an_embedded_simulators_limiter_states_its_settings_and_ends_with_the_run(
         ray_session, capsys):
     config = SessionConfig(env={}, sim_speed=50.0, progress=True,
                            limiter_namespace=f"test-{uuid.uuid4().hex[:8]}")
-    with Session(config) as session:
+    with Driver(config) as session:
         result = session.run(job(fan_chain(2)))
         [handle] = session.limiters.values()
     assert result.status == "ok"

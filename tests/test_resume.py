@@ -145,15 +145,15 @@ def test_batch_killed_then_resumed_sends_no_finished_step(ray_session, sim, tmp_
 
 def test_batch_resume_with_another_model_or_strategy_is_refused(tmp_path, monkeypatch,
                                                                  capsys):
-    from chainray.api.batch import BatchManifest, BatchRecord
+    from chainray.api.resume import BatchManifest, BatchRecord, BatchRun
 
     monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))
     chain = load_chain("progressive_refinement")
-    parts = {k: v for k, v in run_parts(chain.model_dump_json(), "hybrid", {}, None).items()
-             if k != "inputs"}
+    inputs = dict(chain.inputs)
+    parts = run_parts(chain.model_dump_json(), "hybrid", inputs, None)
     BatchRecord(journal_dir(), "bx1").create(BatchManifest(
-        batch_id="bx1", scenario="progressive_refinement", parts=parts,
-        inputs=[dict(chain.inputs)]))
+        batch_id="bx1", scenario="progressive_refinement",
+        runs=[BatchRun(parts=parts, inputs=inputs)]))
     assert main(["run", "progressive_refinement", "--resume", "bx1", "--model", "gpt-4o",
                  *FAST]) == 2
     assert "--model" in capsys.readouterr().err

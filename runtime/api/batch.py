@@ -5,30 +5,33 @@ so a user fixes the file once instead of paying for a partial batch and re-runni
 Results stream as JSON Lines, one ``RunResult`` a line as runs finish, then one summary line
 ``{"batch": {...}}``: a killed batch leaves every finished run readable.
 
-A batch keeps a folder under the runs folder (``BatchRecord``): what it is (chain, strategy,
-model, every line's inputs), each run's step journal, and each finished run's result. So
-``--resume BATCH`` runs only the runs that did not finish, each without re-sending its
-finished steps.
+A batch keeps a folder under the runs folder (``chainray.api.resume.BatchRecord``): what it
+is, each run's step journal, and each run's result. So ``--resume BATCH`` runs only the runs
+that did not finish ``ok``, each without re-sending its finished steps.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from chainray.api.preflight import input_problems, refuse
 from chainray.errors import InputError
 from chainray.results import RunResult
-from chainray.runner.journal import check_run_id
 from chainray.spec.chain import Chain
 from chainray.spec.problems import suggest
 
-__all__ = ["read_batch_inputs", "BatchTotals", "BatchWriter", "BatchRecord", "BatchManifest"]
+if TYPE_CHECKING:
+    from chainray.api.config import SessionConfig
+
+__all__ = ["read_batch_inputs", "BatchTotals", "BatchWriter", "sent_totals",
+           "batch_forecast"]
 
 
 def read_batch_inputs(path: str, chain: Chain, base: dict[str, str | None],
@@ -73,7 +76,8 @@ class BatchTotals(BaseModel):
 
     ``runs`` counts every run in the output (those an earlier invocation finished included,
     ``resumed_runs`` of them); ``api_calls``, ``rate_limited`` and ``total_tokens`` count what
-    this invocation sent; ``run_totals`` counts the whole batch over every invocation.
+    this invocation sent; ``run_totals`` what every invocation of the batch sent (see
+    ``sent_totals``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -101,10 +105,6 @@ class BatchTotals(BaseModel):
     def add(self, result: RunResult, resumed: bool = False) -> None:
         self.runs += 1
         setattr(self, result.status, getattr(self, result.status) + 1)
-        whole = result.run_totals
-        self.run_totals = {"api_calls": self.run_totals["api_calls"] + whole.api_calls,
-                           "rate_limited": self.run_totals["rate_limited"] + whole.rate_limited,
-                           "total_tokens": self.run_totals["total_tokens"] + whole.total_tokens}
         if resumed:
             self.resumed_runs += 1
             return
@@ -119,21 +119,47 @@ class BatchTotals(BaseModel):
         self.tokens_per_min = round(self.total_tokens / minutes, 1)
 
 
-class BatchWriter:
-    """Streams JSON Lines: one ``RunResult`` per finished run, then ``{"batch": {...}}``."""
+def sent_totals(results: Iterable[RunResult]) -> dict[str, int]:
+    """What every invocation sent, from each invocation's results in the order they were
+    recorded: each result's own figures, plus those of the steps it resumed that no earlier
+    result of its run had sent (their invocation died before recording its run)."""
+    totals: Counter = Counter(api_calls=0, rate_limited=0, total_tokens=0)
+    counted: dict[str, set[str]] = {}
+    for result in results:
+        seen = counted.setdefault(result.run_id, set())
+        totals.update(api_calls=result.api_calls, rate_limited=result.rate_limited,
+                      total_tokens=result.total_tokens)
+        for step in result.steps:
+            if step.id in result.resumed_steps and step.id not in seen:
+                totals.update(api_calls=step.attempts if step.model else 0,
+                              rate_limited=step.rate_limited,
+                              total_tokens=step.prompt_tokens + step.completion_tokens)
+        seen.update(step.id for step in result.steps if step.status == "ok")
+    return dict(totals)
 
-    def __init__(self, file: IO[str] | None, batch_id: str | None = None) -> None:
+
+class BatchWriter:
+    """Streams JSON Lines: one ``RunResult`` per finished run, then ``{"batch": {...}}``.
+
+    ``earlier``: every result earlier invocations of the batch recorded, for ``run_totals``."""
+
+    def __init__(self, file: IO[str] | None, batch_id: str | None = None,
+                 earlier: Iterable[RunResult] = ()) -> None:
         self.file = file
         self.totals = BatchTotals(batch_id=batch_id)
         self.started = time.perf_counter()
+        self.sent = list(earlier)
 
     def add(self, result: RunResult, resumed: bool = False) -> None:
         self.totals.add(result, resumed)
+        if not resumed:
+            self.sent.append(result)
         if self.file:
             self.file.write(result.model_dump_json() + "\n")
             self.file.flush()
 
     def close(self) -> BatchTotals:
+        self.totals.run_totals = sent_totals(self.sent)
         self.totals.close(time.perf_counter() - self.started)
         if self.file:
             self.file.write(json.dumps({"batch": self.totals.model_dump()}) + "\n")
@@ -141,68 +167,19 @@ class BatchWriter:
         return self.totals
 
 
-class BatchManifest(BaseModel):
-    """What a batch is: resuming with anything else is refused."""
+def batch_forecast(config: SessionConfig, chain: Chain, strategy: str, inputs: list[dict],
+                   window: int):
+    """How long and how much ``inputs`` (one run each) take under the config's limits as
+    given (the embedded simulator's own settings count as given); None for no runs."""
+    if not inputs:
+        return None
+    from chainray.plan.cost import load_prices
+    from chainray.plan.forecast import forecast_batch
+    from chainray.sim.config import SimConfig
 
-    model_config = ConfigDict(extra="forbid")
-
-    batch_id: str
-    scenario: str
-    parts: dict[str, str]  # chain hash, strategy, model override (as journal.run_parts)
-    inputs: list[dict[str, str | None]]
-
-    def run_id(self, index: int) -> str:
-        return f"{self.batch_id}-{index}"
-
-
-class BatchRecord:
-    """A batch's folder: ``manifest.json``, one journal per run, ``results.jsonl``."""
-
-    def __init__(self, runs_dir: Path, batch_id: str) -> None:
-        self.batch_id = check_run_id(batch_id)
-        self.folder = runs_dir / self.batch_id
-        self.manifest_path = self.folder / "manifest.json"
-        self.results_path = self.folder / "results.jsonl"
-
-    def exists(self) -> bool:
-        return self.manifest_path.is_file()
-
-    def create(self, manifest: BatchManifest) -> None:
-        self.folder.mkdir(parents=True, exist_ok=False)
-        self.manifest_path.write_text(manifest.model_dump_json(), encoding="utf-8")
-
-    def manifest(self) -> BatchManifest:
-        try:
-            return BatchManifest.model_validate_json(self.manifest_path.read_text("utf-8"))
-        except (OSError, UnicodeError, ValidationError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "it is not a batch manifest"
-            raise InputError(f"--resume {self.batch_id}: cannot use {self.manifest_path}: "
-                             f"{reason}") from None
-
-    def check(self, manifest: BatchManifest, parts: dict[str, str]) -> None:
-        """Refuse to resume with another chain, strategy or model, naming what differed."""
-        names = {"chain": "chain file content", "strategy": "strategy", "model": "--model"}
-        differed = [f"{names.get(k, k)} ({manifest.parts.get(k)!r} then)"
-                    for k in parts if manifest.parts.get(k) != parts[k]]
-        if differed:
-            raise InputError(f"--resume {self.batch_id}: that batch had another "
-                             f"{', '.join(differed)}; resume it with the same ones")
-
-    def record(self, result: RunResult) -> None:
-        with self.results_path.open("a", encoding="utf-8") as file:
-            file.write(result.model_dump_json() + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-
-    def finished_runs(self) -> dict[str, RunResult]:
-        """Runs that an earlier invocation finished (a line cut short is not one)."""
-        if not self.results_path.is_file():
-            return {}
-        done = {}
-        for line in self.results_path.read_text(encoding="utf-8").splitlines():
-            try:
-                result = RunResult.model_validate_json(line)
-            except ValueError:
-                continue
-            done[result.run_id] = result
-        return done
+    embedded = config.uses_simulator
+    return forecast_batch(chain, strategy, load_prices(config.prices), runs=len(inputs),
+                          rpm=config.rpm or (SimConfig().rpm if embedded else None),
+                          tpm=config.tpm or (SimConfig().tpm if embedded else None),
+                          max_concurrency=config.max_concurrency, window=window,
+                          target_share=config.target_share, inputs=inputs)

@@ -1,116 +1,38 @@
-"""One translation of user options into a ``SessionConfig`` and ``RunJob``s, shared by the Python
-API (``chainray.run``, ``chainray.Session``) and the command line, so both mean the same thing.
+"""From what a user names to the ``RunJob`` a session runs, shared by the Python API
+(``chainray.run``, ``chainray.Session``) and the command line, so both mean the same thing:
+the chain, its inputs, the strategy (``auto``: the advisor's pick), the spend cap's check.
 
-Nothing here imports Ray: ``SessionConfig`` is imported where a session is actually built.
+The options themselves are defined once, in ``chainray.api.config.SessionConfig``. Nothing here
+imports Ray.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
+from chainray.api import preflight
 from chainray.errors import InputError
-from chainray.guards.cache import cache_dir
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import STRATEGIES
-from chainray.results import StepResult
-from chainray.runner.jobs import RunJob, models_of
+from chainray.runner.jobs import RunJob, RunOptions, models_of
 from chainray.spec.chain import Chain, load_chain
 
 if TYPE_CHECKING:
-    from chainray.api.session import SessionConfig
+    from chainray.api.config import SessionConfig
 
-__all__ = ["session_config", "run_job", "chain_inputs", "as_chain", "choose_strategy",
-           "new_run_id", "cache_folder", "refuse_unpriced", "cap_summary", "OnError",
-           "StrategyName", "Objective", "CacheOption"]
+__all__ = ["prepare_job", "run_job", "RunSpec", "chain_inputs", "as_chain",
+           "choose_strategy", "new_run_id", "refuse_unpriced", "cap_summary", "StrategyName",
+           "Objective"]
 
-OnError = Literal["fail", "continue", "isolate"]
-CacheOption = str | os.PathLike[str] | bool | None
 StrategyName = Literal["sequential", "parallel", "hybrid", "auto"]
 Objective = Literal["latency", "cost", "quality"]
+RunSpec = Chain | str | tuple[Chain | str, Mapping[str, Any]]  # a chain, or (chain, inputs)
 
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_limits(rpm: int | None, tpm: int | None, max_concurrency: int, max_attempts: int,
-                  sim_speed: float, timeout: float, target_share: float,
-                  max_cost: float | None, hedge_after: float | None) -> None:
-    for name, value in (("rpm", rpm), ("tpm", tpm), ("max_concurrency", max_concurrency),
-                        ("max_attempts", max_attempts)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value <= 0):
-            raise InputError(f"{name} must be a whole number greater than 0, got {value!r}")
-    for name, value in (("sim_speed", sim_speed), ("timeout", timeout),
-                        ("max_cost", max_cost)):
-        if value is not None and not (_is_number(value) and value > 0):
-            unit = " (USD)" if name == "max_cost" else ""
-            raise InputError(f"{name} must be a number greater than 0{unit}, got {value!r}")
-    for name, value in (("target_share", target_share), ("hedge_after", hedge_after)):
-        if value is not None and not (_is_number(value) and 0 < value <= 1):
-            raise InputError(f"{name} must lie in (0, 1], got {value!r}")
-
-
-def cache_folder(cache: CacheOption) -> str | None:
-    """The response-cache folder ``cache`` names: ``True`` is the default folder
-    (``$CHAINRAY_HOME/cache``, as a bare ``--cache``), a path is that folder, ``None`` or
-    ``False`` no cache."""
-    if cache is None or cache is False:
-        return None
-    if cache is True:
-        return str(cache_dir())
-    if not isinstance(cache, (str, os.PathLike)) or not os.fspath(cache):
-        raise InputError(f"cache must be a folder or True (the default folder "
-                         f"{cache_dir()}), got {cache!r}")
-    folder = os.path.expanduser(os.fspath(cache))
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise InputError(f"cache: {folder} is a file, not a folder")
-    return folder
-
-
-def session_config(*, address: str | None = None, base_url: str | None = None,
-                   api_key: str | None = None, rpm: int | None = None, tpm: int | None = None,
-                   max_concurrency: int = 64, target_share: float = 0.95,
-                   priority: bool = True, dashboard: bool = False, sim_speed: float = 1.0,
-                   timeout: float = 60.0, max_attempts: int = 6,
-                   progress: bool = False, api_version: str | None = None,
-                   max_cost: float | None = None, prices: str | None = None,
-                   hedge_after: float | None = None, cache: CacheOption = None,
-                   models: Iterable[str] = ()) -> SessionConfig:
-    """How to reach Ray and the endpoint, from the options ``chainray run`` also takes.
-
-    ``api_version`` is Azure OpenAI's (``base_url`` is then the resource endpoint).
-    ``max_cost`` (USD) is a hard cap on what the session's calls may spend (kept with the
-    ``prices`` table), ``cache`` a response-cache folder (``True``: ``$CHAINRAY_HOME/cache``),
-    ``hedge_after`` the quantile (0..1] after which a straggling request gets one duplicate.
-    ``api_key`` replaces ``OPENAI_API_KEY`` for this session only (the key never leaves the
-    session's environment copy: not logged, not in results). ``models``: those whose rate
-    limiters open with the session, beside the Coordinator's processes (else at first use).
-    """
-    from chainray.api.session import SessionConfig
-
-    _check_limits(rpm, tpm, max_concurrency, max_attempts, sim_speed, timeout, target_share,
-                  max_cost, hedge_after)
-    folder = cache_folder(cache)
-    if prices is not None:
-        load_prices(prices)  # an unreadable price table is refused before anything starts
-    env = dict(os.environ)
-    if api_key is not None:
-        env["OPENAI_API_KEY"] = api_key
-    return SessionConfig(address=address, base_url=base_url, rpm=rpm, tpm=tpm,
-                         max_concurrency=max_concurrency, target_share=target_share,
-                         priority=priority, dashboard=dashboard, sim_speed=sim_speed,
-                         timeout_s=timeout, max_attempts=max_attempts, progress=progress,
-                         api_version=api_version, max_cost=max_cost, prices=prices,
-                         hedge_after=hedge_after, cache=folder,
-                         models=tuple(sorted(set(models))), env=env)
 
 
 def as_chain(chain: Chain | str) -> Chain:
@@ -169,19 +91,23 @@ def cap_summary(state: dict | None) -> str | None:
             "calls that did not fit were not sent")
 
 
-def run_job(chain: Chain, strategy: str, inputs: Mapping[str, str | None], *,
-            on_error: OnError | None = None, model: str | None = None, priority: bool = True,
-            prices: str | None = None, run_id: str | None = None,
-            resumed: Mapping[str, StepResult] | None = None, journal_dir: str | None = None,
-            journal_key: str | None = None) -> RunJob:
-    """One run to hand to a session (``strategy`` already resolved: not ``auto``).
-
-    ``resumed`` holds the steps an earlier invocation finished (not sent again), and
-    ``journal_dir``/``journal_key`` where this run journals its finished steps.
-    """
-    if on_error not in (None, "fail", "continue", "isolate"):
-        raise InputError(f"on_error must be fail, continue or isolate, got {on_error!r}")
+def run_job(chain: Chain, strategy: str, inputs: Mapping[str, str | None],
+            options: RunOptions, *, run_id: str | None = None) -> RunJob:
+    """One run to hand to a session (``strategy`` already resolved: not ``auto``) with the
+    per-run ``options``; its journal and resumed steps are added when it is opened."""
     return RunJob(run_id=run_id or new_run_id(), chain=chain, strategy=strategy,
-                  inputs=dict(inputs), on_error=on_error, model=model, priority=priority,
-                  prices=prices, resumed=dict(resumed or {}), journal_dir=journal_dir,
-                  journal_key=journal_key)
+                  inputs=dict(inputs), **dict(options.run_options()))
+
+
+def prepare_job(chain: Chain | str, strategy: StrategyName, inputs: Mapping | None,
+                objective: Objective, config: SessionConfig,
+                run_id: str | None = None) -> RunJob:
+    """The run ``chain`` asks for, every input checked (and, under a spend cap, every model's
+    price) before anything starts."""
+    chain = as_chain(chain)
+    values = chain_inputs(chain, inputs)
+    preflight.refuse(preflight.input_problems(chain, values, config.model, "inputs: "))
+    if config.max_cost is not None:
+        refuse_unpriced(chain, config.model, config.prices)
+    chosen, _ = choose_strategy(chain, strategy, objective, config.prices)
+    return run_job(chain, chosen, values, config, run_id=run_id)

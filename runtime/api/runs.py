@@ -10,7 +10,7 @@ mid-run: ``partial`` or ``failed``) and those that never started.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from chainray.api.options import cap_summary
@@ -22,7 +22,7 @@ from chainray.runner.jobs import RunJob
 from chainray.runner.summary import summarize_run
 
 if TYPE_CHECKING:
-    from chainray.api.session import Session as Driver
+    from chainray.api.session import Driver
 
 __all__ = ["RunList", "run_in_order", "not_started_result", "NOT_STARTED"]
 
@@ -34,7 +34,9 @@ class RunList(list[RunResult]):
 
     ``not_started``: the run ids the spend cap kept from starting (resume them with a higher
     ``max_cost``); ``spend``: the cap's account (``cap_usd``, ``spent_usd``, ``refused``,
-    ``stopped``), ``None`` without ``max_cost``.
+    ``stopped``), ``None`` without ``max_cost``; ``batch_id``: what ``run_many(...,
+    resume=batch_id)`` continues; ``resumed``: the run ids an earlier invocation had finished
+    (their results are the recorded ones; nothing was sent for them).
 
         runs = session.run_many(chains)
         finished = [r for r in runs if r.status == "ok"]
@@ -42,10 +44,13 @@ class RunList(list[RunResult]):
     """
 
     def __init__(self, results: Iterable[RunResult] = (), not_started: Iterable[str] = (),
-                 spend: dict | None = None) -> None:
+                 spend: dict | None = None, batch_id: str | None = None,
+                 resumed: Iterable[str] = ()) -> None:
         super().__init__(results)
         self.not_started = list(not_started)
         self.spend = spend
+        self.batch_id = batch_id
+        self.resumed = list(resumed)
 
 
 def not_started_result(job: RunJob, spend: dict | None) -> RunResult:
@@ -61,13 +66,18 @@ def not_started_result(job: RunJob, spend: dict | None) -> RunResult:
 
 
 def run_in_order(driver: Driver, jobs: Sequence[RunJob], window: int,
-                 label: str = "runs") -> RunList:
+                 label: str = "runs", on_result: Callable[[RunResult], object] | None = None,
+                 forecast_s: float | None = None) -> RunList:
     """Run ``jobs`` on ``driver`` (at most ``window`` at once): one result per job, in the
-    jobs' order, a run the spend cap kept from starting in its place."""
+    jobs' order, a run the spend cap kept from starting in its place. ``on_result`` sees
+    each result as its run finishes."""
     order = {job.run_id: i for i, job in enumerate(jobs)}
     results: list[RunResult | None] = [None] * len(jobs)
-    for result in driver.run_many(jobs, window=window, label=label, total=len(jobs)):
+    for result in driver.run_many(jobs, window=window, label=label, total=len(jobs),
+                                  forecast_s=forecast_s):
         results[order[result.run_id]] = result
+        if on_result is not None:
+            on_result(result)
     spend = driver.spend_state()
     pairs = list(zip(jobs, results, strict=True))
     return RunList([result or not_started_result(job, spend) for job, result in pairs],

@@ -11,11 +11,9 @@ import subprocess
 import sys
 import time
 import urllib.parse
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -27,9 +25,10 @@ from chainray.actors.adaptations import AdaptationsRef
 from chainray.actors.cache import CacheKeeper
 from chainray.actors.coordinator import Coordinator, start_step_runners
 from chainray.actors.durations import Durations
-from chainray.actors.rate_limiter import LIMITER_NAMESPACE, get_rate_limiter, limiter_name
+from chainray.actors.rate_limiter import get_rate_limiter, limiter_name
 from chainray.actors.spend import Spend
 from chainray.actors.step_runner import GuardHandles
+from chainray.api.config import SessionConfig
 from chainray.call.endpoint import Endpoint
 from chainray.errors import InputError
 from chainray.limit.limits import Limits
@@ -40,44 +39,9 @@ from chainray.runner.jobs import RunJob, step_models
 from chainray.sim.config import SimConfig
 from chainray.sim.embedded import EmbeddedSimulator, start_simulator
 
-__all__ = ["Session", "SessionConfig", "StopAborted", "connect_ray", "leave_ray", "new_run_id",
-           "OPENAI_URL"]
+__all__ = ["Driver", "StopAborted", "connect_ray", "leave_ray", "OPENAI_URL"]
 
 OPENAI_URL = "https://api.openai.com/v1"
-
-
-@dataclass
-class SessionConfig:
-    """How to reach Ray and the endpoint, and the budget to keep under.
-
-    ``rpm``/``tpm`` are explicit limits (flags): they reconfigure the shared limiter. Left
-    ``None``, the embedded simulator's own settings apply, or the limits another endpoint's
-    headers state; a dimension nobody states is not paced.
-    """
-
-    address: str | None = None
-    base_url: str | None = None
-    rpm: int | None = None
-    tpm: int | None = None
-    max_concurrency: int = 64
-    target_share: float = 0.95
-    priority: bool = True
-    dashboard: bool = False  # Ray's dashboard costs seconds and ~300 MiB: only when asked
-    sim_speed: float = 1.0
-    sim_flags: tuple[str, ...] = ()
-    runners: int = 2
-    timeout_s: float = 60.0
-    max_attempts: int = 6
-    backoff_s: float = 0.5
-    api_version: str | None = None  # Azure OpenAI: base_url is the resource endpoint
-    limiter_namespace: str = LIMITER_NAMESPACE
-    progress: bool = True
-    max_cost: float | None = None  # USD for everything this session sends (hard cap)
-    prices: str | None = None  # the price table the cap is kept with (None: bundled)
-    cache: str | None = None  # response cache folder (None: no cache)
-    hedge_after: float | None = None  # hedge requests slower than this quantile (0..1)
-    models: tuple[str, ...] = ()  # models whose limiters open with the session (else at first use)
-    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
 class StopAborted(KeyboardInterrupt):
@@ -128,11 +92,12 @@ def leave_ray() -> None:
     ray.shutdown()
 
 
-class Session:
+class Driver:
     """One driver's connection: endpoint, limiters and a Coordinator, reused for many runs.
+    The engine under the public ``chainray.Session``, which prepares the jobs it runs.
 
-        with Session(SessionConfig()) as session:
-            result = session.run(RunJob(run_id="r1", chain=chain, strategy="hybrid", inputs={}))
+        with Driver(SessionConfig()) as driver:
+            result = driver.run(RunJob(run_id="r1", chain=chain, strategy="hybrid", inputs={}))
     """
 
     def __init__(self, config: SessionConfig) -> None:
@@ -150,7 +115,7 @@ class Session:
         config = self.config
         # The simulator (a child process) starts while Ray does: they overlap, not add up.
         with ThreadPoolExecutor(1, thread_name_prefix="chainray-sim") as pool:
-            simulator = pool.submit(self._start_simulator) if self._wants_simulator() else None
+            simulator = pool.submit(self._start_simulator) if config.uses_simulator else None
             if simulator is None:
                 self.endpoint = self._open_endpoint()  # unreachable: fail before Ray starts
             try:
@@ -188,11 +153,6 @@ class Session:
                 else:
                     logging.getLogger("chainray").warning(message)
 
-    def _wants_simulator(self) -> bool:
-        env = self.config.env
-        return not (self.config.base_url or env.get("OPENAI_BASE_URL")
-                    or env.get("OPENAI_API_KEY"))
-
     def _start_simulator(self) -> EmbeddedSimulator:
         config = self.config
         sim = self._simulator_settings()
@@ -227,7 +187,7 @@ class Session:
     def _open_endpoint(self) -> Endpoint:
         config, env = self.config, self.config.env
         base_url = config.base_url or env.get("OPENAI_BASE_URL")
-        api_key, identity = env.get("OPENAI_API_KEY"), None
+        api_key, identity = config.endpoint_key(), None
         if self.simulator is not None:
             base_url, api_key = self.simulator.base_url, "sim-no-key-needed"
             # Its replies depend on its version and content flags (seed, lengths), not on
@@ -235,7 +195,7 @@ class Session:
             identity = " ".join(("chainray-simulator", version("chainray"), *config.sim_flags))
         check_reachable(base_url or OPENAI_URL)
         return Endpoint(base_url=base_url or OPENAI_URL, api_key=SecretStr(api_key or "none"),
-                        timeout_s=config.timeout_s, max_attempts=config.max_attempts,
+                        timeout_s=config.timeout, max_attempts=config.max_attempts,
                         backoff_s=config.backoff_s, api_version=config.api_version,
                         identity=identity)
 
@@ -406,14 +366,10 @@ class Session:
             self.simulator = None
         self.limiters.clear()
 
-    def __enter__(self) -> Session:
+    def __enter__(self) -> Driver:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:12]
 
 

@@ -1,130 +1,73 @@
-"""``chainray run --inputs FILE``: a batch, streamed as JSON Lines, resumable by its id."""
+"""``chainray run --inputs FILE``: a batch, streamed as JSON Lines, resumable by its id.
+
+A thin layer over ``Session.run_many``: ``prepare_batch`` checks every line and opens (or, with
+``--resume``, checks and reads) the batch's folder before Ray starts; the session runs it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from chainray.api import options as opts
-from chainray.api.batch import BatchManifest, BatchRecord, BatchWriter, read_batch_inputs
-from chainray.cli.run import (
-    cap_message,
-    job_options,
-    pick_strategy,
-    prepare,
-    resume_hint,
-    session_config,
-)
+from chainray.api.batch import BatchWriter, batch_forecast, read_batch_inputs
+from chainray.api.resume import BatchRecord, prepare_batch
+from chainray.cli.flags import cap_message, pick_strategy, prepare, resume_hint
 from chainray.errors import InputError
-from chainray.guards.call_guards import stopped_by_cap
-from chainray.plan.cost import load_prices
-from chainray.runner.jobs import RunJob
-from chainray.runner.journal import Journal, journal_dir, run_key, run_parts
+from chainray.runner.journal import journal_dir
 from chainray.spec.chain import Chain
 
 __all__ = ["cmd_batch"]
 
 
-def _batch_record(args: argparse.Namespace, chain: Chain, base: dict,
-                  parts: dict) -> tuple[BatchRecord | None, BatchManifest, dict]:
-    """The batch's record and manifest (new, or the interrupted one to resume), and the runs
-    an earlier invocation finished."""
-    if args.resume is not None:
-        record = BatchRecord(journal_dir(), args.resume)
-        manifest = record.manifest()
-        record.check(manifest, parts)
-        lines = args.inputs and read_batch_inputs(args.inputs, chain, base, args.model)
-        if lines and lines != manifest.inputs:
-            raise InputError(f"--resume {args.resume}: --inputs {args.inputs} holds other "
-                             "inputs than that batch; leave --inputs out to resume it")
-        return record, manifest, record.finished_runs()
-    batch = read_batch_inputs(args.inputs, chain, base, args.model)
-    manifest = BatchManifest(batch_id=f"b{opts.new_run_id()}", scenario=args.scenario,
-                             parts=parts, inputs=batch)
-    if args.no_journal:
-        return None, manifest, {}
-    record = BatchRecord(journal_dir(), manifest.batch_id)
-    record.create(manifest)
-    return record, manifest, {}
-
-
-def _forecast(args: argparse.Namespace, chain: Chain, strategy: str, inputs: list[dict]):
-    """How long and how much, said before the batch starts (limits as given; the embedded
-    simulator's own settings count as given)."""
-    if not inputs:
-        return None
-    from chainray.plan.forecast import forecast_batch
-    from chainray.sim.config import SimConfig
-
-    embedded = not (args.base_url or os.environ.get("OPENAI_BASE_URL")
-                    or os.environ.get("OPENAI_API_KEY"))
-    rpm = args.rpm or (SimConfig().rpm if embedded else None)
-    tpm = args.tpm or (SimConfig().tpm if embedded else None)
-    forecast = forecast_batch(chain, strategy, load_prices(args.prices), runs=len(inputs),
-                              rpm=rpm, tpm=tpm, max_concurrency=args.max_concurrency,
-                              window=args.batch_window, target_share=args.target_share,
-                              inputs=inputs)
-    print(f"forecast: {forecast.makespan_s:.0f}s, {forecast.total_tokens} tokens, "
-          f"${forecast.cost:.4f}; binding limit {forecast.binding}", file=sys.stderr)
-    return forecast
+def _lines(args: argparse.Namespace, chain: Chain, base: dict) -> list[dict]:
+    """Each run's inputs: the ``--inputs`` file's lines, or those of the batch resumed."""
+    model = getattr(args, "model", None)
+    if args.resume is None:
+        return read_batch_inputs(args.inputs, chain, base, model)
+    recorded = [run.inputs for run in BatchRecord(journal_dir(), args.resume).manifest().runs]
+    if args.inputs and read_batch_inputs(args.inputs, chain, base, model) != recorded:
+        raise InputError(f"--resume {args.resume}: --inputs {args.inputs} holds other "
+                         "inputs than that batch; leave --inputs out to resume it")
+    return recorded
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
     if args.timeline:
         raise InputError("--timeline is for single runs, not a batch (--inputs)")
-    chain, base = prepare(args)
+    chain, base, config = prepare(args)
     strategy = pick_strategy(chain, args)
-    chain_json = chain.model_dump_json()
-    parts = {k: v for k, v in run_parts(chain_json, strategy, {}, args.model).items()
-             if k != "inputs"}
-    record, manifest, finished = _batch_record(args, chain, base, parts)
-    from chainray.api.session import Session
+    items = [(chain, inputs) for inputs in _lines(args, chain, base)]
+    with prepare_batch(items, strategy, config=config, resume=args.resume,
+                       journal=not args.no_journal) as batch:
+        if batch.record is not None:
+            print(f"batch {batch.batch_id} (folder {batch.record.folder}; if interrupted: "
+                  f"{resume_hint(args, strategy, batch.batch_id)})", file=sys.stderr)
+        if batch.finished:
+            print(f"resuming: {len(batch.finished)} finished run(s) will not run again; "
+                  f"{len(batch.todo)} to go", file=sys.stderr)
+        forecast = batch_forecast(config, chain, strategy, [job.inputs for job in batch.todo],
+                                  args.batch_window)
+        if forecast is not None:
+            print(f"forecast: {forecast.makespan_s:.0f}s, {forecast.total_tokens} tokens, "
+                  f"${forecast.cost:.4f}; binding limit {forecast.binding}", file=sys.stderr)
+        out = open(args.json, "w", encoding="utf-8") if args.json else None  # noqa: SIM115
+        try:
+            writer = BatchWriter(out, batch.batch_id, earlier=batch.earlier)
+            for result in batch.finished.values():
+                writer.add(result, resumed=True)
+            from chainray.api.library import Session  # Ray: only once the input is good
 
-    def make_job(index: int) -> RunJob:
-        inputs, run_id = manifest.inputs[index], manifest.run_id(index)
-        run = run_parts(chain_json, strategy, inputs, args.model)
-        resumed, folder = {}, None
-        if record is not None:
-            journal = Journal(record.folder, run_id, run_key(run), run)
-            resumed = journal.finished_steps() if journal.path.exists() else {}
-            journal.start()
-            folder = str(record.folder)
-        return opts.run_job(chain, strategy, inputs, **job_options(args), run_id=run_id,
-                            resumed=resumed, journal_dir=folder, journal_key=run_key(run))
-
-    todo = [i for i in range(len(manifest.inputs)) if manifest.run_id(i) not in finished]
-    if record is not None:
-        print(f"batch {manifest.batch_id} (folder {record.folder}; if interrupted: "
-              f"{resume_hint(args, strategy, manifest.batch_id)})", file=sys.stderr)
-    if finished:
-        print(f"resuming: {len(finished)} finished run(s) will not run again; "
-              f"{len(todo)} to go", file=sys.stderr)
-    forecast = _forecast(args, chain, strategy, [manifest.inputs[i] for i in todo])
-    out = open(args.json, "w", encoding="utf-8") if args.json else None  # noqa: SIM115
-    try:
-        writer = BatchWriter(out, manifest.batch_id)
-        for result in finished.values():
-            writer.add(result, resumed=True)
-        with Session(session_config(args)) as session:
-            for result in session.run_many((make_job(i) for i in todo),
-                                           window=args.batch_window,
-                                           label=f"{chain.name}:{strategy}", total=len(todo),
-                                           forecast_s=forecast.makespan_s if forecast else None):
-                # A run the cap or an interrupt cut short is not final: resume runs it again.
-                cut_short = stopped_by_cap(result) or (session.interrupted
-                                                       and result.status != "ok")
-                if record is not None and not cut_short:
-                    record.record(result)
-                writer.add(result)
-            spend = session.spend_state()
-            interrupted = session.interrupted
-            writer.totals.not_started = list(session.not_started)
+            with Session(config) as session:
+                runs = session.run_prepared_batch(batch, args.batch_window,
+                                                  on_result=writer.add,
+                                                  label=f"{chain.name}:{strategy}")
+                spend, interrupted = session.spend_state(), session.interrupted
+            writer.totals.not_started = list(runs.not_started)
             writer.totals.spend = spend
-        totals = writer.close()
-    finally:
-        if out:
-            out.close()
+            totals = writer.close()
+        finally:
+            if out:
+                out.close()
     if args.json:
         print(f"results written to {args.json}", file=sys.stderr)
     print(f"batch of {totals.runs} runs ({totals.ok} ok, {totals.partial} partial, "
@@ -135,12 +78,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
           f"{totals.requests_per_min:.0f} requests/min, {totals.tokens_per_min:.0f} tokens/min")
     if interrupted:
         print(f"chainray: interrupted; every reply received is kept. Resume with: "
-              f"{resume_hint(args, strategy, manifest.batch_id)}", file=sys.stderr)
+              f"{resume_hint(args, strategy, batch.batch_id)}", file=sys.stderr)
         return 130
     if (message := cap_message(spend)) is not None:
         print(f"{message}; {totals.runs - totals.not_ok} run(s) finished, {totals.not_ok} "
               f"partial or failed, {len(totals.not_started)} never started; resume with a "
-              f"higher cap: {resume_hint(args, strategy, manifest.batch_id)} --max-cost USD",
+              f"higher cap: {resume_hint(args, strategy, batch.batch_id)} --max-cost USD",
               file=sys.stderr)
         return 1
     return 0 if totals.not_ok == 0 else 1

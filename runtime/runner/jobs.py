@@ -1,34 +1,70 @@
-"""A run to execute, as the driver hands it to the Coordinator (pure data, no Ray)."""
+"""A run to execute, as the driver hands it to the Coordinator (pure data, no Ray), and the
+per-run options it carries, defined once for the Python API, the command line and the job."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
+from chainray.errors import InputError
+from chainray.plan.cost import load_prices
 from chainray.plan.schedule import Strategy
 from chainray.results import StepResult
 from chainray.spec.chain import DEFAULT_MODEL, Chain, ModelSettings
 
-__all__ = ["RunJob", "step_models", "models_of"]
+__all__ = ["RunOptions", "RunJob", "step_models", "models_of"]
+
+OnError = Literal["fail", "continue", "isolate"]
 
 
-class RunJob(BaseModel):
-    """One run to execute: a validated chain, a strategy and the inputs."""
+class RunOptions(BaseModel):
+    """How each run goes: ``model`` replaces every llm step's model; ``on_error`` is ``fail``
+    (stop at the first failed step), ``continue`` (hand failures to the final step) or
+    ``isolate`` (skip only a failed step's descendants), ``None`` the chain's own;
+    ``priority`` grants permits longest remaining path first (else first come, first
+    served); ``prices`` is a price table file (``None``: the bundled one)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str | None = None
+    on_error: OnError | None = None
+    priority: bool = True
+    prices: str | None = None
+
+    @field_validator("on_error", mode="before")
+    @classmethod
+    def _on_error(cls, value: Any) -> Any:
+        if value not in (None, "fail", "continue", "isolate"):
+            raise InputError(f"on_error must be fail, continue or isolate, got {value!r}")
+        return value
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _prices(cls, value: Any) -> Any:
+        if value is not None:
+            load_prices(str(value))  # an unreadable price table is refused before anything starts
+            return str(value)
+        return value
+
+    def run_options(self) -> RunOptions:
+        """Just the per-run options (of a ``SessionConfig``, say)."""
+        return RunOptions(**{name: getattr(self, name) for name in RunOptions.model_fields})
+
+
+class RunJob(RunOptions):
+    """One run to execute: a validated chain, a strategy, the inputs and the run options.
+
+    ``resumed`` holds the steps an earlier invocation finished (not sent again);
+    ``journal_dir`` the folder (on the driver's node) of the journal the run appends its
+    finished steps to, already opened by the driver (None: no journal)."""
 
     run_id: str
     chain: Chain
     strategy: Strategy
     inputs: dict[str, str | None]
-    on_error: Literal["fail", "continue", "isolate"] | None = None
-    model: str | None = None  # overrides every llm step's model
-    priority: bool = True
-    prices: str | None = None
-    journal_dir: str | None = None  # on the driver's node; None: no journal
-    journal_key: str | None = None
-    resumed: dict[str, StepResult] = {}  # finished before: not sent again
+    journal_dir: str | None = None
+    resumed: dict[str, StepResult] = {}
 
     def settings(self, step_id: str) -> ModelSettings:
         settings = self.chain.settings_for(self.chain.by_id[step_id])
