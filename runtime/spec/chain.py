@@ -329,7 +329,7 @@ def _spec_error_from(exc: ValidationError, data: dict, source: str | None) -> Sp
     field = ".".join(str(part) for part in loc) or None
     message = error["msg"]
     if error["type"] == "extra_forbidden":
-        message = "unknown key (check its spelling against the chain file format in the README)"
+        message = "unknown key (check its spelling against chainray schema or docs/chain-files.md)"
     return SpecError(message, source, step_id, field)
 
 
