@@ -2,7 +2,7 @@
 
 Tokens: each step's prompt is rendered as the strategy would send it (what it sees, what is
 withheld, the "previously covered" block), and the reply length follows the reply-length
-model of ``chainray.sim.lengths`` (the embedded simulator's model, documented in the README):
+model of ``chainray.sim.lengths`` (the embedded simulator's model, in docs/simulator.md):
 a plain reply uses part of ``max_tokens``, an isolated sibling writes more, a step told what
 was covered writes less, rich upstream context makes a longer answer. The reply texts come
 from that model too, so the final step gathers outputs of the predicted length.

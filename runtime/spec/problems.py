@@ -64,8 +64,8 @@ def field_problems(exc: ValidationError, data: Any, source: str | None,
             message = cause.message
             loc = loc if loc[-1:] == (cause.field,) else (*loc, cause.field)
         elif error["type"] == "extra_forbidden":
-            message = ("unknown key (check its spelling against the chain file format in the "
-                       "README)" + suggest(str(loc[-1]), keys_at(loc[:-1])))
+            message = ("unknown key (check its spelling against `chainray schema` or "
+                       "docs/chain-files.md)" + suggest(str(loc[-1]), keys_at(loc[:-1])))
         field_loc = loc[2:] if loc[:1] == ("steps",) and len(loc) >= 2 else loc
         field = ".".join(str(part) for part in field_loc) or None
         problems.append(SpecError(message, source, step_id, field))
