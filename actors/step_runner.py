@@ -17,7 +17,7 @@ from chainray.actors.cache import RemoteCache
 from chainray.actors.durations import SharedLatencies
 from chainray.actors.rate_limiter import RemoteLimiter
 from chainray.actors.spend import RemoteBudget
-from chainray.call.endpoint import Endpoint, make_client
+from chainray.call.endpoint import CallServices, Endpoint, NoStore, make_client
 from chainray.guards.call_guards import CallGuards, Latencies
 from chainray.results import StepResult
 from chainray.runner.step_exec import StepRequest, execute_llm_step, execute_python_step
@@ -95,9 +95,13 @@ class StepRunner:
                        *upstream: StepResult, guards: GuardHandles | None = None
                        ) -> StepResult:
         """``limiters`` holds the RateLimiter of the step's model and of each fallback."""
-        remote = {model: RemoteLimiter(handle) for model, handle in limiters.items()}
-        return await execute_llm_step(request, upstream, self.client, remote, self.endpoint,
-                                      _where, self._store(adaptations), self._guards(guards))
+        store, call_guards = self._store(adaptations), self._guards(guards)
+        services = CallServices(
+            self.client, self.endpoint,
+            {model: RemoteLimiter(handle) for model, handle in limiters.items()},
+            NoStore() if store is None else store,
+            CallGuards() if call_guards is None else call_guards)
+        return await execute_llm_step(request, upstream, services, _where)
 
     async def pid(self) -> int:
         import os

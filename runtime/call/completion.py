@@ -29,7 +29,8 @@ class Completion:
 
 
 def _malformed(why: str) -> EndpointError:
-    return EndpointError(f"malformed reply: {why}", 200, "malformed_reply", None, None, True)
+    return EndpointError(f"malformed reply: {why}", status=200, code="malformed_reply",
+                         retryable=True)
 
 
 def _count(usage: Mapping, key: str) -> int | None:
@@ -49,8 +50,8 @@ def _text_of(message: Mapping) -> str:
     if message.get("tool_calls"):
         return json.dumps(message["tool_calls"], ensure_ascii=False)
     # The model answered nothing; a new attempt costs the same and is not likely to differ.
-    raise EndpointError("the reply has no content, refusal or tool call", 200,
-                        "empty_content", None, None, False)
+    raise EndpointError("the reply has no content, refusal or tool call", status=200,
+                        code="empty_content")
 
 
 def read_completion(body: bytes, messages: Sequence[Mapping[str, object]]) -> Completion:

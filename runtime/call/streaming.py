@@ -78,8 +78,8 @@ def completion_from_stream(reply: StreamedReply,
     usage estimated when the stream carried none, no text at all is an error)."""
     text = reply.text or reply.refusal or ""
     if not text and not reply.tool_calls:
-        raise EndpointError("the reply has no content, refusal or tool call", 200,
-                            "empty_content", None, None, False)
+        raise EndpointError("the reply has no content, refusal or tool call", status=200,
+                            code="empty_content")
     estimated = not reply.has_usage
     prompt = reply.prompt_tokens if reply.prompt_tokens is not None else \
         estimate_prompt_tokens(messages)

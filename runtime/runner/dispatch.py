@@ -75,9 +75,9 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
             if stopping or (on_error == "isolate" and failed):
                 why = f"depends on {failed[0]}, which did not finish" if failed and not \
                     stopping else "an earlier step failed"
-                results[step_id] = StepResult(id=step_id, status="skipped",
-                                              depends_on=plans[step_id].depends_on,
-                                              error=why)
+                results[step_id] = StepResult(
+                    id=step_id, status="skipped", depends_on=plans[step_id].depends_on,
+                    error=why, error_code="skipped" if stopping else "upstream_failed")
                 on_update(step_id, "skipped", results[step_id])
                 sorter.done(step_id)
             else:
@@ -95,7 +95,8 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
                 continue
             log.debug("step %s raised", step_id, exc_info=True)
             result = StepResult(id=step_id, status="error", error=error_text(exc),
-                                depends_on=plans[step_id].depends_on, attempts=0)
+                                error_code="internal", depends_on=plans[step_id].depends_on,
+                                attempts=0)
             handles[step_id] = result  # dependents receive the failure, not the exception
         results[step_id] = result
         on_update(step_id, result.status, result)

@@ -47,9 +47,12 @@ def summarize_run(chain: Chain, schedule: Schedule, results: Mapping[str, StepRe
     error = None if status == "ok" else (
         final.error if final.status == "error" else
         "; ".join(f"{r.id}: {r.error}" for r in failed) or final.error)
+    # The code of the failure ``error`` names first: the final step's, else the first failed.
+    cause = final if final.status == "error" or not failed else failed[0]
+    error_code = None if status == "ok" else cause.error_code
     return RunResult(
         scenario=chain.name, strategy=schedule.strategy, shape=schedule.shape,
-        status=status, error=error, run_id=run_id, phases=schedule.phases,
+        status=status, error=error, error_code=error_code, run_id=run_id, phases=schedule.phases,
         latency_ms=round(latency_ms, 1), critical_path_ms=round(critical_ms, 1),
         queued_ms=round(sum(r.queued_ms for r in ordered), 1),
         total_tokens=now.total_tokens, prompt_tokens=now.prompt_tokens,
