@@ -73,6 +73,7 @@ class StepResult(BaseModel):
     decode_tokens_per_s: float | None = None  # completion tokens after the first, per second
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
     attempts: int = 0
     rate_limited: int = 0
     attempt_log: tuple[Attempt, ...] = ()  # each request's times (empty: none sent, or older)
@@ -101,6 +102,7 @@ class RunTotals(BaseModel):
     rate_limited: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     total_tokens: int = 0
     estimated_cost: float = 0.0
 
@@ -124,6 +126,7 @@ class RunResult(BaseModel):
     total_tokens: int
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # of prompt_tokens, priced at the cached-input price
     api_calls: int
     retries: int
     rate_limited: int

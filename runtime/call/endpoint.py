@@ -85,6 +85,7 @@ class LLMReply:
     text: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, as the server reported them
     attempts: int = 0  # HTTP requests sent, failures included
     rate_limited: int = 0
     queued_s: float = 0.0
@@ -120,6 +121,7 @@ class LLMReply:
         # Added, not set: a schema correction or an adapted retry is a second paid request.
         self.charged(completion.prompt_tokens, completion.completion_tokens,
                      completion.usage_estimated)
+        self.cached_tokens += completion.cached_tokens
 
     def charged(self, prompt_tokens: int, completion_tokens: int, estimated: bool) -> None:
         """Tokens a request cost (a hedge's cancelled loser's are always ``estimated``)."""

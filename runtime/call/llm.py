@@ -222,7 +222,7 @@ class Call:
         """One HTTP request under a spend reservation and a permit: (completion, seconds)."""
         worst = worst_case_tokens(self.sent)
         reservation = await self._reserve(worst)
-        spent = (0, 0)  # an HTTP error status costs nothing
+        spent, cached = (0, 0), 0  # an HTTP error status costs nothing
         lost = False  # a hedge's loser, cancelled: charged once the race is settled
         try:
             async with AttemptTimer(self.reply.attempt_log) as timer, PermitScope(
@@ -245,6 +245,7 @@ class Call:
                     spent, lost = worst, charge.lost(progress)  # from outside: the worst
                     raise
                 spent = (completion.prompt_tokens, completion.completion_tokens)
+                cached = completion.cached_tokens
                 permit.settle(sum(spent), {k: raw.headers[k] for k in _RATE_HEADERS
                                            if k in raw.headers})
             return completion, time.monotonic() - sent_at
@@ -253,7 +254,7 @@ class Call:
                 spent = await self._charge_loser(charge, progress)
             if reservation is not None and self.guards.budget is not None:
                 await _hand_back(self.guards.budget.settle(reservation, self.request.model,
-                                                           *spent))
+                                                           *spent, cached_tokens=cached))
 
     async def _reserve(self, worst: tuple[int, int]) -> int | None:
         """Admission under the spend cap: a reservation id, or ``spend_cap`` when refused."""

@@ -98,7 +98,8 @@ def _reply_fields(reply: LLMReply) -> dict:
     """A step result's fields from what its calls did (a failed call's too)."""
     return dict(attempts=reply.attempts, rate_limited=reply.rate_limited,
                 queued_ms=reply.queued_s * 1000, prompt_tokens=reply.prompt_tokens,
-                completion_tokens=reply.completion_tokens, hedged=reply.hedged,
+                completion_tokens=reply.completion_tokens, cached_tokens=reply.cached_tokens,
+                hedged=reply.hedged,
                 attempt_log=tuple(reply.attempt_log))
 
 
