@@ -46,8 +46,10 @@ class SpendLedger:
         return None
 
     def settle(self, reservation: int, model: str, prompt_tokens: int,
-               completion_tokens: int) -> None:
-        self.book.settle(reservation, self.prices.cost(model, prompt_tokens, completion_tokens))
+               completion_tokens: int, cached_tokens: int = 0) -> None:
+        """The real cost: ``cached_tokens`` of the prompt at the model's cached-input price."""
+        self.book.settle(reservation, self.prices.cost(model, prompt_tokens, completion_tokens,
+                                                       cached_tokens))
 
     def state(self) -> dict:
         return {**self.book.state(), "stopped": self.stopped}
@@ -74,5 +76,6 @@ class RemoteBudget:
             await asyncio.sleep(random.uniform(0.05, 0.2))  # spread the askers
 
     async def settle(self, reservation: int, model: str, prompt_tokens: int,
-                     completion_tokens: int) -> None:
-        await self.handle.settle.remote(reservation, model, prompt_tokens, completion_tokens)
+                     completion_tokens: int, cached_tokens: int = 0) -> None:
+        await self.handle.settle.remote(reservation, model, prompt_tokens, completion_tokens,
+                                        cached_tokens)

@@ -19,7 +19,7 @@ from chainray.actors.durations import SharedLatencies
 from chainray.actors.lifeline import watch_parent
 from chainray.actors.rate_limiter import RemoteLimiter
 from chainray.actors.spend import RemoteBudget
-from chainray.call.endpoint import Endpoint, make_client
+from chainray.call.endpoint import CallServices, Endpoint, NoStore, make_client
 from chainray.guards.call_guards import CallGuards, Latencies
 from chainray.limit.stoppable import StoppableLimiter
 from chainray.results import StepResult
@@ -102,10 +102,14 @@ class StepRunner:
         """``limiters`` holds the RateLimiter of the step's model and of each fallback."""
         if self.lifeline is None:
             self.lifeline = watch_parent(self.stopped.set)
-        remote = {model: StoppableLimiter(RemoteLimiter(handle), self.stopped)
-                  for model, handle in limiters.items()}
-        return await execute_llm_step(request, upstream, self.client, remote, self.endpoint,
-                                      _where, self._store(adaptations), self._guards(guards))
+        store, call_guards = self._store(adaptations), self._guards(guards)
+        services = CallServices(
+            self.client, self.endpoint,
+            {model: StoppableLimiter(RemoteLimiter(handle), self.stopped)
+             for model, handle in limiters.items()},
+            NoStore() if store is None else store,
+            CallGuards() if call_guards is None else call_guards)
+        return await execute_llm_step(request, upstream, services, _where)
 
     async def stop(self) -> None:
         """Send no new request (requests in flight finish): the invocation is stopping."""

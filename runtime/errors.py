@@ -4,12 +4,19 @@
      ├ SpecError          a chain file or chain model is invalid (file, step, field)
      ├ InputError         bad command-line input: --set, --inputs, limits, unknown scenario
      ├ EndpointError      an HTTP call to the LLM endpoint failed (status, code, retry_after)
+     │                    EndpointError(message, status=429, code="rate_limit_exceeded",
+     │                                  retry_after=2.0, retryable=True)
      ├ PermitRefused      the RateLimiter can never grant a request of this size
      │ └ Interrupted      the run is stopping (Ctrl-C, SIGTERM): no new request is sent
      └ StepError          a step failed after its retries (step id, cause)
 
-Every error keeps its fields in ``args`` so that it survives pickling across Ray
-(openai's own exceptions do not; see shared/notes/openai-rate-limits.md §2.5).
+Every error survives pickling across Ray (openai's own exceptions do not; see
+shared/notes/openai-rate-limits.md §2.5): positional fields stay in ``args``, keyword-only
+fields in the instance ``__dict__``, which ``BaseException`` pickles and restores.
+
+A failure's *meaning* for the user (``StepResult.error_code``: ``spend_cap``, ``timeout``,
+``auth``, ...) is decided in one table, ``chainray.call.error_table.error_code``; no logic
+reads an error's message.
 """
 
 from __future__ import annotations
@@ -77,17 +84,20 @@ class InputError(ChainrayError):
 class EndpointError(ChainrayError):
     """An LLM endpoint answered with an error, or could not be reached.
 
-    ``status`` is the HTTP status (None for connection errors and timeouts), ``code`` and
-    ``type`` come from OpenAI's error body, ``retry_after`` is in seconds.
+    ``status`` is the HTTP status (None for connection errors and timeouts); ``code``,
+    ``type`` and ``param`` come from OpenAI's error body or name chainray's own reason
+    (``timeout``, ``connect_failed``, ``malformed_reply``, ``spend_cap``, ...);
+    ``retry_after`` is in seconds. Every field but the message is a keyword.
     """
 
     def __init__(
-        self, message: str, status: int | None = None, code: str | None = None,
-        type: str | None = None, retry_after: float | None = None, retryable: bool = False,
+        self, message: str, *, status: int | None = None, code: str | None = None,
+        type: str | None = None, param: str | None = None, retry_after: float | None = None,
+        retryable: bool = False,
     ) -> None:
-        super().__init__(message, status, code, type, retry_after, retryable)
+        super().__init__(message)
         self.message, self.status, self.code, self.type = message, status, code, type
-        self.retry_after, self.retryable = retry_after, retryable
+        self.param, self.retry_after, self.retryable = param, retry_after, retryable
 
     def __str__(self) -> str:
         status = f"HTTP {self.status}" if self.status else "no response"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Attempt", "AttemptOutcome", "StepResult", "RunResult", "RunTotals", "StepStatus",
-           "RunStatus"]
+           "RunStatus", "ErrorCode", "ERROR_CODES"]
 
 StepStatus = Literal["ok", "error", "skipped"]
 # ok: every step succeeded; partial: the final step answered but some step failed (on_error
@@ -16,6 +16,29 @@ RunStatus = Literal["ok", "partial", "failed"]
 # ok: answered; rate_limited: a 429; error: any other failure (``code`` says which);
 # cancelled: abandoned, e.g. the losing duplicate of a hedged request.
 AttemptOutcome = Literal["ok", "rate_limited", "error", "cancelled"]
+# Why a step has no answer, for programs to act on (``error`` is the sentence for people).
+# A closed set: an endpoint's failures map onto it in one table
+# (``chainray.call.error_table.error_code``).
+ErrorCode = Literal[
+    "spend_cap",        # the spend cap (--max-cost) admitted no further call; nothing sent
+    "rate_limited",     # 429s outlasted the retry budget (or asked to wait longer than it)
+    "quota",            # 429 insufficient_quota and kin: the account is out of credit
+    "auth",             # 401 or 403: the key is wrong or lacks access
+    "bad_request",      # another 4xx: the request or the model was refused (404 included)
+    "too_large",        # larger than a limit admits: 413, the context length, a permit
+    "server_error",     # 5xx after retries
+    "timeout",          # the request, or the wait for a permit, outlasted its deadline
+    "connection",       # the endpoint could not be reached, or the connection dropped
+    "malformed_reply",  # the endpoint's reply could not be read, after retries
+    "empty_content",    # the model answered nothing (no content, refusal or tool call)
+    "schema_mismatch",  # the reply broke the step's output schema twice
+    "python_error",     # a python step's callable raised
+    "skipped",          # not run: an earlier step failed (on_error fail)
+    "upstream_failed",  # not run: a step it depends on failed (on_error isolate)
+    "interrupted",      # not run or not sent: the run was stopped (Ctrl-C, SIGTERM)
+    "internal",         # anything else: chainray or the process running the step failed
+]
+ERROR_CODES: tuple[str, ...] = get_args(ErrorCode)
 
 
 class Attempt(BaseModel):
@@ -42,6 +65,7 @@ class StepResult(BaseModel):
     status: StepStatus
     output: str = ""
     error: str | None = None
+    error_code: ErrorCode | None = None  # set whenever status is not "ok"
     started_at: float = 0.0
     finished_at: float = 0.0
     latency_ms: float = 0.0
@@ -50,6 +74,7 @@ class StepResult(BaseModel):
     decode_tokens_per_s: float | None = None  # completion tokens after the first, per second
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
     attempts: int = 0
     rate_limited: int = 0
     attempt_log: tuple[Attempt, ...] = ()  # each request's times (empty: none sent, or older)
@@ -78,6 +103,7 @@ class RunTotals(BaseModel):
     rate_limited: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     total_tokens: int = 0
     estimated_cost: float = 0.0
 
@@ -92,6 +118,7 @@ class RunResult(BaseModel):
     shape: str
     status: RunStatus
     error: str | None = None
+    error_code: ErrorCode | None = None  # the code of the step whose error ``error`` names
     run_id: str
     phases: tuple[tuple[str, ...], ...]
     latency_ms: float
@@ -100,6 +127,7 @@ class RunResult(BaseModel):
     total_tokens: int
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # of prompt_tokens, priced at the cached-input price
     api_calls: int
     retries: int
     rate_limited: int

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from chainray.call.completion import read_completion
 from chainray.call.endpoint import Endpoint, LLMReply, LLMRequest, make_client
 from chainray.call.error_table import parse_retry_after
-from chainray.call.llm import call_llm
+from chainray.call.llm import Call
 from chainray.errors import EndpointError
 from chainray.limit.permit_book import Limits, PermitBook
 from chainray.limit.permit_scope import PermitScope
@@ -81,11 +81,11 @@ async def test_a_retryable_429_penalizes_and_a_fatal_one_releases():
     permits = book()
     with pytest.raises(EndpointError):
         async with PermitScope(permits, 10, max_penalty_s=5.0):
-            raise EndpointError("slow down", 429, retry_after=0.1, retryable=True)
+            raise EndpointError("slow down", status=429, retry_after=0.1, retryable=True)
     assert permits.penalties == 1 and not permits.leases
     with pytest.raises(EndpointError):
         async with PermitScope(permits, 10):
-            raise EndpointError("quota", 429, "insufficient_quota", retryable=False)
+            raise EndpointError("quota", status=429, code="insufficient_quota")
     assert permits.penalties == 1 and not permits.leases
 
 
@@ -93,7 +93,7 @@ async def test_a_429_longer_than_the_budget_left_holds_nobody():
     permits = book()
     with pytest.raises(EndpointError):
         async with PermitScope(permits, 10, max_penalty_s=0.2):
-            raise EndpointError("slow down", 429, retry_after=3600, retryable=True)
+            raise EndpointError("slow down", status=429, retry_after=3600, retryable=True)
     assert permits.penalties == 0 and not permits.leases
     assert await granted_at_once(permits)  # the caller gives up; nobody waits for it
 
@@ -121,7 +121,7 @@ async def call(server: FixtureServer, timeout_s: float = 1.0, attempts: int = 2)
                          max_tokens=20, estimated_tokens=30)
     permits, reply = book(), LLMReply()
     try:
-        await call_llm(make_client(endpoint), permits, request, endpoint, reply)
+        await Call(make_client(endpoint), permits, endpoint, request, reply=reply).run()
         error = None
     except EndpointError as exc:
         error = exc

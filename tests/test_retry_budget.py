@@ -21,8 +21,8 @@ async def attempts_until_done(policy, errors: list[EndpointError]) -> int:
 
 
 def too_many(retry_after: float | None) -> EndpointError:
-    return EndpointError("Rate limit reached", 429, "rate_limit_exceeded", "requests",
-                         retry_after, True)
+    return EndpointError("Rate limit reached", status=429, code="rate_limit_exceeded",
+                         type="requests", retry_after=retry_after, retryable=True)
 
 
 async def test_a_retry_after_longer_than_the_budget_fails_at_once_naming_both():

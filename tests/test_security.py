@@ -45,7 +45,7 @@ def test_planted_key_appears_nowhere(ray_session, sim, tmp_path, monkeypatch, ca
 def test_redact_removes_full_and_partial_keys():
     message = f"Incorrect API key provided: {KEY}. Also {KEY[:14]}..."
     assert KEY[:12] not in redact(message, KEY)
-    assert str(EndpointError(redact(message, KEY), 401)).count("[redacted]") == 2
+    assert str(EndpointError(redact(message, KEY), status=401)).count("[redacted]") == 2
 
 
 def test_simulator_binds_loopback_unless_told(simulator):

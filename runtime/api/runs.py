@@ -55,13 +55,15 @@ class RunList(list[RunResult]):
 
 def not_started_result(job: RunJob, spend: dict | None) -> RunResult:
     """The place of a run the spend cap kept from starting: every step skipped, nothing
-    sent, the error naming the cap and the spend (so ``stopped_by_cap`` holds for it)."""
+    sent, the error naming the cap and the spend, each step's code ``spend_cap`` (so
+    ``stopped_by_cap`` holds for it)."""
     why = f"{NOT_STARTED}: {SPEND_CAP}"
     if summary := cap_summary(spend):
         why += f" ({summary})"
     schedule = resolve(job.chain, job.strategy)
     steps = {plan.id: StepResult(id=plan.id, depends_on=plan.depends_on, status="skipped",
-                                 error=why) for plan in schedule.steps}
+                                 error=why, error_code="spend_cap")
+             for plan in schedule.steps}
     return summarize_run(job.chain, schedule, steps, 0.0, job.run_id, load_prices(job.prices))
 
 

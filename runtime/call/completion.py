@@ -16,7 +16,7 @@ from chainray.errors import EndpointError
 from chainray.text import one_line
 from chainray.tokens import estimate_prompt_tokens, estimate_text_tokens
 
-__all__ = ["Completion", "read_completion"]
+__all__ = ["Completion", "read_completion", "cached_of"]
 
 
 @dataclass(frozen=True)
@@ -26,16 +26,26 @@ class Completion:
     completion_tokens: int
     usage_estimated: bool = False
     truncated: bool = False
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
 
 
 def _malformed(why: str) -> EndpointError:
-    return EndpointError(f"malformed reply: {why}", 200, "malformed_reply", None, None, True)
+    return EndpointError(f"malformed reply: {why}", status=200, code="malformed_reply",
+                         retryable=True)
 
 
 def _count(usage: Mapping, key: str) -> int | None:
     value = usage.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
         else None
+
+
+def cached_of(prompt_tokens: int, cached: object) -> int:
+    """The cached part of a prompt as the server reported it (``usage.prompt_tokens_details
+    .cached_tokens``); 0 when absent or unusable, never more than the prompt."""
+    if not isinstance(cached, int) or isinstance(cached, bool) or cached < 0:
+        return 0
+    return min(cached, prompt_tokens)
 
 
 def _text_of(message: Mapping) -> str:
@@ -49,8 +59,8 @@ def _text_of(message: Mapping) -> str:
     if message.get("tool_calls"):
         return json.dumps(message["tool_calls"], ensure_ascii=False)
     # The model answered nothing; a new attempt costs the same and is not likely to differ.
-    raise EndpointError("the reply has no content, refusal or tool call", 200,
-                        "empty_content", None, None, False)
+    raise EndpointError("the reply has no content, refusal or tool call", status=200,
+                        code="empty_content")
 
 
 def read_completion(body: bytes, messages: Sequence[Mapping[str, object]]) -> Completion:
@@ -77,5 +87,8 @@ def read_completion(body: bytes, messages: Sequence[Mapping[str, object]]) -> Co
         prompt = estimate_prompt_tokens(messages)
     if completion is None:
         completion = estimate_text_tokens(text) if text else 0
+    details = usage.get("prompt_tokens_details")
+    cached = cached_of(prompt, details.get("cached_tokens")) \
+        if isinstance(details, dict) and not estimated else 0
     return Completion(text, prompt, completion, estimated,
-                      choice.get("finish_reason") == "length")
+                      choice.get("finish_reason") == "length", cached)

@@ -4,19 +4,29 @@ store of what each model accepts)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from chainray.call.adaptations import Adaptation
+from chainray.call.completion import Completion
+from chainray.call.streaming import StreamedReply
+from chainray.call.structured import response_format
+from chainray.errors import EndpointError
+from chainray.guards.cache import CachedReply
+from chainray.guards.call_guards import CallGuards
+from chainray.limit.permit_scope import Limiter
 from chainray.results import Attempt
 
 if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
     import openai
 
 __all__ = ["Endpoint", "LLMRequest", "LLMReply", "AdaptationStore", "NoStore",
-           "make_client"]
+           "CallServices", "make_client", "STEP_HEADER"]
+
+STEP_HEADER = "x-chainray-step"  # names the step in server logs (the simulator's /stats)
 
 
 class Endpoint(BaseModel):
@@ -51,14 +61,31 @@ class LLMRequest(BaseModel):
     estimated_tokens: int
     adaptation_key: str = ""  # endpoint and model: where what the model accepts is learned
 
+    def as_kwargs(self) -> dict[str, Any]:
+        """The request as ``chat.completions.create`` takes it (before any adaptation)."""
+        extra = {STEP_HEADER: self.tag} if self.tag else None
+        kwargs: dict[str, Any] = {**self.params, "model": self.model,
+                                  "messages": list(self.messages),
+                                  "max_tokens": self.max_tokens, "extra_headers": extra}
+        if self.temperature is not None:
+            kwargs["temperature"] = self.temperature
+        if self.response_schema is not None:
+            kwargs["response_format"] = response_format(self.response_schema,
+                                                        self.tag or "reply")
+        if self.stream:
+            kwargs.update(stream=True, stream_options={"include_usage": True})
+        return kwargs
+
 
 @dataclass
 class LLMReply:
-    """What a call did; filled as it goes, so a failed call still tells what it sent."""
+    """What a call did; filled as it goes, so a failed call still tells what it sent. Its
+    methods are the only writers, one per event of the call."""
 
     text: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, as the server reported them
     attempts: int = 0  # HTTP requests sent, failures included
     rate_limited: int = 0
     queued_s: float = 0.0
@@ -71,6 +98,36 @@ class LLMReply:
     hedged: bool = False  # a duplicate request was sent for a straggler
     notes: list[str] = field(default_factory=list)
     attempt_log: list[Attempt] = field(default_factory=list)  # each request's times
+
+    def from_cache(self, hit: CachedReply) -> None:
+        self.text, self.truncated, self.cached = hit.text, hit.finish_reason == "length", True
+
+    def sent(self, waited_s: float, duplicate: bool) -> None:
+        """A request got its permit after ``waited_s`` and leaves (``duplicate``: a hedge)."""
+        self.attempts += 1
+        self.queued_s += waited_s
+        self.hedged = self.hedged or duplicate
+
+    def failed(self, error: EndpointError) -> None:
+        self.attempts -= error.code == "connect_failed"  # nothing reached the server
+        self.rate_limited += error.status == 429
+
+    def streamed(self, stream: StreamedReply) -> None:
+        self.ttft_s, self.decode_s = stream.ttft_s, stream.decode_s
+        self.stream_without_usage = not stream.has_usage
+
+    def answered(self, completion: Completion) -> None:
+        self.text, self.truncated = completion.text, completion.truncated
+        # Added, not set: a schema correction or an adapted retry is a second paid request.
+        self.charged(completion.prompt_tokens, completion.completion_tokens,
+                     completion.usage_estimated)
+        self.cached_tokens += completion.cached_tokens
+
+    def charged(self, prompt_tokens: int, completion_tokens: int, estimated: bool) -> None:
+        """Tokens a request cost (a hedge's cancelled loser's are always ``estimated``)."""
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.usage_estimated = self.usage_estimated or estimated
 
 
 class AdaptationStore(Protocol):
@@ -91,6 +148,18 @@ class NoStore:
 
     async def learn(self, key: str, adaptation: Adaptation, note: str) -> None:
         self.learned.setdefault(key, {})[adaptation.param] = adaptation
+
+
+@dataclass(frozen=True)
+class CallServices:
+    """What every call of a step runner shares: the endpoint and its client, each model's
+    RateLimiter, what each model accepts, and the optional guards."""
+
+    client: openai.AsyncOpenAI
+    endpoint: Endpoint
+    limiters: Mapping[str, Limiter]
+    store: AdaptationStore = field(default_factory=NoStore)
+    guards: CallGuards = field(default_factory=CallGuards)
 
 
 def make_client(endpoint: Endpoint) -> openai.AsyncOpenAI:

@@ -7,6 +7,10 @@ means: retryable or not, with which status, code and Retry-After. Wrap every att
 
     with map_exceptions(secret):
         raw = await client.chat.completions.with_raw_response.create(...)
+
+A second table, ``error_code``, says what a failure comes to for the user: the closed
+``ErrorCode`` a failed step reports (``spend_cap``, ``rate_limited``, ``auth``, ...). It reads
+an error's code and status, never its message.
 """
 
 from __future__ import annotations
@@ -22,14 +26,15 @@ from contextlib import contextmanager
 from functools import cache
 from typing import TYPE_CHECKING
 
-from chainray.errors import EndpointError
+from chainray.errors import EndpointError, Interrupted, PermitRefused
+from chainray.results import ErrorCode
 from chainray.text import one_line
 
 if TYPE_CHECKING:
     import openai
 
 __all__ = ["map_exceptions", "to_endpoint_error", "parse_retry_after", "redact",
-           "NO_RETRY_429", "TOO_LARGE"]
+           "NO_RETRY_429", "TOO_LARGE", "error_code"]
 
 log = logging.getLogger("chainray.calls")
 
@@ -92,9 +97,11 @@ def _status_error(exc: openai.APIStatusError, secret: str) -> EndpointError:
         size = _request_bytes(exc)
         message = ("the server refuses a request body this large"
                    + (f" ({size:,} bytes sent)" if size else "") + "; shorten the prompt")
-    return EndpointError(message, status, code if isinstance(code, str) else None,
-                         kind if isinstance(kind, str) else None,
-                         parse_retry_after(headers), retryable)
+    param = getattr(exc, "param", None)
+    return EndpointError(message, status=status, code=code if isinstance(code, str) else None,
+                         type=kind if isinstance(kind, str) else None,
+                         param=param if isinstance(param, str) else None,
+                         retry_after=parse_retry_after(headers), retryable=retryable)
 
 
 def _request_bytes(exc: openai.APIStatusError) -> int | None:
@@ -107,8 +114,8 @@ def _request_bytes(exc: openai.APIStatusError) -> int | None:
 
 
 def _timeout(exc: BaseException, secret: str) -> EndpointError:
-    return EndpointError("the request did not finish within --timeout", None, "timeout",
-                         None, None, True)
+    return EndpointError("the request did not finish within --timeout", code="timeout",
+                         retryable=True)
 
 
 # Failures before a connection existed: the server saw no request (not counted in api_calls).
@@ -119,12 +126,13 @@ def _connection(exc: BaseException, secret: str) -> EndpointError:
     cause = exc.__cause__ or exc
     code = "connect_failed" if type(cause).__name__ in NOT_SENT else "connection_error"
     return EndpointError(one_line(redact(f"connection failed: {type(cause).__name__}: {cause}",
-                                         secret)), None, code, None, None, True)
+                                         secret)), code=code, retryable=True)
 
 
 def _malformed(exc: BaseException, secret: str) -> EndpointError:
     return EndpointError(one_line(redact(f"malformed reply: {type(exc).__name__}: {exc}",
-                                         secret)), 200, "malformed_reply", None, None, True)
+                                         secret)), status=200, code="malformed_reply",
+                         retryable=True)
 
 
 def _other(exc: BaseException, secret: str) -> EndpointError:
@@ -172,3 +180,38 @@ def map_exceptions(secret: str = "") -> Iterator[None]:
     except Exception as exc:
         log.debug("call failed: %s", redact(traceback.format_exc(), secret))
         raise to_endpoint_error(exc, secret) from None
+
+
+# An error's own code first (chainray's reasons, then the server's), then its HTTP status.
+_BY_CODE: dict[str, ErrorCode] = {
+    "spend_cap": "spend_cap", "timeout": "timeout", "permit_timeout": "timeout",
+    "connect_failed": "connection", "connection_error": "connection",
+    "malformed_reply": "malformed_reply", "empty_content": "empty_content",
+    "schema_mismatch": "schema_mismatch", "context_length_exceeded": "too_large",
+    "string_above_max_length": "too_large", **{code: "quota" for code in NO_RETRY_429},
+}
+_BY_STATUS: dict[int, ErrorCode] = {401: "auth", 403: "auth", 413: "too_large",
+                                    429: "rate_limited"}
+
+
+def error_code(exc: BaseException) -> ErrorCode:
+    """What a call's failure comes to for the user (``StepResult.error_code``).
+
+        >>> error_code(EndpointError("...", status=429, code="insufficient_quota"))
+        'quota'
+    """
+    if isinstance(exc, Interrupted):
+        return "interrupted"
+    if isinstance(exc, PermitRefused):
+        return "too_large"
+    if not isinstance(exc, EndpointError):
+        return "internal"
+    if exc.code in _BY_CODE:
+        return _BY_CODE[exc.code]
+    if exc.type == "insufficient_quota":
+        return "quota"
+    status = exc.status or 0
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    return "bad_request" if 400 <= status < 500 else "server_error" if status >= 500 else \
+        "internal"

@@ -86,7 +86,8 @@ def _give_up(max_delay_s: float):
         if isinstance(exc, EndpointError) and retry_after is not None and retry_after > left:
             raise EndpointError(f"the server asked to wait {retry_after:.0f} s; retry budget "
                                 f"is {left:.0f} s (of {max_delay_s:.0f} s): {exc.message}",
-                                exc.status, exc.code, exc.type, retry_after, False) from exc
+                                status=exc.status, code=exc.code, type=exc.type,
+                                param=exc.param, retry_after=retry_after) from exc
         return retry_state.outcome.result()  # re-raises the last error unchanged
 
     return give_up

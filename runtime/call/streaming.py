@@ -13,7 +13,7 @@ from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from chainray.call.completion import Completion
+from chainray.call.completion import Completion, cached_of
 from chainray.errors import EndpointError
 from chainray.tokens import estimate_prompt_tokens, estimate_text_tokens
 
@@ -26,6 +26,7 @@ class StreamedReply:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_tokens: object = None  # as the usage chunk said (prompt_tokens_details)
     ttft_s: float | None = None
     decode_s: float | None = None
     refusal: str | None = None
@@ -49,6 +50,8 @@ async def collect_stream(chunks: AsyncIterable[Any], sent_at: float,
         if usage is not None:
             reply.prompt_tokens = usage.prompt_tokens
             reply.completion_tokens = usage.completion_tokens
+            details = getattr(usage, "prompt_tokens_details", None)
+            reply.cached_tokens = getattr(details, "cached_tokens", None)
         for choice in getattr(chunk, "choices", None) or ():
             delta = choice.delta
             if delta is not None:
@@ -78,11 +81,13 @@ def completion_from_stream(reply: StreamedReply,
     usage estimated when the stream carried none, no text at all is an error)."""
     text = reply.text or reply.refusal or ""
     if not text and not reply.tool_calls:
-        raise EndpointError("the reply has no content, refusal or tool call", 200,
-                            "empty_content", None, None, False)
+        raise EndpointError("the reply has no content, refusal or tool call", status=200,
+                            code="empty_content")
     estimated = not reply.has_usage
     prompt = reply.prompt_tokens if reply.prompt_tokens is not None else \
         estimate_prompt_tokens(messages)
     completion = reply.completion_tokens if reply.completion_tokens is not None else \
         (estimate_text_tokens(text) if text else 0)
-    return Completion(text, prompt, completion, estimated, reply.finish_reason == "length")
+    cached = 0 if estimated else cached_of(prompt, reply.cached_tokens)
+    return Completion(text, prompt, completion, estimated, reply.finish_reason == "length",
+                      cached)

@@ -29,7 +29,7 @@ class Budget(Protocol):
     async def reserve(self, model: str, prompt_tokens: int, completion_tokens: int
                       ) -> int | None: ...
     async def settle(self, reservation: int, model: str, prompt_tokens: int,
-                     completion_tokens: int) -> None: ...
+                     completion_tokens: int, cached_tokens: int = 0) -> None: ...
 
 
 class ReplyCache(Protocol):
@@ -47,13 +47,12 @@ SPEND_CAP = "the spend cap (--max-cost) admits no further call"
 
 
 def spend_cap_error(model: str) -> EndpointError:
-    return EndpointError(f"{SPEND_CAP} to {model}; nothing was sent", None, "spend_cap", None,
-                         None, False)
+    return EndpointError(f"{SPEND_CAP} to {model}; nothing was sent", code="spend_cap")
 
 
 def stopped_by_cap(result: RunResult) -> bool:
     """Whether the spend cap refused one of the run's steps (a resume runs it again)."""
-    return any(SPEND_CAP in (step.error or "") for step in result.steps)
+    return any(step.error_code == "spend_cap" for step in result.steps)
 
 
 # model, step tag, max_tokens asked, seconds, then (None: not measured) seconds to the first

@@ -74,7 +74,7 @@ class PermitScope:
                                                 timeout_s=self.timeout_s)
         except TimeoutError:
             raise EndpointError(f"no rate-limit permit within the {self.timeout_s or 0:.1f}s "
-                                "left of the retry budget", None, "permit_timeout") from None
+                                "left of the retry budget", code="permit_timeout") from None
         self.id, self.waited_s = permit.id, permit.waited_s
         return self
 

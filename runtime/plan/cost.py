@@ -17,6 +17,10 @@ BUNDLED_PRICES = Path(__file__).with_name("prices.json")
 
 
 class Price(BaseModel):
+    """USD per million tokens. ``cached_input``: a prompt token read from the provider's
+    prompt cache; None where the provider documents no such price (cached tokens then cost
+    the input price)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     input: float = Field(ge=0)
@@ -31,13 +35,18 @@ class PriceTable(BaseModel):
 
     models: dict[str, Price]
 
-    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float:
-        """USD for one call; an unknown model warns once and costs 0."""
+    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int,
+             cached_tokens: int = 0) -> float:
+        """USD for one call, ``cached_tokens`` of its prompt at the cached-input price; an
+        unknown model warns once and costs 0."""
         price = self.models.get(model or "")
         if price is None:
             _warn_unknown(model)
             return 0.0
-        return (prompt_tokens * price.input + completion_tokens * price.output) / 1e6
+        cached = min(cached_tokens, prompt_tokens)
+        cached_price = price.input if price.cached_input is None else price.cached_input
+        return ((prompt_tokens - cached) * price.input + cached * cached_price
+                + completion_tokens * price.output) / 1e6
 
 
 @cache

@@ -33,6 +33,7 @@ class StrategySummary(BaseModel):
     total_tokens: float
     total_tokens_min: float
     total_tokens_max: float
+    cached_tokens: float = 0.0  # median prompt tokens read from the provider's prompt cache
     api_calls: float
     retries: float
     rate_limited: float
@@ -102,6 +103,7 @@ def summarize_bench(results: Sequence[RunResult]) -> list[StrategySummary]:
             strategy=strategy, runs=len(runs), failed=len(runs) - len(good),
             latency_ms=latency[0], latency_min_ms=latency[1], latency_max_ms=latency[2],
             total_tokens=tokens[0], total_tokens_min=tokens[1], total_tokens_max=tokens[2],
+            cached_tokens=statistics.median(r.cached_tokens for r in ok),
             api_calls=statistics.median(r.api_calls for r in ok),
             retries=statistics.median(r.retries for r in ok),
             rate_limited=statistics.median(r.rate_limited for r in ok),

@@ -27,7 +27,7 @@ def _cells(row: StrategySummary) -> list[str]:
             _range(row.latency_ms / 1000, row.latency_min_ms / 1000, row.latency_max_ms / 1000,
                    "{:.2f}s", row.runs),
             _range(row.total_tokens, row.total_tokens_min, row.total_tokens_max, "{:.0f}",
-                   row.runs),
+                   row.runs) + (f", {row.cached_tokens:.0f} cached" if row.cached_tokens else ""),
             f"{row.api_calls:.0f}", f"{row.retries:.0f}", f"{row.rate_limited:.0f}",
             f"{row.queued_ms / 1000:.2f}s",
             f"${row.estimated_cost:.5f}",

@@ -48,6 +48,8 @@ def _label(step: StepResult) -> str:
         text += f", {step.attempts} attempts"
         if len(step.attempt_log) > 1:
             text += f": {outcomes(step)}"
+    if step.cached_tokens:
+        text += f", {step.cached_tokens} of {step.prompt_tokens} prompt tokens cached"
     if step.rate_limited and len(step.attempt_log) <= 1:  # else the outcomes name each 429
         text += f", {step.rate_limited} rate-limited (429)"
     if step.status != "ok":
@@ -229,7 +231,9 @@ def timeline_html(results: Sequence[RunResult]) -> str:
         sections.append(
             f"<h2>{html.escape(result.scenario)} / {html.escape(result.strategy)} "
             f"<small>run {html.escape(result.run_id)}: {result.latency_ms / 1000:.2f}s, "
-            f"{result.total_tokens} tokens, {result.api_calls} calls, {result.retries} retries, "
+            f"{result.total_tokens} tokens"
+            + (f" ({result.cached_tokens} cached)" if result.cached_tokens else "")
+            + f", {result.api_calls} calls, {result.retries} retries, "
             f"{result.rate_limited} rate-limited (429), queued "
             f"{result.queued_ms / 1000:.2f}s; critical path "
             f"{html.escape(' → '.join(path))}</small></h2>\n"

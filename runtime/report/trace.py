@@ -39,6 +39,7 @@ def trace_json(results: Sequence[RunResult]) -> dict:
             args = {"status": step.status, "attempts": step.attempts,
                     "rate_limited": step.rate_limited, "prompt_tokens": step.prompt_tokens,
                     "completion_tokens": step.completion_tokens,
+                    "cached_tokens": step.cached_tokens,
                     "critical_path": step.id in on_path}
             if step.attempt_log:
                 args["outcomes"] = outcomes(step)

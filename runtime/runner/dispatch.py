@@ -75,17 +75,17 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
         for step_id in sorter.get_ready():
             failed = [d for d in plans[step_id].depends_on if results[d].status != "ok"]
             if stopped():
-                why = "not started: the run was interrupted"
+                why, code = "not started: the run was interrupted", "interrupted"
             elif stopping:
-                why = "an earlier step failed"
+                why, code = "an earlier step failed", "skipped"
             elif on_error == "isolate" and failed:
-                why = f"depends on {failed[0]}, which did not finish"
+                why, code = f"depends on {failed[0]}, which did not finish", "upstream_failed"
             else:
-                why = None
+                why = code = None
             if why is not None:
-                results[step_id] = StepResult(id=step_id, status="skipped",
-                                              depends_on=plans[step_id].depends_on,
-                                              error=why)
+                results[step_id] = StepResult(
+                    id=step_id, status="skipped", depends_on=plans[step_id].depends_on,
+                    error=why, error_code=code)
                 on_update(step_id, "skipped", results[step_id])
                 sorter.done(step_id)
             else:
@@ -103,7 +103,8 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
                 continue
             log.debug("step %s raised", step_id, exc_info=True)
             result = StepResult(id=step_id, status="error", error=error_text(exc),
-                                depends_on=plans[step_id].depends_on, attempts=0)
+                                error_code="internal", depends_on=plans[step_id].depends_on,
+                                attempts=0)
             handles[step_id] = result  # dependents receive the failure, not the exception
         results[step_id] = result
         on_update(step_id, result.status, result)

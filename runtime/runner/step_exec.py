@@ -5,27 +5,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
 from chainray.call.adaptations import adaptation_key
-from chainray.call.endpoint import AdaptationStore, Endpoint, LLMReply, LLMRequest
-from chainray.call.error_table import TOO_LARGE
-from chainray.call.llm import call_llm
+from chainray.call.endpoint import CallServices, LLMReply, LLMRequest
+from chainray.call.error_table import TOO_LARGE, error_code
+from chainray.call.llm import Call
 from chainray.errors import EndpointError
-from chainray.guards.call_guards import CallGuards
-from chainray.limit.permit_scope import Limiter
 from chainray.results import StepResult
 from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ModelSettings, Step, resolve_call
 from chainray.spec.prompts import render_prompt
 from chainray.spec.templates import fill_template
 from chainray.text import error_text, one_line
 from chainray.tokens import estimate_prompt_tokens
-
-if TYPE_CHECKING:
-    import openai
 
 __all__ = ["StepRequest", "execute_llm_step", "execute_python_step"]
 
@@ -74,43 +68,55 @@ def build_messages(request: StepRequest, upstream: Sequence[StepResult]) -> list
 
 def _falls_back(error: Exception) -> bool:
     """Whether another model may answer where this one failed: the model is missing or
-    refused (404, a 400 about the model), or it kept failing (retries exhausted on 5xx or
-    malformed replies). Never on 401, 403 or exhausted quota: those stop the run."""
+    refused (404, a 400 whose code or parameter names the model), or it kept failing
+    (retries exhausted on 5xx or malformed replies). Never on 401, 403 or exhausted quota:
+    those stop the run."""
     if not isinstance(error, EndpointError):
         return False
     if error.status == 404:
         return True
     if error.status == 400:
-        return "model" in (error.code or "") or "model" in error.message.lower()
+        return "model" in (error.code or "") or error.param == "model"
     return error.retryable and (error.status or 0) >= 500 or error.code == "malformed_reply"
 
 
+def _llm_request(request: StepRequest, messages: list[dict], model: str,
+                 services: CallServices) -> LLMRequest:
+    settings = request.settings
+    max_tokens = settings.max_tokens or DEFAULT_MAX_TOKENS
+    return LLMRequest(
+        model=model, messages=tuple(messages), max_tokens=max_tokens,
+        temperature=settings.temperature, params=settings.params or {},
+        response_schema=request.step.output_schema,
+        stream=settings.stream if settings.stream is not None else True,
+        tag=request.task_name, priority=request.priority,
+        estimated_tokens=estimate_prompt_tokens(messages) + max_tokens,
+        adaptation_key=adaptation_key(services.endpoint.base_url, model))
+
+
+def _reply_fields(reply: LLMReply) -> dict:
+    """A step result's fields from what its calls did (a failed call's too)."""
+    return dict(attempts=reply.attempts, rate_limited=reply.rate_limited,
+                queued_ms=reply.queued_s * 1000, prompt_tokens=reply.prompt_tokens,
+                completion_tokens=reply.completion_tokens, cached_tokens=reply.cached_tokens,
+                hedged=reply.hedged,
+                attempt_log=tuple(reply.attempt_log))
+
+
 async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
-                           client: openai.AsyncOpenAI, limiters: Mapping[str, Limiter],
-                           endpoint: Endpoint,
-                           context: Callable[[], tuple] = lambda: (None, None),
-                           store: AdaptationStore | None = None,
-                           guards: CallGuards | None = None) -> StepResult:
+                           services: CallServices,
+                           context: Callable[[], tuple] = lambda: (None, None)) -> StepResult:
     """Call the step's model, then each fallback model in turn (each under its own
     RateLimiter) while the failure is the model's own."""
     started = time.time()
     settings = request.settings
     messages = build_messages(request, upstream)
-    max_tokens = settings.max_tokens or DEFAULT_MAX_TOKENS
     models = [settings.model or DEFAULT_MODEL, *(settings.fallback_models or ())]
-    reply = LLMReply()
+    reply = LLMReply()  # one for the step: attempts and tokens of every model's call add up
     for model in models:
-        llm_request = LLMRequest(
-            model=model, messages=tuple(messages), max_tokens=max_tokens,
-            temperature=settings.temperature, params=settings.params or {},
-            response_schema=request.step.output_schema,
-            stream=settings.stream if settings.stream is not None else True,
-            tag=request.task_name, priority=request.priority,
-            estimated_tokens=estimate_prompt_tokens(messages) + max_tokens,
-            adaptation_key=adaptation_key(endpoint.base_url, model))
+        llm_request = _llm_request(request, messages, model, services)
         try:
-            await call_llm(client, limiters[model], llm_request, endpoint, reply, store,
-                           guards)
+            await Call.of(services, llm_request, reply).run()
             break
         except Exception as exc:  # a step reports its failure; it never raises to dispatch
             if model != models[-1] and _falls_back(exc):
@@ -124,18 +130,11 @@ async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
                                  f"{llm_request.estimated_tokens:,} tokens (prompt + "
                                  f"max_tokens) is too large for {model}: {error}")
             return _result(request, started, context, status="error", error=error,
-                           attempts=reply.attempts, rate_limited=reply.rate_limited,
-                           queued_ms=reply.queued_s * 1000, model=model,
-                           prompt_tokens=reply.prompt_tokens, hedged=reply.hedged,
-                           completion_tokens=reply.completion_tokens,
-                           attempt_log=tuple(reply.attempt_log))
+                           error_code=error_code(exc), model=model, **_reply_fields(reply))
     decode = (reply.completion_tokens - 1) / reply.decode_s if reply.decode_s else None
-    return _result(request, started, context, status="ok", output=reply.text,
-                   prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens,
-                   attempts=reply.attempts, rate_limited=reply.rate_limited,
-                   queued_ms=reply.queued_s * 1000, usage_estimated=reply.usage_estimated,
-                   truncated=reply.truncated, model=model, cached=reply.cached,
-                   hedged=reply.hedged, attempt_log=tuple(reply.attempt_log),
+    return _result(request, started, context, status="ok", output=reply.text, model=model,
+                   usage_estimated=reply.usage_estimated, truncated=reply.truncated,
+                   cached=reply.cached, **_reply_fields(reply),
                    ttft_ms=None if reply.ttft_s is None else reply.ttft_s * 1000,
                    decode_tokens_per_s=None if decode is None else round(decode, 2))
 
@@ -150,5 +149,5 @@ def execute_python_step(request: StepRequest, upstream: Sequence[StepResult],
     except Exception as exc:  # a user's callable may raise anything; report, do not crash
         log.debug("python step %s failed", request.task_name, exc_info=True)
         return _result(request, started, context, status="error", attempts=1,
-                       error=error_text(exc))
+                       error=error_text(exc), error_code="python_error")
     return _result(request, started, context, status="ok", output=str(output), attempts=1)

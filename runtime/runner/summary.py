@@ -21,12 +21,13 @@ def _totals(chain: Chain, steps: Iterable[StepResult], prices: PriceTable) -> Ru
     llm = [r for r in steps if chain.by_id[r.id].kind == "llm"]
     prompt = sum(r.prompt_tokens for r in steps)
     completion = sum(r.completion_tokens for r in steps)
-    cost = sum(prices.cost(r.model, r.prompt_tokens, r.completion_tokens)
+    cost = sum(prices.cost(r.model, r.prompt_tokens, r.completion_tokens, r.cached_tokens)
                for r in steps if r.model)
     return RunTotals(api_calls=sum(r.attempts for r in llm),
                      retries=sum(max(0, r.attempts - 1) for r in llm),
                      rate_limited=sum(r.rate_limited for r in steps),
                      prompt_tokens=prompt, completion_tokens=completion,
+                     cached_tokens=sum(r.cached_tokens for r in steps),
                      total_tokens=prompt + completion, estimated_cost=round(cost, 6))
 
 
@@ -47,13 +48,17 @@ def summarize_run(chain: Chain, schedule: Schedule, results: Mapping[str, StepRe
     error = None if status == "ok" else (
         final.error if final.status == "error" else
         "; ".join(f"{r.id}: {r.error}" for r in failed) or final.error)
+    # The code of the failure ``error`` names first: the final step's, else the first failed.
+    cause = final if final.status == "error" or not failed else failed[0]
+    error_code = None if status == "ok" else cause.error_code
     return RunResult(
         scenario=chain.name, strategy=schedule.strategy, shape=schedule.shape,
-        status=status, error=error, run_id=run_id, phases=schedule.phases,
+        status=status, error=error, error_code=error_code, run_id=run_id, phases=schedule.phases,
         latency_ms=round(latency_ms, 1), critical_path_ms=round(critical_ms, 1),
         queued_ms=round(sum(r.queued_ms for r in ordered), 1),
         total_tokens=now.total_tokens, prompt_tokens=now.prompt_tokens,
-        completion_tokens=now.completion_tokens, api_calls=now.api_calls,
+        completion_tokens=now.completion_tokens, cached_tokens=now.cached_tokens,
+        api_calls=now.api_calls,
         retries=now.retries, rate_limited=now.rate_limited,
         estimated_cost=now.estimated_cost, output_length=len(final.output),
         output=final.output, steps=ordered,
