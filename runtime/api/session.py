@@ -320,7 +320,7 @@ class Driver:
         (their replies are journaled) within the grace time. The second one aborts."""
         if self.stopping_until:
             raise StopAborted("interrupted twice: requests in flight were abandoned")
-        grace = self.config.timeout_s
+        grace = self.config.timeout
         self.stopping_until = time.monotonic() + grace
         steps = ray.get(self.coordinator.stop.remote(), timeout=10)
         print(f"chainray: stopping: nothing new is sent; {steps} step(s) of {runs_in_flight} "
