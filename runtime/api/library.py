@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from chainray.api import options as opts
+from chainray.api.cluster import name_job
 from chainray.api.options import CacheOption, Objective, OnError, StrategyName
 from chainray.api.runs import RunList, run_in_order
 from chainray.api.session import Session as _Driver
@@ -227,6 +228,7 @@ def run(chain: Chain | str, strategy: StrategyName = "hybrid",
     """
     options, job_options, capped = _split(options)
     job = _prepare_job(chain, strategy, inputs, objective, job_options, capped)
+    name_job(job.chain.name, run_id=job.run_id)  # the Ray job's name (if this starts Ray)
     # The run's limiters start with the session, as chainray run's do.
     with Session(**options, _models=step_models(job)) as session:
         return session._run_jobs([job], 1, label=f"{job.chain.name}:{job.strategy}")[0]

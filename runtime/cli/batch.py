@@ -78,6 +78,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     parts = {k: v for k, v in run_parts(chain_json, strategy, {}, args.model).items()
              if k != "inputs"}
     record, manifest, finished = _batch_record(args, chain, base, parts)
+    from chainray.api.cluster import name_job
     from chainray.api.session import Session
 
     def make_job(index: int) -> RunJob:
@@ -105,6 +106,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         writer = BatchWriter(out, manifest.batch_id)
         for result in finished.values():
             writer.add(result, resumed=True)
+        name_job(chain.name, batch_id=manifest.batch_id)  # the dashboard's job name
         with Session(session_config(args)) as session:
             for result in session.run_many((make_job(i) for i in todo),
                                            window=args.batch_window,

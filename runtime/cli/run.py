@@ -263,6 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cmd_batch(args)
     chain, inputs = prepare(args)
     strategy = pick_strategy(chain, args)
+    from chainray.api.cluster import name_job
     from chainray.api.session import Session
 
     parts = run_parts(chain.model_dump_json(), strategy, inputs, args.model)
@@ -281,6 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if resumed:
         print(f"resuming: {len(resumed)} finished step(s) will not be sent again: "
               f"{', '.join(resumed)}", file=sys.stderr)
+    name_job(chain.name, run_id=run_id)  # the dashboard's Jobs view shows this name
     # The run's limiters start with the session, beside the Coordinator's processes.
     with Session(session_config(args, models=step_models(job))) as session:
         result = session.run(job)
@@ -302,6 +304,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"benchmarking {chain.name}: {', '.join(args.strategies)}, {args.repeat} run(s) "
           "each, one run at a time so strategies never share the rate-limit budget",
           file=sys.stderr)
+    from chainray.api.cluster import name_job
+
+    name_job(chain.name)
     with Session(session_config(args)) as session:
         for _ in range(args.repeat):
             for strategy in args.strategies:
