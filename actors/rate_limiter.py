@@ -72,6 +72,7 @@ class RateLimiter:
                                tag_keys=("limiter",))
         for metric in (self.granted, self.throttled, self.tokens, self.waiting, self.in_flight):
             metric.set_default_tags(tags)
+        self.reported: dict[str, int] = {}  # what the gauges read (Ray exports every 10 s)
         self.loop.call_soon_threadsafe(self._report_every, REPORT_EVERY_S)
 
     def __repr__(self) -> str:
@@ -102,8 +103,10 @@ class RateLimiter:
 
     def _report(self) -> None:
         """Set the gauges from the book (on the book's loop)."""
-        self.waiting.set(self._waiting())
-        self.in_flight.set(len(self.book.leases))
+        self.reported = {"waiting_callers": self._waiting(),
+                         "calls_in_flight": len(self.book.leases)}
+        self.waiting.set(self.reported["waiting_callers"])
+        self.in_flight.set(self.reported["calls_in_flight"])
 
     def _report_every(self, period_s: float) -> None:
         """Also on a timer: leases expire and callers start waiting between releases."""
@@ -150,7 +153,8 @@ class RateLimiter:
 
     @ray.method(concurrency_group="control")
     async def stats(self) -> dict:
-        return {"name": self.name, **await self._call(self.book.stats)}
+        return {"name": self.name, **await self._call(self.book.stats),
+                "gauges": dict(self.reported)}
 
 
 def get_rate_limiter(name: str, limits: Limits, namespace: str = LIMITER_NAMESPACE,
