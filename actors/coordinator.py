@@ -66,11 +66,14 @@ def start_step_runners(endpoint: Endpoint, count: int, session_id: str
 
 
 def end_actors(handles: list[ray.actor.ActorHandle], timeout_s: float = 10.0) -> None:
-    """Let actors exit after the calls they are running, then kill any still there after
-    ``timeout_s``. A killed process loses the task events it has not sent yet (Ray sends them
-    every second), and the dashboard then shows its finished steps as FAILED (WORKER_DIED);
-    an actor that exits sends them first. End the owner of the step tasks (the Coordinator)
-    before the runners: a runner that dies first is a worker death under open task records."""
+    """Ask actors to exit (Ray's own graceful exit, ``__ray_terminate__``), then kill any still
+    there after ``timeout_s``. A killed process loses the task events it has not sent yet
+    (Ray sends them every second), and the dashboard then shows its finished steps as FAILED
+    (WORKER_DIED); an actor that exits sends them first. End the owner of the step tasks
+    (the Coordinator) before the runners: a runner that dies first is a worker death under
+    open task records."""
+    if not handles:
+        return
     exits = [handle.__ray_terminate__.remote() for handle in handles]
     _, stuck = ray.wait(exits, num_returns=len(exits), timeout=timeout_s)
     for handle, ref in zip(handles, exits, strict=True):
