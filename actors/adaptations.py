@@ -14,10 +14,14 @@ from chainray.call.adaptations import Adaptation, AdaptationBook
 __all__ = ["Adaptations", "AdaptationsRef", "RemoteAdaptations", "get_adaptations"]
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, enable_task_events=False)
 class Adaptations:
     def __init__(self) -> None:
         self.book = AdaptationBook()
+
+    def __repr__(self) -> str:
+        learned = sum(len(params) for params in self.book.learned.values())
+        return f"Adaptations({learned} learned for {len(self.book.learned)} models)"
 
     def known(self, key: str) -> dict[str, Adaptation]:
         return self.book.known(key)

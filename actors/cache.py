@@ -9,9 +9,29 @@ from chainray.guards.cache import CachedReply, ResponseCache
 
 __all__ = ["CacheKeeper", "RemoteCache"]
 
+
+class _Keeper(ResponseCache):
+    def __init__(self, directory) -> None:
+        super().__init__(directory)
+        self.hits = self.misses = self.writes = 0
+
+    def __repr__(self) -> str:
+        return (f"CacheKeeper({self.directory}: {self.hits} hits, {self.misses} misses, "
+                f"{self.writes} writes)")
+
+    def get(self, key: str) -> CachedReply | None:
+        reply = super().get(key)
+        self.hits, self.misses = self.hits + (reply is not None), self.misses + (reply is None)
+        return reply
+
+    def put(self, key: str, reply: CachedReply) -> None:
+        super().put(key, reply)
+        self.writes += 1
+
+
 # Threaded (max_concurrency > 1): entries are written atomically, so readers never block
-# behind a writer's disk I/O.
-CacheKeeper = ray.remote(num_cpus=0, max_concurrency=8)(ResponseCache)
+# behind a writer's disk I/O. Its calls are bookkeeping, not tasks to show in the dashboard.
+CacheKeeper = ray.remote(num_cpus=0, max_concurrency=8, enable_task_events=False)(_Keeper)
 
 
 class RemoteCache:

@@ -3,6 +3,11 @@ moment their dependencies finish, and gathers their results into a ``RunResult``
 
 One Coordinator serves every run a driver starts (a batch runs many at once); it owns a small
 pool of async step-runner actors, spread over the cluster's nodes.
+
+In the dashboard, a job's task table is its steps: the Coordinator's own calls and the
+runners' bookkeeping report no task events, every actor is named after its session
+(``chainray-coordinator-<session>``, ``chainray-runner-<n>-<session>``), and
+``end_actors`` lets them exit gracefully so that the task events they hold reach Ray.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from chainray.runner.journal import append_step
 from chainray.runner.step_exec import StepRequest
 from chainray.runner.summary import summarize_run
 
-__all__ = ["Coordinator", "start_step_runners", "is_process_death"]
+__all__ = ["Coordinator", "start_step_runners", "is_process_death", "coordinator_name",
+           "end_actors"]
 
 # A step's process (worker, actor or node) is gone: sending the step again may succeed.
 _DEATHS = tuple(getattr(ray.exceptions, name) for name in (
@@ -43,14 +49,37 @@ _DEATHS = tuple(getattr(ray.exceptions, name) for name in (
     "ObjectReconstructionFailedError") if hasattr(ray.exceptions, name))
 
 
-def start_step_runners(endpoint: Endpoint, count: int) -> list[ray.actor.ActorHandle]:
+def coordinator_name(session_id: str) -> str:
+    return f"chainray-coordinator-{session_id}"
+
+
+def start_step_runners(endpoint: Endpoint, count: int, session_id: str
+                       ) -> list[ray.actor.ActorHandle]:
     """``count`` step runners, one per node in turn. If a node leaves, its runner's steps are
     sent again to the next runner (dispatch resubmits), which lives on another node. The
     driver starts them beside the Coordinator: worker processes start a few at a time, and
     starting them from the Coordinator's constructor would queue them behind it."""
     nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
-    return [StepRunner.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-        nodes[i % len(nodes)], soft=False)).remote(endpoint) for i in range(count)]
+    names = [f"chainray-runner-{i}-{session_id}" for i in range(count)]
+    return [StepRunner.options(name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(
+        nodes[i % len(nodes)], soft=False)).remote(endpoint, name)
+        for i, name in enumerate(names)]
+
+
+def end_actors(handles: list[ray.actor.ActorHandle], timeout_s: float = 10.0) -> None:
+    """Ask actors to exit (Ray's own graceful exit, ``__ray_terminate__``), then kill any still
+    there after ``timeout_s``. A killed process loses the task events it has not sent yet
+    (Ray sends them every second), and the dashboard then shows its finished steps as FAILED
+    (WORKER_DIED); an actor that exits sends them first. End the owner of the step tasks
+    (the Coordinator) before the runners: a runner that dies first is a worker death under
+    open task records."""
+    if not handles:
+        return
+    exits = [handle.__ray_terminate__.remote() for handle in handles]
+    _, stuck = ray.wait(exits, num_returns=len(exits), timeout=timeout_s)
+    for handle, ref in zip(handles, exits, strict=True):
+        if ref in stuck:
+            ray.kill(handle)
 
 
 def is_process_death(exc: BaseException) -> bool:
@@ -58,7 +87,7 @@ def is_process_death(exc: BaseException) -> bool:
     return isinstance(exc, _DEATHS) and not isinstance(exc, ray.exceptions.RayTaskError)
 
 
-@ray.remote(num_cpus=0, max_concurrency=1000)
+@ray.remote(num_cpus=0, max_concurrency=1000, enable_task_events=False)
 class Coordinator:
     def __init__(self, runners: list[ray.actor.ActorHandle]) -> None:
         keep_debug_log()
@@ -68,6 +97,11 @@ class Coordinator:
         self.finished = Counter()
         self.stopped = False
         self.lifeline = None  # stops dispatch when the raylet (and so the driver) is gone
+
+    def __repr__(self) -> str:
+        steps = sum(counts["running"] for counts in self.live.values())
+        return (f"Coordinator({len(self.live)} runs running ({steps} steps), "
+                f"{self.finished['runs']} runs done, {len(self.runners)} step runners)")
 
     def _start_step(self, job: RunJob, schedule, limiters: Mapping[str, Any],
                     adaptations: Any = None, guards: GuardHandles | None = None):

@@ -35,6 +35,9 @@ class DurationLog:
         self.log: list[tuple[str, Sample]] = []
         self.dropped = 0  # samples that have left the front of the log
 
+    def __repr__(self) -> str:
+        return f"Durations({self.dropped + len(self.log)} samples, {len(self.log)} kept)"
+
     def exchange(self, source: str, cursor: int, new: list[Sample]
                  ) -> tuple[int, list[Sample]]:
         """Add ``source``'s new samples; return the others' samples logged since ``cursor``
@@ -49,7 +52,8 @@ class DurationLog:
         return self.dropped + len(self.log), others
 
 
-Durations = ray.remote(num_cpus=0, max_concurrency=1)(DurationLog)  # serial: one log
+# Serial: one log. Its calls are bookkeeping, not tasks to show in the dashboard.
+Durations = ray.remote(num_cpus=0, max_concurrency=1, enable_task_events=False)(DurationLog)
 
 
 class SharedLatencies(Latencies):

@@ -12,6 +12,11 @@ concurrency group, and a waiting ``acquire`` holds one. So ``acquire`` has its o
 and ``release``/``penalize``/``configure``/``stats`` have theirs: however many callers wait,
 the calls that free capacity always get in. Ray gives each group its own event loop thread,
 so the book lives on one more loop of its own and every method hands its work to that loop.
+
+What the dashboard shows: the actor by its name, its ``repr`` (limits, calls in flight,
+callers waiting), and no task per call (``enable_task_events=False``: a run's task table
+lists its steps, not the thousands of permit calls behind them). The gauges are set on the
+book's loop after each change and every second, so they read zero once a run has ended.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ __all__ = ["RateLimiter", "RemoteLimiter", "limiter_name", "get_rate_limiter",
 
 LIMITER_NAMESPACE = "chainray"
 WAITERS_PER_ACTOR = 100_000  # acquire calls in the actor at once; more queue in Ray, no stall
+REPORT_EVERY_S = 1.0  # gauges follow the book at least this often (Ray exports every 10 s)
 
 
 def limiter_name(base_url: str, model: str) -> str:
@@ -43,7 +49,7 @@ def limiter_name(base_url: str, model: str) -> str:
     return f"chainray-limiter-{model}-{digest}"
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1,
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, enable_task_events=False,
             max_concurrency=WAITERS_PER_ACTOR, concurrency_groups={"control": 8})
 class RateLimiter:
     """Hands out call permits: ``acquire`` before every HTTP attempt, ``release`` after."""
@@ -66,6 +72,12 @@ class RateLimiter:
                                tag_keys=("limiter",))
         for metric in (self.granted, self.throttled, self.tokens, self.waiting, self.in_flight):
             metric.set_default_tags(tags)
+        self.reported: dict[str, int] = {}  # what the gauges read (Ray exports every 10 s)
+        self.loop.call_soon_threadsafe(self._report_every, REPORT_EVERY_S)
+
+    def __repr__(self) -> str:
+        return (f"RateLimiter({self.name}: {self.book.describe()}; "
+                f"{len(self.book.leases)} calls in flight, {self._waiting()} callers waiting)")
 
     async def _on_book(self, coro: Coroutine) -> Any:
         """Run ``coro`` on the book's loop; cancelling the caller cancels it there too."""
@@ -78,17 +90,34 @@ class RateLimiter:
         return await self._on_book(call())
 
     def _post(self, method, *args) -> None:
-        """Hand a call that cannot fail to the book's loop and return at once."""
-        self.loop.call_soon_threadsafe(method, *args)
+        """Hand a call that cannot fail to the book's loop and return at once; the gauges are
+        set there, after it (set here, they would show the book before the call)."""
+        def apply() -> None:
+            method(*args)
+            self._report()
+
+        self.loop.call_soon_threadsafe(apply)
+
+    def _waiting(self) -> int:
+        return sum(not waiter.future.done() for waiter in self.book.waiters)
 
     def _report(self) -> None:
-        self.waiting.set(len(self.book.waiters))
-        self.in_flight.set(len(self.book.leases))
+        """Set the gauges from the book (on the book's loop)."""
+        self.reported = {"waiting_callers": self._waiting(),
+                         "calls_in_flight": len(self.book.leases)}
+        self.waiting.set(self.reported["waiting_callers"])
+        self.in_flight.set(self.reported["calls_in_flight"])
+
+    def _report_every(self, period_s: float) -> None:
+        """Also on a timer: leases expire and callers start waiting between releases."""
+        self._report()
+        self.loop.call_later(period_s, self._report_every, period_s)
 
     async def acquire(self, tokens: int, priority: float = 0.0,
                       timeout_s: float | None = None) -> Permit:
         permit = await self._on_book(self.book.acquire(tokens, priority, timeout_s))
         self.granted.inc()
+        self.loop.call_soon_threadsafe(self._report)
         return permit
 
     @ray.method(concurrency_group="control")
@@ -97,7 +126,6 @@ class RateLimiter:
         self._post(self.book.release, permit_id, used_tokens, headers)
         if used_tokens:
             self.tokens.inc(used_tokens)
-        self._report()
 
     @ray.method(concurrency_group="control")
     async def release_many(self, returns: list[tuple]) -> None:
@@ -105,19 +133,18 @@ class RateLimiter:
         def release_all() -> None:
             for permit_id, used_tokens, headers in returns:
                 self.book.release(permit_id, used_tokens, headers)
+            self._report()
 
         self.loop.call_soon_threadsafe(release_all)
         used = sum(used_tokens or 0 for _, used_tokens, _ in returns)
         if used:
             self.tokens.inc(used)
-        self._report()
 
     @ray.method(concurrency_group="control")
     async def penalize(self, permit_id: str, retry_after_s: float | None,
                        headers: Mapping[str, str] | None = None) -> None:
         self._post(self.book.penalize, permit_id, retry_after_s, headers)
         self.throttled.inc()
-        self._report()
 
     @ray.method(concurrency_group="control")
     async def configure(self, limits: Limits) -> str | None:
@@ -126,7 +153,8 @@ class RateLimiter:
 
     @ray.method(concurrency_group="control")
     async def stats(self) -> dict:
-        return {"name": self.name, **await self._call(self.book.stats)}
+        return {"name": self.name, **await self._call(self.book.stats),
+                "gauges": dict(self.reported)}
 
 
 def get_rate_limiter(name: str, limits: Limits, namespace: str = LIMITER_NAMESPACE,

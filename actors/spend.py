@@ -30,6 +30,11 @@ class SpendLedger:
         self.prices = load_prices(prices)
         self.stopped = False
 
+    def __repr__(self) -> str:
+        state = self.book.state()
+        return (f"Spend(cap ${state['cap_usd']}, spent ${state['spent_usd']}, in flight "
+                f"${state['in_flight_usd']}{', stopped' if self.stopped else ''})")
+
     def reserve(self, model: str, prompt_tokens: int, completion_tokens: int) -> int | None:
         """A reservation id, ``WAIT``, or None: the cap has stopped admission."""
         worst = self.prices.cost(model, prompt_tokens, completion_tokens)
@@ -55,7 +60,8 @@ class SpendLedger:
         return {**self.book.state(), "stopped": self.stopped}
 
 
-Spend = ray.remote(num_cpus=0, max_concurrency=1)(SpendLedger)  # serial: one book, no races
+# Serial: one book, no races. Its calls are bookkeeping, not tasks to show in the dashboard.
+Spend = ray.remote(num_cpus=0, max_concurrency=1, enable_task_events=False)(SpendLedger)
 
 
 class RemoteBudget:

@@ -55,12 +55,16 @@ class GuardHandles:
     durations: ray.actor.ActorHandle | None = None  # the invocation's finished requests
 
 
-@ray.remote(num_cpus=0, max_concurrency=1000, max_restarts=3)
+@ray.remote(num_cpus=0, max_concurrency=1000, max_restarts=3, enable_task_events=False)
 class StepRunner:
-    """Runs llm steps; one ``openai.AsyncOpenAI`` client (its connection pool) per actor."""
+    """Runs llm steps; one ``openai.AsyncOpenAI`` client (its connection pool) per actor.
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    Only ``run_step`` reports task events: its calls are the steps in the dashboard."""
+
+    def __init__(self, endpoint: Endpoint, name: str = "StepRunner") -> None:
         keep_debug_log()
+        self.name = name
+        self.running = self.done = 0
         self.endpoint = endpoint
         self.client = make_client(endpoint)
         self.stores: dict[str, RemoteAdaptations] = {}  # one copy per namespace
@@ -94,6 +98,10 @@ class StepRunner:
             self.stores[ref.namespace] = RemoteAdaptations(ref)
         return self.stores[ref.namespace]
 
+    def __repr__(self) -> str:
+        return f"StepRunner({self.name}: {self.running} steps running, {self.done} done)"
+
+    @ray.method(enable_task_events=True)
     async def run_step(self, request: StepRequest,
                        limiters: dict[str, ray.actor.ActorHandle],
                        adaptations: AdaptationsRef | None,
@@ -109,7 +117,12 @@ class StepRunner:
              for model, handle in limiters.items()},
             NoStore() if store is None else store,
             CallGuards() if call_guards is None else call_guards)
-        return await execute_llm_step(request, upstream, services, _where)
+        self.running += 1
+        try:
+            return await execute_llm_step(request, upstream, services, _where)
+        finally:
+            self.running -= 1
+            self.done += 1
 
     async def stop(self) -> None:
         """Send no new request (requests in flight finish): the invocation is stopping."""

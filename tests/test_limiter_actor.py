@@ -135,3 +135,12 @@ def test_queued_ms_is_the_time_steps_waited_for_permits(ray_session):
     waits = sorted(step.queued_ms for step in result.steps if step.id != "final")
     assert waits[0] < 250 and 250 < waits[1] < 900 and 550 < waits[2] < 1500
     assert result.queued_ms > 0
+
+
+def test_the_gauges_read_zero_once_a_run_has_ended(ray_session, sim):
+    # Set before the posted release had run, "calls in flight" used to read 1 after a run.
+    with session_for(sim) as session:
+        result = session.run(job(fan_chain(3)))
+        [stats] = session.limiter_stats()
+    assert result.status == "ok" and stats["granted"] == 4
+    assert stats["gauges"] == {"calls_in_flight": 0, "waiting_callers": 0}

@@ -14,6 +14,7 @@ from typing import Any
 
 from chainray.api import options as opts
 from chainray.api.batch import batch_forecast
+from chainray.api.cluster import name_job
 from chainray.api.config import SessionConfig, configure
 from chainray.api.options import Objective, RunSpec, StrategyName
 from chainray.api.resume import PreparedBatch, PreparedRun, prepare_batch, prepare_run
@@ -240,6 +241,7 @@ def run(chain: Chain | str, strategy: StrategyName = "hybrid",
     config = configure(config, **overrides)
     with prepare_run(chain, strategy, inputs, objective=objective, config=config,
                      resume=resume, run_id=run_id, journal=journal) as prepared:
+        name_job(prepared.job.chain.name, run_id=prepared.job.run_id)  # if this starts Ray
         # The run's limiters start with the session, as chainray run's do.
         opened = configure(config, models=step_models(prepared.job))
         with Session(opened) as session:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,11 +24,17 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from chainray.actors.adaptations import AdaptationsRef
 from chainray.actors.cache import CacheKeeper
-from chainray.actors.coordinator import Coordinator, start_step_runners
+from chainray.actors.coordinator import (
+    Coordinator,
+    coordinator_name,
+    end_actors,
+    start_step_runners,
+)
 from chainray.actors.durations import Durations
 from chainray.actors.rate_limiter import get_rate_limiter, limiter_name
 from chainray.actors.spend import Spend
 from chainray.actors.step_runner import GuardHandles
+from chainray.api.cluster import job_config, join
 from chainray.api.config import SessionConfig
 from chainray.call.endpoint import Endpoint
 from chainray.errors import InputError
@@ -70,9 +77,9 @@ def connect_ray(address: str | None, dashboard: bool = True) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "namespace": "chainray"}
     if address:
-        ray.init(address=address, **quiet)
+        join(address, **quiet)  # token authentication found as Ray finds it; one-line errors
     else:
-        ray.init(address="local", include_dashboard=dashboard, **quiet)
+        ray.init(address="local", include_dashboard=dashboard, job_config=job_config(), **quiet)
         atexit.register(leave_ray)  # before Ray's own exit hook, which is slower
 
 
@@ -105,6 +112,8 @@ class Driver:
         self.simulator: EmbeddedSimulator | None = None
         self.limiters: dict[str, ray.actor.ActorHandle] = {}
         self.coordinator = None
+        self.runners: list[ray.actor.ActorHandle] = []
+        self.id = uuid.uuid4().hex[:8]  # names this session's actors in the dashboard
         try:
             self._start()
         except BaseException:
@@ -128,8 +137,9 @@ class Driver:
         self._claim_budget()
         # On the driver's node, so that the run journal lands on the driver's disk.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.coordinator = Coordinator.options(scheduling_strategy=here).remote(
-            start_step_runners(self.endpoint, config.runners))
+        self.runners = start_step_runners(self.endpoint, config.runners, self.id)
+        self.coordinator = Coordinator.options(
+            scheduling_strategy=here, name=coordinator_name(self.id)).remote(self.runners)
         self.adaptations = AdaptationsRef(config.limiter_namespace)
         self.notes_shown = 0
         self.described: dict[str, str] = {}
@@ -165,11 +175,12 @@ class Driver:
         config = self.config
         if config.max_cost is None and config.cache is None and config.hedge_after is None:
             return None
-        spend = (Spend.options(scheduling_strategy=here).remote(config.max_cost, config.prices)
-                 if config.max_cost is not None else None)
-        cache = (CacheKeeper.options(scheduling_strategy=here).remote(Path(config.cache))
-                 if config.cache is not None else None)
-        durations = (Durations.options(scheduling_strategy=here).remote()
+        spend = (Spend.options(scheduling_strategy=here, name=f"chainray-spend-{self.id}")
+                 .remote(config.max_cost, config.prices) if config.max_cost is not None else None)
+        cache = (CacheKeeper.options(scheduling_strategy=here, name=f"chainray-cache-{self.id}")
+                 .remote(Path(config.cache)) if config.cache is not None else None)
+        durations = (Durations.options(scheduling_strategy=here,
+                                       name=f"chainray-durations-{self.id}").remote()
                      if config.hedge_after is not None else None)
         return GuardHandles(spend=spend, cache=cache, hedge_after=config.hedge_after,
                             durations=durations)
@@ -340,9 +351,9 @@ class Driver:
         return ray.get([handle.stats.remote() for handle in self.limiters.values()])
 
     def close(self) -> None:
-        """Say what the limiters learned; stop the Coordinator (its step runners go with it)
-        and the embedded simulator, with the limiters only it used; Ray stays up for this
-        process's next session."""
+        """Say what the limiters learned; end the Coordinator, then its step runners (in that
+        order, gracefully: see ``end_actors``), and the embedded simulator, with the limiters
+        only it used; Ray stays up for this process's next session."""
         if self.limiters and ray.is_initialized():
             try:
                 stats = ray.get([h.stats.remote() for h in self.limiters.values()], timeout=10)
@@ -351,9 +362,10 @@ class Driver:
             for model, stat in zip(self.limiters, stats, strict=False):
                 if stat["described"] != self.described.get(model):
                     self._say(f"{model}: {stat['described']}")
-        if self.coordinator is not None and ray.is_initialized():
-            ray.kill(self.coordinator)
-        self.coordinator = None
+        if ray.is_initialized():
+            for handles in ([self.coordinator] if self.coordinator else [], self.runners):
+                end_actors(handles)
+        self.coordinator, self.runners = None, []
         guards = getattr(self, "guards", None)  # the guard actors are this session's
         for handle in (guards.spend, guards.cache, guards.durations) if guards else ():
             if handle is not None and ray.is_initialized():

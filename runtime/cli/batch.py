@@ -55,7 +55,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
             writer = BatchWriter(out, batch.batch_id, earlier=batch.earlier)
             for result in batch.finished.values():
                 writer.add(result, resumed=True)
+            from chainray.api.cluster import name_job
             from chainray.api.library import Session  # Ray: only once the input is good
+
+            name_job(chain.name, batch_id=batch.batch_id)  # the dashboard's job name
 
             with Session(config) as session:
                 runs = session.run_prepared_batch(batch, args.batch_window,

@@ -113,8 +113,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if resumed := prepared.job.resumed:
             print(f"resuming: {len(resumed)} finished step(s) will not be sent again: "
                   f"{', '.join(resumed)}", file=sys.stderr)
+        from chainray.api.cluster import name_job
         from chainray.api.library import Session  # Ray: only once the input is known good
 
+        name_job(chain.name, run_id=run_id)  # the dashboard's Jobs view shows this name
         # The run's limiters start with the session, beside the Coordinator's processes.
         with Session(configure(config, models=step_models(prepared.job))) as session:
             result = session.run_prepared(prepared)
@@ -138,6 +140,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"benchmarking {chain.name}: {', '.join(args.strategies)}, {args.repeat} run(s) "
           "each, one run at a time so strategies never share the rate-limit budget",
           file=sys.stderr)
+    from chainray.api.cluster import name_job
+
+    name_job(chain.name)
     with Session(config) as session:
         # A run the spend cap keeps from starting keeps its place, marked as such.
         results = list(session.bench(chain, args.strategies, args.repeat, inputs))
