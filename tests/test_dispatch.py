@@ -108,3 +108,20 @@ async def test_the_full_detail_of_a_raised_step_goes_to_the_debug_log(caplog):
         await dispatch(resolve(DIAMOND, "hybrid"), start, is_process_death=died)
     detail = [r for r in caplog.records if r.name == "chainray.dispatch"]
     assert detail and "x" * 2000 in caplog.text  # the error field holds 300 characters
+
+
+async def test_under_parallel_a_python_step_receives_its_upstream_and_llm_steps_still_fan_out():
+    """The README's chain: a python step reading upstream["facts"] used to get {} under
+    parallel (KeyError, the final step skipped). Now it starts after facts and sees it."""
+    chain = chain_from_dict({"name": "demo", "steps": [
+        {"id": "facts", "prompt": "f"}, {"id": "other", "prompt": "o"},
+        {"id": "count", "kind": "python", "call": "builtins:len", "after": ["facts"]},
+        {"id": "summary", "after": ["facts", "other", "count"],
+         "prompt": "{facts} {other} {count}"}]})
+    start, log = executor({"facts": 0.05, "other": 0.05})
+    results = await dispatch(resolve(chain, "parallel"), start)
+    assert all(r.status == "ok" for r in results.values())
+    assert results["count"].output == "count<facts>"
+    assert log.index(("start", "count")) > log.index(("end", "facts"))
+    assert log.index(("start", "other")) < log.index(("end", "facts"))  # no wait for LLMs
+    assert results["summary"].output == "summary<facts,other,count>"
