@@ -14,11 +14,13 @@ from chainray.results import RunResult, StepResult
 
 def run(strategy: str, latency_s: float, tokens: int = 1000, cost: float = 0.001,
         outputs: tuple[str, ...] = ("a b c d", "e f g h"), retries: int = 0,
-        queued_ms: float = 0.0) -> RunResult:
+        queued_ms: float = 0.0, status: str = "ok") -> RunResult:
     steps = [StepResult(id=f"s{i}", status="ok", output=text) for i, text in enumerate(outputs)]
-    steps.append(StepResult(id="final", status="ok", output="done",
+    steps.append(StepResult(id="final", status="ok" if status == "ok" else "skipped",
+                            output="done" if status == "ok" else "",
                             depends_on=tuple(s.id for s in steps)))
-    return RunResult(scenario="x", strategy=strategy, shape="parallel", status="ok", run_id="r",
+    return RunResult(scenario="x", strategy=strategy, shape="parallel", status=status,
+                     run_id="r",
                      phases=(), latency_ms=latency_s * 1000, critical_path_ms=0,
                      queued_ms=queued_ms, total_tokens=tokens, prompt_tokens=tokens,
                      completion_tokens=0, api_calls=3 + retries, retries=retries,
@@ -79,3 +81,50 @@ def test_the_printed_table_has_the_new_columns():
     for column in ("Retries", "429s", "Queued", "Redundancy"):
         assert column in text
     assert "0.25s" in text
+
+
+def test_a_failed_run_faster_and_cheaper_than_an_ok_one_is_never_named():
+    """The README's bench once printed 'parallel was fastest' for a run that had failed: a
+    run that stopped early is quick and cheap, and must not win."""
+    results = [run("parallel", 0.4, cost=0.0001, status="failed"),
+               run("parallel", 0.5, cost=0.0001, status="failed"),
+               run("hybrid", 2.0, cost=0.002), run("hybrid", 2.1, cost=0.002)]
+    lines = verdicts(summarize_bench(results))
+    assert lines[0] == "Fastest: hybrid (2.05s) -- of the ok runs; parallel failed (2 of 2 runs)"
+    assert lines[1].startswith("Cheapest: hybrid") and "parallel failed" in lines[1]
+    assert lines[2].startswith("Longest output: hybrid")
+    assert not any("parallel (" in line for line in lines)
+    out = io.StringIO()
+    print_bench("x", results, Console(file=out, width=200))
+    row = next(line for line in out.getvalue().splitlines() if "parallel" in line)
+    assert "2 of 2 failed" in row and "failed" in row.split("│")[2] and "0.45s" not in row
+
+
+def test_a_partial_run_is_left_out_of_its_strategys_figures():
+    results = [run("parallel", 0.1, status="partial"), run("parallel", 3.0),
+               run("hybrid", 2.0)]
+    rows = {row.strategy: row for row in summarize_bench(results)}
+    assert rows["parallel"].failed == 1 and rows["parallel"].latency_ms == 3000
+    lines = verdicts(list(rows.values()))
+    assert lines[0].startswith("Fastest: hybrid (2.00s, 1.5x faster than parallel)")
+    assert lines[0].endswith("of the ok runs; parallel failed (1 of 2 runs)")
+
+
+def test_no_run_ok_means_no_verdict():
+    lines = verdicts(summarize_bench([run("parallel", 1, status="failed"),
+                                      run("hybrid", 2, status="failed")]))
+    assert lines == ["No verdict: no run finished ok (parallel failed, hybrid failed)"]
+
+
+def test_run_list_comparisons_never_return_a_failed_run():
+    from chainray.api.runs import RunList
+
+    runs = RunList([run("parallel", 0.4, cost=0.0001, status="failed"),
+                    run("hybrid", 2.0, cost=0.002), run("hybrid", 1.8, cost=0.003),
+                    run("sequential", 0.3, status="partial")])
+    assert [r.strategy for r in runs.failed] == ["parallel", "sequential"]
+    assert runs.fastest().latency_ms == 1800 and runs.cheapest().estimated_cost == 0.002
+    assert runs.verdicts()[0].startswith("Fastest: hybrid")
+    assert "parallel failed" in runs.verdicts()[0]
+    none_ok = RunList([run("parallel", 0.4, status="failed")])
+    assert none_ok.fastest() is None and none_ok.verdicts()[0].startswith("No verdict")

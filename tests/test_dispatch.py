@@ -108,3 +108,55 @@ async def test_the_full_detail_of_a_raised_step_goes_to_the_debug_log(caplog):
         await dispatch(resolve(DIAMOND, "hybrid"), start, is_process_death=died)
     detail = [r for r in caplog.records if r.name == "chainray.dispatch"]
     assert detail and "x" * 2000 in caplog.text  # the error field holds 300 characters
+
+
+async def test_under_parallel_a_python_step_receives_its_upstream_and_llm_steps_still_fan_out():
+    """The README's chain: a python step reading upstream["facts"] used to get {} under
+    parallel (KeyError, the final step skipped). Now it starts after facts and sees it."""
+    chain = chain_from_dict({"name": "demo", "steps": [
+        {"id": "facts", "prompt": "f"}, {"id": "other", "prompt": "o"},
+        {"id": "count", "kind": "python", "call": "builtins:len", "after": ["facts"]},
+        {"id": "summary", "after": ["facts", "other", "count"],
+         "prompt": "{facts} {other} {count}"}]})
+    start, log = executor({"facts": 0.05, "other": 0.05})
+    results = await dispatch(resolve(chain, "parallel"), start)
+    assert all(r.status == "ok" for r in results.values())
+    assert results["count"].output == "count<facts>"
+    assert log.index(("start", "count")) > log.index(("end", "facts"))
+    assert log.index(("start", "other")) < log.index(("end", "facts"))  # no wait for LLMs
+    assert results["summary"].output == "summary<facts,other,count>"
+
+
+def count_words(inputs, upstream):
+    """The README's python step: it reads its declared upstream."""
+    return str(len(upstream["facts"].split()))
+
+
+async def test_the_readmes_python_step_reads_its_upstream_under_every_strategy():
+    from chainray.runner.step_exec import StepRequest, execute_python_step
+    from chainray.spec.chain import ModelSettings
+
+    chain = chain_from_dict({"name": "demo", "inputs": {"topic": "tea"}, "steps": [
+        {"id": "facts", "prompt": "List facts about {topic}"},
+        {"id": "count", "kind": "python", "call": count_words, "after": ["facts"]},
+        {"id": "summary", "after": ["facts", "count"],
+         "prompt": "Sum up {facts:.500} in {count} words"}]})
+    for strategy in ("sequential", "parallel", "hybrid"):
+        schedule = resolve(chain, strategy)
+
+        def start(step_id, upstream, schedule=schedule):
+            async def run():
+                seen = [v if isinstance(v, StepResult) else await v for v in upstream.values()]
+                if step_id != "count":
+                    return StepResult(id=step_id, status="ok", output="one two three")
+                plan = schedule.plan[step_id]
+                request = StepRequest(run_id="r", task_name="demo:count",
+                                      step=chain.by_id["count"], settings=ModelSettings(),
+                                      inputs=chain.inputs, sees=plan.sees,
+                                      depends_on=plan.depends_on)
+                return execute_python_step(request, seen)
+            return asyncio.ensure_future(run())
+
+        results = await dispatch(schedule, start)
+        assert results["count"].status == "ok", (strategy, results["count"].error)
+        assert results["count"].output == "3" and results["summary"].status == "ok"

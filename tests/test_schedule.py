@@ -97,3 +97,40 @@ def test_prompt_truncates_and_marks_withheld_upstream():
 def test_sequential_prompt_lists_earlier_steps_it_does_not_name():
     prompt = render_prompt("go {B}", {}, {"A": "alpha text", "B": "beta"}, ("B",))
     assert prompt.startswith("go beta") and "- A: alpha text" in prompt
+
+
+@pytest.fixture(scope="module")
+def with_python():
+    """facts (llm) -> count (python) -> summary (llm, final), plus a sibling llm step."""
+    return chain_from_dict({"name": "py", "steps": [
+        {"id": "facts", "prompt": "facts"},
+        {"id": "other", "prompt": "other"},
+        {"id": "count", "kind": "python", "call": "builtins:len", "after": ["facts"]},
+        {"id": "summary", "after": ["facts", "other", "count"],
+         "prompt": "{facts} {other} {count}"}]})
+
+
+def test_under_parallel_a_python_step_waits_for_and_sees_its_declared_upstream(with_python):
+    schedule = resolve(with_python, "parallel")
+    assert schedule.plan["count"].depends_on == ("facts",)
+    assert schedule.plan["count"].sees == ("facts",)
+    # the LLM calls keep the parallel shape: the non-final ones start at once, seeing nothing
+    assert schedule.plan["facts"].depends_on == () and schedule.plan["other"].depends_on == ()
+    assert schedule.phases[0] == ("facts", "other")
+    assert set(schedule.plan["summary"].depends_on) == {"facts", "other", "count"}
+    assert schedule.shape == "parallel"
+
+
+def test_every_strategy_hands_a_python_step_its_declared_upstream(with_python):
+    for strategy in ("sequential", "parallel", "hybrid"):
+        schedule = resolve(with_python, strategy)
+        phase = {s: i for i, p in enumerate(schedule.phases) for s in p}
+        assert "facts" in schedule.plan["count"].sees, strategy
+        assert phase["count"] > phase["facts"], strategy
+
+
+def test_sql_pipeline_python_steps_wait_under_parallel():
+    schedule = resolve(load_chain("sql_pipeline"), "parallel")
+    assert schedule.plan["validate"].sees == ("generate",)
+    assert schedule.plan["execute"].sees == ("validate",)
+    assert schedule.phases == (("generate",), ("validate",), ("execute",), ("explain",))

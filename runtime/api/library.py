@@ -269,7 +269,7 @@ def bench(chain: Chain | str, strategies: Sequence[str] = STRATEGIES, repeat: in
     """Compare strategies on identical inputs: ``repeat`` runs of each, one at a time.
 
         runs = chainray.bench(chain, strategies=["parallel", "hybrid"], repeat=3)
-        fastest = min(runs, key=lambda r: r.latency_ms).strategy
+        fastest = runs.fastest()     # the quickest ok run; runs.verdicts(): ties, failures
 
     Like ``chainray bench``, it bypasses the response cache unless ``cache=`` is given (a
     cached reply takes no time, so timings would not compare strategies). Bench runs keep

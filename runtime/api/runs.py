@@ -6,6 +6,11 @@ each keeps its place as a ``RunResult`` with status ``failed``, every step ``ski
 error that starts with ``not started:``, nothing sent; ``RunList.not_started`` names them. So a
 caller tells apart the runs that finished (``ok``), the partial ones (a call refused
 mid-run: ``partial`` or ``failed``) and those that never started.
+
+Comparisons judge only the runs that finished ``ok``: ``fastest()`` and ``cheapest()`` never
+return a failed or partial run (one that stopped early is quick and cheap), and ``verdicts()``
+gives ``chainray bench``'s lines, with ties inside the spread of repeats and the failed
+strategies named.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from chainray.api.options import cap_summary
 from chainray.guards.call_guards import SPEND_CAP
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import resolve
+from chainray.report.bench import summarize_bench, verdicts
 from chainray.results import RunResult, StepResult
 from chainray.runner.jobs import RunJob
 from chainray.runner.summary import summarize_run
@@ -38,8 +44,10 @@ class RunList(list[RunResult]):
     resume=batch_id)`` continues; ``resumed``: the run ids an earlier invocation had finished
     (their results are the recorded ones; nothing was sent for them).
 
-        runs = session.run_many(chains)
-        finished = [r for r in runs if r.status == "ok"]
+        runs = chainray.bench(chain, strategies=["parallel", "hybrid"], repeat=3)
+        runs.ok                 # the runs that finished; runs.failed: the others
+        runs.fastest()          # the quickest ok run (None when none finished)
+        runs.verdicts()[0]      # "Fastest: hybrid (2.05s, 1.5x faster than parallel)", or a tie
         never = [r for r in runs if r.run_id in runs.not_started]
     """
 
@@ -51,6 +59,29 @@ class RunList(list[RunResult]):
         self.spend = spend
         self.batch_id = batch_id
         self.resumed = list(resumed)
+
+    @property
+    def ok(self) -> list[RunResult]:
+        """The runs that finished with status ``ok``, in order."""
+        return [run for run in self if run.status == "ok"]
+
+    @property
+    def failed(self) -> list[RunResult]:
+        """The runs that did not finish ``ok`` (``partial``, ``failed``, not started)."""
+        return [run for run in self if run.status != "ok"]
+
+    def fastest(self) -> RunResult | None:
+        """The ok run with the lowest latency; ``None`` when no run finished ok."""
+        return min(self.ok, key=lambda run: run.latency_ms, default=None)
+
+    def cheapest(self) -> RunResult | None:
+        """The ok run with the lowest estimated cost; ``None`` when no run finished ok."""
+        return min(self.ok, key=lambda run: run.estimated_cost, default=None)
+
+    def verdicts(self) -> list[str]:
+        """``chainray bench``'s verdict lines over these runs, by strategy: fastest, cheapest,
+        longest output, each judged on ok runs, a tie when the spreads of repeats overlap."""
+        return verdicts(summarize_bench(self)) if self else []
 
 
 def not_started_result(job: RunJob, spend: dict | None) -> RunResult:

@@ -52,6 +52,14 @@ def add_sim_parser(commands, positive_int, positive_float) -> None:
                      help="median time to first token in seconds (default 0.5)")
     sim.add_argument("--tokens-per-s", type=positive_float, default=70.0,
                      help="decode speed (default 70)")
+    sim.add_argument("--slots", type=positive_int, default=None, metavar="N",
+                     help="answer as a self-hosted engine (vLLM, Ollama, llama.cpp, TGI): N "
+                     "requests decode at full speed, k > N share it (each at N/k)")
+    sim.add_argument("--reply-tokens", type=positive_int, default=None, metavar="N",
+                     help="every reply wants N tokens (default: the length model)")
+    sim.add_argument("--ignore-max-tokens", action="store_true",
+                     help="replies are as long as they want whatever max_tokens says, "
+                     "finish_reason stop")
     sim.add_argument("--api-key-env", metavar="VAR",
                      help="require the API key held in this environment variable (401 else)")
     for name, what in (("error-500", "answer 500"), ("error-429", "answer a spurious 429"),
@@ -81,7 +89,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         return SimConfig(host=args.host, port=args.port, rpm=args.rpm, tpm=args.tpm,
                          speed=args.speed, seed=args.seed, ttft_median_s=args.ttft_median,
                          tokens_per_s=args.tokens_per_s, api_key=api_key, faults=faults,
-                         retry_after_headers=not args.no_retry_after)
+                         retry_after_headers=not args.no_retry_after, slots=args.slots,
+                         reply_tokens=args.reply_tokens,
+                         ignore_max_tokens=args.ignore_max_tokens)
     except ValidationError as exc:
         error = exc.errors()[0]
         flag = "--" + str(error["loc"][-1]).replace("_", "-")

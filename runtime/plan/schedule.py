@@ -3,8 +3,11 @@
 Pure Python (graphlib), no Ray. What each strategy means (DESIGN.md):
 
 - ``hybrid``: the graph as declared; a step waits for and sees its declared dependencies.
-- ``parallel``: every non-final step starts at once and sees no upstream output; the final
-  step waits for and sees them all.
+- ``parallel``: every non-final LLM step starts at once and sees no upstream output; the
+  final step waits for and sees them all. A python step still waits for and sees its declared
+  ``after:`` steps: it sends nothing and costs nothing, so honouring its inputs leaves the
+  parallel shape of the LLM calls unchanged, and a function that reads ``upstream["x"]`` runs
+  under every strategy (it used to get ``{}`` here and fail with ``KeyError``).
 - ``sequential``: one step at a time in topological order; each step also sees what every
   earlier step produced ("previously covered angles").
 """
@@ -93,7 +96,8 @@ def _step_plans(chain: Chain, strategy: Strategy) -> list[StepPlan]:
             depends_on, sees = declared, declared
         elif strategy == "parallel":
             others = tuple(s for s in order if s != final)
-            depends_on = sees = others if step_id == final else ()
+            python = chain.by_id[step_id].kind == "python"
+            depends_on = sees = others if step_id == final else declared if python else ()
         else:
             depends_on, sees = tuple(order[i - 1:i]), tuple(order[:i])
         plans.append(StepPlan(id=step_id, depends_on=depends_on, sees=sees))
@@ -125,8 +129,11 @@ def longest_path(
     return path, total
 
 
-def _shape(phases: list[tuple[str, ...]], n_steps: int) -> Shape:
-    if len(phases) == n_steps:
+def _shape(chain: Chain, phases: list[tuple[str, ...]]) -> Shape:
+    """The shape of the LLM calls (python steps send nothing, so they do not shape a run)."""
+    llm = {step.id for step in chain.steps if step.kind == "llm"} or set(chain.by_id)
+    phases = [kept for phase in phases if (kept := [s for s in phase if s in llm])]
+    if len(phases) == len(llm):
         return "sequential"
     return "parallel" if len(phases) <= 2 else "hybrid"
 
@@ -140,7 +147,7 @@ def resolve(chain: Chain, strategy: Strategy) -> Schedule:
     path, _ = longest_path({plan.id: plan.depends_on for plan in plans})
     return Schedule(
         strategy=strategy,
-        shape=_shape(phases, len(plans)),
+        shape=_shape(chain, phases),
         phases=tuple(phases),
         edges=tuple((dep, plan.id) for plan in plans for dep in plan.depends_on),
         critical_path=tuple(path),

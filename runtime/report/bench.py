@@ -1,6 +1,10 @@
 """Compare strategies on identical inputs: medians and spread of repeated runs, the seed's
 verdict lines (fastest, cheapest, longest output) named only when the gap beats the noise, and
-a quality proxy: how much sibling outputs repeat each other."""
+a quality proxy: how much sibling outputs repeat each other.
+
+Only runs that finished ``ok`` are judged: a row's medians come from its ok runs, a strategy
+with none is never named fastest, cheapest or longest, and every verdict says which
+strategies failed ("Fastest: parallel (0.80s) -- of the ok runs; hybrid failed")."""
 
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ _WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
 
 
 class StrategySummary(BaseModel):
-    """One strategy over its repeats: medians, and min..max where it varies."""
+    """One strategy over its repeats: medians, and min..max where it varies, over its ``ok``
+    runs (over all its runs when none finished: what the failures cost)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -133,35 +138,52 @@ def _best(rows: Sequence[StrategySummary], field: str, lowest: bool
     return best, second, clear and getattr(best, field) != getattr(second, field)
 
 
+def _failures(rows: Sequence[StrategySummary]) -> str:
+    """What the verdicts leave out: "; hybrid failed (2 of 2 runs)", "" when nothing failed."""
+    notes = [f"{r.strategy} failed" + (f" ({r.failed} of {r.runs} runs)" if r.runs > 1 else "")
+             for r in rows if r.failed]
+    return f" -- of the ok runs; {', '.join(notes)}" if notes else ""
+
+
 def verdicts(rows: Sequence[StrategySummary]) -> list[str]:
-    """Fastest, cheapest and longest output, each named only when the gap beats the spread."""
+    """Fastest, cheapest and longest output, each named only when the gap beats the spread,
+    and only among the runs that finished ``ok``: a failed or partial run is quick and cheap
+    because it stopped, so it never wins. A strategy none of whose runs finished is left out
+    and named as failed; one with some failed runs is judged on its ok runs."""
+    ranked = [r for r in rows if r.failed < r.runs]
+    if not ranked:
+        return ["No verdict: no run finished ok (" + ", ".join(
+            f"{r.strategy} failed" for r in rows) + ")"]
     lines = []
+    failed = _failures(rows)
     repeated = max(r.runs for r in rows) > 1
     noise = "their ranges over repeats overlap" if repeated else "they are equal"
-    best, second, clear = _best(rows, "latency_ms", lowest=True)
+    best, second, clear = _best(ranked, "latency_ms", lowest=True)
     if second is None or clear:
-        slowest = max(rows, key=lambda r: r.latency_ms)
+        slowest = max(ranked, key=lambda r: r.latency_ms)
         speedup = slowest.latency_ms / best.latency_ms if best.latency_ms else 0.0
-        lines.append(f"Fastest: {best.strategy} ({best.latency_ms / 1000:.2f}s, {speedup:.1f}x "
-                     f"faster than {slowest.strategy})")
+        lines.append(f"Fastest: {best.strategy} ({best.latency_ms / 1000:.2f}s"
+                     + (f", {speedup:.1f}x faster than {slowest.strategy}" if second else "")
+                     + ")")
     else:
         lines.append(f"Fastest: tie between {best.strategy} ({best.latency_ms / 1000:.2f}s) "
                      f"and {second.strategy} ({second.latency_ms / 1000:.2f}s): {noise}")
-    best, second, clear = _best(rows, "estimated_cost", lowest=True)
+    best, second, clear = _best(ranked, "estimated_cost", lowest=True)
     if second is None or clear:
         lines.append(f"Cheapest: {best.strategy} (${best.estimated_cost:.5f}, "
                      f"{best.total_tokens:.0f} tokens)")
     else:
         lines.append(f"Cheapest: tie between {best.strategy} (${best.estimated_cost:.5f}) and "
                      f"{second.strategy} (${second.estimated_cost:.5f}): {noise}")
-    best, second, clear = _best(rows, "output_length", lowest=False)
+    best, second, clear = _best(ranked, "output_length", lowest=False)
     if second is None or clear:
         lines.append(f"Longest output: {best.strategy} ({best.output_length:.0f} chars)")
     else:
         lines.append(f"Longest output: tie between {best.strategy} and {second.strategy} "
                      f"({best.output_length:.0f} and {second.output_length:.0f} chars): {noise}")
-    least = min(rows, key=lambda r: r.redundancy)
-    most = max(rows, key=lambda r: r.redundancy)
+    lines = [line + failed for line in lines]
+    least = min(ranked, key=lambda r: r.redundancy)
+    most = max(ranked, key=lambda r: r.redundancy)
     if most.redundancy > least.redundancy:
         lines.append(f"Redundancy between sibling outputs: {most.strategy} "
                      f"{most.redundancy:.0%} of 3-word phrases repeated, {least.strategy} "

@@ -22,18 +22,22 @@ def _range(median: float, low: float, high: float, fmt: str, runs: int) -> str:
 
 
 def _cells(row: StrategySummary) -> list[str]:
-    name = row.strategy + (f" ({row.failed} failed)" if row.failed else "")
-    return [name,
-            _range(row.latency_ms / 1000, row.latency_min_ms / 1000, row.latency_max_ms / 1000,
-                   "{:.2f}s", row.runs),
+    """A strategy's row; one whose runs all failed shows what it spent, not a latency or an
+    output that would read as a result."""
+    ok = row.runs - row.failed
+    name = row.strategy + (f" ({row.failed} of {row.runs} failed)" if row.failed else "")
+    latency = _range(row.latency_ms / 1000, row.latency_min_ms / 1000,
+                     row.latency_max_ms / 1000, "{:.2f}s", ok) if ok else "failed"
+    output = _range(row.output_length, row.output_length_min, row.output_length_max,
+                    "{:.0f}", ok) + " chars" if ok else "-"
+    return [name, latency,
             _range(row.total_tokens, row.total_tokens_min, row.total_tokens_max, "{:.0f}",
-                   row.runs) + (f", {row.cached_tokens:.0f} cached" if row.cached_tokens else ""),
+                   ok or row.runs) + (f", {row.cached_tokens:.0f} cached" if row.cached_tokens
+                                      else ""),
             f"{row.api_calls:.0f}", f"{row.retries:.0f}", f"{row.rate_limited:.0f}",
             f"{row.queued_ms / 1000:.2f}s",
-            f"${row.estimated_cost:.5f}",
-            _range(row.output_length, row.output_length_min, row.output_length_max,
-                   "{:.0f}", row.runs) + " chars",
-            f"{row.redundancy:.0%}"]
+            f"${row.estimated_cost:.5f}", output,
+            f"{row.redundancy:.0%}" if ok else "-"]
 
 
 def print_bench(scenario: str, results: list[RunResult], console: Console | None = None) -> None:
@@ -45,8 +49,8 @@ def print_bench(scenario: str, results: list[RunResult], console: Console | None
             console = Console(width=160)
     rows = summarize_bench(results)
     repeats = max(row.runs for row in rows)
-    title = f"{scenario}: " + (f"medians of {repeats} runs (min-max)" if repeats > 1
-                               else "one run each")
+    title = f"{scenario}: " + (f"medians of {repeats} runs (min-max), ok runs only"
+                               if repeats > 1 else "one run each")
     table = Table(title=title)
     for column in _COLUMNS:
         table.add_column(column, justify="left" if column == "Strategy" else "right")

@@ -32,7 +32,9 @@ class SimConfig(BaseModel):
     """Everything the simulator does. Rate limits are per real minute; ``speed`` scales latency.
 
     The default profile is about a gpt-4o-mini: time to first token lognormal with median 0.5 s
-    and p95 about 1.5 s, 0.05 ms a prompt token of prefill, 70 tokens/s of decode.
+    and p95 about 1.5 s, 0.05 ms a prompt token of prefill, 70 tokens/s of decode. ``slots``,
+    ``reply_tokens`` and ``ignore_max_tokens`` make it answer like a self-hosted engine
+    (vLLM, Ollama, llama.cpp, TGI) instead.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -61,6 +63,17 @@ class SimConfig(BaseModel):
                            "the simulator and its client CPU-bound)")
     lengths: LengthModel = LengthModel()  # how long replies are: see chainray.sim.lengths
     default_max_tokens: int = Field(512, gt=0)
+    reply_tokens: int | None = Field(None, gt=0, description="every reply wants exactly this "
+                                     "many tokens (instead of the length model's share of "
+                                     "max_tokens)")
+    ignore_max_tokens: bool = Field(False, description="max_tokens does not cut a reply: it is "
+                                    "as long as the model wants (reply_tokens, or the length "
+                                    "model's share of default_max_tokens) and finish_reason "
+                                    "stays stop, as some self-hosted servers answer")
+    slots: int | None = Field(None, ge=1, description="a self-hosted engine: this many "
+                              "requests decode at tokens_per_s; with k > slots decoding at "
+                              "once, each decodes at tokens_per_s * slots / k (None: every "
+                              "request at full speed, as a hosted API)")
     reasoning_models: str = Field(REASONING_MODELS, description="models (a regex) that answer "
                                   "as OpenAI's reasoning models: 400 on max_tokens and on "
                                   "sampling settings other than the default")

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from chainray.sim.config import SimConfig
-from chainray.sim.lengths import background_share, read_signals, reply_share
+from chainray.sim.lengths import PromptSignals, background_share, read_signals, reply_share
 
 __all__ = ["Reply", "plan_reply"]
 
@@ -133,8 +133,8 @@ def plan_reply(config: SimConfig, prompt: str, prompt_tokens: int, max_tokens: i
     digest = hashlib.sha256(f"{config.seed}:{prompt}".encode()).digest()
     content_rng = random.Random(digest)
     lengths, signals = config.lengths, read_signals(prompt)
-    share = reply_share(lengths, signals, prompt, config.seed)
-    count = max(1, min(max_tokens, round(max_tokens * share)))
+    want = _wanted(config, prompt, signals, max_tokens)
+    count = want if config.ignore_max_tokens else min(max_tokens, want)
     tokens = _words(prompt, count, content_rng, background_share(lengths, signals),
                     config.seed)
     factor = (config.faults.slow_factor if slow else 1.0) / config.speed
@@ -144,5 +144,15 @@ def plan_reply(config: SimConfig, prompt: str, prompt_tokens: int, max_tokens: i
     jitter = config.itl_jitter
     itl = tuple(mean_itl * latency_rng.uniform(1 - jitter, 1 + jitter) * factor
                 for _ in range(count - 1))
-    finish = "length" if count == max_tokens else "stop"
+    finish = "length" if want >= max_tokens and not config.ignore_max_tokens else "stop"
     return Reply(tuple(tokens), finish, ttft, itl)
+
+
+def _wanted(config: SimConfig, prompt: str, signals: PromptSignals, max_tokens: int) -> int:
+    """How many tokens the model wants to write: ``reply_tokens`` when set, else the length
+    model's share of ``max_tokens`` (of ``default_max_tokens`` when it ignores max_tokens, so
+    the request's limit does not shape the reply)."""
+    if config.reply_tokens is not None:
+        return config.reply_tokens
+    budget = config.default_max_tokens if config.ignore_max_tokens else max_tokens
+    return max(1, round(budget * reply_share(config.lengths, signals, prompt, config.seed)))

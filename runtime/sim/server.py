@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import hmac
-import itertools
 import json
 import math
 import random
@@ -21,6 +19,7 @@ from chainray.sim.buckets import Admission, LimitBuckets
 from chainray.sim.config import SimConfig
 from chainray.sim.reasoning import is_reasoning_model, reject_parameter
 from chainray.sim.replies import Reply, plan_reply
+from chainray.sim.slots import DecodeSlots, due_times
 from chainray.sim.stats import RequestRecord, ServerStats
 from chainray.sim.structured import conforming_json, schema_of
 from chainray.tokens import estimate_prompt_tokens
@@ -43,6 +42,7 @@ class Simulator:
         self.config = config
         self.stats = ServerStats()
         self.buckets = LimitBuckets.for_config(config)
+        self.slots = DecodeSlots(config.slots)
         self.rng = random.Random(config.seed)
         self.fault_rng = random.Random(f"faults:{config.seed}")  # apart from latency draws
         self.app = web.Application()
@@ -86,6 +86,7 @@ class Simulator:
         self.config = config
         self.stats = ServerStats()
         self.buckets = LimitBuckets.for_config(config)
+        self.slots = DecodeSlots(config.slots)
         self.rng = random.Random(config.seed)
         self.fault_rng = random.Random(f"faults:{config.seed}")
 
@@ -178,7 +179,8 @@ class Simulator:
         if record.stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await self._stream(request, record, reply, usage if include_usage else None)
-        await asyncio.sleep(reply.duration_s)
+        await asyncio.sleep(reply.ttft_s)
+        record.decoded(await self.slots.decode(due_times(reply.itl_s)))
         return web.json_response(_completion(record, reply, usage), headers=self._headers(record))
 
     def _headers(self, record: RequestRecord) -> dict[str, str]:
@@ -255,20 +257,18 @@ class Simulator:
         await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant",
                                                                 "content": ""},
                                          "finish_reason": None}]})
-        # Each token is due at its own time after the first; every chunk holds what is due.
-        loop, tokens = asyncio.get_running_loop(), reply.tokens
-        start, due = loop.time(), list(itertools.accumulate(reply.itl_s, initial=0.0))
-        sent = next_chunk_at = 0
-        while sent < len(tokens):
-            if (wait := max(start + due[sent], next_chunk_at) - loop.time()) > 0:
-                await asyncio.sleep(wait)
-            now = loop.time()
-            ready = max(sent + 1, bisect.bisect_right(due, now - start))
+        # Each token is due at its own time after the first (later when more requests decode
+        # than there are slots); every chunk holds what is due.
+        tokens = reply.tokens
+
+        async def send_due(sent: int, ready: int) -> None:
             await send({**base, "choices": [{"index": 0,
                                              "delta": {"content": "".join(tokens[sent:ready])},
                                              "finish_reason": None}]})
-            sent, next_chunk_at = ready, now + self.config.chunk_s
-            record.completion_tokens = sent
+            record.completion_tokens = ready
+
+        record.decoded(await self.slots.decode(due_times(reply.itl_s), send_due,
+                                                self.config.chunk_s))
         await send({**base, "choices": [{"index": 0, "delta": {},
                                          "finish_reason": reply.finish_reason}]})
         if usage is not None:

@@ -6,6 +6,8 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from chainray.sim.slots import Decoded
+
 __all__ = ["RequestRecord", "ServerStats"]
 
 
@@ -21,6 +23,16 @@ class RequestRecord:
     outcome: str = "pending"  # ok, rate_limited, server_error, dropped, hung, unauthorized, ...
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    decode_s: float = 0.0  # wall seconds from the first token to the last
+    decode_tokens_per_s: float | None = None  # tokens after the first per decode second
+    peak_decoding: int = 0  # most requests decoding at once while this one did
+
+    def decoded(self, decoded: Decoded) -> None:
+        """Record what the decode saw, and the rate it got: tokens after the first per
+        second of decoding (below the configured rate when it shared the slots)."""
+        self.decode_s, self.peak_decoding = round(decoded.seconds, 6), decoded.peak
+        if decoded.seconds > 0 and self.completion_tokens > 1:
+            self.decode_tokens_per_s = round((self.completion_tokens - 1) / decoded.seconds, 2)
 
 
 @dataclass
@@ -52,6 +64,7 @@ class ServerStats:
             "total_tokens": prompt + completion,
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
+            "peak_decoding": max((r.peak_decoding for r in self.records), default=0),
         }
         if include_requests:
             out["request_log"] = [asdict(r) for r in self.records]
