@@ -9,7 +9,8 @@ import pytest
 
 from chainray.plan.cost import load_prices
 from chainray.plan.forecast import forecast_batch
-from chainray.plan.predict import LatencyModel, fit_steps, predict
+from chainray.plan.learn import fit_steps
+from chainray.plan.predict import LatencyModel, predict
 from chainray.plan.schedule import STRATEGIES
 from chainray.spec.chain import load_chain
 from tests.conftest import SIM_SEED

@@ -34,8 +34,10 @@ def _prepare_job(chain: Chain | str, strategy: StrategyName, inputs: Mapping | N
     values = opts.chain_inputs(chain, inputs)
     if capped:
         opts.refuse_unpriced(chain, job_options["model"], job_options["prices"])
-    chosen, _ = opts.choose_strategy(chain, strategy, objective, job_options["prices"])
-    return opts.run_job(chain, chosen, values, **job_options)
+    chosen, _ = opts.choose_strategy(chain, strategy, objective, job_options["prices"],
+                                     job_options.get("base_url"), job_options["model"])
+    return opts.run_job(chain, chosen, values,
+                        **{k: v for k, v in job_options.items() if k != "base_url"})
 
 
 class Session:
@@ -67,6 +69,8 @@ class Session:
     - ``cache``: answer repeated requests from a response cache (``--cache``): ``True`` for
       ``$CHAINRAY_HOME/cache``, or a folder. Hits send nothing, cost $0 and are marked
       ``cached`` per step.
+    - ``learn``: add what the runs measure to the endpoint's profile, from which
+      ``chainray.plan`` predicts (default ``True``; ``False``: nothing is written).
     - ``hedge_after``: a quantile in (0, 1] (``--hedge-after``). A request in flight longer
       than that quantile of this session's finished requests of its model gets one
       duplicate; the first answer wins, the duplicate's tokens are counted and priced.
@@ -84,16 +88,17 @@ class Session:
                  sim_speed: float = 1.0, prices: str | None = None, dashboard: bool = False,
                  progress: bool = False, api_version: str | None = None,
                  max_cost: float | None = None, cache: CacheOption = None,
-                 hedge_after: float | None = None, _models: Iterable[str] = ()) -> None:
+                 hedge_after: float | None = None, learn: bool = True,
+                 _models: Iterable[str] = ()) -> None:
         config = opts.session_config(
             address=address, base_url=base_url, api_key=api_key, rpm=rpm, tpm=tpm,
             max_concurrency=max_concurrency, target_share=target_share, priority=priority,
             dashboard=dashboard, sim_speed=sim_speed, timeout=timeout,
             max_attempts=max_attempts, progress=progress, api_version=api_version,
             max_cost=max_cost, prices=prices, hedge_after=hedge_after, cache=cache,
-            models=_models)  # _models: run() knows its run's models before the session opens
+            models=_models, learn=learn)  # _models: run() knows its run's models before opening
         self._job_options = {"on_error": on_error, "model": model, "priority": priority,
-                             "prices": prices}
+                             "prices": prices, "base_url": base_url}
         self._capped = max_cost is not None
         self._driver: _Driver | None = _Driver(config)
 
@@ -201,7 +206,7 @@ def _split(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], boo
         raise TypeError(f"unknown option {unknown[0]!r}; options: "
                         f"{', '.join(sorted(_SESSION_OPTIONS))}")
     job_options = {name: options.get(name, _SESSION_OPTIONS[name].default)
-                   for name in ("on_error", "model", "priority", "prices")}
+                   for name in ("on_error", "model", "priority", "prices", "base_url")}
     return options, job_options, options.get("max_cost") is not None
 
 

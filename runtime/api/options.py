@@ -83,7 +83,7 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
                    progress: bool = False, api_version: str | None = None,
                    max_cost: float | None = None, prices: str | None = None,
                    hedge_after: float | None = None, cache: CacheOption = None,
-                   models: Iterable[str] = ()) -> SessionConfig:
+                   models: Iterable[str] = (), learn: bool = True) -> SessionConfig:
     """How to reach Ray and the endpoint, from the options ``chainray run`` also takes.
 
     ``api_version`` is Azure OpenAI's (``base_url`` is then the resource endpoint).
@@ -93,6 +93,7 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
     ``api_key`` replaces ``OPENAI_API_KEY`` for this session only (the key never leaves the
     session's environment copy: not logged, not in results). ``models``: those whose rate
     limiters open with the session, beside the Coordinator's processes (else at first use).
+    ``learn``: add what the runs measure to the endpoint's profile (``chainray plan``).
     """
     from chainray.api.session import SessionConfig
 
@@ -110,7 +111,7 @@ def session_config(*, address: str | None = None, base_url: str | None = None,
                          timeout_s=timeout, max_attempts=max_attempts, progress=progress,
                          api_version=api_version, max_cost=max_cost, prices=prices,
                          hedge_after=hedge_after, cache=folder,
-                         models=tuple(sorted(set(models))), env=env)
+                         models=tuple(sorted(set(models))), env=env, learn=learn)
 
 
 def as_chain(chain: Chain | str) -> Chain:
@@ -134,8 +135,10 @@ def chain_inputs(chain: Chain, overrides: Mapping[str, Any] | None = None) -> di
 
 
 def choose_strategy(chain: Chain, strategy: StrategyName, objective: Objective = "latency",
-                    prices: str | None = None) -> tuple[str, tuple[str, ...]]:
-    """The strategy to run and, for ``auto``, the advisor's reasons for it."""
+                    prices: str | None = None, base_url: str | None = None,
+                    model: str | None = None) -> tuple[str, tuple[str, ...]]:
+    """The strategy to run and, for ``auto``, the advisor's reasons for it (from the profile
+    of the endpoint and model the run calls, as ``chainray plan`` predicts)."""
     if strategy != "auto":
         if strategy not in STRATEGIES:
             raise InputError(f"unknown strategy {strategy!r}; choose from "
@@ -143,7 +146,7 @@ def choose_strategy(chain: Chain, strategy: StrategyName, objective: Objective =
         return strategy, ()
     from chainray.api.planning import plan
 
-    advice = plan(chain, objective=objective, prices=prices)
+    advice = plan(chain, objective=objective, prices=prices, base_url=base_url, model=model)
     return advice.strategy, advice.reasons
 
 

@@ -32,6 +32,8 @@ from chainray.actors.step_runner import GuardHandles
 from chainray.call.endpoint import Endpoint
 from chainray.errors import InputError
 from chainray.limit.limits import Limits
+from chainray.plan.learn import Learner
+from chainray.plan.profiles import endpoint_label
 from chainray.report.progress import ProgressView, result_counts
 from chainray.results import RunResult
 from chainray.runner.jobs import RunJob, step_models
@@ -74,6 +76,7 @@ class SessionConfig:
     cache: str | None = None  # response cache folder (None: no cache)
     hedge_after: float | None = None  # hedge requests slower than this quantile (0..1)
     models: tuple[str, ...] = ()  # models whose limiters open with the session (else at first use)
+    learn: bool = True  # add what runs measure to the endpoint's profile (chainray.plan)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -163,6 +166,9 @@ class Session:
         ray.get(self.coordinator.ready.remote(), timeout=120)  # open means ready to run
         self.guards = self._open_guards(here)
         self.not_started: list[str] = []  # run ids the spend cap kept from starting
+        self.learner = Learner(endpoint_label(
+            self.endpoint.base_url, simulated=self.simulator is not None,
+            sim_speed=config.sim_speed, sim_flags=config.sim_flags), config.learn)
 
     def _wants_simulator(self) -> bool:
         env = self.config.env
@@ -265,6 +271,7 @@ class Session:
         return self.limiters
 
     def submit(self, job: RunJob) -> ray.ObjectRef:
+        self.learner.expect(job.run_id, job.chain, job.inputs)
         return self.coordinator.run.options(name=f"run:{job.chain.name}:{job.strategy}").remote(
             job, self.limiters_for(job), self.adaptations, self.guards)
 
@@ -305,6 +312,7 @@ class Session:
                 view.show({**counts, "runs_total": total} if total else counts)
                 if results:
                     self._show_adaptations()
+                    self.learner.add(results)
                 yield from results
 
     def _show_adaptations(self) -> None:
@@ -323,6 +331,8 @@ class Session:
         """Say what the limiters learned; stop the Coordinator (its step runners go with it)
         and the embedded simulator, with the limiters only it used; Ray stays up for this
         process's next session."""
+        if (learner := getattr(self, "learner", None)) is not None:
+            learner.flush()
         if self.limiters and ray.is_initialized():
             try:
                 stats = ray.get([h.stats.remote() for h in self.limiters.values()], timeout=10)

@@ -97,6 +97,8 @@ def _add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_f
     parser.add_argument("--prices", metavar="PATH",
                         help="your own price table (JSON shaped as chainray/plan/prices.json)")
     parser.add_argument("--quiet", action="store_true", help="no live progress")
+    parser.add_argument("--no-learn", action="store_true", help="do not add what this "
+                        "measures to the endpoint's profile (which chainray plan predicts from)")
 
 
 def add_run_parser(commands, positive_int, positive_float) -> None:
@@ -182,7 +184,7 @@ def session_config(args: argparse.Namespace, models: Iterable[str] = ()):
                                api_version=args.api_version, max_cost=args.max_cost,
                                prices=args.prices, hedge_after=args.hedge_after,
                                cache=True if args.cache == "" else args.cache,
-                               models=models)
+                               models=models, learn=not args.no_learn)
 
 
 def job_options(args: argparse.Namespace) -> dict:
@@ -206,7 +208,8 @@ def _check_writable(path: str | None) -> None:
 
 def pick_strategy(chain: Chain, args: argparse.Namespace) -> str:
     """``--strategy``, or for ``auto`` the advisor's pick, with its reasons on stderr."""
-    strategy, reasons = opts.choose_strategy(chain, args.strategy, args.objective, args.prices)
+    strategy, reasons = opts.choose_strategy(chain, args.strategy, args.objective, args.prices,
+                                             args.base_url, args.model)
     if args.strategy == "auto":
         print(f"auto: {strategy} for {args.objective}, because:", file=sys.stderr)
         for reason in reasons:
