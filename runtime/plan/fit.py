@@ -88,6 +88,7 @@ def _fit(samples: list[Sample], base: LatencyModel
     ones = [1.0] * len(samples)
     varied = max(prompt) - min(prompt) > 0.2 * max(1.0, statistics.mean(prompt))
     streamed = all(s.ttft_s is not None for s in samples)
+    lengths_vary = len({s.completion for s in samples}) >= 2
     try:
         if streamed:
             ttft = [s.ttft_s for s in samples]
@@ -97,6 +98,13 @@ def _fit(samples: list[Sample], base: LatencyModel
             rest = [f - t for f, t in zip(flight, ttft, strict=True)]  # type: ignore[operator]
             per_token = _lstsq([decode], rest)[0]
             intercept, prefill = coef[0], coef[1] if varied else base.prefill_s_per_token
+        elif not lengths_vary:  # replies of one length: decode is what the base ttft leaves
+            fixed = [base.overhead_s + base.ttft_s + base.prefill_s_per_token * p
+                     for p in prompt]
+            per_token = _lstsq([decode], [f - x for f, x in zip(flight, fixed, strict=True)])[0]
+            residual = [f - x - per_token * d
+                        for f, x, d in zip(flight, fixed, decode, strict=True)]
+            intercept, prefill = base.overhead_s + base.ttft_s, base.prefill_s_per_token
         else:
             columns = [ones, decode] + ([prompt] if varied else [])
             target = flight if varied else [
@@ -107,7 +115,7 @@ def _fit(samples: list[Sample], base: LatencyModel
             prefill = coef[2] if varied else base.prefill_s_per_token
     except ValueError:
         return None
-    if per_token <= 0 or len({s.completion for s in samples}) < 2:
+    if per_token <= 0:
         return None
     ttft_mean = max(0.0, intercept - base.overhead_s)
     spread = statistics.pvariance(residual)
@@ -133,8 +141,8 @@ def fit_samples(samples: list[Sample], base: LatencyModel | None = None) -> Late
     base = base or LatencyModel()
     samples = [s for s in samples if s.completion > 1 and s.flight_s > 0]
     alone = [s for s in samples if s.in_flight <= 1.25]
-    use = alone if len(alone) >= _MIN and len({s.completion for s in alone}) >= 2 else samples
-    if len(use) < _MIN or len({s.completion for s in use}) < 2:
+    use = alone if len(alone) >= _MIN else samples
+    if len(use) < _MIN:
         return base
     first = _fit(use, base)
     if first is None:

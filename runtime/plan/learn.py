@@ -156,8 +156,12 @@ def _observe_request(profile: Profile, entry: StepEntry, step: StepResult, strat
             profile.max_tokens_seen.append(entry.max_tokens)
     if tokens > 0 and step.output:
         profile.chars_per_token.add(len(step.output) / tokens)
-    if estimate:
-        profile.prompt_scale.add(step.prompt_tokens / estimate)
+    if estimate and step.prompt_tokens:
+        profile.prompt_tokens += step.prompt_tokens
+        profile.prompt_estimate += estimate
+        if profile.prompt_estimate > 1e7:
+            profile.prompt_tokens, profile.prompt_estimate = (profile.prompt_tokens / 2,
+                                                              profile.prompt_estimate / 2)
     if step.ttft_ms is not None:
         profile.ttft_s.add(step.ttft_ms / 1000)
     flight = _last_flight(step)
@@ -195,7 +199,8 @@ def models(profile: Profile, base: LatencyModel | None = None) -> tuple[LatencyM
         fallback_share=_length(share) if share.n else None, scales_with_max_tokens=scales,
         chars_per_token=round(profile.chars_per_token.mean, 3) if profile.chars_per_token.n
         else 4.0,
-        prompt_scale=round(profile.prompt_scale.mean, 4) if profile.prompt_scale.n else 1.0,
+        prompt_scale=round(profile.prompt_tokens / profile.prompt_estimate, 4)
+        if profile.prompt_estimate else 1.0,
         source=f"{where}; replies of steps never seen: "
                + (f"{share.mean:.0%} of max_tokens" if scales else f"{tok.mean:.0f} tokens"))
     return latency, replies

@@ -95,19 +95,21 @@ def capped_finish(order: Sequence[str], depends_on: Mapping[str, Sequence[str]],
     ready: list[tuple[float, str]] = []
     busy, end = 0, 0.0
     while events:
-        now, _, kind, step_id = heapq.heappop(events)
-        if kind == "done":
-            busy -= 1
-            end = max(end, now)
-            for after in dependents[step_id]:
-                waiting[after] -= 1
-                if not waiting[after]:
-                    heapq.heappush(events, (now + delay[after], 1, "ready", after))
-        elif work[step_id] <= 0:
-            heapq.heappush(events, (now, 0, "done", step_id))
-            busy += 1
-        else:
-            heapq.heappush(ready, (-ahead[step_id], step_id))
+        now = events[0][0]
+        while events and events[0][0] <= now + 1e-12:  # everything due now, then dispatch
+            _, _, kind, step_id = heapq.heappop(events)
+            if kind == "done":
+                busy -= 1
+                end = max(end, now)
+                for after in dependents[step_id]:
+                    waiting[after] -= 1
+                    if not waiting[after]:
+                        heapq.heappush(events, (now + delay[after], 1, "ready", after))
+            elif work[step_id] <= 0:
+                heapq.heappush(events, (now, 0, "done", step_id))
+                busy += 1
+            else:
+                heapq.heappush(ready, (-ahead[step_id], step_id))
         while ready and busy < cap:
             _, start = heapq.heappop(ready)
             busy += 1

@@ -85,7 +85,8 @@ class Profile(BaseModel):
     reply_share: Acc = Acc()  # the same as a share of their max_tokens
     max_tokens_seen: list[int] = []
     chars_per_token: Acc = Acc()
-    prompt_scale: Acc = Acc()  # the server's prompt tokens / chainray's estimate
+    prompt_tokens: float = 0.0  # the server's count of prompts chainray estimated ...
+    prompt_estimate: float = 0.0  # ... at this many tokens (both halved past 10M: bounded)
     dispatch_s: Acc = Acc()  # a run's time beyond its steps', per step on its critical path
     ttft_s: Acc = Acc()  # streamed time to first token (its distribution: mean and sd)
 
