@@ -3,10 +3,11 @@
 For each server profile (tests/profile_server.py: ttft, tokens/s, replies whose length ignores
 max_tokens, optionally N slots sharing their throughput beyond), with a fresh profile store:
 
-1. bench chain A (every strategy once): the runs are learned into the endpoint's profile;
+1. bench chain A (every strategy once, after one warm-up run of it): the runs are learned
+   into the endpoint's profile;
 2. plan chain B (never run there) and run B under every strategy: predicted vs measured;
-3. plan B again (its own runs are now in the profile) and run B again without learning:
-   predicted vs measured.
+3. plan B again (its own runs are now in the profile) and run B again: predicted vs
+   measured.
 
     python benchmarks/planning.py [--chain-a quantum_research]
                                   [--chain-b benchmarks/chains/diamonds.yaml] [--only NAME]
@@ -58,18 +59,17 @@ def _compare(label: str, name: str, predicted, measured) -> list[tuple[float, fl
 def bench_profile(name: str, settings: dict, chain_a, chain_b) -> None:
     os.environ["CHAINRAY_HOME"] = tempfile.mkdtemp(prefix=f"chainray-planning-{name}-")
     server = ProfileServer(**settings)
-    with server.running() as base_url:
-        with _session(base_url, learn=True) as session:
-            session.bench(chain_a)
+    with server.running() as base_url, _session(base_url, learn=True) as session:
+        session.run(chain_a, "parallel")  # warms the session's workers up (learned too)
+        session.bench(chain_a)
         before = chainray.plan(chain_b, base_url=base_url, strict=True)
         print(f"{name}: {before.latency_model.source}; slots {before.latency_model.slots}",
               flush=True)
-        with _session(base_url, learn=True) as session:
-            first = {s: session.run(chain_b, s) for s in STRATEGIES}
+        # each prediction is made before the runs it is compared with are learned
+        first = {s: session.run(chain_b, s) for s in STRATEGIES}
         _compare(f"after bench of {chain_a.name}"[:18], name, before, first)
         after = chainray.plan(chain_b, base_url=base_url, strict=True)
-        with _session(base_url, learn=False) as session:
-            second = {s: session.run(chain_b, s) for s in STRATEGIES}
+        second = {s: session.run(chain_b, s) for s in STRATEGIES}
         _compare(f"after a run of {chain_b.name}"[:18], name, after, second)
         for reason in after.reasons[2:]:
             print(f"{name:<11} advice: {reason}")

@@ -15,7 +15,8 @@ from __future__ import annotations
 import bisect
 import json
 import sys
-from collections import defaultdict
+import time
+from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,9 @@ from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Chain
 __all__ = ["Observed", "observe", "models", "Learner", "load_results", "fit_steps",
            "calibrate"]
 
-_FLUSH_EVERY = 64  # results held before they are written
+_FLUSH_EVERY = 64  # results held before they are written ...
+_FLUSH_AFTER_S = 2.0  # ... or once this long has passed since the last write
+_RECENT_SPANS = 4096  # requests kept to count what was in flight beside later ones
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,13 @@ def _estimates(item: Observed) -> dict[str, float]:
             if s.llm and s.id in found}
 
 
-def observe(profiles: Mapping[str, Profile], items: Iterable[Observed]) -> set[str]:
-    """Add ``items`` to ``profiles`` (model -> profile); the models that learned something."""
+def observe(profiles: Mapping[str, Profile], items: Iterable[Observed],
+            beside: Mapping[str, list[tuple[float, float]]] | None = None) -> set[str]:
+    """Add ``items`` to ``profiles`` (model -> profile); the models that learned something.
+    ``beside``: requests (send, finish) of earlier runs per model, that may have been in
+    flight while these ran."""
     items = list(items)
-    spans = defaultdict(list)
+    spans = defaultdict(list, {m: list(s) for m, s in (beside or {}).items()})
     for item in items:
         for step in item.result.steps:
             for attempt in step.attempt_log:
@@ -214,6 +220,8 @@ class Learner:
         self.label, self.enabled = label, enabled
         self.jobs: dict[str, tuple[Chain, Mapping[str, str]]] = {}
         self.pending: list[Observed] = []
+        self.recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=_RECENT_SPANS))
+        self.flushed = 0.0
 
     def expect(self, run_id: str, chain: Chain, inputs: Mapping[str, str]) -> None:
         if self.enabled:
@@ -225,17 +233,24 @@ class Learner:
         for result in results:
             chain, inputs = self.jobs.pop(result.run_id, (None, None))
             self.pending.append(Observed(result, chain, inputs))
-        if len(self.pending) >= _FLUSH_EVERY:
+        if (len(self.pending) >= _FLUSH_EVERY
+                or time.monotonic() - self.flushed >= _FLUSH_AFTER_S):
             self.flush()
 
     def flush(self) -> None:
         items, self.pending = self.pending, []
+        self.flushed = time.monotonic()
         if not items:
             return
         names = {_model_of(s, i.chain) for i in items for s in i.result.steps if s.attempts}
+        beside = {m: list(spans) for m, spans in self.recent.items()}
+        for item in items:
+            for step in item.result.steps:
+                self.recent[_model_of(step, item.chain)].extend(
+                    (a.sent_at, a.finished_at) for a in step.attempt_log)
         for model in sorted(names):
             def merge(profile: Profile, model: str = model) -> None:
-                observe({model: profile}, items)
+                observe({model: profile}, items, beside)
             try:
                 note = update_profile(self.label, model, merge)
             except OSError as exc:
