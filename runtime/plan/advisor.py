@@ -106,8 +106,10 @@ def _crowding(chain: Chain, schedules: Mapping[str, Schedule], strategy: Strateg
     depends = {p.id: p.depends_on for p in schedule.steps}
     seconds = predictions[strategy].step_seconds
     llm = {s.id for s in chain.steps if s.kind == "llm"}
-    work = {s: seconds[s] - model.overhead_s if s in llm else 0.0 for s in order}
-    delay = {s: model.overhead_s for s in order}
+    # the engine shares decoding; time to first token is each request's own
+    work = {s: max(0.0, seconds[s] - model.overhead_s - model.ttft_s) if s in llm else 0.0
+            for s in order}
+    delay = {s: seconds[s] - work[s] for s in order}
     shared = shared_finish(order, depends, work, delay, model.slots or 1)
     capped = capped_finish(order, depends, work, delay, model.slots or 1)
     if capped < 0.95 * shared:

@@ -155,24 +155,34 @@ def fit_samples(samples: list[Sample], base: LatencyModel | None = None) -> Late
     return fit_slots(samples, model)
 
 
+def _slowdown(sample: Sample, model: LatencyModel) -> float:
+    """How much longer than alone a request took: its decoding when time to first token was
+    measured (what an engine shares), else all its time in flight."""
+    decode = max(0.0, sample.completion - 1) / model.tokens_per_s
+    if sample.ttft_s is not None and decode > 0:
+        return (sample.flight_s - sample.ttft_s) / decode
+    return sample.flight_s / max(1e-6, step_seconds(model, sample.prompt, sample.completion)
+                                 - model.overhead_s)
+
+
 def fit_slots(samples: list[Sample], model: LatencyModel) -> LatencyModel:
     """``slots``: the number of requests in flight beyond which requests slow down in
     proportion, if the measurements show it (else ``None``).
 
-    Each request's slowdown is its time in flight over what the model predicts for it alone;
-    ``max(1, k / slots)`` is fitted to it (k: requests in flight while it ran) over every
-    whole ``slots`` from 1 up to the most requests seen in flight, and kept only if it
+    Each request's slowdown is its decoding time (else its time in flight) over what the
+    model predicts for it alone; ``max(1, k / slots)`` is fitted to it (k: requests decoding
+    while it did) by least absolute deviations (a cold start's outliers do not decide it) over
+    every whole ``slots`` from 1 up to the most requests seen at once, and kept only if it
     explains the slowdowns at least twice as well as no slowdown at all.
     """
     crowded = [s for s in samples if s.in_flight > 1.25]
     if len(crowded) < 2:
         return model.model_copy(update={"requests": len(samples)})
-    ratio = [(s.in_flight, s.flight_s / max(1e-6, step_seconds(model, s.prompt, s.completion)
-                                            - model.overhead_s)) for s in samples]
-    flat = sum((r - 1) ** 2 for _, r in ratio)
+    ratio = [(s.in_flight, _slowdown(s, model)) for s in samples]
+    flat = sum(abs(r - 1) for _, r in ratio)
     best, best_error = None, flat
     for slots in range(1, math.ceil(max(k for k, _ in ratio)) + 1):
-        error = sum((r - max(1.0, k / slots)) ** 2 for k, r in ratio)
+        error = sum(abs(r - max(1.0, k / slots)) for k, r in ratio)
         if error < best_error:
             best, best_error = slots, error
     keep = best is not None and best_error * 2 <= flat

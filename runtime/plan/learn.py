@@ -73,6 +73,17 @@ def _mean_in_flight(times: list[float], area: list[float], a: float, b: float) -
     return (at(b) - at(a)) / (b - a) if b > a else 1.0
 
 
+def _decoding(step: StepResult) -> list[tuple[float, float]]:
+    """When each request of a step was decoding (from its first token, when streamed; else
+    the whole time in flight): what an engine shares among requests."""
+    ttft = (step.ttft_ms or 0.0) / 1000
+    spans = [(a.sent_at, a.finished_at) for a in step.attempt_log]
+    if spans and step.ttft_ms is not None:
+        sent, finished = spans[-1]
+        spans[-1] = (min(finished, sent + ttft), finished)
+    return spans
+
+
 def _model_of(step: StepResult, chain: Chain | None) -> str:
     if step.model:
         return step.model
@@ -111,8 +122,7 @@ def observe(profiles: Mapping[str, Profile], items: Iterable[Observed],
     spans = defaultdict(list, {m: list(s) for m, s in (beside or {}).items()})
     for item in items:
         for step in item.result.steps:
-            for attempt in step.attempt_log:
-                spans[_model_of(step, item.chain)].append((attempt.sent_at, attempt.finished_at))
+            spans[_model_of(step, item.chain)].extend(_decoding(step))
     crowding = {model: _crowding(s) for model, s in spans.items()}
     touched: set[str] = set()
     for item in items:
@@ -131,7 +141,9 @@ def observe(profiles: Mapping[str, Profile], items: Iterable[Observed],
             entry = profile.steps.setdefault(key, StepEntry())
             entry.last = profile.runs
             entry.chars.add(len(step.output))
-            if step.attempts == 0:  # a python step: no request
+            python = (item.chain.by_id[step.id].kind == "python" if item.chain is not None
+                      and step.id in item.chain.by_id else not step.attempt_log)
+            if python or step.attempts == 0:  # no request
                 continue
             _observe_request(profile, entry, step, result.strategy, item.chain,
                              crowding.get(model), estimates.get(step.id))
@@ -172,7 +184,9 @@ def _observe_request(profile: Profile, entry: StepEntry, step: StepResult, strat
         profile.ttft_s.add(step.ttft_ms / 1000)
     flight = _last_flight(step)
     if flight is not None and not step.hedged:
-        in_flight = _mean_in_flight(*crowding, *flight) if crowding else 1.0
+        decoding = _decoding(step)
+        start = decoding[-1][0] if decoding else flight[0]
+        in_flight = _mean_in_flight(*crowding, start, flight[1]) if crowding else 1.0
         profile.samples.append((float(step.prompt_tokens), tokens, flight[1] - flight[0],
                                 None if step.ttft_ms is None else step.ttft_ms / 1000,
                                 round(max(1.0, in_flight), 3)))

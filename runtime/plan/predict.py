@@ -182,9 +182,11 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
                    if s in prompt else model.overhead_s for s in order}
         if model.slots is None:
             return longest_finish(order, depends, seconds)
-        work = {s: seconds[s] - model.overhead_s if s in prompt else 0.0 for s in order}
-        return shared_finish(order, depends, work, {s: model.overhead_s for s in order},
-                             model.slots)
+        # the engine shares its decoding; time to first token is each request's own
+        work = {s: max(0, completion[s] - 1) / model.tokens_per_s if s in prompt else 0.0
+                for s in order}
+        return shared_finish(order, depends, work,
+                             {s: seconds[s] - work[s] for s in order}, model.slots)
 
     prompt, completion = tokens({s: m for s, (m, _, _) in lengths.items()})
     rng = random.Random(f"draws:{model.seed}")
