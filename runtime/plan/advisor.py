@@ -40,7 +40,7 @@ class Advice(BaseModel):
     strategy: Strategy
     objective: Objective
     reasons: tuple[str, ...]
-    candidates: tuple[Strategy, ...]  # the strategies that keep every declared dependency
+    candidates: tuple[Strategy, ...]  # those that keep every declared dependency (and fit)
 
 
 def withheld_context(chain: Chain, schedule: Schedule) -> list[str]:
@@ -128,7 +128,8 @@ def advise(chain: Chain, objective: Objective = "latency",
         predictions = {s: predict(chain, s, prices, model) for s in STRATEGIES}
     schedules = {s: resolve(chain, s) for s in STRATEGIES}
     withheld = {s: withheld_context(chain, schedules[s]) for s in STRATEGIES}
-    candidates = tuple(s for s in STRATEGIES if not withheld[s])
+    keeping = tuple(s for s in STRATEGIES if not withheld[s])
+    candidates = tuple(s for s in keeping if not predictions[s].infeasible) or keeping
     strategy = min(candidates, key=lambda s: _score(objective, predictions[s], schedules[s]))
     chosen = predictions[strategy]
     declared = schedules["hybrid"]
@@ -137,8 +138,13 @@ def advise(chain: Chain, objective: Objective = "latency",
              "nothing can run in parallel" if widest == 1 else
              f"the declared graph is {declared.shape}-shaped ({len(declared.phases)} phases, "
              f"up to {widest} steps at once)")
+    one = len(candidates) == 1
     reasons = [f"{shape}; {_names(list(candidates))} "
-               f"keep{'s' if len(candidates) == 1 else ''} every declared dependency"]
+               f"keep{'s' if one else ''} every declared dependency"
+               + (f" and fit{'s' if one else ''} the context window"
+                  if candidates != keeping else "")]
+    if chosen.infeasible:
+        reasons.append(f"{strategy} is infeasible too: {chosen.infeasible}")
     measure = {"latency": f"the shortest predicted makespan ({chosen.makespan_s:.1f} s)",
                "cost": f"the lowest predicted cost (${chosen.cost:.5f}, "
                        f"{chosen.total_tokens} tokens)",
@@ -149,6 +155,8 @@ def advise(chain: Chain, objective: Objective = "latency",
     for other in STRATEGIES:
         if other != strategy:
             reasons.append(_compare(predictions[other], chosen, withheld[other]))
+            if predictions[other].infeasible:
+                reasons.append(f"{other} is infeasible: {predictions[other].infeasible}")
     if model is not None and model.slots is not None:
         reasons.extend(_crowding(chain, schedules, strategy, predictions, model))
     return Advice(strategy=strategy, objective=objective, reasons=tuple(reasons),

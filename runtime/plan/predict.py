@@ -56,6 +56,7 @@ class Prediction(BaseModel):
     makespan_range: tuple[float, float] = (0.0, 0.0)  # 10th-90th percentile of the draws
     tokens_range: tuple[int, int] = (0, 0)
     lengths_from: dict[str, int] = {}  # where reply lengths came from -> llm steps
+    infeasible: str | None = None  # the first step whose prompt and reply overflow the window
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,9 @@ def prompt_chars(shapes: list[StepShape], out_chars: dict[str, float],
         elif shape.id not in out_chars:
             seen = (order[:shape.prefix] if shape.prefix else
                     [n for n, _ in shape.named] + list(shape.extras))
-            out_chars[shape.id] = python_chars.get(shape.id, (
-                join_total if shape.prefix else
-                sum(len(s) + 6 + out_chars[s] for s in seen)))
+            joined = join_total if shape.prefix else sum(len(s) + 6 + out_chars[s]
+                                                           for s in seen)
+            out_chars[shape.id] = python_chars.get(shape.id, max(0.0, joined - 2))
         line_total += len(shape.id) + 4 + _clip(out_chars[shape.id])
         join_total += len(shape.id) + 6 + out_chars[shape.id]
     return result
@@ -202,6 +203,7 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
     cost = sum(prices.cost(chain.settings_for(s).model or DEFAULT_MODEL, prompt[s.id],
                            completion[s.id]) for s in llm_steps)
     prompt_total, completion_total = sum(prompt.values()), sum(completion.values())
+    infeasible = _overflow(chain, order, prompt, completion, prices)
     low, high = _percentiles(spans)
     tlow, thigh = _percentiles(totals)
     return Prediction(
@@ -209,6 +211,22 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
         prompt_tokens=prompt_total, completion_tokens=completion_total,
         total_tokens=prompt_total + completion_total, cost=round(cost, 6),
         calls=len(llm_steps), makespan_range=(round(low, 2), round(high, 2)),
-        tokens_range=(round(tlow), round(thigh)), lengths_from=sources,
+        tokens_range=(round(tlow), round(thigh)), lengths_from=sources, infeasible=infeasible,
         step_seconds={s: round(step_seconds(model, prompt[s], completion[s])
                                if s in prompt else model.overhead_s, 3) for s in order})
+
+
+def _overflow(chain: Chain, order: list[str], prompt: dict[str, int],
+              completion: dict[str, int], prices: PriceTable) -> str | None:
+    """Where a predicted prompt and its reply first exceed the model's context window (from
+    the price table's ``context_window``; a model without one is not checked)."""
+    for step_id in order:
+        if step_id not in prompt:
+            continue
+        name = chain.settings_for(chain.by_id[step_id]).model or DEFAULT_MODEL
+        row = prices.models.get(name)
+        window = row.context_window if row is not None else None
+        if window and prompt[step_id] + completion[step_id] > window:
+            return (f"step {step_id}: a prompt of ~{prompt[step_id]:,} tokens and its reply "
+                    f"exceed {name}'s context window of {window:,}")
+    return None
