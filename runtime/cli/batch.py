@@ -60,10 +60,13 @@ def _forecast(args: argparse.Namespace, chain: Chain, strategy: str, inputs: lis
                     or os.environ.get("OPENAI_API_KEY"))
     rpm = args.rpm or (SimConfig().rpm if embedded else None)
     tpm = args.tpm or (SimConfig().tpm if embedded else None)
+    from chainray.api.planning import endpoint_models
+
+    latency, replies, *_ = endpoint_models(chain, args.base_url, args.model)
     forecast = forecast_batch(chain, strategy, load_prices(args.prices), runs=len(inputs),
                               rpm=rpm, tpm=tpm, max_concurrency=args.max_concurrency,
                               window=args.batch_window, target_share=args.target_share,
-                              inputs=inputs)
+                              inputs=inputs, model=latency, replies=replies)
     print(f"forecast: {forecast.makespan_s:.0f}s, {forecast.total_tokens} tokens, "
           f"${forecast.cost:.4f}; binding limit {forecast.binding}", file=sys.stderr)
     return forecast
