@@ -241,3 +241,12 @@ def test_slots_are_fitted_only_when_requests_slow_down():
     model = fit_samples(base + calm)
     assert model.slots is None and model.tokens_per_s == pytest.approx(100, rel=0.01)
     assert isinstance(model, LatencyModel)
+
+
+def test_plan_from_a_corrupt_profile_exits_2_in_one_line(capsys):
+    learn(load_chain("code_review"))
+    (path,) = profiles_dir().glob("*.json")
+    path.write_bytes(b"\x00garbage")
+    assert main(["plan", "quantum_research", "--base-url", URL, "--model", "m"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is unreadable" in err[0] and "no profile of" in err[0]
