@@ -18,7 +18,8 @@ from chainray.api.config import SessionConfig
 from chainray.api.session import Driver
 from chainray.plan.cost import load_prices
 from chainray.plan.forecast import forecast_batch
-from chainray.plan.predict import fit_steps, predict
+from chainray.plan.learn import fit_steps
+from chainray.plan.predict import predict
 from chainray.plan.schedule import STRATEGIES
 from chainray.runner.jobs import RunJob
 from chainray.sim import start_simulator

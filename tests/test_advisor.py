@@ -9,7 +9,8 @@ import pytest
 
 from chainray.plan.advisor import advise, withheld_context
 from chainray.plan.cost import load_prices
-from chainray.plan.predict import LatencyModel, calibrate, predict
+from chainray.plan.learn import calibrate
+from chainray.plan.predict import LatencyModel, predict
 from chainray.plan.schedule import STRATEGIES, resolve
 from chainray.results import RunResult, StepResult
 from chainray.spec.chain import SCENARIO_DIR, chain_from_dict, load_chain
@@ -72,7 +73,8 @@ def test_auto_uses_the_same_advice():
 
     chain = load_chain("quantum_research")
     for objective in ("latency", "cost", "quality"):
-        args = argparse.Namespace(strategy="auto", objective=objective, prices=None)
+        args = argparse.Namespace(strategy="auto", objective=objective, prices=None,
+                                  base_url=None, model=None)
         assert pick_strategy(chain, args) == advise(chain, objective).strategy
 
 
@@ -144,7 +146,7 @@ def _steps(ttft: bool) -> list[StepResult]:
 
 @pytest.mark.parametrize("streamed", [False, True])
 def test_calibration_recovers_ttft_prefill_and_decode(streamed):
-    from chainray.plan.predict import fit_steps
+    from chainray.plan.learn import fit_steps
 
     model = fit_steps(_steps(streamed))
     assert model.tokens_per_s == pytest.approx(120, rel=0.03)

@@ -7,9 +7,11 @@ import time
 
 import pytest
 
+import chainray
 from chainray.plan.cost import load_prices
 from chainray.plan.forecast import forecast_batch
-from chainray.plan.predict import LatencyModel, fit_steps, predict
+from chainray.plan.learn import fit_steps
+from chainray.plan.predict import LatencyModel, predict
 from chainray.plan.schedule import STRATEGIES
 from chainray.spec.chain import load_chain
 from tests.conftest import SIM_SEED
@@ -64,15 +66,21 @@ def test_calibration_predicts_an_unseen_chain(ray_session, sim):
     sim.configure(speed=3.0, ttft_median_s=0.3, ttft_sigma=0.3, tokens_per_s=150.0,
                   prefill_s_per_token=0.0002)
     seen, unseen = load_chain("code_review"), load_chain("quantum_research")
-    with session_for(sim, timeout=30.0) as session:
+    with session_for(sim, timeout=30.0) as session:  # learns into the endpoint's profile
         calibration = [session.run(job(seen, s)) for s in STRATEGIES * 2]
+        first = chainray.plan(unseen, base_url=sim.base_url, strict=True)
         measured = {s: session.run(job(unseen, s)) for s in STRATEGIES}
-    # The length model is the simulator's, at the simulator's seed (a user states both).
     model = fit_steps([step for r in calibration for step in r.steps],
                       base=LatencyModel(seed=SIM_SEED))
     assert model.tokens_per_s == pytest.approx(150 * 3, rel=0.3)  # speed 3: three times as fast
     assert model.ttft_s > 0.05
+    assert first.profiled and first.latency_model.requests == 6 * 5
+    # The simulator's replies are a share of max_tokens that the prompt sets: after its own
+    # runs, the chain's steps are predicted from what they wrote.
+    again = chainray.plan(unseen, base_url=sim.base_url, strict=True)
     for strategy, result in measured.items():
-        guess = predict(unseen, strategy, PRICES, model)
+        guess = again.predictions[strategy]
         assert guess.makespan_s == pytest.approx(result.latency_ms / 1000, rel=0.10), strategy
         assert guess.total_tokens == pytest.approx(result.total_tokens, rel=0.05), strategy
+        assert first.predictions[strategy].makespan_s == pytest.approx(
+            result.latency_ms / 1000, rel=0.2), strategy

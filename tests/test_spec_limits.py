@@ -47,7 +47,7 @@ def test_a_huge_chain_file_is_refused_at_once(tmp_path, capsys):
 
 def test_plan_calibrates_from_a_batch_json_lines_file(tmp_path):
     from chainray.api.batch import BatchWriter
-    from chainray.plan.predict import calibrate
+    from chainray.plan.learn import calibrate
     from chainray.results import RunResult, StepResult
 
     steps = tuple(StepResult(id=f"s{n}", status="ok", completion_tokens=n, attempts=1,

@@ -101,6 +101,8 @@ class SessionConfig(RunOptions):
                               "$CHAINRAY_HOME/cache)")
     hedge_after: float | None = Field(None, description="quantile (0, 1] after which a "
                                       "straggling request gets one duplicate")
+    learn: bool = Field(True, description="add what runs measure to the endpoint's profile "
+                        "(which chainray.plan predicts from)")
     models: tuple[str, ...] = Field((), description="models whose rate limiters open with "
                                     "the session (else at first use)")
     sim_flags: tuple[str, ...] = Field((), description="extra embedded simulator flags")

@@ -58,6 +58,8 @@ class Session:
     - ``cache``: answer repeated requests from a response cache (``--cache``): ``True`` for
       ``$CHAINRAY_HOME/cache``, or a folder. Hits send nothing, cost $0 and are marked
       ``cached`` per step.
+    - ``learn``: add what the runs measure to the endpoint's profile, from which
+      ``chainray.plan`` predicts (default ``True``; ``False``: nothing is written).
     - ``hedge_after``: a quantile in (0, 1] (``--hedge-after``). A request in flight longer
       than that quantile of this session's finished requests of its model gets one
       duplicate; the first answer wins, the duplicate's tokens are counted and priced.

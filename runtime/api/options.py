@@ -56,8 +56,10 @@ def chain_inputs(chain: Chain, overrides: Mapping[str, Any] | None = None) -> di
 
 
 def choose_strategy(chain: Chain, strategy: StrategyName, objective: Objective = "latency",
-                    prices: str | None = None) -> tuple[str, tuple[str, ...]]:
-    """The strategy to run and, for ``auto``, the advisor's reasons for it."""
+                    prices: str | None = None, base_url: str | None = None,
+                    model: str | None = None) -> tuple[str, tuple[str, ...]]:
+    """The strategy to run and, for ``auto``, the advisor's reasons for it (from the profile
+    of the endpoint and model the run calls, as ``chainray plan`` predicts)."""
     if strategy != "auto":
         if strategy not in STRATEGIES:
             raise InputError(f"unknown strategy {strategy!r}; choose from "
@@ -65,7 +67,7 @@ def choose_strategy(chain: Chain, strategy: StrategyName, objective: Objective =
         return strategy, ()
     from chainray.api.planning import plan
 
-    advice = plan(chain, objective=objective, prices=prices)
+    advice = plan(chain, objective=objective, prices=prices, base_url=base_url, model=model)
     return advice.strategy, advice.reasons
 
 
@@ -109,5 +111,6 @@ def prepare_job(chain: Chain | str, strategy: StrategyName, inputs: Mapping | No
     preflight.refuse(preflight.input_problems(chain, values, config.model, "inputs: "))
     if config.max_cost is not None:
         refuse_unpriced(chain, config.model, config.prices)
-    chosen, _ = choose_strategy(chain, strategy, objective, config.prices)
+    chosen, _ = choose_strategy(chain, strategy, objective, config.prices, config.base_url,
+                                config.model)
     return run_job(chain, chosen, values, config, run_id=run_id)

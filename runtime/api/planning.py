@@ -1,7 +1,13 @@
-"""``chainray.plan``: schedules, critical paths, predictions and the advice, as data (no Ray)."""
+"""``chainray.plan``: schedules, critical paths, predictions and the advice, as data (no Ray).
+
+Predictions rest on the profile of the endpoint and model the runs would call, learned from
+every earlier run there (``chainray.plan.profiles``); with none, on stated defaults.
+"""
 
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict
@@ -9,11 +15,22 @@ from pydantic import BaseModel, ConfigDict
 from chainray.errors import InputError
 from chainray.plan.advisor import Objective, advise
 from chainray.plan.cost import load_prices
-from chainray.plan.predict import LatencyModel, Prediction, calibrate, predict
+from chainray.plan.fit import LatencyModel
+from chainray.plan.learn import Observed, load_results, models, observe
+from chainray.plan.lengths import DEFAULT_REPLIES, Replies
+from chainray.plan.predict import Prediction, predict
+from chainray.plan.profiles import (
+    SIMULATOR,
+    Profile,
+    default_endpoint,
+    endpoint_label,
+    known_profiles,
+    load_profile,
+)
 from chainray.plan.schedule import STRATEGIES, Schedule, Strategy, resolve
-from chainray.spec.chain import Chain, load_chain
+from chainray.spec.chain import DEFAULT_MODEL, Chain, load_chain
 
-__all__ = ["Plan", "plan"]
+__all__ = ["Plan", "plan", "endpoint_models"]
 
 
 class Plan(BaseModel):
@@ -28,13 +45,74 @@ class Plan(BaseModel):
     schedules: dict[str, Schedule]
     predictions: dict[str, Prediction]
     latency_model: LatencyModel
+    replies: Replies = DEFAULT_REPLIES
+    endpoint: str = SIMULATOR  # the profile's endpoint
+    model: str = DEFAULT_MODEL
+    profiled: bool = False  # False: the defaults, nothing measured
+    notes: tuple[str, ...] = ()  # a profile that could not be read, and the like
+
+
+def _main_model(chain: Chain) -> str:
+    named = Counter(chain.settings_for(s).model or DEFAULT_MODEL for s in chain.steps
+                    if s.kind == "llm")
+    return named.most_common(1)[0][0] if named else DEFAULT_MODEL
+
+
+def _calibration(paths: list[str], label: str, model: str, chain: Chain) -> list[Observed]:
+    results = load_results(paths)
+    used = Counter(s.model for r in results for s in r.steps if s.attempts and s.model)
+    if used and model not in used:
+        raise InputError(f"--calibrate: those runs called {', '.join(sorted(used))}, not "
+                         f"{model}; plan for their model with --model "
+                         f"{used.most_common(1)[0][0]}")
+    items = []
+    for result in results:
+        try:
+            ran = chain if result.scenario == chain.name else load_chain(result.scenario)
+        except InputError:
+            ran = None
+        items.append(Observed(result, ran, None if ran is None else ran.inputs))
+    return items
+
+
+def endpoint_models(chain: Chain, base_url: str | None = None, model: str | None = None,
+                    calibrate_from: Iterable[str] = (), strict: bool = False
+                    ) -> tuple[LatencyModel, Replies, str, str, bool, tuple[str, ...]]:
+    """The latency model and reply lengths for ``chain`` on an endpoint (label, model,
+    whether measured, notes). ``strict``: an endpoint with no profile is an ``InputError``."""
+    if base_url and base_url.startswith(SIMULATOR):
+        label = base_url
+    else:
+        label = endpoint_label(base_url) if base_url else default_endpoint(os.environ)
+    model = model or _main_model(chain)
+    profile, problem = load_profile(label, model)
+    notes = (problem,) if problem else ()
+    paths = list(calibrate_from)
+    if paths:
+        profile = profile or Profile(endpoint=label, model=model)
+        observe({model: profile}, _calibration(paths, label, model, chain))
+    if profile is None or not profile.requests:
+        if strict:
+            known = [f"{e} ({m}, {n} requests)" for e, m, n in known_profiles()]
+            raise InputError(
+                (f"{problem}; " if problem else "") + f"no profile of {label} ({model}): "
+                "nothing was measured there yet; run or bench a chain on it first, or pass "
+                "--calibrate FILE" + (f" (profiles: {'; '.join(known)})" if known else ""))
+        return LatencyModel(), DEFAULT_REPLIES, label, model, False, notes
+    latency, replies = models(profile)
+    return latency, replies, label, model, True, notes
 
 
 def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | None = None,
-         calibrate_from: Iterable[str] = ()) -> Plan:
+         calibrate_from: Iterable[str] = (), base_url: str | None = None,
+         model: str | None = None, strict: bool = False) -> Plan:
     """Resolve every strategy's schedule, predict its makespan, tokens and cost, and advise.
 
-    Sends nothing anywhere and needs no Ray.
+    The predictions use the profile of ``base_url`` and ``model`` (default: the endpoint
+    ``chainray.run`` would call and the chain's model), learned from earlier runs there;
+    ``calibrate_from`` adds runs' JSON results to it. With ``strict``, an endpoint nothing was
+    measured on is an ``InputError``; otherwise the stated defaults apply. Sends nothing
+    anywhere and needs no Ray.
 
         >>> import chainray
         >>> advice = chainray.plan("quantum_research", objective="cost")
@@ -47,10 +125,11 @@ def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | 
         raise InputError(f"objective must be latency, cost or quality, got {objective!r}")
     chain = chain if isinstance(chain, Chain) else load_chain(str(chain))
     price_table = load_prices(prices)
-    calibrate_from = list(calibrate_from)
-    model = calibrate(calibrate_from) if calibrate_from else LatencyModel()
-    predictions = {s: predict(chain, s, price_table, model) for s in STRATEGIES}
-    advice = advise(chain, objective, predictions)
+    latency, replies, label, name, profiled, notes = endpoint_models(
+        chain, base_url, model, calibrate_from, strict)
+    predictions = {s: predict(chain, s, price_table, latency, replies) for s in STRATEGIES}
+    advice = advise(chain, objective, predictions, latency)
     return Plan(chain=chain.name, objective=objective, strategy=advice.strategy,
                 reasons=advice.reasons, schedules={s: resolve(chain, s) for s in STRATEGIES},
-                predictions=predictions, latency_model=model)
+                predictions=predictions, latency_model=latency, replies=replies,
+                endpoint=label, model=name, profiled=profiled, notes=notes)

@@ -40,6 +40,8 @@ from chainray.call.endpoint import Endpoint
 from chainray.errors import InputError
 from chainray.limit.limits import Limits
 from chainray.limit.machine_budget import claim_budget
+from chainray.plan.learn import Learner
+from chainray.plan.profiles import endpoint_label
 from chainray.report.progress import ProgressView, result_counts
 from chainray.results import RunResult
 from chainray.runner.jobs import RunJob, step_models
@@ -147,6 +149,9 @@ class Driver:
         ray.get(self.coordinator.ready.remote(), timeout=120)  # open means ready to run
         self.guards = self._open_guards(here)
         self.not_started: list[str] = []  # run ids the spend cap kept from starting
+        self.learner = Learner(endpoint_label(
+            self.endpoint.base_url, simulated=self.simulator is not None,
+            sim_speed=config.sim_speed, sim_flags=config.sim_flags), config.learn)
         self.stopping_until = 0.0  # monotonic deadline of a stop's grace (0: not stopping)
 
     def _claim_budget(self) -> None:
@@ -260,6 +265,7 @@ class Driver:
         return self.limiters
 
     def submit(self, job: RunJob) -> ray.ObjectRef:
+        self.learner.expect(job.run_id, job.chain, job.inputs)
         return self.coordinator.run.options(name=f"run:{job.chain.name}:{job.strategy}").remote(
             job, self.limiters_for(job), self.adaptations, self.guards)
 
@@ -297,6 +303,7 @@ class Driver:
                 view.show({**counts, "runs_total": total} if total else counts)
                 if results:
                     self._show_adaptations()
+                    self.learner.add(results)
                 yield from results
 
     def _next_results(self, pending: Iterator[RunJob], in_flight: dict[ray.ObjectRef, str],
@@ -354,6 +361,8 @@ class Driver:
         """Say what the limiters learned; end the Coordinator, then its step runners (in that
         order, gracefully: see ``end_actors``), and the embedded simulator, with the limiters
         only it used; Ray stays up for this process's next session."""
+        if (learner := getattr(self, "learner", None)) is not None:
+            learner.flush()
         if self.limiters and ray.is_initialized():
             try:
                 stats = ray.get([h.stats.remote() for h in self.limiters.values()], timeout=10)

@@ -101,6 +101,9 @@ def add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_fl
         help="your own price table (JSON shaped as chainray/plan/prices.json)")
     add("--quiet", dest="progress", action="store_false", default=_GIVEN,
         help="no live progress")
+    add("--no-learn", dest="learn", action="store_false", default=_GIVEN,
+        help="do not add what this measures to the endpoint's profile (which chainray plan "
+        "predicts from)")
 
 
 def config_from_args(args: argparse.Namespace) -> SessionConfig:
@@ -114,7 +117,9 @@ def config_from_args(args: argparse.Namespace) -> SessionConfig:
 def pick_strategy(chain: Chain, args: argparse.Namespace) -> str:
     """``--strategy``, or for ``auto`` the advisor's pick, with its reasons on stderr."""
     strategy, reasons = opts.choose_strategy(chain, args.strategy, args.objective,
-                                             getattr(args, "prices", None))
+                                             getattr(args, "prices", None),
+                                             getattr(args, "base_url", None),
+                                             getattr(args, "model", None))
     if args.strategy == "auto":
         print(f"auto: {strategy} for {args.objective}, because:", file=sys.stderr)
         for reason in reasons:

@@ -133,8 +133,13 @@ def _add_prediction_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objective", choices=("latency", "cost", "quality"),
                         default="latency", help="what the advice optimises (default latency)")
     parser.add_argument("--calibrate", metavar="JSON", action="append", default=[],
-                        help="earlier run/bench JSON results to fit the latency model to "
-                        "(repeatable)")
+                        help="earlier run/bench JSON results to add to the endpoint's "
+                        "profile (repeatable)")
+    parser.add_argument("--base-url", metavar="URL", help="predict from this endpoint's "
+                        "profile, learned from every run there (default: the endpoint run "
+                        "would call)")
+    parser.add_argument("--model", help="the model whose profile to use (default: the "
+                        "chain's)")
     parser.add_argument("--prices", metavar="PATH",
                         help="your own price table (JSON, same shape as the bundled one)")
 
@@ -197,10 +202,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         print_forecast(args.scenario, strategy=args.strategy, objective=args.objective,
                        runs=args.runs, inputs_path=args.inputs, rpm=args.rpm, tpm=args.tpm,
                        max_concurrency=args.max_concurrency, window=args.batch_window,
-                       calibrate_from=args.calibrate, prices_path=args.prices)
+                       calibrate_from=args.calibrate, prices_path=args.prices,
+                       base_url=args.base_url, model=args.model)
         return EXIT_OK
     print_plan(args.scenario, objective=args.objective, calibrate_from=args.calibrate,
-               prices_path=args.prices)
+               prices_path=args.prices, base_url=args.base_url, model=args.model)
     return EXIT_OK
 
 

@@ -3,21 +3,43 @@ person; with ``--runs N`` or ``--inputs FILE``, the forecast of a batch under th
 
 from __future__ import annotations
 
-from chainray.api.planning import plan
+import sys
+
+from chainray.api.planning import Plan, endpoint_models, plan
 from chainray.plan.advisor import Objective, advise
 from chainray.plan.cost import load_prices
 from chainray.plan.forecast import BatchForecast, forecast_batch
-from chainray.plan.predict import LatencyModel, calibrate, predict
+from chainray.plan.predict import predict
 from chainray.plan.schedule import STRATEGIES
 from chainray.spec.chain import load_chain
 
 __all__ = ["print_plan", "print_forecast"]
 
 
+def _basis(found: Plan) -> list[str]:
+    """Which profile the predictions rest on, or that they are defaults."""
+    model, replies = found.latency_model, found.replies
+    head = (f"profile: {found.endpoint} ({found.model}), {model.requests} requests"
+            if found.profiled else
+            f"defaults: nothing measured on {found.endpoint} ({found.model}) yet; run or bench "
+            "there (or --calibrate FILE) and plan learns it")
+    return [head,
+            f"  latency: {model.source}: time to first token {model.ttft_s:.2f}s (lognormal "
+            f"sigma {model.ttft_sigma:.2f}), prefill {model.prefill_s_per_token * 1000:.3f} "
+            f"ms/token, {model.tokens_per_s:.0f} tokens/s, {model.overhead_s * 1000:.0f} ms "
+            "per step"
+            + (f", full speed up to ~{model.slots} requests in flight" if model.slots else ""),
+            f"  reply lengths: {replies.source}"]
+
+
 def print_plan(scenario: str, objective: Objective = "latency", calibrate_from=(),
-               prices_path: str | None = None) -> None:
+               prices_path: str | None = None, base_url: str | None = None,
+               model: str | None = None) -> None:
     chain = load_chain(scenario)
-    found = plan(chain, objective, prices=prices_path, calibrate_from=calibrate_from)
+    found = plan(chain, objective, prices=prices_path, calibrate_from=calibrate_from,
+                 base_url=base_url, model=model, strict=bool(base_url))
+    for note in found.notes:
+        print(f"chainray: {note}", file=sys.stderr)
     print(f"{chain.name}: {len(chain.steps)} steps, final step {chain.final_step.id!r}")
     for strategy, schedule in found.schedules.items():
         guess = found.predictions[strategy]
@@ -26,13 +48,18 @@ def print_plan(scenario: str, objective: Objective = "latency", calibrate_from=(
             print(f"  phase {i}: {', '.join(phase)}")
         path = schedule.critical_path
         print(f"  critical path: {len(path)} steps: {' -> '.join(path)}")
-        print(f"  predicted: makespan {guess.makespan_s:.1f}s, {guess.total_tokens} tokens "
-              f"({guess.prompt_tokens} in, {guess.completion_tokens} out), {guess.calls} calls, "
-              f"${guess.cost:.5f}")
-    model = found.latency_model
-    print(f"\nlatency model: {model.source}: time to first token {model.ttft_s:.2f}s "
-          f"(lognormal sigma {model.ttft_sigma:.2f}), prefill "
-          f"{model.prefill_s_per_token * 1000:.3f} ms/token, {model.tokens_per_s:.0f} tokens/s")
+        low, high = guess.makespan_range
+        tlow, thigh = guess.tokens_range
+        print(f"  predicted: makespan {guess.makespan_s:.1f}s ({low:.1f}-{high:.1f}s), "
+              f"{guess.total_tokens} tokens ({tlow}-{thigh}; {guess.prompt_tokens} in, "
+              f"{guess.completion_tokens} out), {guess.calls} calls, ${guess.cost:.5f}")
+        sources = ", ".join(f"{n} from {where}" for where, n in guess.lengths_from.items())
+        if sources:
+            print(f"  reply lengths: {sources}")
+    print()
+    for line in _basis(found):
+        print(line)
+    print("(ranges: 10th-90th percentile)")
     print(f"recommended for {objective}: {found.strategy}")
     for reason in found.reasons:
         print(f"  - {reason}")
@@ -64,18 +91,23 @@ def _describe(forecast: BatchForecast, rpm: int | None, tpm: int | None,
 def print_forecast(scenario: str, *, strategy: str, objective: Objective, runs: int | None,
                    inputs_path: str | None, rpm: int | None, tpm: int | None,
                    max_concurrency: int,
-                   window: int, calibrate_from=(), prices_path: str | None = None) -> None:
+                   window: int, calibrate_from=(), prices_path: str | None = None,
+                   base_url: str | None = None, model: str | None = None) -> None:
     from chainray.api.batch import read_batch_inputs
 
     chain = load_chain(scenario)
     prices = load_prices(prices_path)
-    model = calibrate(calibrate_from) if calibrate_from else LatencyModel()
+    latency, replies, label, name, profiled, notes = endpoint_models(
+        chain, base_url, model, calibrate_from, strict=bool(base_url))
+    for note in notes:
+        print(f"chainray: {note}", file=sys.stderr)
     inputs = read_batch_inputs(inputs_path, chain, dict(chain.inputs)) if inputs_path else None
     if strategy == "auto":
-        predictions = {s: predict(chain, s, prices, model) for s in STRATEGIES}
-        strategy = advise(chain, objective, predictions).strategy
+        predictions = {s: predict(chain, s, prices, latency, replies) for s in STRATEGIES}
+        strategy = advise(chain, objective, predictions, latency).strategy
     forecast = forecast_batch(chain, strategy, prices, runs=runs or 1, rpm=rpm, tpm=tpm,
-                              max_concurrency=max_concurrency, window=window, model=model,
-                              inputs=inputs)
+                              max_concurrency=max_concurrency, window=window, model=latency,
+                              inputs=inputs, replies=replies)
+    print(f"{'profile' if profiled else 'defaults (nothing measured yet)'}: {label} ({name})")
     for line in _describe(forecast, rpm, tpm, max_concurrency):
         print(line)

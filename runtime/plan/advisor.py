@@ -7,6 +7,11 @@ any), pick the one the predictions show best on the objective. Latency compares 
 makespan, cost predicted dollars (tokens when there is no price), quality how much upstream
 output the steps see (sequential: everything earlier), then makespan. Ties go to the strategy
 that gives the steps more context. ``auto`` uses exactly this.
+
+On an endpoint that slows beyond a few requests in flight (a latency model with ``slots``),
+the advice says how much of the parallel speed-up is left there, and suggests a
+``--max-concurrency`` when holding requests back to ``slots`` (critical path first) is
+predicted to finish sooner than sharing the engine among them all.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from chainray.plan.cost import load_prices
+from chainray.plan.fit import LatencyModel
+from chainray.plan.makespan import capped_finish, longest_finish, shared_finish
 from chainray.plan.predict import Prediction, predict
 from chainray.plan.schedule import STRATEGIES, Schedule, Strategy, resolve
 from chainray.spec.chain import Chain
@@ -33,7 +40,7 @@ class Advice(BaseModel):
     strategy: Strategy
     objective: Objective
     reasons: tuple[str, ...]
-    candidates: tuple[Strategy, ...]  # the strategies that keep every declared dependency
+    candidates: tuple[Strategy, ...]  # those that keep every declared dependency (and fit)
 
 
 def withheld_context(chain: Chain, schedule: Schedule) -> list[str]:
@@ -77,16 +84,52 @@ def _compare(other: Prediction, chosen: Prediction, withheld: list[str]) -> str:
     return text
 
 
+def _crowding(chain: Chain, schedules: Mapping[str, Schedule], strategy: Strategy,
+              predictions: Mapping[str, Prediction], model: LatencyModel) -> list[str]:
+    """What an endpoint that slows beyond ``model.slots`` requests in flight means here."""
+    notes = []
+    alone = {}
+    for name in ("parallel", "hybrid"):
+        schedule = schedules[name]
+        order = [s for phase in schedule.phases for s in phase]
+        alone[name] = longest_finish(order, {p.id: p.depends_on for p in schedule.steps},
+                                     predictions[name].step_seconds)
+    par, hyb = predictions["parallel"].makespan_s, predictions["hybrid"].makespan_s
+    if abs(alone["parallel"] - alone["hybrid"]) > 0.05 * max(alone.values()):
+        fast, slow = ("parallel", "hybrid") if par <= hyb else ("hybrid", "parallel")
+        here = max(par, hyb) / max(1e-9, min(par, hyb))
+        free = alone[slow] / max(1e-9, alone[fast])
+        notes.append(f"this endpoint slows beyond ~{model.slots} requests in flight: {fast} "
+                     f"is {here:.1f}x faster than {slow} here, not {free:.1f}x")
+    schedule = schedules[strategy]
+    order = [s for phase in schedule.phases for s in phase]
+    depends = {p.id: p.depends_on for p in schedule.steps}
+    seconds = predictions[strategy].step_seconds
+    llm = {s.id for s in chain.steps if s.kind == "llm"}
+    # the engine shares decoding; time to first token is each request's own
+    work = {s: max(0.0, seconds[s] - model.overhead_s - model.ttft_s) if s in llm else 0.0
+            for s in order}
+    delay = {s: seconds[s] - work[s] for s in order}
+    shared = shared_finish(order, depends, work, delay, model.slots or 1)
+    capped = capped_finish(order, depends, work, delay, model.slots or 1)
+    if capped < 0.95 * shared:
+        notes.append(f"--max-concurrency {model.slots}: {strategy} predicted {capped:.1f} s "
+                     f"instead of {shared:.1f} s (the critical path keeps full speed)")
+    return notes
+
+
 def advise(chain: Chain, objective: Objective = "latency",
-           predictions: Mapping[str, Prediction] | None = None) -> Advice:
+           predictions: Mapping[str, Prediction] | None = None,
+           model: LatencyModel | None = None) -> Advice:
     """Recommend a strategy; ``predictions`` (strategy -> Prediction) default to ``predict``
-    with the bundled prices and the default latency model."""
+    with the bundled prices and ``model`` (default: the default latency model)."""
     if predictions is None:
         prices = load_prices()
-        predictions = {s: predict(chain, s, prices) for s in STRATEGIES}
+        predictions = {s: predict(chain, s, prices, model) for s in STRATEGIES}
     schedules = {s: resolve(chain, s) for s in STRATEGIES}
     withheld = {s: withheld_context(chain, schedules[s]) for s in STRATEGIES}
-    candidates = tuple(s for s in STRATEGIES if not withheld[s])
+    keeping = tuple(s for s in STRATEGIES if not withheld[s])
+    candidates = tuple(s for s in keeping if not predictions[s].infeasible) or keeping
     strategy = min(candidates, key=lambda s: _score(objective, predictions[s], schedules[s]))
     chosen = predictions[strategy]
     declared = schedules["hybrid"]
@@ -95,8 +138,13 @@ def advise(chain: Chain, objective: Objective = "latency",
              "nothing can run in parallel" if widest == 1 else
              f"the declared graph is {declared.shape}-shaped ({len(declared.phases)} phases, "
              f"up to {widest} steps at once)")
+    one = len(candidates) == 1
     reasons = [f"{shape}; {_names(list(candidates))} "
-               f"keep{'s' if len(candidates) == 1 else ''} every declared dependency"]
+               f"keep{'s' if one else ''} every declared dependency"
+               + (f" and fit{'s' if one else ''} the context window"
+                  if candidates != keeping else "")]
+    if chosen.infeasible:
+        reasons.append(f"{strategy} is infeasible too: {chosen.infeasible}")
     measure = {"latency": f"the shortest predicted makespan ({chosen.makespan_s:.1f} s)",
                "cost": f"the lowest predicted cost (${chosen.cost:.5f}, "
                        f"{chosen.total_tokens} tokens)",
@@ -107,5 +155,9 @@ def advise(chain: Chain, objective: Objective = "latency",
     for other in STRATEGIES:
         if other != strategy:
             reasons.append(_compare(predictions[other], chosen, withheld[other]))
+            if predictions[other].infeasible:
+                reasons.append(f"{other} is infeasible: {predictions[other].infeasible}")
+    if model is not None and model.slots is not None:
+        reasons.extend(_crowding(chain, schedules, strategy, predictions, model))
     return Advice(strategy=strategy, objective=objective, reasons=tuple(reasons),
                   candidates=candidates)

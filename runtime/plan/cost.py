@@ -26,6 +26,7 @@ class Price(BaseModel):
     input: float = Field(ge=0)
     cached_input: float | None = Field(default=None, ge=0)
     output: float = Field(ge=0)
+    context_window: int | None = Field(default=None, gt=0)  # prompt + reply, tokens
     source: str
     as_of: str
 

@@ -1,57 +1,45 @@
 """Predicted makespan, tokens and cost of a chain under each strategy, before anything runs.
 
-Tokens: each step's prompt is rendered as the strategy would send it (what it sees, what is
-withheld, the "previously covered" block), and the reply length follows the reply-length
-model of ``chainray.sim.lengths`` (the embedded simulator's model, in docs/simulator.md):
-a plain reply uses part of ``max_tokens``, an isolated sibling writes more, a step told what
-was covered writes less, rich upstream context makes a longer answer. The reply texts come
-from that model too, so the final step gathers outputs of the predicted length.
+Tokens: a step's prompt is its template filled with the inputs, the upstream outputs it sees
+(whole, or the first N characters for ``{x:.N}``) and, for outputs it sees without naming
+them, the "previously covered" block (300 characters of each). It is measured, not rendered:
+the template is filled once with empty outputs and the outputs' predicted lengths are added,
+so a sequential chain of thousands of steps costs time linear in its size. Prompt tokens are
+chainray's estimate (``chainray.tokens``) times the endpoint's measured ratio of its own count
+to that estimate. Reply lengths come from ``chainray.plan.lengths``.
 
-Latency: per llm step ``overhead + ttft + prefill * prompt tokens + (completion - 1) / decode
-speed``, with a lognormal spread of time to first token, so a phase of parallel steps waits
-for the slowest of them (expected over fixed draws: the prediction is reproducible). The
-profile defaults to the simulator's and is fitted to measured runs by ``calibrate``.
+Latency: per llm step ``chainray.plan.fit.step_seconds``; a phase of parallel steps waits for
+the slowest of them, so the makespan is the mean over fixed draws of time to first token and
+reply length (reproducible), and its spread the 10th-90th percentile of those draws. On an
+endpoint that slows beyond ``slots`` requests in flight, the draws are timed by
+``chainray.plan.makespan.shared_finish``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import statistics
-from collections.abc import Iterable
-from pathlib import Path
+from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from chainray.errors import InputError
 from chainray.plan.cost import PriceTable
-from chainray.plan.schedule import Schedule, Strategy, longest_path, resolve
-from chainray.results import RunResult, StepResult
-from chainray.sim.config import SimConfig
-from chainray.sim.lengths import LengthModel
-from chainray.sim.replies import plan_reply
+from chainray.plan.fit import LatencyModel, step_seconds
+from chainray.plan.lengths import DEFAULT_REPLIES, Replies, reply_tokens
+from chainray.plan.makespan import longest_finish, shared_finish
+from chainray.plan.schedule import Schedule, Strategy, resolve
 from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Chain
-from chainray.spec.prompts import render_prompt
-from chainray.tokens import estimate_prompt_tokens
+from chainray.spec.prompts import CONTEXT_CHARS, render_prompt
+from chainray.spec.templates import template_fields
+from chainray.tokens import estimate_text_tokens
 
-__all__ = ["LatencyModel", "Prediction", "predict", "calibrate", "fit_steps", "step_seconds"]
+__all__ = ["LatencyModel", "Prediction", "predict", "step_seconds", "StepShape", "step_shapes",
+           "prompt_chars"]
 
-_SIM = SimConfig()
-_DRAWS = 64  # fixed draws of time to first token for the expected makespan
-
-
-class LatencyModel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    ttft_s: float = Field(default=_SIM.expected_ttft_s(), ge=0, description="mean")
-    ttft_sigma: float = Field(default=_SIM.ttft_sigma, ge=0, description="lognormal shape")
-    prefill_s_per_token: float = Field(default=_SIM.prefill_s_per_token, ge=0)
-    tokens_per_s: float = Field(default=_SIM.tokens_per_s, gt=0)
-    overhead_s: float = Field(default=0.01, ge=0)
-    lengths: LengthModel = LengthModel()
-    seed: int = 0
-    source: str = "defaults (the simulator's gpt-4o-mini profile)"
+_DRAWS = 64  # at most; fewer for very large chains (the budget below)
+_DRAW_BUDGET = 40_000  # step evaluations over all draws
+_BLOCK = len("\n\nPreviously covered by earlier steps:\n")
 
 
 class Prediction(BaseModel):
@@ -64,191 +52,181 @@ class Prediction(BaseModel):
     total_tokens: int
     cost: float
     calls: int
-    step_seconds: dict[str, float] = {}  # expected duration of each step (mean ttft)
+    step_seconds: dict[str, float] = {}  # expected duration of each step, alone
+    makespan_range: tuple[float, float] = (0.0, 0.0)  # 10th-90th percentile of the draws
+    tokens_range: tuple[int, int] = (0, 0)
+    lengths_from: dict[str, int] = {}  # where reply lengths came from -> llm steps
+    infeasible: str | None = None  # the first step whose prompt and reply overflow the window
 
 
-def _replies(chain: Chain, schedule: Schedule, model: LatencyModel
-             ) -> tuple[dict[str, int], dict[str, int]]:
-    """Prompt and completion tokens of every step, rendering prompts as the strategy would."""
-    config = SimConfig(lengths=model.lengths, seed=model.seed)
-    outputs: dict[str, str] = {}
-    prompt: dict[str, int] = {}
-    completion: dict[str, int] = {}
-    for phase in schedule.phases:
-        for step_id in phase:
-            step = chain.by_id[step_id]
-            if step.kind == "python":
-                prompt[step_id] = completion[step_id] = 0
-                outputs[step_id] = ""
-                continue
-            seen = {s: outputs[s] for s in schedule.plan[step_id].sees}
-            text = render_prompt(step.prompt or "", chain.inputs, seen, step.after)
-            system = chain.settings_for(step).system
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": text}]
-            prompt[step_id] = estimate_prompt_tokens(messages)
-            max_tokens = chain.settings_for(step).max_tokens or DEFAULT_MAX_TOKENS
-            reply = plan_reply(config, "\n".join(m["content"] for m in messages),
-                               prompt[step_id], max_tokens, random.Random(0))
-            outputs[step_id] = reply.text
-            completion[step_id] = len(reply.tokens)
-    return prompt, completion
+@dataclass(frozen=True)
+class StepShape:
+    """What a step's prompt is made of, without its upstream outputs."""
+
+    id: str
+    llm: bool
+    base_chars: int  # the template filled with the inputs, the outputs it names left empty
+    message_tokens: int  # the reply's priming and the system message (chainray.tokens)
+    named: tuple[tuple[str, int | None], ...]  # outputs the template names (and their .N)
+    extras: tuple[str, ...]  # outputs it sees unnamed ("previously covered"); () if prefix
+    prefix: int  # sequential: it sees the first ``prefix`` steps of the order
+    withheld: bool  # a declared dependency it does not see
+    max_tokens: int
+    opening: str
 
 
-def step_seconds(model: LatencyModel, prompt_tokens: int, completion_tokens: int,
-                 ttft_s: float | None = None) -> float:
-    """How long one llm call takes under ``model`` (mean time to first token by default)."""
-    ttft = model.ttft_s if ttft_s is None else ttft_s
-    return (model.overhead_s + ttft + model.prefill_s_per_token * prompt_tokens
-            + max(0, completion_tokens - 1) / model.tokens_per_s)
+def step_shapes(chain: Chain, schedule: Schedule, inputs: dict | None = None) -> list[StepShape]:
+    """Each step's prompt parts in the schedule's order (topological)."""
+    order = [s for phase in schedule.phases for s in phase]
+    inputs = chain.inputs if inputs is None else inputs
+    shapes = []
+    for i, step_id in enumerate(order):
+        step, plan = chain.by_id[step_id], schedule.plan[step_id]
+        settings = chain.settings_for(step)
+        template = step.prompt or ""
+        fields = [(name.split(".")[0], name, spec) for name, spec in template_fields(template)]
+        prefix = schedule.strategy == "sequential"
+        sees = set(order[:i]) if prefix else set(plan.sees)
+        named = tuple((root, int(spec[1:]) if spec else (200 if "." in name else None))
+                      for root, name, spec in fields if root in sees)
+        names = {root for root, _, _ in fields}
+        base = render_prompt(template, inputs, {root: "" for root, _ in named}, step.after)
+        system = settings.system
+        shapes.append(StepShape(
+            id=step_id, llm=step.kind == "llm", base_chars=len(base),
+            message_tokens=3 + (3 + estimate_text_tokens(system) if system else 0),
+            named=named, extras=() if prefix else tuple(s for s in plan.sees if s not in names),
+            prefix=i if prefix else 0, withheld=not set(step.after) <= sees,
+            max_tokens=settings.max_tokens or DEFAULT_MAX_TOKENS,
+            opening=template[:300]))
+    return shapes
 
 
-def _ttft_draws(model: LatencyModel, n: int) -> list[list[float]]:
-    """``_DRAWS`` rows of ``n`` lognormal times to first token with the model's mean."""
-    sigma = model.ttft_sigma
-    median = model.ttft_s / math.exp(sigma**2 / 2)
-    rng = random.Random(f"ttft:{model.seed}")
-    return [[median * rng.lognormvariate(0, sigma) for _ in range(n)] for _ in range(_DRAWS)]
+def _clip(chars: float) -> float:
+    return chars if chars <= CONTEXT_CHARS else CONTEXT_CHARS + 3
+
+
+def prompt_chars(shapes: list[StepShape], out_chars: dict[str, float],
+                 python_chars: dict[str, float] | None = None) -> dict[str, float]:
+    """Characters of every llm step's prompt given its upstream outputs' lengths; fills in
+    ``out_chars`` of python steps (from ``python_chars``, else as a join of what they see)."""
+    python_chars = python_chars or {}
+    order = [s.id for s in shapes]
+    line_total = join_total = 0.0  # prefix sums over the order (sequential)
+    result: dict[str, float] = {}
+    for shape in shapes:
+        if shape.prefix or not shape.extras:
+            names = {n for n, _ in shape.named}
+            count = shape.prefix - len(names) if shape.prefix else 0
+            lines = line_total - sum(len(n) + 4 + _clip(out_chars[n]) for n in names) \
+                if shape.prefix else 0.0
+        else:
+            count = len(shape.extras)
+            lines = sum(len(s) + 4 + _clip(out_chars[s]) for s in shape.extras)
+        chars = shape.base_chars + sum(min(out_chars[n], cap) if cap else out_chars[n]
+                                       for n, cap in shape.named)
+        if count:
+            chars += _BLOCK + lines + count - 1
+        if shape.llm:
+            result[shape.id] = chars
+        elif shape.id not in out_chars:
+            seen = (order[:shape.prefix] if shape.prefix else
+                    [n for n, _ in shape.named] + list(shape.extras))
+            joined = join_total if shape.prefix else sum(len(s) + 6 + out_chars[s]
+                                                           for s in seen)
+            out_chars[shape.id] = python_chars.get(shape.id, max(0.0, joined - 2))
+        line_total += len(shape.id) + 4 + _clip(out_chars[shape.id])
+        join_total += len(shape.id) + 6 + out_chars[shape.id]
+    return result
+
+
+def _draws(n_steps: int) -> int:
+    return max(8, min(_DRAWS, _DRAW_BUDGET // max(1, n_steps)))
+
+
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    ordered = sorted(values)
+    return ordered[int(0.1 * (len(ordered) - 1))], ordered[math.ceil(0.9 * (len(ordered) - 1))]
 
 
 def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
-            model: LatencyModel | None = None) -> Prediction:
-    model = model or LatencyModel()
+            model: LatencyModel | None = None, replies: Replies | None = None) -> Prediction:
+    model, replies = model or LatencyModel(), replies or DEFAULT_REPLIES
     schedule = resolve(chain, strategy)
-    prompt, completion = _replies(chain, schedule, model)
+    shapes = step_shapes(chain, schedule)
+    order = [s.id for s in shapes]
     depends = {p.id: p.depends_on for p in schedule.steps}
-    ids = list(depends)
+    lengths, sources = {}, {}
+    for shape in shapes:
+        if shape.llm:
+            unnamed = shape.prefix - len(shape.named) if shape.prefix else len(shape.extras)
+            covered = unnamed + sum(1 for _, cap in shape.named if cap)  # excerpts shown
+            mean, sd, where = reply_tokens(replies, f"{chain.name}/{shape.id}", strategy,
+                                           shape.max_tokens, shape.opening, shape.withheld,
+                                           covered)
+            lengths[shape.id] = (mean, sd, shape.max_tokens)
+            sources[where] = sources.get(where, 0) + 1
+    python = {k.split("/", 1)[1]: v for k, v in replies.python_chars.items()
+              if k.split("/", 1)[0] == chain.name}
 
-    def seconds(step_id: str, ttft: float | None = None) -> float:
-        if chain.by_id[step_id].kind == "python":
-            return model.overhead_s
-        return step_seconds(model, prompt[step_id], completion[step_id], ttft)
+    def tokens(completion: dict[str, float]) -> tuple[dict[str, int], dict[str, int]]:
+        out = {s: c * replies.chars_per_token for s, c in completion.items()}
+        chars = prompt_chars(shapes, out, python)
+        scale = replies.prompt_scale
+        prompt = {s.id: round(scale * (s.message_tokens + 3 + max(1, (chars[s.id] + 3) // 4)))
+                  for s in shapes if s.llm}
+        return prompt, {s: max(1, round(c)) for s, c in completion.items()}
 
-    spans = []
-    for row in _ttft_draws(model, len(ids)):
-        draw = dict(zip(ids, row, strict=True))
-        spans.append(longest_path(depends, lambda s, d=draw: seconds(s, d[s]))[1])
+    def span(prompt: dict[str, int], completion: dict[str, int], ttft: dict[str, float]
+             ) -> float:
+        seconds = {s: step_seconds(model, prompt[s], completion[s], ttft[s])
+                   if s in prompt else model.overhead_s for s in order}
+        if model.slots is None:
+            return longest_finish(order, depends, seconds)
+        # the engine shares its decoding; time to first token is each request's own
+        work = {s: max(0, completion[s] - 1) / model.tokens_per_s if s in prompt else 0.0
+                for s in order}
+        return shared_finish(order, depends, work,
+                             {s: seconds[s] - work[s] for s in order}, model.slots)
+
+    prompt, completion = tokens({s: m for s, (m, _, _) in lengths.items()})
+    rng = random.Random(f"draws:{model.seed}")
+    median = model.ttft_s / math.exp(model.ttft_sigma**2 / 2)
+    spans, totals = [], []
+    for _ in range(_draws(len(order))):
+        drawn = {s: min(cap, max(1.0, rng.gauss(m, sd))) for s, (m, sd, cap) in lengths.items()}
+        p, c = tokens(drawn)
+        ttft = {s: median * rng.lognormvariate(0, model.ttft_sigma) for s in order}
+        spans.append(span(p, c, ttft))
+        totals.append(sum(p.values()) + sum(c.values()))
     llm_steps = [s for s in chain.steps if s.kind == "llm"]
     cost = sum(prices.cost(chain.settings_for(s).model or DEFAULT_MODEL, prompt[s.id],
-                           completion[s.id])
-               for s in llm_steps)
-    prompt_total = sum(prompt[s.id] for s in llm_steps)
-    completion_total = sum(completion.values())
-    return Prediction(strategy=strategy, makespan_s=round(statistics.mean(spans), 2),
-                      prompt_tokens=prompt_total, completion_tokens=completion_total,
-                      total_tokens=prompt_total + completion_total, cost=round(cost, 6),
-                      calls=len(llm_steps),
-                      step_seconds={s: round(seconds(s), 3) for s in ids})
+                           completion[s.id]) for s in llm_steps)
+    prompt_total, completion_total = sum(prompt.values()), sum(completion.values())
+    infeasible = _overflow(chain, order, prompt, completion, prices)
+    low, high = _percentiles(spans)
+    tlow, thigh = _percentiles(totals)
+    return Prediction(
+        strategy=strategy, makespan_s=round(statistics.mean(spans), 2),
+        prompt_tokens=prompt_total, completion_tokens=completion_total,
+        total_tokens=prompt_total + completion_total, cost=round(cost, 6),
+        calls=len(llm_steps), makespan_range=(round(low, 2), round(high, 2)),
+        tokens_range=(round(tlow), round(thigh)), lengths_from=sources, infeasible=infeasible,
+        step_seconds={s: round(step_seconds(model, prompt[s], completion[s])
+                               if s in prompt else model.overhead_s, 3) for s in order})
 
 
-def _load_results(paths: Iterable[str]) -> list[RunResult]:
-    results = []
-    for path in paths:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-            try:
-                data = json.loads(text)
-            except ValueError:  # a batch's JSON Lines: runs, then a {"batch": ...} line
-                data = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--calibrate {path}: cannot read it: {exc}") from None
-        items = data.get("runs", [data]) if isinstance(data, dict) else data
-        items = [item for item in items if not (isinstance(item, dict) and "batch" in item)]
-        results.extend(RunResult.model_validate(item) for item in items)
-    return results
-
-
-def _lstsq(columns: list[list[float]], y: list[float]) -> list[float]:
-    """Least squares ``y ~ columns`` by the normal equations (a handful of unknowns)."""
-    n = len(columns)
-    a = [[sum(p * q for p, q in zip(ci, cj, strict=True)) for cj in columns]
-         + [sum(p * q for p, q in zip(ci, y, strict=True))] for ci in columns]
-    for i in range(n):
-        pivot = max(range(i, n), key=lambda r: abs(a[r][i]))
-        a[i], a[pivot] = a[pivot], a[i]
-        if abs(a[i][i]) < 1e-12:
-            raise ValueError("singular")
-        for r in range(n):
-            if r != i:
-                f = a[r][i] / a[i][i]
-                a[r] = [x - f * z for x, z in zip(a[r], a[i], strict=True)]
-    return [a[i][n] / a[i][i] for i in range(n)]
-
-
-def _predicted(columns: list[list[float]], coef: list[float]) -> list[float]:
-    return [sum(c[k] * w for c, w in zip(columns, coef, strict=True))
-            for k in range(len(columns[0]))]
-
-
-def fit_steps(steps: list[StepResult], base: LatencyModel | None = None) -> LatencyModel:
-    """Fit the latency profile to measured llm steps (first-attempt successes).
-
-    Each step's time in flight (latency minus time queued for permits) is regressed on
-    ``[1, completion tokens - 1, prompt tokens]`` by least squares: the intercept is overhead
-    + mean time to first token, the slopes seconds per decoded token and prefill seconds per
-    prompt token. Where streaming measured ``ttft_ms`` on every step, time to first token and
-    prefill are fitted to it directly and decode speed to the rest. The lognormal spread of
-    time to first token comes from the residuals. A coefficient the data cannot pin down (no
-    variation in prompt length) keeps the base's value.
-    """
-    base = base or LatencyModel()
-    steps = [s for s in steps if s.status == "ok" and s.completion_tokens > 1
-             and s.attempts == 1 and not s.cached]
-    if len(steps) < 4 or len({s.completion_tokens for s in steps}) < 2:
-        return base
-    first = _fit(steps, base)
-    if first is None:
-        return base
-    # One pass of trimming: steps delayed far beyond the fit (a loaded machine, a slow
-    # network moment) are dropped and the fit repeated, so they do not bend the slopes.
-    errors = [abs(e) for e in first[1]]
-    cut = 4 * statistics.median(errors) + 1e-3
-    kept = [s for s, e in zip(steps, errors, strict=True) if e <= cut]
-    second = _fit(kept, base) if len(kept) >= 4 and len(kept) < len(steps) else None
-    return (second or first)[0]
-
-
-def _fit(steps: list[StepResult], base: LatencyModel
-         ) -> tuple[LatencyModel, list[float]] | None:
-    """One least-squares fit; the model and each step's residual, or None if unusable."""
-    flight = [(s.latency_ms - s.queued_ms) / 1000 for s in steps]
-    prompt = [float(s.prompt_tokens) for s in steps]
-    decode = [float(s.completion_tokens - 1) for s in steps]
-    ones = [1.0] * len(steps)
-    varied = max(prompt) - min(prompt) > 0.2 * max(1.0, statistics.mean(prompt))
-    streamed = all(s.ttft_ms is not None for s in steps)
-    try:
-        if streamed:
-            ttft = [s.ttft_ms / 1000 for s in steps]  # type: ignore[operator]
-            columns = [ones, prompt] if varied else [ones]
-            coef = _lstsq(columns, ttft)
-            residual = [t - p for t, p in zip(ttft, _predicted(columns, coef), strict=True)]
-            rest = [f - t for f, t in zip(flight, ttft, strict=True)]
-            per_token = _lstsq([decode], rest)[0]
-            intercept, prefill = coef[0], coef[1] if varied else base.prefill_s_per_token
-        else:
-            columns = [ones, decode] + ([prompt] if varied else [])
-            target = flight if varied else [
-                f - base.prefill_s_per_token * p for f, p in zip(flight, prompt, strict=True)]
-            coef = _lstsq(columns, target)
-            residual = [t - p for t, p in zip(target, _predicted(columns, coef), strict=True)]
-            intercept, per_token = coef[0], coef[1]
-            prefill = coef[2] if varied else base.prefill_s_per_token
-    except ValueError:
-        return None
-    if per_token <= 0 or len({s.completion_tokens for s in steps}) < 2:
-        return None
-    ttft_mean = max(0.0, intercept - base.overhead_s)
-    spread = statistics.pvariance(residual)
-    sigma = math.sqrt(math.log1p(spread / ttft_mean**2)) if ttft_mean > 0 else 0.0
-    return base.model_copy(update={
-        "ttft_s": round(ttft_mean, 4), "ttft_sigma": round(min(sigma, 2.0), 3),
-        "prefill_s_per_token": round(max(0.0, prefill), 8),
-        "tokens_per_s": round(1 / per_token, 2),
-        "source": f"fitted to {len(steps)} steps of earlier runs"
-                  + (" (with streamed time to first token)" if streamed else "")}), residual
-
-
-def calibrate(paths: Iterable[str], base: LatencyModel | None = None) -> LatencyModel:
-    """Fit the latency profile to the llm steps of earlier runs' JSON results."""
-    return fit_steps([s for r in _load_results(paths) for s in r.steps], base)
+def _overflow(chain: Chain, order: list[str], prompt: dict[str, int],
+              completion: dict[str, int], prices: PriceTable) -> str | None:
+    """Where a predicted prompt and its reply first exceed the model's context window (from
+    the price table's ``context_window``; a model without one is not checked)."""
+    for step_id in order:
+        if step_id not in prompt:
+            continue
+        name = chain.settings_for(chain.by_id[step_id]).model or DEFAULT_MODEL
+        row = prices.models.get(name)
+        window = row.context_window if row is not None else None
+        if window and prompt[step_id] + completion[step_id] > window:
+            return (f"step {step_id}: a prompt of ~{prompt[step_id]:,} tokens and its reply "
+                    f"exceed {name}'s context window of {window:,}")
+    return None
