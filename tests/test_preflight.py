@@ -147,6 +147,7 @@ def test_the_python_api_checks_inputs_before_starting_anything(sim):
 def test_context_windows_are_known_by_family_and_unknown_models_go_unchecked():
     assert context_window("gpt-4o-mini-2024-07-18") == 128_000
     assert context_window("gpt-4.1-mini") == 1_047_576 and context_window("my-model") is None
+    assert context_window("o3") is None  # no window in the price table: not checked
     chain = chain_from_dict({"name": "c", "inputs": {"topic": "x"},
                              "steps": [{"id": "a", "prompt": "{topic}", "max_tokens": 100}]})
     assert input_problems(chain, {"topic": BIG}, model="my-model") == []

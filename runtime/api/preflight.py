@@ -19,31 +19,23 @@ from pathlib import Path
 from typing import Any
 
 from chainray.errors import InputError
+from chainray.plan.cost import load_prices
 from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Chain
 from chainray.spec.problems import suggest
 from chainray.spec.prompts import render_prompt
 from chainray.spec.templates import fill_template
 from chainray.tokens import estimate_prompt_tokens
 
-__all__ = ["CONTEXT_WINDOWS", "context_window", "output_problems", "journal_problems",
+__all__ = ["context_window", "output_problems", "journal_problems",
            "set_problems", "set_values", "input_problems", "refuse"]
 
-# Tokens (prompt + max_tokens) per request, from the providers' model pages
-# (https://platform.openai.com/docs/models, as of 2026-06). Longest matching name wins, so a
-# dated snapshot (gpt-4o-mini-2024-07-18) has its family's window. Unknown models: unchecked.
-CONTEXT_WINDOWS = {
-    "gpt-3.5-turbo": 16_385, "gpt-4": 8_192, "gpt-4-turbo": 128_000, "gpt-4o": 128_000,
-    "gpt-4o-mini": 128_000, "gpt-4.1": 1_047_576, "gpt-4.1-mini": 1_047_576,
-    "gpt-4.1-nano": 1_047_576, "o1": 200_000, "o3": 200_000, "o3-mini": 200_000,
-    "o4-mini": 200_000, "gpt-5": 400_000, "gpt-5-mini": 400_000, "gpt-5-nano": 400_000,
-}
-
-
 def context_window(model: str) -> int | None:
-    """The context window of ``model`` (or of its dated snapshot), or None when unknown."""
-    family = [name for name in CONTEXT_WINDOWS
-              if model == name or model.startswith(name + "-20")]
-    return CONTEXT_WINDOWS[max(family, key=len)] if family else None
+    """The context window of ``model`` (or of its dated snapshot) in the bundled price table
+    (each row names its source and date), or None when the table states none: unchecked."""
+    windows = {name: row.context_window for name, row in load_prices().models.items()
+               if row.context_window is not None}
+    family = [name for name in windows if model == name or model.startswith(name + "-20")]
+    return windows[max(family, key=len)] if family else None
 
 
 def _path_problem(path: str) -> str | None:
