@@ -159,7 +159,7 @@ def test_context_windows_are_known_by_family_and_unknown_models_go_unchecked():
 async def step_against_fixture(topic: str, mode: str | None = None):
     from pydantic import SecretStr
 
-    from chainray.call.endpoint import Endpoint, make_client
+    from chainray.call.endpoint import CallServices, Endpoint, make_client
     from chainray.limit.permit_book import Limits, PermitBook
     from chainray.runner.step_exec import StepRequest, execute_llm_step
     from tests.fixture_server import FixtureServer
@@ -176,7 +176,8 @@ async def step_against_fixture(topic: str, mode: str | None = None):
         endpoint = Endpoint(base_url=server.base_url, api_key=SecretStr("sk-test-0123456789"),
                             timeout_s=10, max_attempts=3, backoff_s=0.01)
         limits = {"m": PermitBook(Limits(rpm=60_000, tpm=10_000_000, max_concurrency=1))}
-        result = await execute_llm_step(request, [], make_client(endpoint), limits, endpoint)
+        services = CallServices(make_client(endpoint), endpoint, limits)
+        result = await execute_llm_step(request, [], services)
     assert result.status == "error" and result.attempts == 1  # never retried as it is
     return result
 
