@@ -10,7 +10,9 @@ from chainray.guards.cache import CachedReply, ResponseCache
 __all__ = ["CacheKeeper", "RemoteCache"]
 
 
-class _Keeper(ResponseCache):
+class CountingCache(ResponseCache):
+    """The response cache, counting what it served (its repr in the dashboard)."""
+
     def __init__(self, directory) -> None:
         super().__init__(directory)
         self.hits = self.misses = self.writes = 0
@@ -31,7 +33,7 @@ class _Keeper(ResponseCache):
 
 # Threaded (max_concurrency > 1): entries are written atomically, so readers never block
 # behind a writer's disk I/O. Its calls are bookkeeping, not tasks to show in the dashboard.
-CacheKeeper = ray.remote(num_cpus=0, max_concurrency=8, enable_task_events=False)(_Keeper)
+CacheKeeper = ray.remote(num_cpus=0, max_concurrency=8, enable_task_events=False)(CountingCache)
 
 
 class RemoteCache:

@@ -90,7 +90,7 @@ def token_cluster():
         wait_until_up(cluster.address, cluster.dashboard, token, process)
         yield cluster
     finally:
-        for sig, grace_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        for sig, grace_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):  # ours, temporary
             try:
                 os.killpg(process.pid, sig)
             except ProcessLookupError:
@@ -111,8 +111,10 @@ def chainray(cluster: TokenCluster, *args: str, **env: str) -> subprocess.Comple
 def test_a_run_shows_as_its_steps_in_the_dashboard(token_cluster, tmp_path):
     out = tmp_path / "run.json"
     # --address HOST:PORT, as --address auto does: the token is found, nothing set by hand.
+    # The guards on too (spend cap, cache, hedging): their actors are chainray's as well.
     run = chainray(token_cluster, "run", CHAIN, "--address", token_cluster.address,
-                   "--sim-speed", "50", "--quiet", "--json", str(out),
+                   "--sim-speed", "50", "--quiet", "--json", str(out), "--max-cost", "1",
+                   "--cache", str(tmp_path / "cache"), "--hedge-after", "0.9",
                    CHAINRAY_HOME=str(tmp_path))
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
@@ -132,7 +134,8 @@ def test_a_run_shows_as_its_steps_in_the_dashboard(token_cluster, tmp_path):
     assert len(names) - len(steps) <= 0.1 * len(names), names  # bookkeeping stays out
     assert [t for t in seen["tasks"] if t["state"] != "FINISHED"] == []  # none FAILED
     actors = seen["actors"]
-    assert {a["class"] for a in actors} >= {"Coordinator", "StepRunner", "RateLimiter"}
+    assert {a["class"] for a in actors} >= {"Coordinator", "StepRunner", "RateLimiter",
+                                            "SpendLedger", "CountingCache", "DurationLog"}
     assert all(a["name"].startswith("chainray-") for a in actors), actors
     [limiter] = [a for a in actors if a["class"] == "RateLimiter"]
     assert "calls in flight" in limiter["repr"] and "rpm" in limiter["repr"]

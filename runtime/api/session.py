@@ -372,7 +372,8 @@ class Driver:
                 if stat["described"] != self.described.get(model):
                     self._say(f"{model}: {stat['described']}")
         if ray.is_initialized():
-            for handles in ([self.coordinator] if self.coordinator else [], self.runners):
+            for handles in ([self.coordinator] if self.coordinator is not None else [],
+                            self.runners):
                 end_actors(handles)
         self.coordinator, self.runners = None, []
         guards = getattr(self, "guards", None)  # the guard actors are this session's
