@@ -140,7 +140,7 @@ def observe(profiles: Mapping[str, Profile], items: Iterable[Observed],
             key = f"{result.scenario}/{step.id}"
             entry = profile.steps.setdefault(key, StepEntry())
             entry.last = profile.runs
-            entry.chars.add(len(step.output))
+            entry.chars.setdefault(result.strategy, Acc()).add(len(step.output))
             python = (item.chain.by_id[step.id].kind == "python" if item.chain is not None
                       and step.id in item.chain.by_id else not step.attempt_log)
             if python or step.attempts == 0:  # no request
@@ -214,7 +214,8 @@ def models(profile: Profile, base: LatencyModel | None = None) -> tuple[LatencyM
     replies = Replies(
         steps={k: {s: _length(a) for s, a in e.tokens.items()}
                for k, e in profile.steps.items() if e.tokens},
-        python_chars={k: e.chars.mean for k, e in profile.steps.items() if not e.tokens},
+        python_chars={k: {s: a.mean for s, a in e.chars.items()}
+                      for k, e in profile.steps.items() if not e.tokens},
         fallback=_length(tok) if tok.n else None,
         fallback_share=_length(share) if share.n else None, scales_with_max_tokens=scales,
         chars_per_token=round(profile.chars_per_token.mean, 3) if profile.chars_per_token.n

@@ -166,8 +166,8 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
                                            covered)
             lengths[shape.id] = (mean, sd, shape.max_tokens)
             sources[where] = sources.get(where, 0) + 1
-    python = {k.split("/", 1)[1]: v for k, v in replies.python_chars.items()
-              if k.split("/", 1)[0] == chain.name}
+    python = {k.split("/", 1)[1]: v[strategy] for k, v in replies.python_chars.items()
+              if k.split("/", 1)[0] == chain.name and strategy in v}
 
     def tokens(completion: dict[str, float]) -> tuple[dict[str, int], dict[str, int]]:
         out = {s: c * replies.chars_per_token for s, c in completion.items()}
