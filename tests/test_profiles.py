@@ -250,3 +250,17 @@ def test_plan_from_a_corrupt_profile_exits_2_in_one_line(capsys):
     assert main(["plan", "quantum_research", "--base-url", URL, "--model", "m"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is unreadable" in err[0] and "no profile of" in err[0]
+
+
+def test_after_its_own_runs_a_chain_with_a_python_join_is_predicted_closely():
+    from pathlib import Path
+
+    chain = load_chain(str(Path(__file__).parents[1] / "benchmarks/chains/diamonds.yaml"))
+    learn(chain, reply=110, tps=60.0, ttft=0.8)
+    found = plan(chain, base_url=URL, model="m", strict=True)
+    for strategy in STRATEGIES:
+        measured = fake_run(chain, strategy, reply=110, tps=60.0, ttft=0.8)
+        guess = found.predictions[strategy]
+        assert guess.lengths_from == {"this step, this strategy": 13}
+        assert guess.total_tokens == pytest.approx(measured.total_tokens, rel=0.01), strategy
+        assert guess.makespan_s == pytest.approx(measured.latency_ms / 1000, rel=0.05), strategy

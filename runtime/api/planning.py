@@ -127,9 +127,11 @@ def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | 
     price_table = load_prices(prices)
     latency, replies, label, name, profiled, notes = endpoint_models(
         chain, base_url, model, calibrate_from, strict)
-    predictions = {s: predict(chain, s, price_table, latency, replies) for s in STRATEGIES}
-    advice = advise(chain, objective, predictions, latency)
+    schedules = {s: resolve(chain, s) for s in STRATEGIES}
+    predictions = {s: predict(chain, s, price_table, latency, replies, schedules[s])
+                   for s in STRATEGIES}
+    advice = advise(chain, objective, predictions, latency, schedules)
     return Plan(chain=chain.name, objective=objective, strategy=advice.strategy,
-                reasons=advice.reasons, schedules={s: resolve(chain, s) for s in STRATEGIES},
+                reasons=advice.reasons, schedules=schedules,
                 predictions=predictions, latency_model=latency, replies=replies,
                 endpoint=label, model=name, profiled=profiled, notes=notes)

@@ -120,13 +120,14 @@ def _crowding(chain: Chain, schedules: Mapping[str, Schedule], strategy: Strateg
 
 def advise(chain: Chain, objective: Objective = "latency",
            predictions: Mapping[str, Prediction] | None = None,
-           model: LatencyModel | None = None) -> Advice:
+           model: LatencyModel | None = None,
+           schedules: Mapping[str, Schedule] | None = None) -> Advice:
     """Recommend a strategy; ``predictions`` (strategy -> Prediction) default to ``predict``
     with the bundled prices and ``model`` (default: the default latency model)."""
     if predictions is None:
         prices = load_prices()
         predictions = {s: predict(chain, s, prices, model) for s in STRATEGIES}
-    schedules = {s: resolve(chain, s) for s in STRATEGIES}
+    schedules = schedules or {s: resolve(chain, s) for s in STRATEGIES}
     withheld = {s: withheld_context(chain, schedules[s]) for s in STRATEGIES}
     keeping = tuple(s for s in STRATEGIES if not withheld[s])
     candidates = tuple(s for s in keeping if not predictions[s].infeasible) or keeping

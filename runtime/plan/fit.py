@@ -12,13 +12,20 @@ with median 0.5 s and shape 0.65, 0.05 ms a prompt token, 70 tokens/s), not a re
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+from collections.abc import Iterable
+from pathlib import Path
 from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["LatencyModel", "Sample", "fit_samples", "fit_slots", "step_seconds"]
+from chainray.errors import InputError
+from chainray.results import RunResult, StepResult
+
+__all__ = ["LatencyModel", "Sample", "fit_samples", "fit_slots", "step_seconds",
+           "load_results", "fit_steps", "calibrate"]
 
 _MIN = 4  # requests below which nothing is fitted
 
@@ -189,3 +196,36 @@ def fit_slots(samples: list[Sample], model: LatencyModel) -> LatencyModel:
     source = model.source + (f"; slows beyond ~{best} requests in flight" if keep else "")
     return model.model_copy(update={"slots": best if keep else None, "source": source,
                                     "requests": len(samples)})
+
+
+def load_results(paths: Iterable[str]) -> list[RunResult]:
+    results = []
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+            try:
+                data = json.loads(text)
+            except ValueError:  # a batch's JSON Lines: runs, then a {"batch": ...} line
+                data = [json.loads(line) for line in text.splitlines() if line.strip()]
+            items = data.get("runs", [data]) if isinstance(data, dict) else data
+            items = [i for i in items if not (isinstance(i, dict) and "batch" in i)]
+            results.extend(RunResult.model_validate(item) for item in items)
+        except (OSError, ValueError) as exc:
+            first = str(exc).splitlines()[0]
+            raise InputError(f"--calibrate {path}: cannot read it: {first}") from None
+    return results
+
+
+def fit_steps(steps: list[StepResult], base: LatencyModel | None = None) -> LatencyModel:
+    """Fit the latency model to measured llm steps (first-attempt successes, not cached)."""
+    samples = [Sample(float(s.prompt_tokens), float(s.completion_tokens),
+                      (s.latency_ms - s.queued_ms) / 1000,
+                      None if s.ttft_ms is None else s.ttft_ms / 1000)
+               for s in steps if s.status == "ok" and s.attempts == 1 and not s.cached]
+    model = fit_samples(samples, base)
+    return model.model_copy(update={"source": model.source.replace("requests", "steps")})
+
+
+def calibrate(paths: Iterable[str], base: LatencyModel | None = None) -> LatencyModel:
+    """Fit the latency model to the llm steps of earlier runs' JSON results."""
+    return fit_steps([s for r in load_results(paths) for s in r.steps], base)

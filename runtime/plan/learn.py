@@ -13,16 +13,13 @@ model and reply lengths a prediction uses.
 from __future__ import annotations
 
 import bisect
-import json
 import sys
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
-from chainray.errors import InputError
-from chainray.plan.fit import LatencyModel, Sample, fit_samples
+from chainray.plan.fit import LatencyModel, Sample, calibrate, fit_samples, fit_steps, load_results
 from chainray.plan.lengths import Length, Replies
 from chainray.plan.predict import prompt_chars, step_shapes
 from chainray.plan.profiles import Acc, Profile, StepEntry, update_profile
@@ -140,7 +137,7 @@ def observe(profiles: Mapping[str, Profile], items: Iterable[Observed],
             key = f"{result.scenario}/{step.id}"
             entry = profile.steps.setdefault(key, StepEntry())
             entry.last = profile.runs
-            entry.chars.add(len(step.output))
+            entry.chars.setdefault(result.strategy, Acc()).add(len(step.output))
             python = (item.chain.by_id[step.id].kind == "python" if item.chain is not None
                       and step.id in item.chain.by_id else not step.attempt_log)
             if python or step.attempts == 0:  # no request
@@ -214,7 +211,8 @@ def models(profile: Profile, base: LatencyModel | None = None) -> tuple[LatencyM
     replies = Replies(
         steps={k: {s: _length(a) for s, a in e.tokens.items()}
                for k, e in profile.steps.items() if e.tokens},
-        python_chars={k: e.chars.mean for k, e in profile.steps.items() if not e.tokens},
+        python_chars={k: {s: a.mean for s, a in e.chars.items()}
+                      for k, e in profile.steps.items() if not e.tokens},
         fallback=_length(tok) if tok.n else None,
         fallback_share=_length(share) if share.n else None, scales_with_max_tokens=scales,
         chars_per_token=round(profile.chars_per_token.mean, 3) if profile.chars_per_token.n
@@ -271,36 +269,3 @@ class Learner:
                 note = f"cannot write the profile of {self.label} ({model}): {exc}"
             if note:
                 print(f"chainray: {note}", file=sys.stderr)
-
-
-def load_results(paths: Iterable[str]) -> list[RunResult]:
-    results = []
-    for path in paths:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-            try:
-                data = json.loads(text)
-            except ValueError:  # a batch's JSON Lines: runs, then a {"batch": ...} line
-                data = [json.loads(line) for line in text.splitlines() if line.strip()]
-            items = data.get("runs", [data]) if isinstance(data, dict) else data
-            items = [i for i in items if not (isinstance(i, dict) and "batch" in i)]
-            results.extend(RunResult.model_validate(item) for item in items)
-        except (OSError, ValueError) as exc:
-            first = str(exc).splitlines()[0]
-            raise InputError(f"--calibrate {path}: cannot read it: {first}") from None
-    return results
-
-
-def fit_steps(steps: list[StepResult], base: LatencyModel | None = None) -> LatencyModel:
-    """Fit the latency model to measured llm steps (first-attempt successes, not cached)."""
-    samples = [Sample(float(s.prompt_tokens), float(s.completion_tokens),
-                      (s.latency_ms - s.queued_ms) / 1000,
-                      None if s.ttft_ms is None else s.ttft_ms / 1000)
-               for s in steps if s.status == "ok" and s.attempts == 1 and not s.cached]
-    model = fit_samples(samples, base)
-    return model.model_copy(update={"source": model.source.replace("requests", "steps")})
-
-
-def calibrate(paths: Iterable[str], base: LatencyModel | None = None) -> LatencyModel:
-    """Fit the latency model to the llm steps of earlier runs' JSON results."""
-    return fit_steps([s for r in load_results(paths) for s in r.steps], base)

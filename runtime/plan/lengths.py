@@ -54,7 +54,8 @@ class Replies(BaseModel):
     scales_with_max_tokens: bool = True
     chars_per_token: float = Field(default=4.0, gt=0)  # characters of reply text per token
     prompt_scale: float = Field(default=1.0, gt=0)  # the server's prompt tokens / chainray's
-    python_chars: dict[str, float] = {}  # "chain/step" -> characters a python step returned
+    python_chars: dict[str, dict[str, float]] = {}  # "chain/step" -> strategy -> characters
+    # a python step returned
     source: str = ("defaults: the embedded simulator's reply-length table (a share of "
                    "max_tokens), not measured on any endpoint")
 

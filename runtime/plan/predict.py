@@ -38,7 +38,7 @@ __all__ = ["LatencyModel", "Prediction", "predict", "step_seconds", "StepShape",
            "prompt_chars"]
 
 _DRAWS = 64  # at most; fewer for very large chains (the budget below)
-_DRAW_BUDGET = 40_000  # step evaluations over all draws
+_DRAW_BUDGET = 16_000  # step evaluations over all draws (at least 8 draws)
 _BLOCK = len("\n\nPreviously covered by earlier steps:\n")
 
 
@@ -73,20 +73,26 @@ class StepShape:
     withheld: bool  # a declared dependency it does not see
     max_tokens: int
     opening: str
+    model: str
 
 
 def step_shapes(chain: Chain, schedule: Schedule, inputs: dict | None = None) -> list[StepShape]:
     """Each step's prompt parts in the schedule's order (topological)."""
     order = [s for phase in schedule.phases for s in phase]
+    position = {s: i for i, s in enumerate(order)}
     inputs = chain.inputs if inputs is None else inputs
+    prefix = schedule.strategy == "sequential"
     shapes = []
     for i, step_id in enumerate(order):
         step, plan = chain.by_id[step_id], schedule.plan[step_id]
         settings = chain.settings_for(step)
         template = step.prompt or ""
         fields = [(name.split(".")[0], name, spec) for name, spec in template_fields(template)]
-        prefix = schedule.strategy == "sequential"
-        sees = set(order[:i]) if prefix else set(plan.sees)
+        if prefix:  # it sees every step before it: no set of them (linear, not quadratic)
+            roots = {root for root, _, _ in fields} | set(step.after)
+            sees = {r for r in roots if position.get(r, i) < i}
+        else:
+            sees = set(plan.sees)
         named = tuple((root, int(spec[1:]) if spec else (200 if "." in name else None))
                       for root, name, spec in fields if root in sees)
         names = {root for root, _, _ in fields}
@@ -98,7 +104,7 @@ def step_shapes(chain: Chain, schedule: Schedule, inputs: dict | None = None) ->
             named=named, extras=() if prefix else tuple(s for s in plan.sees if s not in names),
             prefix=i if prefix else 0, withheld=not set(step.after) <= sees,
             max_tokens=settings.max_tokens or DEFAULT_MAX_TOKENS,
-            opening=template[:300]))
+            opening=template[:300], model=settings.model or DEFAULT_MODEL))
     return shapes
 
 
@@ -150,9 +156,11 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
 
 
 def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
-            model: LatencyModel | None = None, replies: Replies | None = None) -> Prediction:
+            model: LatencyModel | None = None, replies: Replies | None = None,
+            schedule: Schedule | None = None) -> Prediction:
+    """``schedule``: ``resolve(chain, strategy)`` when the caller has it already."""
     model, replies = model or LatencyModel(), replies or DEFAULT_REPLIES
-    schedule = resolve(chain, strategy)
+    schedule = schedule or resolve(chain, strategy)
     shapes = step_shapes(chain, schedule)
     order = [s.id for s in shapes]
     depends = {p.id: p.depends_on for p in schedule.steps}
@@ -166,8 +174,8 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
                                            covered)
             lengths[shape.id] = (mean, sd, shape.max_tokens)
             sources[where] = sources.get(where, 0) + 1
-    python = {k.split("/", 1)[1]: v for k, v in replies.python_chars.items()
-              if k.split("/", 1)[0] == chain.name}
+    python = {k.split("/", 1)[1]: v[strategy] for k, v in replies.python_chars.items()
+              if k.split("/", 1)[0] == chain.name and strategy in v}
 
     def tokens(completion: dict[str, float]) -> tuple[dict[str, int], dict[str, int]]:
         out = {s: c * replies.chars_per_token for s, c in completion.items()}
@@ -199,11 +207,10 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
         ttft = {s: median * rng.lognormvariate(0, model.ttft_sigma) for s in order}
         spans.append(span(p, c, ttft))
         totals.append(sum(p.values()) + sum(c.values()))
-    llm_steps = [s for s in chain.steps if s.kind == "llm"]
-    cost = sum(prices.cost(chain.settings_for(s).model or DEFAULT_MODEL, prompt[s.id],
-                           completion[s.id]) for s in llm_steps)
+    llm_steps = [s for s in shapes if s.llm]
+    cost = sum(prices.cost(s.model, prompt[s.id], completion[s.id]) for s in llm_steps)
     prompt_total, completion_total = sum(prompt.values()), sum(completion.values())
-    infeasible = _overflow(chain, order, prompt, completion, prices)
+    infeasible = _overflow(llm_steps, prompt, completion, prices)
     low, high = _percentiles(spans)
     tlow, thigh = _percentiles(totals)
     return Prediction(
@@ -216,17 +223,14 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
                                if s in prompt else model.overhead_s, 3) for s in order})
 
 
-def _overflow(chain: Chain, order: list[str], prompt: dict[str, int],
-              completion: dict[str, int], prices: PriceTable) -> str | None:
+def _overflow(shapes: list[StepShape], prompt: dict[str, int], completion: dict[str, int],
+              prices: PriceTable) -> str | None:
     """Where a predicted prompt and its reply first exceed the model's context window (from
     the price table's ``context_window``; a model without one is not checked)."""
-    for step_id in order:
-        if step_id not in prompt:
-            continue
-        name = chain.settings_for(chain.by_id[step_id]).model or DEFAULT_MODEL
-        row = prices.models.get(name)
+    for shape in shapes:
+        row = prices.models.get(shape.model)
         window = row.context_window if row is not None else None
-        if window and prompt[step_id] + completion[step_id] > window:
-            return (f"step {step_id}: a prompt of ~{prompt[step_id]:,} tokens and its reply "
-                    f"exceed {name}'s context window of {window:,}")
+        if window and prompt[shape.id] + completion[shape.id] > window:
+            return (f"step {shape.id}: a prompt of ~{prompt[shape.id]:,} tokens and its reply "
+                    f"exceed {shape.model}'s context window of {window:,}")
     return None

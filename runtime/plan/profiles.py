@@ -64,7 +64,8 @@ class StepEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tokens: dict[str, Acc] = {}
-    chars: Acc = Acc()  # characters of its output (python steps: what they returned)
+    chars: dict[str, Acc] = {}  # characters of its output per strategy (python steps: what
+    # they returned, which depends on what the strategy let them see)
     max_tokens: int = 0
     truncated: int = 0
     last: int = 0

@@ -89,13 +89,13 @@ def _topological_order(chain: Chain) -> list[str]:
 def _step_plans(chain: Chain, strategy: Strategy) -> list[StepPlan]:
     order = _topological_order(chain)
     final = chain.final_step.id
+    others = tuple(s for s in order if s != final)
     plans = []
     for i, step_id in enumerate(order):
         declared = chain.by_id[step_id].after
         if strategy == "hybrid":
             depends_on, sees = declared, declared
         elif strategy == "parallel":
-            others = tuple(s for s in order if s != final)
             python = chain.by_id[step_id].kind == "python"
             depends_on = sees = others if step_id == final else declared if python else ()
         else:
@@ -120,13 +120,16 @@ def longest_path(
     depends_on: Mapping[str, tuple[str, ...]], weight: Callable[[str], float] = lambda _: 1.0,
 ) -> tuple[list[str], float]:
     """The heaviest path through a dependency graph and its total weight."""
-    best: dict[str, tuple[float, list[str]]] = {}
+    best: dict[str, tuple[float, str | None]] = {}  # heaviest path to a step, its predecessor
     for step_id in graphlib.TopologicalSorter(depends_on).static_order():
-        before = max((best[d] for d in depends_on.get(step_id, ())), default=(0.0, []),
-                     key=lambda item: item[0])
-        best[step_id] = (before[0] + weight(step_id), [*before[1], step_id])
-    total, path = max(best.values(), key=lambda item: item[0])
-    return path, total
+        before = max(depends_on.get(step_id, ()), key=lambda d: best[d][0], default=None)
+        best[step_id] = ((best[before][0] if before else 0.0) + weight(step_id), before)
+    last = max(best, key=lambda s: best[s][0])
+    path, step = [], last
+    while step is not None:
+        path.append(step)
+        step = best[step][1]
+    return path[::-1], best[last][0]
 
 
 def _shape(chain: Chain, phases: list[tuple[str, ...]]) -> Shape:
