@@ -26,7 +26,6 @@ error in one place (``map_exceptions``).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -52,7 +51,7 @@ from chainray.call.endpoint import (
 )
 from chainray.call.error_table import map_exceptions, parse_retry_after, redact, to_endpoint_error
 from chainray.call.retry import retry_policy
-from chainray.call.streaming import collect_stream, completion_from_stream
+from chainray.call.streaming import close_response, collect_stream, completion_from_stream
 from chainray.call.structured import correction_message, schema_problem
 from chainray.errors import EndpointError
 from chainray.guards.cache import CachedReply, ResponseCache
@@ -70,8 +69,6 @@ if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
 
 __all__ = ["Call", "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
 
-log = logging.getLogger(__name__)
-_CLOSE_S = 5.0  # closing a stream's connection takes no round trip; bounded all the same
 _RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
                  "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
 # Streaming is dropped for an endpoint whose streams carry no usage: counts must be exact.
@@ -291,14 +288,6 @@ class Call:
         try:
             stream = await collect_stream(raw.parse(), sent_at, on_text=progress.on_text)
         finally:  # a stream left unread (a hedge's loser) is closed now, not when collected:
-            await _close(raw)  # the server sees the client leave and stops generating
+            await close_response(raw)  # the server sees the client leave, stops generating
         self.reply.streamed(stream)
         return raw, completion_from_stream(stream, messages)
-
-
-async def _close(raw: Any) -> None:
-    """Close a response's connection; best effort (what was read stands either way)."""
-    try:
-        await asyncio.wait_for(raw.http_response.aclose(), _CLOSE_S)
-    except Exception:  # noqa: BLE001 - closing must not replace the reason we stopped reading
-        log.debug("could not close a stream", exc_info=True)

@@ -8,6 +8,8 @@ sent without streaming (usage must stay exact).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +19,10 @@ from chainray.call.completion import Completion, cached_of
 from chainray.errors import EndpointError
 from chainray.tokens import estimate_prompt_tokens, estimate_text_tokens
 
-__all__ = ["StreamedReply", "collect_stream", "completion_from_stream"]
+__all__ = ["StreamedReply", "collect_stream", "completion_from_stream", "close_response"]
+
+log = logging.getLogger(__name__)
+_CLOSE_S = 5.0  # closing a stream's connection takes no round trip; bounded all the same
 
 
 @dataclass
@@ -91,3 +96,11 @@ def completion_from_stream(reply: StreamedReply,
     cached = 0 if estimated else cached_of(prompt, reply.cached_tokens)
     return Completion(text, prompt, completion, estimated, reply.finish_reason == "length",
                       cached)
+
+
+async def close_response(raw: Any) -> None:
+    """Close a response's connection; best effort (what was read stands either way)."""
+    try:
+        await asyncio.wait_for(raw.http_response.aclose(), _CLOSE_S)
+    except Exception:  # noqa: BLE001 - closing must not replace the reason we stopped reading
+        log.debug("could not close a stream", exc_info=True)
