@@ -93,10 +93,11 @@ class Coordinator:
         keep_debug_log()
         self.runners = runners  # from start_step_runners, started beside this actor
         self.turn = itertools.count()
+        self.lost: set[str] = set()  # ids of runners whose process or node died
         self.live: dict[str, Counter] = {}
         self.finished = Counter()
         self.stopped = False
-        self.lifeline = None  # stops dispatch when the raylet (and so the driver) is gone
+        self.lifeline = None  # exits when the raylet (and so the driver) is gone
 
     def __repr__(self) -> str:
         steps = sum(counts["running"] for counts in self.live.values())
@@ -120,7 +121,7 @@ class Coordinator:
             if step.kind == "python":
                 return run_python_step.options(name=request.task_name).remote(
                     request, *upstream.values())
-            runner = self.runners[next(self.turn) % len(self.runners)]
+            runner = self._next_runner()
             own = {model: limiters[model] for model in models_of(request.settings)}
             return runner.run_step.options(name=request.task_name).remote(
                 request, own, adaptations, *upstream.values(), guards=guards)
@@ -130,7 +131,7 @@ class Coordinator:
     async def run(self, job: RunJob, limiters: Mapping[str, Any],
                   adaptations: Any = None, guards: GuardHandles | None = None) -> RunResult:
         if self.lifeline is None:
-            self.lifeline = watch_parent(lambda: setattr(self, "stopped", True))
+            self.lifeline = watch_parent()
         schedule = resolve(job.chain, job.strategy)
         counts = self.live[job.run_id] = Counter(pending=len(schedule.steps))
         # The driver opened the journal (header, lock); this only appends finished steps.
@@ -161,7 +162,7 @@ class Coordinator:
             start = self._start_step(job, schedule, limiters, adaptations, guards)
             results = await dispatch(schedule, start,
                                      job.on_error or job.chain.on_error, update,
-                                     is_process_death=is_process_death,
+                                     is_process_death=self._runner_lost,
                                      stopped=lambda: self.stopped)
         finally:
             self.finished.update(self.live.pop(job.run_id))
@@ -170,6 +171,21 @@ class Coordinator:
         return summarize_run(job.chain, schedule, results, latency_ms, job.run_id,
                              load_prices(job.prices), resumed=job.resumed.keys(),
                              isolated=(job.on_error or job.chain.on_error) == "isolate")
+
+    def _next_runner(self) -> ray.actor.ActorHandle:
+        """The next runner in turn among those not lost (all of them again if every one
+        was: a crashed runner restarts in place, a lost node's does not)."""
+        live = [r for r in self.runners if r._actor_id.hex() not in self.lost] or self.runners
+        return live[next(self.turn) % len(live)]
+
+    def _runner_lost(self, exc: BaseException) -> bool:
+        """A step's process died: its runner takes no further step (a node that died takes
+        its runner with it), and dispatch sends the step again, to a live runner."""
+        if not is_process_death(exc):
+            return False
+        if (actor_id := getattr(exc, "actor_id", None)) is not None:
+            self.lost.add(actor_id)
+        return True
 
     async def stop(self) -> int:
         """Start nothing new, in any run: no step starts and the step runners send no new

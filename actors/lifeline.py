@@ -1,27 +1,33 @@
-"""A worker whose raylet is gone stops sending. A driver that started its own Ray takes that
-Ray's raylet with it when it dies (even by kill -9), and the raylet's workers are then orphaned:
-their parent process changes. Such a worker must not start new requests for a run nobody
-will read; requests in flight still finish."""
+"""A worker whose raylet is gone exits at once. A driver that started its own Ray takes that
+Ray's raylet with it when it dies (even by kill -9), and a node that dies takes its raylet too;
+the raylet's workers are then orphaned (their parent process changes). Ray ends such workers
+within a second or two, but until then a step runner keeps sending: retries, hedges and steps
+queued for a permit. Exiting at once sends nothing more, and a live Coordinator sees the
+runner die (a process death), so it sends the runner's steps again to a live runner."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from collections.abc import Callable
 
 __all__ = ["watch_parent"]
 
-CHECK_S = 0.2  # how soon an orphaned worker stops sending
+CHECK_S = 0.2  # how soon an orphaned worker stops
+
+log = logging.getLogger("chainray.lifeline")
 
 
-def watch_parent(on_orphaned: Callable[[], None]) -> asyncio.Task:
-    """Call ``on_orphaned`` once this process's parent (its raylet) is gone. Call it from a
-    running event loop (an async actor's method); the task ends when it has fired."""
+def watch_parent() -> asyncio.Task:
+    """End this process once its parent (its raylet) is gone. Call it from a running event
+    loop (an async actor's method)."""
     parent = os.getppid()
 
     async def watch() -> None:
         while os.getppid() == parent:
             await asyncio.sleep(CHECK_S)
-        on_orphaned()
+        log.warning("the raylet (pid %s) is gone: this worker exits and sends nothing more",
+                    parent)
+        os._exit(1)
 
     return asyncio.ensure_future(watch())

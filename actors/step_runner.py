@@ -70,7 +70,7 @@ class StepRunner:
         self.stores: dict[str, RemoteAdaptations] = {}  # one copy per namespace
         self.latencies: dict[str, Latencies] = {}  # hedging's view, one per invocation
         self.stopped = asyncio.Event()  # set by stop(): no new request from here on
-        self.lifeline: asyncio.Task | None = None  # stops sending when the raylet is gone
+        self.lifeline: asyncio.Task | None = None  # exits when the raylet is gone
 
     def _guards(self, handles: GuardHandles | None) -> CallGuards | None:
         if handles is None:
@@ -109,7 +109,7 @@ class StepRunner:
                        ) -> StepResult:
         """``limiters`` holds the RateLimiter of the step's model and of each fallback."""
         if self.lifeline is None:
-            self.lifeline = watch_parent(self.stopped.set)
+            self.lifeline = watch_parent()
         store, call_guards = self._store(adaptations), self._guards(guards)
         services = CallServices(
             self.client, self.endpoint,

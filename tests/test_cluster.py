@@ -93,3 +93,36 @@ def test_two_drivers_share_one_budget(ray_session, sim, tmp_path):
     assert stats["by_status"].get("429", 0) <= 1
     starts = sorted(r["start"] for r in stats["request_log"])
     assert (len(starts) - 1 - 4) / (starts[-1] - starts[0]) <= 240 / 60 * 1.05
+
+
+def test_a_node_lost_mid_batch_costs_no_run(two_node_cluster, sim):
+    """kill -9 of the worker node while its runner has steps in flight: they are sent again
+    to the runner on the surviving node, and every run finishes."""
+    import threading
+    import time
+
+    from chainray.spec.chain import load_chain
+    from tests.helpers import job, session_for
+
+    sim.configure(speed=4.0, rpm=10_000, tpm=10_000_000)
+    worker = next(iter(two_node_cluster.worker_nodes))
+    killed: dict = {}
+
+    def kill_when_busy() -> None:
+        deadline = time.monotonic() + 60
+        while sim.stats()["requests"] < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        killed["at"] = time.time()
+        two_node_cluster.remove_node(worker, allow_graceful=False)
+
+    chain = load_chain("headline_ensemble")
+    with session_for(sim, rpm=10_000, tpm=10_000_000, runners=2, timeout=30.0) as session:
+        threading.Thread(target=kill_when_busy, daemon=True).start()
+        results = list(session.run_many([job(chain, "parallel") for _ in range(4)], window=2))
+    assert killed and all(r.status == "ok" for r in results), [r.error for r in results]
+    log = sim.stats()["request_log"]
+    steps = sum(len(r.steps) for r in results)
+    # Each step paid once, plus the requests in flight on the lost node when it died (their
+    # replies died with it; the steps were sent again on the surviving node).
+    in_flight = [r for r in log if r["start"] <= killed["at"] <= r["end"]]
+    assert steps <= len(log) <= steps + len(in_flight), (len(log), steps, len(in_flight))
