@@ -1,7 +1,8 @@
 """Steps on Ray: llm steps as calls on async step-runner actors, python steps as remote tasks.
 
 An LLM call waits on the network, so a blocking task per call would hold a whole worker
-process; one async actor keeps hundreds of calls in flight (shared/notes/ray-facts.md §1.4).
+process; one async actor (Ray's ``async def`` actor methods) keeps hundreds of calls in
+flight.
 """
 
 from __future__ import annotations

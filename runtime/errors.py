@@ -10,8 +10,8 @@
      │ └ Interrupted      the run is stopping (Ctrl-C, SIGTERM): no new request is sent
      └ StepError          a step failed after its retries (step id, cause)
 
-Every error survives pickling across Ray (openai's own exceptions do not; see
-shared/notes/openai-rate-limits.md §2.5): positional fields stay in ``args``, keyword-only
+Every error survives pickling across Ray (openai's own exceptions do not: they require a
+response object to rebuild): positional fields stay in ``args``, keyword-only
 fields in the instance ``__dict__``, which ``BaseException`` pickles and restores.
 
 A failure's *meaning* for the user (``StepResult.error_code``: ``spend_cap``, ``timeout``,

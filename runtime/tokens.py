@@ -1,8 +1,9 @@
 """Offline token estimate: about four characters a token, plus OpenAI's per-message overhead.
 
 tiktoken downloads its BPE files on first use, which fails offline; for admission control an
-estimate that the RateLimiter reconciles with the real ``usage`` afterwards is enough
-(shared/notes/openai-rate-limits.md §4.6). The simulator counts prompt tokens the same way.
+estimate that the RateLimiter reconciles with the real ``usage`` afterwards is enough (the
+per-message overhead follows OpenAI's cookbook, "How to count tokens with tiktoken"). The
+simulator counts prompt tokens the same way.
 """
 
 from __future__ import annotations

@@ -43,34 +43,10 @@ class Session:
         >>> [r.status for r in results]
         ['ok', 'ok']
 
-    The options (``help(chainray.SessionConfig)`` describes each): ``base_url``,
-    ``api_key``, ``model`` (every llm step), ``rpm``, ``tpm``, ``max_concurrency``,
-    ``target_share``, ``address``, ``on_error`` (``fail``/``continue``/``isolate``),
-    ``priority``, ``timeout`` (per request, s), ``max_attempts``, ``sim_speed``, ``prices``,
-    ``dashboard``, ``progress``, ``api_version`` (Azure OpenAI), and:
-
-    - ``max_cost``: a hard cap in USD on everything the session sends (``--max-cost``). A
-      call starts only if its worst case (prompt plus ``max_tokens`` at the ``prices``
-      table) fits what is left, so real spend never passes the cap; once one does not fit,
-      nothing new starts. A model with no price is refused (``InputError``) before anything
-      is sent. ``spend_state()`` says what was spent; ``run_many`` marks the runs the cap
-      kept from starting (see ``RunList``).
-    - ``cache``: answer repeated requests from a response cache (``--cache``): ``True`` for
-      ``$CHAINRAY_HOME/cache``, or a folder. Hits send nothing, cost $0 and are marked
-      ``cached`` per step.
-    - ``learn``: add what the runs measure to the endpoint's profile, from which
-      ``chainray.plan`` predicts (default ``True``; ``False``: nothing is written).
-    - ``hedge_after``: a quantile in (0, 1] (``--hedge-after``). A request in flight longer
-      than that quantile of this session's finished requests of its model gets one
-      duplicate; the first answer wins, the duplicate's tokens are counted and priced.
-
-          with chainray.Session(max_cost=0.50, cache=True, hedge_after=0.9) as session:
-              runs = session.run_many([(chain, {"topic": t}) for t in topics])
-          print(runs.spend["spent_usd"], "USD;", len(runs.not_started), "never started")
-          # later, with a higher cap: only what did not finish is sent
-          with chainray.Session(max_cost=1.00) as session:
-              runs = session.run_many([(chain, {"topic": t}) for t in topics],
-                                      resume=runs.batch_id)
+    Every option is a ``SessionConfig`` field (``help(chainray.SessionConfig)``; the
+    manual's Python API and Limits pages explain the spend cap, cache and hedging). A batch
+    cut short (a spend cap, a Ctrl-C) is finished by ``run_many(..., resume=runs.batch_id)``,
+    which sends only what did not finish.
     """
 
     def __init__(self, config: SessionConfig | None = None, **overrides: Any) -> None:

@@ -1,27 +1,9 @@
 """Call permits under requests/min, tokens/min and a concurrency cap: the RateLimiter's logic.
 
-Each *stated* dimension (see ``chainray.limit.limits``) is a continuously refilling bucket at
-``target_share`` of its limit. The bucket holds ``burst_s`` (1 s) of that pace, because
-OpenAI may enforce a minute's limit per second, and starts full: a chain that fits the budget
-never waits. When the server's ``x-ratelimit-remaining-*`` headers show that it allows more
-(a minute bucket), the window widens to what the server showed, so a request larger than one
-second of budget waits only as long as the real budget requires. A request reserves its
-estimated tokens (prompt + max_tokens) up front; one larger than the bucket waits for a full
-bucket and leaves debt that the next request repays, so it is never starved. A dimension
-nobody stated is not paced at all; only the concurrency cap applies, reached by slow start
-(16 calls in flight, one more per answer), and a 429 halves it (one more per round trip).
-
-``release`` refunds unused tokens and learns from the headers: limits (up or down, unless a
-flag set them; a stated limit lower than a flag is obeyed, never recorded as the flag's) and
-the bucket's level. ``penalize`` (an unexpected 429) holds every caller for
-the Retry-After, but never longer than ``max_hold_s`` nor beyond the penalized caller's own
-retry budget: if the server asks for more than the caller can wait, the caller's step fails
-and nobody is held. ``acquire`` honours a timeout (the caller's remaining retry budget) and
-fails at once when a hold outlasts it.
-
-Waiting callers are granted in order of priority (the longest remaining path of steps to
-their run's end first), FIFO among equals. Leases expire, so a caller that died cannot keep a
-concurrency slot.
+Each *stated* dimension (``chainray.limit.limits``) is a refilling bucket at ``target_share``
+of its limit; an unstated one is not paced (only the concurrency cap, by slow start). Waiting
+callers are granted by priority, then first come; leases expire. The algorithm in full: the
+manual's "Limits and budget" page, "How a permit is granted".
 
     book = PermitBook(Limits(rpm=500, rpm_from="flag", max_concurrency=32))
     permit = await book.acquire(tokens=650, priority=3, timeout_s=120)
