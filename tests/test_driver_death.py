@@ -1,0 +1,72 @@
+"""kill -9 of a driver that started its own Ray: nothing new is sent, nothing is left running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.plain_server import PlainServer
+
+pytestmark = pytest.mark.timeout(240)
+
+CHAIN = """name: fan
+inputs: {topic: tea}
+defaults: {max_tokens: 20}
+steps:
+""" + "".join(f"  - {{id: s{i}, prompt: 'angle {i} of {{topic}}'}}\n" for i in range(5)) + \
+    "  - {id: final, after: [s0, s1, s2, s3, s4], prompt: 'sum {s0} {s1} {s2} {s3} {s4}'}\n"
+
+
+def processes_with(marker: str) -> list[int]:
+    """PIDs whose environment holds ``marker`` (the driver's own CHAINRAY_HOME): the driver and
+    every process its Ray started, whatever they are called."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def wait_for(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_killed_driver_stops_sending_and_leaves_nothing_running(tmp_path):
+    server = PlainServer(latency_s=1.0)
+    (tmp_path / "fan.yaml").write_text(CHAIN)
+    (tmp_path / "in.jsonl").write_text("".join(f'{{"topic": "t{i}"}}\n' for i in range(20)))
+    home = tmp_path / "home"
+    env = {**os.environ, "CHAINRAY_HOME": str(home), "OPENAI_API_KEY": "sk-test",
+           "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    with server.running() as base_url:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "chainray.cli.main", "run", str(tmp_path / "fan.yaml"),
+             "--base-url", base_url, "--inputs", str(tmp_path / "in.jsonl"),
+             "--batch-window", "4", "--quiet"], env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            assert wait_for(lambda: server.started >= 8, 120), "the batch never got going"
+            killed_at = time.time()
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(timeout=10)
+            left = processes_with(f"CHAINRAY_HOME={home}")
+            assert wait_for(lambda: not processes_with(f"CHAINRAY_HOME={home}"), 10), left
+        finally:
+            for pid in processes_with(f"CHAINRAY_HOME={home}"):  # never leave them behind
+                os.kill(pid, signal.SIGKILL)
+        late = [t for t in server.start_times if t > killed_at + 1.0]
+    assert late == []  # nothing new sent more than a second after the kill
