@@ -61,7 +61,8 @@ def test_forecast_matches_a_measured_batch_under_a_binding_rpm(ray_session, sim)
     assert measured_tokens == pytest.approx(forecast.total_tokens, rel=0.05)
 
 
-def test_calibration_predicts_an_unseen_chain(ray_session, sim):
+def test_calibration_predicts_an_unseen_chain(ray_session, sim, tmp_path, monkeypatch):
+    monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))  # a profile of this test's runs only
     # a latency profile unlike the simulator's default: faster decode, slower prefill
     sim.configure(speed=3.0, ttft_median_s=0.3, ttft_sigma=0.3, tokens_per_s=150.0,
                   prefill_s_per_token=0.0002)

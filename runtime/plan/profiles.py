@@ -23,6 +23,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from chainray.home import chainray_home
+
 __all__ = ["Acc", "StepEntry", "Profile", "profiles_dir", "endpoint_label", "default_endpoint",
            "load_profile", "update_profile", "known_profiles", "SIMULATOR", "OPENAI_URL"]
 
@@ -102,7 +104,7 @@ class Profile(BaseModel):
 
 
 def profiles_dir() -> Path:
-    return Path(os.environ.get("CHAINRAY_HOME", Path.home() / ".chainray")) / "profiles"
+    return chainray_home() / "profiles"
 
 
 def endpoint_label(base_url: str | None, *, simulated: bool = False, sim_speed: float = 1.0,
