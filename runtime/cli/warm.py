@@ -1,0 +1,306 @@
+"""``chainray up``, ``status`` and ``down``: a warm Ray that ``run`` and ``bench`` use while it
+is up, and the daemon that keeps it (``python -m chainray.cli.warm``).
+
+The daemon is the one process ``up`` starts (in a session of its own, its output in
+``$CHAINRAY_HOME/warm.log``). It starts a local Ray (whose processes are its children and die
+with it), the embedded simulator and chainray's Coordinator with its step runners, writes
+``warm.json`` (see ``chainray.api.warm``) once they answer, refreshes the actors' state in it
+every few seconds, and on SIGTERM ends the actors, the simulator and its Ray and removes the
+file. ``down`` signals that daemon by its PID and waits for every PID it recorded to go:
+never ``ray stop``, never a process found by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from chainray.api.warm import (
+    WARM_COORDINATOR,
+    WARM_NAMESPACE,
+    WARM_SESSION,
+    WarmState,
+    pid_alive,
+    read_warm,
+    remove_warm,
+    uptime,
+    warm_path,
+    write_warm,
+)
+from chainray.durations import format_duration
+from chainray.errors import ChainrayError
+from chainray.home import chainray_home
+
+__all__ = ["add_warm_parsers", "cmd_up", "cmd_status", "cmd_down", "serve"]
+
+REFRESH_S = 2.0  # how often the daemon writes its actors' state into warm.json
+STOP_WAIT_S = 60.0  # how long down waits for the daemon before it kills it (by PID)
+
+
+def add_warm_parsers(commands, positive_int, only: str) -> None:
+    """The parser of command ``only`` (``up``, ``status`` or ``down``)."""
+    {"up": _add_up, "status": _add_status, "down": _add_down}[only](commands, positive_int)
+
+
+def _add_up(commands, positive_int) -> None:
+    up = commands.add_parser(
+        "up", help="start a warm Ray that run and bench use while it is up",
+        description="Start (or reuse) a local Ray with chainray's Coordinator, step runners "
+        "and the embedded simulator kept warm. While it is up, run and bench (and "
+        "chainray.Session) use it on their own and start in about a second; --address or "
+        "RAY_ADDRESS still choose another Ray, --base-url or OPENAI_* a real endpoint.")
+    up.add_argument("--runners", type=positive_int, default=2, help="step-runner actors "
+                    "(default 2)")
+    up.add_argument("--timeout", type=positive_int, default=120, metavar="S",
+                    help="how long to wait for it to be ready (default 120)")
+
+
+def _add_status(commands, positive_int) -> None:
+    status = commands.add_parser("status", help="show the warm Ray of chainray up",
+                                 description="Show what chainray up keeps running: address, "
+                                 "PIDs, uptime, the warm actors and the simulator.")
+    status.add_argument("--json", action="store_true", help="print it as JSON")
+
+
+def _add_down(commands, positive_int) -> None:
+    commands.add_parser("down", help="stop what chainray up started, and nothing else",
+                        description="Stop the daemon chainray up started (by its PID) and "
+                        "wait until every process it recorded is gone.")
+
+
+# -- the commands --------------------------------------------------------------------------
+
+class _UpLock:
+    """One ``up`` at a time per $CHAINRAY_HOME (a second one waits, then reuses)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        chainray_home().mkdir(parents=True, exist_ok=True)
+        self.file = open(chainray_home() / "warm.lock", "a+")  # noqa: SIM115 (held)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.file.close()
+                    raise ChainrayError("another `chainray up` is still starting") from None
+                time.sleep(0.2)
+
+    def __enter__(self) -> _UpLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()  # releases the lock
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    with _UpLock(args.timeout):
+        if (state := read_warm()) is not None:
+            print(f"chainray: already up (PID {state.pid}); reusing it", file=sys.stderr)
+            _show(state)
+            return 0
+        log = chainray_home() / "warm.log"
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        with open(log, "w") as out:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "chainray.cli.warm", "--runners", str(args.runners)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True)
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            state = read_warm()
+            if state is not None and state.pid == daemon.pid:
+                _show(state)
+                return 0
+            if daemon.poll() is not None:
+                raise ChainrayError(f"the warm Ray did not start (exit {daemon.returncode}): "
+                                    f"{_tail(log)}")
+            time.sleep(0.2)
+        _stop_pid(daemon.pid, STOP_WAIT_S)
+        raise ChainrayError(f"the warm Ray was not ready within {args.timeout} s; stopped "
+                            f"it (log: {log})")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = read_warm()
+    if args.json:
+        import json
+
+        print(json.dumps({"up": False} if state is None else
+                         {"up": True, "uptime_s": round(uptime(state), 1),
+                          **state.model_dump(mode="json")}, indent=2))
+    elif state is None:
+        print("chainray: nothing is up (`chainray up` starts a warm Ray)")
+    else:
+        _show(state)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    try:
+        state = WarmState.model_validate_json(warm_path().read_text())
+    except (OSError, ValueError):
+        print("chainray: nothing is up")
+        return 0
+    pids = _recorded_pids(state)
+    if pid_alive(state.pid):
+        _stop_pid(state.pid, STOP_WAIT_S)
+    # What the daemon did not stop (it was killed before it could): by PID, if still ours.
+    for pid in pids:
+        if pid != state.pid and pid_alive(pid) and _looks_ours(pid):
+            _stop_pid(pid, 10.0)
+    remove_warm(state.pid)
+    left = [pid for pid in pids if pid_alive(pid)]
+    if left:
+        raise ChainrayError(f"stopped the warm Ray, but PIDs {left} are still there")
+    print(f"chainray: stopped the warm Ray (daemon PID {state.pid}; {len(pids)} processes, "
+          f"up {format_duration(uptime(state))})")
+    return 0
+
+
+def _recorded_pids(state: WarmState) -> list[int]:
+    actors = [a["pid"] for a in state.actors if isinstance(a.get("pid"), int)]
+    ray_pids = [pid for pids in state.ray_pids.values() for pid in pids]
+    return list(dict.fromkeys([state.pid, state.sim_pid, *ray_pids, *actors]))
+
+
+def _looks_ours(pid: int) -> bool:
+    """A recorded PID still names a Ray or chainray process (not one that reused the PID)."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return b"ray" in command.lower()  # chainray, raylet, gcs_server (…/ray/core/…), ray::
+
+
+def _stop_pid(pid: int, wait_s: float) -> None:
+    """SIGTERM ``pid``, wait up to ``wait_s`` for it to go, then SIGKILL it."""
+    for sig, wait in ((signal.SIGTERM, wait_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return
+            time.sleep(0.1)
+
+
+def _tail(log: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(log.read_text().strip().splitlines()[-lines:]) or "(no output)"
+    except OSError:
+        return "(no log)"
+
+
+def _show(state: WarmState) -> None:
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.started))
+    ray_pids = ", ".join(f"{kind} {' '.join(map(str, pids))}"
+                         for kind, pids in sorted(state.ray_pids.items()))
+    print(f"chainray up since {started} (uptime {format_duration(uptime(state))})\n"
+          f"  address    {state.address} (run and bench use it while it is up)\n"
+          f"  daemon     PID {state.pid} (log {state.log})\n"
+          f"  simulator  {state.sim_url} PID {state.sim_pid}\n"
+          f"  ray        {ray_pids}")
+    seen = format_duration(max(0.0, time.time() - state.updated))
+    print(f"  actors (namespace {state.namespace}, as of {seen} ago):")
+    for actor in state.actors:
+        counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in actor.items()
+                           if k not in ("name", "kind", "pid", "state"))
+        print(f"    {actor['name']:<28} {actor.get('kind', ''):<12} PID {actor.get('pid', '?')}"
+              f"  {actor['state']}{'  ' + counts if counts else ''}")
+
+
+# -- the daemon ----------------------------------------------------------------------------
+
+def _actors(coordinator) -> list[dict]:
+    """The warm actors' state, asked of the Coordinator (which asks its runners)."""
+    import ray
+
+    try:
+        state = ray.get(coordinator.state.remote(), timeout=10)
+    except (ray.exceptions.RayError, TimeoutError) as exc:
+        return [{"name": WARM_COORDINATOR, "kind": "Coordinator",
+                 "state": f"not answering ({type(exc).__name__})"}]
+    actors = [{"name": WARM_COORDINATOR, "kind": "Coordinator", "pid": state["pid"],
+               "state": "alive", "runs_running": state["runs_running"],
+               "runs_done": state["runs_done"]}]
+    for runner in state["runners"]:
+        if "error" in runner:
+            actors.append({"name": "step runner", "kind": "StepRunner",
+                           "state": f"not answering ({runner['error']})"})
+        else:
+            actors.append({"name": runner["name"], "kind": "StepRunner", "pid": runner["pid"],
+                           "state": "alive", "steps_running": runner["running"],
+                           "steps_done": runner["done"]})
+    return actors
+
+
+def serve(runners: int) -> int:
+    """Run the warm Ray until SIGTERM (or SIGINT); see the module's docstring."""
+    import logging
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    from chainray.actors.coordinator import Coordinator, start_step_runners
+    from chainray.api.session import leave_ray
+    from chainray.sim.embedded import start_simulator
+
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    started, simulator, handles = time.time(), None, []
+    try:
+        with ThreadPoolExecutor(1) as pool:  # the simulator starts while Ray does
+            starting = pool.submit(start_simulator)
+            try:
+                ray.init(address="local", include_dashboard=False, namespace=WARM_NAMESPACE,
+                         logging_level=logging.ERROR, log_to_driver=False,
+                         _node_ip_address="127.0.0.1")  # on loopback: this machine's only
+            finally:
+                simulator = starting.result(timeout=120)
+        handles = start_step_runners(None, runners, WARM_SESSION, namespace=WARM_NAMESPACE,
+                                     lifetime="detached")
+        coordinator = Coordinator.options(name=WARM_COORDINATOR, namespace=WARM_NAMESPACE,
+                                          lifetime="detached").remote(handles)
+        handles.insert(0, coordinator)
+        ray.get(coordinator.ready.remote(), timeout=120)
+        node = ray._private.worker._global_node
+        state = WarmState(
+            address=ray.get_runtime_context().gcs_address, pid=os.getpid(), started=started,
+            sim_url=simulator.base_url, sim_pid=simulator.process.pid,
+            ray_pids={kind: [info.process.pid for info in infos]
+                      for kind, infos in node.all_processes.items() if infos},
+            log=str(chainray_home() / "warm.log"))
+        while True:
+            write_warm(state.model_copy(update={"actors": _actors(coordinator),
+                                                "updated": time.time()}))
+            if stopping.wait(REFRESH_S):
+                break
+        print("chainray warm: stopping", flush=True)
+        return 0
+    finally:
+        if ray.is_initialized():
+            for handle in handles:
+                ray.kill(handle, no_restart=True)
+        if simulator is not None:
+            simulator.stop()
+        leave_ray()
+        remove_warm(os.getpid())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m chainray.cli.warm",
+                                     description="the daemon of `chainray up`")
+    parser.add_argument("--runners", type=int, default=2)
+    sys.exit(serve(parser.parse_args().runners))

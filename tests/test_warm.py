@@ -1,0 +1,109 @@
+"""``chainray up`` / ``status`` / ``down``: a run uses the warm actors, down stops exactly what
+up started, and a stale warm.json leaves a run cold and quiet. Each command is a process of
+its own with CHAINRAY_HOME in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CHAINRAY = [sys.executable, "-m", "chainray.cli.main"]
+
+
+@pytest.fixture
+def home(tmp_path):
+    env = {**os.environ, "CHAINRAY_HOME": str(tmp_path)}
+    for name in ("RAY_ADDRESS", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        env.pop(name, None)
+    return tmp_path, env
+
+
+def chainray(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([*CHAINRAY, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def status(env) -> dict:
+    done = chainray(env, "status", "--json", timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text() if Path(f"/proc/{pid}").exists() else ""
+    return bool(stat) and stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def coordinator(state: dict) -> dict:
+    return next(a for a in state["actors"] if a["kind"] == "Coordinator")
+
+
+def test_up_run_status_down(home):
+    folder, env = home
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        up = chainray(env, "up")
+        assert up.returncode == 0, up.stderr + up.stdout
+        try:
+            before = status(env)
+            assert before["up"] and before["sim_url"].startswith("http://127.0.0.1:")
+            assert coordinator(before)["state"] == "alive"
+            assert coordinator(before)["runs_done"] == 0
+            again = chainray(env, "up")  # a second up reuses the live one
+            assert again.returncode == 0 and "already up" in again.stderr
+            assert status(env)["pid"] == before["pid"]
+
+            out = folder / "run.json"
+            run = chainray(env, "run", "quantum_research", "--sim-speed", "100",
+                           "--no-journal", "--json", str(out))
+            assert run.returncode == 0, run.stderr[-2000:]
+            assert f"using the warm Ray at {before['address']}" in run.stderr
+            assert json.loads(out.read_text())["status"] == "ok"
+            deadline = time.monotonic() + 30  # the daemon refreshes the actors' state
+            while (after := status(env)) and coordinator(after).get("runs_done", 0) < 1:
+                assert time.monotonic() < deadline, after
+                time.sleep(0.5)
+            # The run went through the warm Coordinator: same process, one run more, and
+            # its runners sent the steps.
+            assert coordinator(after)["pid"] == coordinator(before)["pid"]
+            runners = [a for a in after["actors"] if a["kind"] == "StepRunner"]
+            assert sum(r["steps_done"] for r in runners) > 0
+            recorded = {after["pid"], after["sim_pid"],
+                        *(pid for pids in after["ray_pids"].values() for pid in pids),
+                        *(a["pid"] for a in after["actors"])}
+            assert all(alive(pid) for pid in recorded)
+        finally:
+            down = chainray(env, "down", timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert not [pid for pid in recorded if alive(pid)]
+        assert alive(bystander.pid)  # nothing else was touched
+        assert not (folder / "warm.json").exists()
+        assert status(env) == {"up": False}
+        assert "nothing is up" in chainray(env, "status").stdout
+    finally:
+        bystander.kill()
+        bystander.wait(timeout=10)
+
+
+def test_stale_warm_file_runs_cold(home):
+    folder, env = home
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=30)
+    (folder / "warm.json").write_text(json.dumps({
+        "address": "127.0.0.1:1", "pid": gone.pid, "started": time.time(),
+        "sim_url": "http://127.0.0.1:1/v1", "sim_pid": gone.pid}))
+    run = chainray(env, "run", "quantum_research", "--sim-speed", "100", "--no-journal")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "warm" not in run.stderr  # a cold run, and nothing said about a dead daemon
+    assert not (folder / "warm.json").exists()
+    assert chainray(env, "down").stdout.strip() == "chainray: nothing is up"
