@@ -81,6 +81,10 @@ class StepRunner:
         self.run_stops: dict[str, list] = {}  # run id -> [its stop event, its steps running]
         self.stopped_runs: OrderedDict[str, None] = OrderedDict()  # stop(run_ids) named them
         self.lifeline: asyncio.Task | None = None  # stops sending when the raylet is gone
+        if endpoint is not None:
+            self._client(endpoint)
+        else:  # a warm runner: the client library's import is paid now, not by a first step
+            import openai  # noqa: F401
 
     def _client(self, endpoint: Endpoint):
         """The client of ``endpoint``, made once and kept while it is among the newest used."""

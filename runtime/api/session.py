@@ -102,6 +102,26 @@ def leave_ray() -> None:
     ray.shutdown()
 
 
+def simulator_settings(config: SessionConfig) -> SimConfig:
+    """The embedded simulator's limits: the flags if given, else its own defaults."""
+    return SimConfig(rpm=config.rpm or SimConfig().rpm, tpm=config.tpm or SimConfig().tpm)
+
+
+def stated_limits(config: SessionConfig, simulated: bool) -> Limits:
+    """The limits a driver states: its flags, and the embedded simulator's settings (which
+    are the simulator's real limits); nothing else."""
+    stated = {"max_concurrency": config.max_concurrency, "priority": config.priority,
+              "target_share": config.target_share}
+    if simulated:
+        sim = simulator_settings(config)
+        stated.update(rpm=sim.rpm, tpm=sim.tpm, rpm_from="simulator",
+                      tpm_from="simulator", burst_s=min(60.0, sim.burst_s))
+    for name in ("rpm", "tpm"):
+        if getattr(config, name):
+            stated.update({name: getattr(config, name), f"{name}_from": "flag"})
+    return Limits(**stated)
+
+
 class Driver:
     """One driver's connection: endpoint, limiters and a Coordinator, reused for many runs.
     The engine under the public ``chainray.Session``, which prepares the jobs it runs.
@@ -241,25 +261,12 @@ class Driver:
                         identity=identity)
 
     def _simulator_settings(self) -> SimConfig:
-        """The embedded simulator's limits: the flags if given, else its own defaults."""
-        config = self.config
-        return SimConfig(rpm=config.rpm or SimConfig().rpm, tpm=config.tpm or SimConfig().tpm)
+        return simulator_settings(self.config)
 
     @property
     def limits(self) -> Limits:
-        """The limits this driver states: its flags, and the embedded simulator's settings
-        (which are the simulator's real limits); nothing else."""
-        config = self.config
-        stated = {"max_concurrency": config.max_concurrency, "priority": config.priority,
-                  "target_share": config.target_share}
-        if self.simulator is not None:
-            sim = self._simulator_settings()
-            stated.update(rpm=sim.rpm, tpm=sim.tpm, rpm_from="simulator",
-                          tpm_from="simulator", burst_s=min(60.0, sim.burst_s))
-        for name in ("rpm", "tpm"):
-            if getattr(config, name):
-                stated.update({name: getattr(config, name), f"{name}_from": "flag"})
-        return Limits(**stated)
+        """The limits this driver states (see ``stated_limits``)."""
+        return stated_limits(self.config, simulated=self.simulator is not None)
 
     def _say(self, line: str) -> None:
         if self.config.progress:

@@ -57,6 +57,10 @@ def _add_up(commands, positive_int) -> None:
         "RAY_ADDRESS still choose another Ray, --base-url or OPENAI_* a real endpoint.")
     up.add_argument("--runners", type=positive_int, default=2, help="step-runner actors "
                     "(default 2)")
+    up.add_argument("--models", default="gpt-4o-mini", metavar="M[,M...]",
+                    help="models whose rate limiters on the warm simulator start with it, "
+                    "so that even the first run finds them (default gpt-4o-mini, the "
+                    "bundled scenarios' model; others start at first use)")
     up.add_argument("--timeout", type=positive_int, default=120, metavar="S",
                     help="how long to wait for it to be ready (default 120)")
 
@@ -110,7 +114,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         with open(log, "w") as out:
             daemon = subprocess.Popen(
-                [sys.executable, "-m", "chainray.cli.warm", "--runners", str(args.runners)],
+                [sys.executable, "-m", "chainray.cli.warm", "--runners", str(args.runners),
+                 "--models", args.models],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
         deadline = time.monotonic() + args.timeout
@@ -244,7 +249,24 @@ def _actors(coordinator) -> list[dict]:
     return actors
 
 
-def serve(runners: int) -> int:
+def _open_limiters(sim_url: str, models: list[str]) -> list:
+    """The simulator's limiters of ``models``, as a default driver would open them (shared
+    and named: every driver on this Ray gets the same ones)."""
+    import ray
+
+    from chainray.actors.rate_limiter import get_rate_limiter, limiter_name
+    from chainray.api.config import SessionConfig
+    from chainray.api.session import stated_limits
+
+    config = SessionConfig()
+    limits = stated_limits(config, simulated=True)
+    handles = [get_rate_limiter(limiter_name(sim_url, model), limits,
+                                config.limiter_namespace, detached=True) for model in models]
+    ray.get([handle.stats.remote() for handle in handles], timeout=120)
+    return handles
+
+
+def serve(runners: int, models: list[str]) -> int:
     """Run the warm Ray until SIGTERM (or SIGINT); see the module's docstring."""
     import logging
     import threading
@@ -265,19 +287,23 @@ def serve(runners: int) -> int:
             starting = pool.submit(start_simulator)
             try:
                 ray.init(address="local", include_dashboard=False, namespace=WARM_NAMESPACE,
-                         logging_level=logging.ERROR, log_to_driver=False,
-                         _node_ip_address="127.0.0.1")  # on loopback: this machine's only
+                         logging_level=logging.ERROR, log_to_driver=False)
             finally:
                 simulator = starting.result(timeout=120)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # ray.init put in handlers of its own
+            signal.signal(sig, lambda *_: stopping.set())
         handles = start_step_runners(None, runners, WARM_SESSION, namespace=WARM_NAMESPACE,
                                      lifetime="detached")
         coordinator = Coordinator.options(name=WARM_COORDINATOR, namespace=WARM_NAMESPACE,
                                           lifetime="detached").remote(handles)
         handles.insert(0, coordinator)
         ray.get(coordinator.ready.remote(), timeout=120)
+        handles += _open_limiters(simulator.base_url, models)
         node = ray._private.worker._global_node
         state = WarmState(
-            address=ray.get_runtime_context().gcs_address, pid=os.getpid(), started=started,
+            # Ray names the node by its interface; its GCS answers on loopback too.
+            address=f"127.0.0.1:{node.gcs_address.rsplit(':', 1)[1]}", pid=os.getpid(),
+            started=started,
             sim_url=simulator.base_url, sim_pid=simulator.process.pid,
             ray_pids={kind: [info.process.pid for info in infos]
                       for kind, infos in node.all_processes.items() if infos},
@@ -303,4 +329,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m chainray.cli.warm",
                                      description="the daemon of `chainray up`")
     parser.add_argument("--runners", type=int, default=2)
-    sys.exit(serve(parser.parse_args().runners))
+    parser.add_argument("--models", default="gpt-4o-mini")
+    options = parser.parse_args()
+    sys.exit(serve(options.runners, [m for m in options.models.split(",") if m.strip()]))
