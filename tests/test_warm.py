@@ -52,7 +52,7 @@ def test_up_run_status_down(home):
     folder, env = home
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
-        up = chainray(env, "up")
+        up = chainray(env, "up", timeout=300)
         assert up.returncode == 0, up.stderr + up.stdout
         try:
             before = status(env)
