@@ -107,3 +107,30 @@ def test_stale_warm_file_runs_cold(home):
     assert "warm" not in run.stderr  # a cold run, and nothing said about a dead daemon
     assert not (folder / "warm.json").exists()
     assert chainray(env, "down").stdout.strip() == "chainray: nothing is up"
+
+
+def test_a_stop_stops_only_the_runs_it_names(ray_session):
+    """On a shared Coordinator (the warm one serves every driver), one driver's Ctrl-C stops
+    its own runs; another's run, waiting for the same permits, goes on to the end."""
+    import ray
+
+    from tests.helpers import fan_chain, job
+    from tests.plain_server import PlainServer
+    from tests.test_limiter_actor import session_for_plain
+
+    server = PlainServer(latency_s=1.0)
+    mine, theirs = job(fan_chain(4, name="mine")), job(fan_chain(4, name="theirs"))
+    with server.running() as base_url, session_for_plain(base_url, max_concurrency=3) as session:
+        refs = [session.submit(mine), session.submit(theirs)]
+        deadline = time.monotonic() + 60
+        while server.started < 3:  # the permits are all taken: the other steps wait
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        ray.get(session.coordinator.stop.remote([mine.run_id]), timeout=30)
+        stopped, other = ray.get(refs, timeout=120)
+    assert other.status == "ok" and all(s.status == "ok" for s in other.steps)
+    assert stopped.status != "ok"
+    refused = [s for s in stopped.steps if s.status != "ok"]
+    assert refused and all(s.attempts == 0 for s in refused)
+    # Every request sent belongs to a step that finished ok: the stop lost no paid reply.
+    assert server.started == sum(s.attempts for r in (stopped, other) for s in r.steps)
