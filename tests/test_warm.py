@@ -134,3 +134,14 @@ def test_a_stop_stops_only_the_runs_it_names(ray_session):
     assert refused and all(s.attempts == 0 for s in refused)
     # Every request sent belongs to a step that finished ok: the stop lost no paid reply.
     assert server.started == sum(s.attempts for r in (stopped, other) for s in r.steps)
+
+
+def test_a_warm_file_naming_a_live_process_that_is_no_daemon_is_stale(monkeypatch, tmp_path):
+    from chainray.api.warm import read_warm
+
+    monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))
+    (tmp_path / "warm.json").write_text(json.dumps({  # this test's PID: alive, no daemon
+        "address": "127.0.0.1:1", "pid": os.getpid(), "started": time.time(),
+        "sim_url": "http://127.0.0.1:1/v1", "sim_pid": os.getpid()}))
+    assert read_warm() is None
+    assert not (tmp_path / "warm.json").exists()

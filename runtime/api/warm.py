@@ -77,6 +77,14 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+def _is_daemon(pid: int) -> bool:
+    """Whether ``pid`` is still a warm daemon (after a restart the PID may be another's)."""
+    try:
+        return b"chainray.cli.warm" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid_alive(pid)  # no /proc here: existing is all we can tell
+
+
 def read_warm(remove_stale: bool = True) -> WarmState | None:
     """The live warm state, or None (nothing up; a stale or unreadable file is removed)."""
     path = warm_path()
@@ -88,7 +96,7 @@ def read_warm(remove_stale: bool = True) -> WarmState | None:
         if remove_stale:
             path.unlink(missing_ok=True)
         return None
-    if pid_alive(state.pid):
+    if pid_alive(state.pid) and _is_daemon(state.pid):
         return state
     if remove_stale:
         remove_warm(state.pid)
