@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -42,14 +43,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CPU: list[float] = []  # CPU seconds of each timed run (see timed_cli)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed_cli(env: dict, *flags: str) -> tuple[float, float]:
-    """(wall s, makespan s) of one ``chainray run`` process."""
+    """(wall s, makespan s) of one ``chainray run`` process. Its CPU seconds go to ``CPU``:
+    the process and what it started and waited for (a cold run's own Ray and simulator; a
+    warm run's work in the warm processes is not in it). On a loaded machine wall time
+    is mostly waiting for a core; CPU time is what the command costs."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
+        cpu = _children_cpu()
         started = time.perf_counter()
         done = subprocess.run([CHAINRAY, "run", SCENARIO, *flags, "--quiet", "--json", str(out)],
                               env=env, capture_output=True, text=True, timeout=300)
         wall = time.perf_counter() - started
+        CPU.append(_children_cpu() - cpu)
         if done.returncode != 0:
             raise SystemExit(f"chainray run failed ({done.returncode}): {done.stderr[-2000:]}")
         return wall, json.loads(out.read_text())["latency_ms"] / 1000
@@ -157,15 +171,18 @@ def main() -> int:
     print(f"{SCENARIO}, --sim-speed {args.sim_speed:g}, {args.repeat} runs each; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
+    CPU.clear()
     cold = [timed_cli(env, *flags) for _ in range(args.repeat)]
     walls = [w for w, _ in cold]
-    cold_s = statistics.median(walls)
+    cold_s, cold_cpu = statistics.median(walls), statistics.median(CPU)
     print(f"cold  chainray run: wall {', '.join(f'{w:.2f}' for w in walls)} s; median "
           f"{cold_s:.2f} s (target <= 6 s); makespan median "
-          f"{statistics.median(m for _, m in cold):.2f} s; {load()}")
+          f"{statistics.median(m for _, m in cold):.2f} s; CPU median {cold_cpu:.2f} s "
+          f"(the command, its Ray and simulator); {load()}")
 
     with WarmUp(env) as warm_up:
-        first, _ = timed_cli(env, *flags)  # it starts the shared limiters: shown apart
+        first, _ = timed_cli(env, *flags)  # the first run after up: shown apart
+        CPU.clear()
         warm = [timed_cli(env, *flags) for _ in range(args.repeat)]
         walls = [w for w, _ in warm]
         warm_s = statistics.median(walls)
@@ -173,7 +190,8 @@ def main() -> int:
               f"{', '.join(f'{w:.2f}' for w in walls)} s; median {warm_s:.2f} s = "
               f"{warm_s / cold_s:.2f} x cold (target <= 0.35 x and <= 3 s); makespan median "
               f"{statistics.median(m for _, m in warm):.2f} s; the first run after up "
-              f"(which starts the shared rate limiters) {first:.2f} s; {load()}")
+              f"{first:.2f} s; CPU median {statistics.median(CPU):.2f} s (the command "
+              f"alone) = {statistics.median(CPU) / cold_cpu:.2f} x cold; {load()}")
     shutil.rmtree(home, ignore_errors=True)
 
     with OwnCluster(env) as cluster:
