@@ -102,6 +102,9 @@ def leave_ray() -> None:
     ray.shutdown()
 
 
+_joined_warm: dict[str, int] = {}  # the daemon whose warm Ray this process joined
+
+
 def simulator_settings(config: SessionConfig) -> SimConfig:
     """The embedded simulator's limits: the flags if given, else its own defaults."""
     return SimConfig(rpm=config.rpm or SimConfig().rpm, tpm=config.tpm or SimConfig().tpm)
@@ -146,11 +149,13 @@ class Driver:
 
     def _find_warm(self) -> WarmState | None:
         """The warm Ray of ``chainray up``, unless told to use another Ray (an address,
-        RAY_ADDRESS) or to start one with its dashboard, or Ray is connected already."""
-        if self.config.address or os.environ.get("RAY_ADDRESS") or self.config.dashboard \
-                or ray.is_initialized():
+        RAY_ADDRESS) or to start one with its dashboard, or connected to another Ray."""
+        if self.config.address or os.environ.get("RAY_ADDRESS") or self.config.dashboard:
             return None
-        return read_warm()
+        warm = read_warm()
+        if warm is not None and ray.is_initialized() and _joined_warm.get("pid") != warm.pid:
+            return None  # this process is on another Ray
+        return warm
 
     def _start(self) -> None:
         config, warm = self.config, self.warm
@@ -168,6 +173,7 @@ class Driver:
                     raise InputError(f"the warm Ray of `chainray up` (PID {warm.pid}) does not "
                                      f"answer ({exc}); `chainray down` stops it") from None
                 if warm is not None:
+                    _joined_warm["pid"] = warm.pid  # a later session of this process too
                     self._say(f"using the warm Ray at {warm.address} (`chainray up`, PID "
                               f"{warm.pid}; `chainray down` stops it)")
             finally:  # kept even when Ray failed, so that close() stops it
