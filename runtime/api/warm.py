@@ -1,6 +1,6 @@
 """A warm start: what ``chainray up`` keeps running, as the drivers find it.
 
-``chainray up`` starts a daemon (``python -m chainray.cli.warm``) that owns a local Ray, the
+``chainray up`` starts a daemon (``python -m chainray.cli.warmd``) that owns a local Ray, the
 embedded simulator and chainray's Coordinator with its step runners (named, in the namespace
 ``chainray-warm``). Once they are ready it writes ``$CHAINRAY_HOME/warm.json``; a driver
 (``run``, ``bench``, ``chainray.Session``) that is given no Ray address finds that file and
@@ -80,7 +80,7 @@ def pid_alive(pid: int) -> bool:
 def _is_daemon(pid: int) -> bool:
     """Whether ``pid`` is still a warm daemon (after a restart the PID may be another's)."""
     try:
-        return b"chainray.cli.warm" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"chainray.cli.warmd" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return pid_alive(pid)  # no /proc here: existing is all we can tell
 
