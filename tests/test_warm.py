@@ -145,3 +145,20 @@ def test_a_warm_file_naming_a_live_process_that_is_no_daemon_is_stale(monkeypatc
         "sim_url": "http://127.0.0.1:1/v1", "sim_pid": os.getpid()}))
     assert read_warm() is None
     assert not (tmp_path / "warm.json").exists()
+
+
+def test_down_with_a_stale_file_signals_no_process_that_reused_its_pids(home):
+    folder, env = home
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (folder / "warm.json").write_text(json.dumps({
+            "address": "127.0.0.1:1", "pid": bystander.pid, "started": time.time(),
+            "sim_url": "http://127.0.0.1:1/v1", "sim_pid": bystander.pid,
+            "ray_pids": {"raylet": [bystander.pid]}}))
+        down = chainray(env, "down", timeout=60)
+        assert down.returncode == 0, down.stderr
+        assert alive(bystander.pid)
+        assert not (folder / "warm.json").exists()
+    finally:
+        bystander.kill()
+        bystander.wait(timeout=10)

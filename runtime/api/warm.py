@@ -31,7 +31,7 @@ from chainray.sim.config import SimConfig
 from chainray.sim.embedded import EmbeddedSimulator
 
 __all__ = ["WarmState", "WarmSimulator", "warm_path", "read_warm", "write_warm",
-           "remove_warm", "pid_alive", "warm_simulator", "WARM_NAMESPACE",
+           "remove_warm", "pid_alive", "is_daemon", "warm_simulator", "WARM_NAMESPACE",
            "WARM_COORDINATOR", "WARM_SESSION"]
 
 WARM_NAMESPACE = "chainray-warm"  # the warm actors' Ray namespace
@@ -77,7 +77,7 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def _is_daemon(pid: int) -> bool:
+def is_daemon(pid: int) -> bool:
     """Whether ``pid`` is still a warm daemon (after a restart the PID may be another's)."""
     try:
         return b"chainray.cli.warmd" in Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -96,7 +96,7 @@ def read_warm(remove_stale: bool = True) -> WarmState | None:
         if remove_stale:
             path.unlink(missing_ok=True)
         return None
-    if pid_alive(state.pid) and _is_daemon(state.pid):
+    if pid_alive(state.pid) and is_daemon(state.pid):
         return state
     if remove_stale:
         remove_warm(state.pid)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from chainray.api.warm import (
     WarmState,
+    is_daemon,
     pid_alive,
     read_warm,
     remove_warm,
@@ -160,14 +161,15 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("chainray: nothing is up")
         return 0
     pids = _recorded_pids(state)
-    if pid_alive(state.pid):
+    if pid_alive(state.pid) and is_daemon(state.pid):  # not a PID reused since a restart
         _stop_pid(state.pid, STOP_WAIT_S)
     # What the daemon did not stop (it was killed before it could): by PID, if still ours.
     for pid in pids:
         if pid != state.pid and pid_alive(pid) and _looks_ours(pid):
             _stop_pid(pid, 10.0)
     remove_warm(state.pid)
-    left = [pid for pid in pids if pid_alive(pid)]
+    left = [pid for pid in pids if pid_alive(pid) and
+            (is_daemon(pid) if pid == state.pid else _looks_ours(pid))]
     if left:
         raise ChainrayError(f"stopped the warm Ray, but PIDs {left} are still there")
     print(f"chainray: stopped the warm Ray (daemon PID {state.pid}; {len(pids)} processes, "
@@ -181,13 +183,16 @@ def _recorded_pids(state: WarmState) -> list[int]:
     return list(dict.fromkeys([state.pid, state.sim_pid, *ray_pids, *actors]))
 
 
+_OURS = (b"/ray/", b"ray::", b"chainray.cli.main sim")  # Ray's binaries, its workers, the sim
+
+
 def _looks_ours(pid: int) -> bool:
-    """A recorded PID still names a Ray or chainray process (not one that reused the PID)."""
+    """A recorded PID still names a Ray process or the simulator (not one that reused it)."""
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
         return False
-    return b"ray" in command.lower()  # chainray, raylet, gcs_server (…/ray/core/…), ray::
+    return any(marker in command for marker in _OURS)
 
 
 def _stop_pid(pid: int, wait_s: float) -> None:
