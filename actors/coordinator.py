@@ -53,16 +53,17 @@ def coordinator_name(session_id: str) -> str:
     return f"chainray-coordinator-{session_id}"
 
 
-def start_step_runners(endpoint: Endpoint, count: int, session_id: str
-                       ) -> list[ray.actor.ActorHandle]:
+def start_step_runners(endpoint: Endpoint | None, count: int, session_id: str,
+                       **options) -> list[ray.actor.ActorHandle]:
     """``count`` step runners, one per node in turn. If a node leaves, its runner's steps are
     sent again to the next runner (dispatch resubmits), which lives on another node. The
     driver starts them beside the Coordinator: worker processes start a few at a time, and
-    starting them from the Coordinator's constructor would queue them behind it."""
+    starting them from the Coordinator's constructor would queue them behind it. ``options``
+    go to each runner's ``.options`` (a warm runner's namespace and lifetime)."""
     nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
     names = [f"chainray-runner-{i}-{session_id}" for i in range(count)]
     return [StepRunner.options(name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(
-        nodes[i % len(nodes)], soft=False)).remote(endpoint, name)
+        nodes[i % len(nodes)], soft=False), **options).remote(endpoint, name)
         for i, name in enumerate(names)]
 
 
@@ -96,7 +97,8 @@ class Coordinator:
         self.lost: set[str] = set()  # ids of runners whose process or node died
         self.live: dict[str, Counter] = {}
         self.finished = Counter()
-        self.stopped = False
+        self.stopped = False  # every run stops (the raylet is gone, or stop() named none)
+        self.stopped_runs: set[str] = set()  # stop(run_ids): runs still live that stop
         self.lifeline = None  # exits when the raylet (and so the driver) is gone
 
     def __repr__(self) -> str:
@@ -105,7 +107,8 @@ class Coordinator:
                 f"{self.finished['runs']} runs done, {len(self.runners)} step runners)")
 
     def _start_step(self, job: RunJob, schedule, limiters: Mapping[str, Any],
-                    adaptations: Any = None, guards: GuardHandles | None = None):
+                    adaptations: Any = None, guards: GuardHandles | None = None,
+                    endpoint: Endpoint | None = None):
         remaining = schedule.remaining_path()
         plans = schedule.plan
 
@@ -124,12 +127,15 @@ class Coordinator:
             runner = self._next_runner()
             own = {model: limiters[model] for model in models_of(request.settings)}
             return runner.run_step.options(name=request.task_name).remote(
-                request, own, adaptations, *upstream.values(), guards=guards)
+                request, own, adaptations, *upstream.values(), guards=guards,
+                endpoint=endpoint)
 
         return start
 
     async def run(self, job: RunJob, limiters: Mapping[str, Any],
-                  adaptations: Any = None, guards: GuardHandles | None = None) -> RunResult:
+                  adaptations: Any = None, guards: GuardHandles | None = None,
+                  endpoint: Endpoint | None = None) -> RunResult:
+        """Run ``job``; its llm steps go to ``endpoint`` (default: each runner's own)."""
         if self.lifeline is None:
             self.lifeline = watch_parent()
         schedule = resolve(job.chain, job.strategy)
@@ -159,12 +165,13 @@ class Coordinator:
 
         started = time.perf_counter()
         try:
-            start = self._start_step(job, schedule, limiters, adaptations, guards)
-            results = await dispatch(schedule, start,
-                                     job.on_error or job.chain.on_error, update,
-                                     is_process_death=self._runner_lost,
-                                     stopped=lambda: self.stopped)
+            start = self._start_step(job, schedule, limiters, adaptations, guards, endpoint)
+            results = await dispatch(
+                schedule, start, job.on_error or job.chain.on_error, update,
+                is_process_death=self._runner_lost,
+                stopped=lambda: self.stopped or job.run_id in self.stopped_runs)
         finally:
+            self.stopped_runs.discard(job.run_id)
             self.finished.update(self.live.pop(job.run_id))
             self.finished["runs"] += 1
         latency_ms = (time.perf_counter() - started) * 1000
@@ -187,16 +194,22 @@ class Coordinator:
             self.lost.add(actor_id)
         return True
 
-    async def stop(self) -> int:
-        """Start nothing new, in any run: no step starts and the step runners send no new
-        request; requests in flight finish and their replies are journaled. Returns how many
-        steps were running."""
+    async def stop(self, run_ids: list[str] | None = None) -> int:
+        """Start nothing new in ``run_ids`` (default: every run): no step of theirs starts
+        and the step runners send no new request for them; requests in flight finish and
+        their replies are journaled. Other runs (another driver's, on a shared Coordinator)
+        go on. Returns how many steps of the stopping runs were running."""
         import asyncio
 
-        self.stopped = True
-        await asyncio.gather(*(runner.stop.remote() for runner in self.runners),
+        if run_ids is None:
+            self.stopped = True
+        else:
+            self.stopped_runs.update(r for r in run_ids if r in self.live)
+        await asyncio.gather(*(runner.stop.remote(run_ids) for runner in self.runners),
                              return_exceptions=True)
-        return sum(counts["running"] for counts in self.live.values())
+        stopping = self.live if run_ids is None else {r: self.live[r] for r in run_ids
+                                                      if r in self.live}
+        return sum(counts["running"] for counts in stopping.values())
 
     async def progress(self, run_ids: list[str] | None = None) -> dict:
         """Steps pending, running, done, failed; calls, retries, 429s, tokens; runs done.
@@ -219,6 +232,18 @@ class Coordinator:
         import asyncio
 
         return list(await asyncio.gather(*(runner.pid.remote() for runner in self.runners)))
+
+    async def state(self) -> dict:
+        """This actor's and its runners' process ids and counts (``chainray status``)."""
+        import asyncio
+        import os
+
+        runners = await asyncio.gather(*(runner.state.remote() for runner in self.runners),
+                                       return_exceptions=True)
+        return {"pid": os.getpid(), "runs_running": len(self.live),
+                "runs_done": self.finished["runs"],
+                "runners": [r if isinstance(r, dict) else {"error": type(r).__name__}
+                            for r in runners]}
 
     async def ready(self) -> int:
         """Wait until the step runners are up; returns how many there are."""

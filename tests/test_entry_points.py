@@ -49,7 +49,8 @@ def _chainray(*args, env=None, cwd=None, **kwargs):
 
 @pytest.mark.parametrize("args", [["--help"], ["scenarios"], ["plan", "quantum_research"],
                                   ["plan", "sql_pipeline", "--objective", "cost"], ["schema"],
-                                  ["sim", "--help"], ["run", "--help"]])
+                                  ["sim", "--help"], ["run", "--help"], ["up", "--help"],
+                                  ["status"], ["down"]])
 def test_commands_work_with_ray_and_openai_unimportable(no_ray_env, tmp_path, args):
     done = _chainray(*args, env=no_ray_env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -36,6 +36,7 @@ from chainray.actors.spend import Spend
 from chainray.actors.step_runner import GuardHandles
 from chainray.api.cluster import job_config, join
 from chainray.api.config import SessionConfig
+from chainray.api.warm import WarmSimulator, WarmState, read_warm, warm_simulator
 from chainray.call.endpoint import Endpoint
 from chainray.errors import InputError
 from chainray.limit.limits import Limits
@@ -101,6 +102,29 @@ def leave_ray() -> None:
     ray.shutdown()
 
 
+_joined_warm: dict[str, int] = {}  # the daemon whose warm Ray this process joined
+
+
+def simulator_settings(config: SessionConfig) -> SimConfig:
+    """The embedded simulator's limits: the flags if given, else its own defaults."""
+    return SimConfig(rpm=config.rpm or SimConfig().rpm, tpm=config.tpm or SimConfig().tpm)
+
+
+def stated_limits(config: SessionConfig, simulated: bool) -> Limits:
+    """The limits a driver states: its flags, and the embedded simulator's settings (which
+    are the simulator's real limits); nothing else."""
+    stated = {"max_concurrency": config.max_concurrency, "priority": config.priority,
+              "target_share": config.target_share}
+    if simulated:
+        sim = simulator_settings(config)
+        stated.update(rpm=sim.rpm, tpm=sim.tpm, rpm_from="simulator",
+                      tpm_from="simulator", burst_s=min(60.0, sim.burst_s))
+    for name in ("rpm", "tpm"):
+        if getattr(config, name):
+            stated.update({name: getattr(config, name), f"{name}_from": "flag"})
+    return Limits(**stated)
+
+
 class Driver:
     """One driver's connection: endpoint, limiters and a Coordinator, reused for many runs.
     The engine under the public ``chainray.Session``, which prepares the jobs it runs.
@@ -116,21 +140,42 @@ class Driver:
         self.coordinator = None
         self.runners: list[ray.actor.ActorHandle] = []
         self.id = uuid.uuid4().hex[:8]  # names this session's actors in the dashboard
+        self.warm = self._find_warm()  # `chainray up`'s Ray, actors and simulator, if up
         try:
             self._start()
         except BaseException:
             self.close()
             raise
 
+    def _find_warm(self) -> WarmState | None:
+        """The warm Ray of ``chainray up``, unless told to use another Ray (an address,
+        RAY_ADDRESS) or to start one with its dashboard, or connected to another Ray."""
+        if self.config.address or os.environ.get("RAY_ADDRESS") or self.config.dashboard:
+            return None
+        warm = read_warm()
+        if warm is not None and ray.is_initialized() and _joined_warm.get("pid") != warm.pid:
+            return None  # this process is on another Ray
+        return warm
+
     def _start(self) -> None:
-        config = self.config
+        config, warm = self.config, self.warm
         # The simulator (a child process) starts while Ray does: they overlap, not add up.
         with ThreadPoolExecutor(1, thread_name_prefix="chainray-sim") as pool:
             simulator = pool.submit(self._start_simulator) if config.uses_simulator else None
             if simulator is None:
                 self.endpoint = self._open_endpoint()  # unreachable: fail before Ray starts
             try:
-                connect_ray(config.address, config.dashboard)
+                try:
+                    connect_ray(warm.address if warm else config.address, config.dashboard)
+                except InputError as exc:
+                    if warm is None:
+                        raise
+                    raise InputError(f"the warm Ray of `chainray up` (PID {warm.pid}) does not "
+                                     f"answer ({exc}); `chainray down` stops it") from None
+                if warm is not None:
+                    _joined_warm["pid"] = warm.pid  # a later session of this process too
+                    self._say(f"using the warm Ray at {warm.address} (`chainray up`, PID "
+                              f"{warm.pid}; `chainray down` stops it)")
             finally:  # kept even when Ray failed, so that close() stops it
                 if simulator is not None:
                     self.simulator = simulator.result(timeout=120)
@@ -139,9 +184,12 @@ class Driver:
         self._claim_budget()
         # On the driver's node, so that the run journal lands on the driver's disk.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.runners = start_step_runners(self.endpoint, config.runners, self.id)
-        self.coordinator = Coordinator.options(
-            scheduling_strategy=here, name=coordinator_name(self.id)).remote(self.runners)
+        if warm is not None:  # shared: its runners are the Coordinator's, not this driver's
+            self.coordinator = ray.get_actor(warm.coordinator, namespace=warm.namespace)
+        else:
+            self.runners = start_step_runners(self.endpoint, config.runners, self.id)
+            self.coordinator = Coordinator.options(
+                scheduling_strategy=here, name=coordinator_name(self.id)).remote(self.runners)
         self.adaptations = AdaptationsRef(config.limiter_namespace)
         self.notes_shown = 0
         self.described: dict[str, str] = {}
@@ -171,6 +219,9 @@ class Driver:
     def _start_simulator(self) -> EmbeddedSimulator:
         config = self.config
         sim = self._simulator_settings()
+        if self.warm is not None and not config.sim_flags:  # flags: a simulator of its own
+            return warm_simulator(self.warm, SimConfig(speed=config.sim_speed, rpm=sim.rpm,
+                                                       tpm=sim.tpm))
         return start_simulator("--speed", str(config.sim_speed), "--rpm", str(sim.rpm),
                                "--tpm", str(sim.tpm), *config.sim_flags)
 
@@ -216,25 +267,12 @@ class Driver:
                         identity=identity)
 
     def _simulator_settings(self) -> SimConfig:
-        """The embedded simulator's limits: the flags if given, else its own defaults."""
-        config = self.config
-        return SimConfig(rpm=config.rpm or SimConfig().rpm, tpm=config.tpm or SimConfig().tpm)
+        return simulator_settings(self.config)
 
     @property
     def limits(self) -> Limits:
-        """The limits this driver states: its flags, and the embedded simulator's settings
-        (which are the simulator's real limits); nothing else."""
-        config = self.config
-        stated = {"max_concurrency": config.max_concurrency, "priority": config.priority,
-                  "target_share": config.target_share}
-        if self.simulator is not None:
-            sim = self._simulator_settings()
-            stated.update(rpm=sim.rpm, tpm=sim.tpm, rpm_from="simulator",
-                          tpm_from="simulator", burst_s=min(60.0, sim.burst_s))
-        for name in ("rpm", "tpm"):
-            if getattr(config, name):
-                stated.update({name: getattr(config, name), f"{name}_from": "flag"})
-        return Limits(**stated)
+        """The limits this driver states (see ``stated_limits``)."""
+        return stated_limits(self.config, simulated=self.simulator is not None)
 
     def _say(self, line: str) -> None:
         if self.config.progress:
@@ -248,7 +286,7 @@ class Driver:
 
     def open_limiters(self, models: Iterable[str]) -> dict[str, ray.actor.ActorHandle]:
         """The shared RateLimiters of ``models`` (see ``limiters_for``)."""
-        limits, detached = self.limits, self.simulator is None
+        limits, detached = self.limits, self.simulator is None or self._shared_simulator
         new = {model: get_rate_limiter(limiter_name(self.endpoint.base_url, model),
                                        limits, self.config.limiter_namespace, detached)
                for model in set(models) - self.limiters.keys()}
@@ -267,7 +305,7 @@ class Driver:
     def submit(self, job: RunJob) -> ray.ObjectRef:
         self.learner.expect(job.run_id, job.chain, job.inputs)
         return self.coordinator.run.options(name=f"run:{job.chain.name}:{job.strategy}").remote(
-            job, self.limiters_for(job), self.adaptations, self.guards)
+            job, self.limiters_for(job), self.adaptations, self.guards, self.endpoint)
 
     def run(self, job: RunJob, label: str | None = None) -> RunResult:
         """Run one chain to the end, showing progress."""
@@ -290,7 +328,7 @@ class Driver:
                 try:
                     results = self._next_results(pending, in_flight, window)
                 except KeyboardInterrupt:
-                    self._stop(len(in_flight))
+                    self._stop(list(in_flight.values()))
                     continue
                 if results is None:
                     return
@@ -333,15 +371,16 @@ class Driver:
         """Whether an interrupt stopped this session (its runs may be partial: resume them)."""
         return bool(self.stopping_until)
 
-    def _stop(self, runs_in_flight: int) -> None:
-        """The first interrupt: no new run and no new request; requests in flight finish
-        (their replies are journaled) within the grace time. The second one aborts."""
+    def _stop(self, run_ids: list[str]) -> None:
+        """The first interrupt: no new run and no new request of this driver's runs (a
+        shared Coordinator's other runs go on); requests in flight finish (their replies are
+        journaled) within the grace time. The second one aborts."""
         if self.stopping_until:
             raise StopAborted("interrupted twice: requests in flight were abandoned")
         grace = self.config.timeout
         self.stopping_until = time.monotonic() + grace
-        steps = ray.get(self.coordinator.stop.remote(), timeout=10)
-        print(f"chainray: stopping: nothing new is sent; {steps} step(s) of {runs_in_flight} "
+        steps = ray.get(self.coordinator.stop.remote(run_ids), timeout=10)
+        print(f"chainray: stopping: nothing new is sent; {steps} step(s) of {len(run_ids)} "
               f"run(s) in flight finish within {grace:.0f}s and are kept. Ctrl-C again to "
               "abandon them (a resume would pay for them again)", file=sys.stderr, flush=True)
 
@@ -371,7 +410,7 @@ class Driver:
             for model, stat in zip(self.limiters, stats, strict=False):
                 if stat["described"] != self.described.get(model):
                     self._say(f"{model}: {stat['described']}")
-        if ray.is_initialized():
+        if ray.is_initialized() and self.warm is None:  # warm actors serve other drivers
             for handles in ([self.coordinator] if self.coordinator is not None else [],
                             self.runners):
                 end_actors(handles)
@@ -380,13 +419,18 @@ class Driver:
         for handle in (guards.spend, guards.cache, guards.durations) if guards else ():
             if handle is not None and ray.is_initialized():
                 ray.kill(handle)
-        if self.simulator is not None:
+        if self.simulator is not None and not self._shared_simulator:
             # Nobody else can call a private simulator, so its limiters go with it.
             for handle in self.limiters.values() if ray.is_initialized() else ():
                 ray.kill(handle, no_restart=True)
             self.simulator.stop()
             self.simulator = None
         self.limiters.clear()
+
+    @property
+    def _shared_simulator(self) -> bool:
+        """The warm simulator: other drivers call it too, under the same limiters."""
+        return isinstance(self.simulator, WarmSimulator)
 
     def __enter__(self) -> Driver:
         return self

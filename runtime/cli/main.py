@@ -23,6 +23,7 @@ examples:
   chainray run quantum_research --strategy hybrid --json out.json
   chainray bench quantum_research --repeat 3          compare the three strategies
   chainray sim --port 8000 --rpm 500 --tpm 200000     the simulated LLM server, foreground
+  chainray up                                         keep Ray warm: runs start in ~1 s
   chainray schema > chain.schema.json                 JSON Schema for editors
 
 SCENARIO is a bundled scenario name or a path to a chain YAML file. Without --base-url and
@@ -76,7 +77,11 @@ _HEAVY = {  # commands whose parsers live in modules that import pydantic models
     "run": "run a chain once under one strategy",
     "bench": "compare strategies on identical inputs",
     "sim": "run the simulated LLM server in the foreground",
+    "up": "start a warm Ray that run and bench use while it is up",
+    "status": "show the warm Ray of chainray up",
+    "down": "stop what chainray up started, and nothing else",
 }
+_WARM = ("up", "status", "down")
 
 
 def _command_in(argv: list[str]) -> str | None:
@@ -117,6 +122,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, help_text in _HEAVY.items():
         if name != command:
             commands.add_parser(name, help=help_text, add_help=False)
+        elif name in _WARM:
+            from chainray.cli.warm import add_warm_parsers
+
+            add_warm_parsers(commands, _positive_int, only=name)
         elif name == "sim":
             from chainray.cli import sim as cli_sim
 
@@ -260,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         from chainray.cli import sim as cli_sim
 
         handlers["sim"] = cli_sim.cmd_sim
+    elif args.command in _WARM:
+        from chainray.cli import warm as cli_warm
+
+        handlers.update(up=cli_warm.cmd_up, status=cli_warm.cmd_status, down=cli_warm.cmd_down)
     ray_was_up = _ray_is_up()  # called in-process by someone with Ray up: leave it up
     restore_sigterm = _sigterm_stops_like_ctrl_c()
     try:

@@ -37,8 +37,8 @@ class BudgetClaim:
     def not_shared_message(self) -> str:
         return (f"another chainray process (PID {self.holder_pid}) is sending to {self.base_url} "
                 "with a rate-limit budget of its own; the two do not share --rpm/--tpm. To "
-                "share one budget, start one Ray (`ray start --head`) and run both with "
-                "--address auto")
+                "share one budget, run `chainray up` first (both then use its Ray), or "
+                "start one Ray (`ray start --head`) and run both with --address auto")
 
 
 def _lock_path(base_url: str) -> str:
