@@ -1,4 +1,5 @@
-"""kill -9 of a driver that started its own Ray: nothing new is sent, nothing is left running."""
+"""kill -9 of a driver that started its own Ray: nothing new is sent, nothing is left running
+(within 20 s here: Ray's own agents notice their raylet's death last, later on a loaded machine)."""
 
 from __future__ import annotations
 
@@ -63,8 +64,9 @@ def test_a_killed_driver_stops_sending_and_leaves_nothing_running(tmp_path):
             killed_at = time.time()
             driver.send_signal(signal.SIGKILL)
             driver.wait(timeout=10)
-            left = processes_with(f"CHAINRAY_HOME={home}")
-            assert wait_for(lambda: not processes_with(f"CHAINRAY_HOME={home}"), 10), left
+            gone = wait_for(lambda: not processes_with(f"CHAINRAY_HOME={home}"), 20)
+            assert gone, [Path(f"/proc/{pid}/cmdline").read_bytes()[:80]
+                          for pid in processes_with(f"CHAINRAY_HOME={home}")]
         finally:
             for pid in processes_with(f"CHAINRAY_HOME={home}"):  # never leave them behind
                 os.kill(pid, signal.SIGKILL)
