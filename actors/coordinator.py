@@ -97,7 +97,7 @@ class Coordinator:
         self.lost: set[str] = set()  # ids of runners whose process or node died
         self.live: dict[str, Counter] = {}
         self.finished = Counter()
-        self.stopped = False  # every run stops (the raylet is gone, or stop() named none)
+        self.stopped = False  # every run stops (stop() named no run)
         self.stopped_runs: set[str] = set()  # stop(run_ids): runs still live that stop
         self.lifeline = None  # exits when the raylet (and so the driver) is gone
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -140,7 +140,25 @@ class BatchRecord:
         return done
 
 
-class PreparedRun:
+_L = TypeVar("_L", bound="_Locked")
+
+
+class _Locked:
+    """What a prepared run or batch holds (its lock, its journal) until ``close``."""
+
+    _held: ExitStack
+
+    def close(self) -> None:
+        self._held.close()
+
+    def __enter__(self: _L) -> _L:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PreparedRun(_Locked):
     """One run ready to execute: ``job`` carries its journal's folder and the steps an
     earlier invocation finished (``resume``); the run is locked until ``close``.
 
@@ -175,17 +193,9 @@ class PreparedRun:
         if self.batch is not None:
             self.batch.record(result)
 
-    def close(self) -> None:
-        self._held.close()
-
-    def __enter__(self) -> PreparedRun:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
-class PreparedBatch:
+class PreparedBatch(_Locked):
     """A batch ready to execute: ``jobs`` all its runs (ids ``BATCH-N``), ``todo`` those to
     run now, each with its journal opened, and ``finished`` the results of runs an earlier
     invocation finished ``ok`` (``resume``). The manifest is written (a new batch) or checked
@@ -238,14 +248,6 @@ class PreparedBatch:
         if self.record is not None:
             self.record.record(result)
 
-    def close(self) -> None:
-        self._held.close()
-
-    def __enter__(self) -> PreparedBatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def prepare_run(chain: Chain | str, strategy: StrategyName = "hybrid",
