@@ -245,6 +245,12 @@ class Coordinator:
                 "runners": [r if isinstance(r, dict) else {"error": type(r).__name__}
                             for r in runners]}
 
+    async def fit(self) -> bool:
+        """Whether this crew can serve another session: no global stop, no runner lost,
+        every runner answering."""
+        await self.ready()
+        return not self.stopped and not self.lost
+
     async def ready(self) -> int:
         """Wait until the step runners are up; returns how many there are."""
         import asyncio

@@ -10,13 +10,26 @@ from chainray.runner.jobs import RunJob
 from chainray.spec.chain import Chain, chain_from_dict
 
 
+class TestDriver(Driver):
+    """A Driver whose limiters are its own (a namespace per test): they end with it, instead
+    of idling as detached actors to the end of the test session."""
+
+    def close(self) -> None:
+        import ray
+
+        limiters = list(self.limiters.values())
+        super().close()
+        for handle in limiters if ray.is_initialized() else ():
+            ray.kill(handle, no_restart=True)
+
+
 def session_for(sim, **overrides) -> Driver:
     """A Session on the test simulator with its own limiter namespace (a fresh RateLimiter)."""
     config = dict(base_url=sim.base_url, env={"OPENAI_API_KEY": "sk-test"}, progress=False,
                   limiter_namespace=f"test-{uuid.uuid4().hex[:8]}", timeout=10.0,
                   rpm=500, tpm=200_000, backoff_s=0.05)
     config.update(overrides)
-    return Driver(SessionConfig(**config))
+    return TestDriver(SessionConfig(**config))
 
 
 def job(chain: Chain, strategy: str = "hybrid", **fields) -> RunJob:

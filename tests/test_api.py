@@ -141,16 +141,25 @@ def test_public_names_are_exported():
         assert getattr(chainray, name).__doc__
 
 
-def test_a_session_stops_its_coordinator_when_it_closes(ray_session, sim):
+def test_a_closed_sessions_actors_serve_the_next_session_and_end_with_ray(ray_session, sim):
     import ray
 
-    from tests.helpers import session_for
+    from chainray.actors.standby import end_standby
+    from tests.helpers import fan_chain, job, session_for
 
-    with session_for(sim) as session:
-        assert ray.get(session.coordinator.runner_pids.remote(), timeout=60)
-        coordinator = session.coordinator
-    deadline = time.monotonic() + 60  # ray.kill is asynchronous: the death lands shortly
-    with pytest.raises(ray.exceptions.RayActorError):  # closed with the session
+    with session_for(sim) as first:
+        coordinator = first.coordinator
+        pids = ray.get(coordinator.runner_pids.remote(), timeout=60)
+        assert first.run(job(fan_chain(2))).status == "ok"
+    with session_for(sim) as second:  # no new worker process: the same crew
+        assert second.coordinator._actor_id == coordinator._actor_id
+        assert ray.get(second.coordinator.runner_pids.remote(), timeout=60) == pids
+        assert second.run(job(fan_chain(2))).status == "ok"
+    end_standby()  # what leave_ray does before Ray stops
+    deadline = time.monotonic() + 60  # the exit is asynchronous: the death lands shortly
+    with pytest.raises(ray.exceptions.RayActorError):
         while time.monotonic() < deadline:
             ray.get(coordinator.progress.remote(), timeout=60)
             time.sleep(0.2)
+
+

@@ -11,7 +11,7 @@ import time
 SCRIPT = """
 import json, os, time
 import ray
-from chainray.api.session import connect_ray, leave_ray
+from chainray.api.cluster import connect_ray, leave_ray
 connect_ray(None, dashboard=False)
 node = ray._private.worker._global_node
 pids = {kind: [i.process.pid for i in infos] for kind, infos in node.all_processes.items()}

@@ -18,10 +18,14 @@ CHAINRAY = [sys.executable, "-m", "chainray.cli.main"]
 
 @pytest.fixture
 def home(tmp_path):
+    """A CHAINRAY_HOME of the test's own; whatever ``up`` started there is stopped after the
+    test, also when it failed or timed out half-way."""
     env = {**os.environ, "CHAINRAY_HOME": str(tmp_path)}
     for name in ("RAY_ADDRESS", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
         env.pop(name, None)
-    return tmp_path, env
+    yield tmp_path, env
+    if (tmp_path / "warm.json").exists():
+        chainray(env, "down", timeout=120)
 
 
 def chainray(env, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -48,6 +52,7 @@ def coordinator(state: dict) -> dict:
     return next(a for a in state["actors"] if a["kind"] == "Coordinator")
 
 
+@pytest.mark.timeout(600)
 def test_up_run_status_down(home):
     folder, env = home
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])

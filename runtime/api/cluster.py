@@ -14,15 +14,18 @@ The session directory of a ``ray start`` cluster holds no copy of the token (che
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import re
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from chainray.errors import InputError
 
 __all__ = ["Token", "find_token", "probe", "prepare_join", "join", "name_job", "job_metadata",
-           "job_config"]
+           "job_config", "connect_ray", "leave_ray"]
 
 # Token sources, in Ray's order (doc ray-core/internals/token-authentication).
 TOKEN_ENV, TOKEN_PATH_ENV, MODE_ENV = "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"
@@ -153,3 +156,40 @@ def job_config():
     from ray.job_config import JobConfig
 
     return JobConfig(metadata=job_metadata())
+
+
+def connect_ray(address: str | None, dashboard: bool = True) -> None:
+    """Join ``address`` (or RAY_ADDRESS), else start a local Ray instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "namespace": "chainray"}
+    if address:
+        join(address, **quiet)  # token authentication found as Ray finds it; one-line errors
+    else:
+        ray.init(address="local", include_dashboard=dashboard, job_config=job_config(), **quiet)
+        atexit.register(leave_ray)  # before Ray's own exit hook, which is slower
+
+
+def leave_ray() -> None:
+    """Disconnect, and stop a Ray this process started. Its autoscaler monitor is stopped
+    first, by its PID: it outlives SIGTERM for the whole second ``ray.shutdown`` gives it
+    before killing it, a second of every cold run. The rest stops as Ray stops it, after
+    the actors kept for a next session have ended gracefully."""
+    import ray
+
+    from chainray.actors.standby import end_standby
+
+    end_standby()
+    node = getattr(ray._private.worker, "_global_node", None)  # set only for a Ray we started
+    if node is not None and node.is_head():
+        for info in node.all_processes.get("monitor", ()):
+            if info.process.poll() is None:
+                info.process.kill()
+                try:
+                    info.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass  # ray.shutdown tries again
+    ray.shutdown()

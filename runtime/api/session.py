@@ -3,14 +3,10 @@ told otherwise), get the shared RateLimiters, and hand runs to the Coordinator."
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -24,82 +20,33 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from chainray.actors.adaptations import AdaptationsRef
 from chainray.actors.cache import CacheKeeper
-from chainray.actors.coordinator import (
-    Coordinator,
-    coordinator_name,
-    end_actors,
-    start_step_runners,
-)
+from chainray.actors.coordinator import Coordinator, coordinator_name, start_step_runners
 from chainray.actors.durations import Durations
 from chainray.actors.rate_limiter import get_rate_limiter, limiter_name
 from chainray.actors.spend import Spend
+from chainray.actors.standby import Crew, keep_crew, take_crew
 from chainray.actors.step_runner import GuardHandles
-from chainray.api.cluster import job_config, join
+from chainray.api.cluster import connect_ray
 from chainray.api.config import SessionConfig
 from chainray.api.warm import WarmSimulator, WarmState, read_warm, warm_simulator
-from chainray.call.endpoint import Endpoint
+from chainray.call.endpoint import Endpoint, check_reachable
 from chainray.errors import InputError
 from chainray.limit.limits import Limits
 from chainray.limit.machine_budget import claim_budget
 from chainray.plan.learn import Learner
-from chainray.plan.profiles import endpoint_label
+from chainray.plan.profiles import OPENAI_URL, endpoint_label
 from chainray.report.progress import ProgressView, result_counts
 from chainray.results import RunResult
 from chainray.runner.jobs import RunJob, step_models
 from chainray.sim.config import SimConfig
 from chainray.sim.embedded import EmbeddedSimulator, start_simulator
 
-__all__ = ["Driver", "StopAborted", "connect_ray", "leave_ray", "OPENAI_URL"]
-
-OPENAI_URL = "https://api.openai.com/v1"
+__all__ = ["Driver", "StopAborted"]
 
 
 class StopAborted(KeyboardInterrupt):
     """A stop that could not wait for the requests in flight (a second interrupt, or the
     grace time ran out)."""
-
-
-def check_reachable(base_url: str, timeout_s: float = 5.0) -> None:
-    """Fail before anything runs when nothing listens at ``base_url`` (no request is sent)."""
-    parts = urllib.parse.urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"--base-url {base_url!r}: expected http(s)://host[:port]/v1")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
-    except OSError as exc:
-        raise InputError(f"cannot reach the endpoint {parts.scheme}://{parts.hostname}:{port} "
-                         f"({exc.strerror or exc}); check --base-url or OPENAI_BASE_URL"
-                         ) from None
-
-
-def connect_ray(address: str | None, dashboard: bool = True) -> None:
-    """Join ``address`` (or RAY_ADDRESS), else start a local Ray instance."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    quiet = {"logging_level": logging.ERROR, "log_to_driver": False, "namespace": "chainray"}
-    if address:
-        join(address, **quiet)  # token authentication found as Ray finds it; one-line errors
-    else:
-        ray.init(address="local", include_dashboard=dashboard, job_config=job_config(), **quiet)
-        atexit.register(leave_ray)  # before Ray's own exit hook, which is slower
-
-
-def leave_ray() -> None:
-    """Disconnect, and stop a Ray this process started. Its autoscaler monitor is stopped
-    first, by its PID: it outlives SIGTERM for the whole second ``ray.shutdown`` gives it
-    before killing it, a second of every cold run. The rest stops as Ray stops it."""
-    node = getattr(ray._private.worker, "_global_node", None)  # set only for a Ray we started
-    if node is not None and node.is_head():
-        for info in node.all_processes.get("monitor", ()):
-            if info.process.poll() is None:
-                info.process.kill()
-                try:
-                    info.process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass  # ray.shutdown tries again
-    ray.shutdown()
 
 
 _joined_warm: dict[str, int] = {}  # the daemon whose warm Ray this process joined
@@ -186,6 +133,8 @@ class Driver:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         if warm is not None:  # shared: its runners are the Coordinator's, not this driver's
             self.coordinator = ray.get_actor(warm.coordinator, namespace=warm.namespace)
+        elif (crew := take_crew(config.runners)) is not None:  # an earlier session's
+            self.coordinator, self.runners = crew.coordinator, crew.runners
         else:
             self.runners = start_step_runners(self.endpoint, config.runners, self.id)
             self.coordinator = Coordinator.options(
@@ -397,9 +346,9 @@ class Driver:
         return ray.get([handle.stats.remote() for handle in self.limiters.values()])
 
     def close(self) -> None:
-        """Say what the limiters learned; end the Coordinator, then its step runners (in that
-        order, gracefully: see ``end_actors``), and the embedded simulator, with the limiters
-        only it used; Ray stays up for this process's next session."""
+        """Say what the limiters learned; leave the Coordinator and its step runners to this
+        process's next session (``actors/standby.py``; Ray stays up for it too); stop the
+        embedded simulator, with the limiters only it used."""
         if (learner := getattr(self, "learner", None)) is not None:
             learner.flush()
         if self.limiters and ray.is_initialized():
@@ -410,10 +359,8 @@ class Driver:
             for model, stat in zip(self.limiters, stats, strict=False):
                 if stat["described"] != self.described.get(model):
                     self._say(f"{model}: {stat['described']}")
-        if ray.is_initialized() and self.warm is None:  # warm actors serve other drivers
-            for handles in ([self.coordinator] if self.coordinator is not None else [],
-                            self.runners):
-                end_actors(handles)
+        if ray.is_initialized() and self.warm is None and self.coordinator is not None:
+            keep_crew(Crew(self.coordinator, self.runners))  # warm actors are the daemon's
         self.coordinator, self.runners = None, []
         guards = getattr(self, "guards", None)  # the guard actors are this session's
         for handle in (guards.spend, guards.cache, guards.durations) if guards else ():

@@ -4,6 +4,8 @@ store of what each model accepts)."""
 
 from __future__ import annotations
 
+import socket
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -14,7 +16,7 @@ from chainray.call.adaptations import Adaptation
 from chainray.call.completion import Completion
 from chainray.call.streaming import StreamedReply
 from chainray.call.structured import response_format
-from chainray.errors import EndpointError
+from chainray.errors import EndpointError, InputError
 from chainray.guards.cache import CachedReply
 from chainray.guards.call_guards import CallGuards
 from chainray.limit.permit_scope import Limiter
@@ -24,7 +26,7 @@ if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
     import openai
 
 __all__ = ["Endpoint", "LLMRequest", "LLMReply", "AdaptationStore", "NoStore",
-           "CallServices", "make_client", "STEP_HEADER"]
+           "CallServices", "make_client", "check_reachable", "STEP_HEADER"]
 
 STEP_HEADER = "x-chainray-step"  # names the step in server logs (the simulator's /stats)
 
@@ -173,3 +175,17 @@ def make_client(endpoint: Endpoint) -> openai.AsyncOpenAI:
                                        timeout=timeout)
     return openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=key, max_retries=0,
                               timeout=timeout)
+
+
+def check_reachable(base_url: str, timeout_s: float = 5.0) -> None:
+    """Fail before anything runs when nothing listens at ``base_url`` (no request is sent)."""
+    parts = urllib.parse.urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"--base-url {base_url!r}: expected http(s)://host[:port]/v1")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise InputError(f"cannot reach the endpoint {parts.scheme}://{parts.hostname}:{port} "
+                         f"({exc.strerror or exc}); check --base-url or OPENAI_BASE_URL"
+                         ) from None

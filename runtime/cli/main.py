@@ -250,7 +250,7 @@ def _leave_ray() -> None:
     """Disconnect (and stop a Ray this command started) now rather than in Ray's exit hook,
     which first sleeps 0.5 s for worker logs that chainray does not forward anyway."""
     if _ray_is_up():
-        from chainray.api.session import leave_ray
+        from chainray.api.cluster import leave_ray
 
         leave_ray()
 

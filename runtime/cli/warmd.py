@@ -84,7 +84,7 @@ def serve(runners: int, models: list[str]) -> int:
     import ray
 
     from chainray.actors.coordinator import Coordinator, start_step_runners
-    from chainray.api.session import leave_ray
+    from chainray.api.cluster import leave_ray
     from chainray.sim.embedded import start_simulator
 
     stopping = threading.Event()
