@@ -49,6 +49,10 @@ _DEATHS = tuple(getattr(ray.exceptions, name) for name in (
     "ObjectReconstructionFailedError") if hasattr(ray.exceptions, name))
 
 
+def _journal_of(job: RunJob) -> Path | None:
+    return Path(job.journal_dir) / f"{job.run_id}.jsonl" if job.journal_dir else None
+
+
 def coordinator_name(session_id: str) -> str:
     return f"chainray-coordinator-{session_id}"
 
@@ -100,6 +104,7 @@ class Coordinator:
         self.stopped = False  # every run stops (stop() named no run)
         self.stopped_runs: set[str] = set()  # stop(run_ids): runs still live that stop
         self.lifeline = None  # exits when the raylet (and so the driver) is gone
+        self.node_id = ray.get_runtime_context().get_node_id()  # the driver's: its journals
 
     def __repr__(self) -> str:
         steps = sum(counts["running"] for counts in self.live.values())
@@ -109,6 +114,7 @@ class Coordinator:
     def _start_step(self, job: RunJob, schedule, limiters: Mapping[str, Any],
                     adaptations: Any = None, guards: GuardHandles | None = None,
                     endpoint: Endpoint | None = None):
+        journal = _journal_of(job)
         remaining = schedule.remaining_path()
         plans = schedule.plan
 
@@ -120,7 +126,8 @@ class Coordinator:
                 run_id=job.run_id, task_name=f"{job.chain.name}:{job.strategy}:{step_id}",
                 step=step, settings=job.settings(step_id), inputs=job.inputs,
                 sees=plans[step_id].sees, depends_on=plans[step_id].depends_on,
-                priority=float(remaining[step_id]) if job.priority else 0.0)
+                priority=float(remaining[step_id]) if job.priority else 0.0,
+                journal=None if journal is None else str(journal), journal_node=self.node_id)
             if step.kind == "python":
                 return run_python_step.options(name=request.task_name).remote(
                     request, *upstream.values())
@@ -140,8 +147,9 @@ class Coordinator:
             self.lifeline = watch_parent()
         schedule = resolve(job.chain, job.strategy)
         counts = self.live[job.run_id] = Counter(pending=len(schedule.steps))
-        # The driver opened the journal (header, lock); this only appends finished steps.
-        journal = Path(job.journal_dir) / f"{job.run_id}.jsonl" if job.journal_dir else None
+        # The driver opened the journal (header, lock); a step that ran on this node appended
+        # its reply itself (``StepRequest.journal``); this appends those that ran elsewhere.
+        journal = _journal_of(job)
 
         def update(step_id: str, state: str, result: StepResult | None) -> None:
             if state == "running":
@@ -155,7 +163,8 @@ class Coordinator:
             else:
                 counts["running"] -= 1
                 counts["done" if state == "ok" else "failed"] += 1
-            if result is not None and journal is not None and step_id not in job.resumed:
+            if (result is not None and journal is not None and step_id not in job.resumed
+                    and result.node_id != self.node_id):
                 append_step(journal, result)
             if result is not None and step_id not in job.resumed:  # sent by this invocation
                 counts["tokens"] += result.prompt_tokens + result.completion_tokens

@@ -163,3 +163,25 @@ def test_batch_resume_with_another_model_or_strategy_is_refused(tmp_path, monkey
     (journal_dir() / "bx1" / "manifest.json").write_text("{not json")
     assert main(["run", "progressive_refinement", "--resume", "bx1", *FAST]) == 2
     assert "not a batch manifest" in capsys.readouterr().err
+
+
+def _shout(inputs: dict, upstream: dict) -> str:
+    return inputs["topic"].upper()
+
+
+def test_a_step_journals_its_own_reply_on_the_journals_node_and_only_there(tmp_path):
+    """The process that received a reply writes it before returning it (a driver killed
+    meanwhile loses nothing); on another node the Coordinator writes it when it arrives."""
+    from chainray.runner.step_exec import StepRequest, execute_python_step
+    from chainray.spec.chain import ModelSettings, Step
+
+    journal = tmp_path / "r1.jsonl"
+    request = StepRequest(run_id="r1", task_name="c:hybrid:s", inputs={"topic": "tea"},
+                          step=Step(id="s", kind="python", call=_shout),
+                          settings=ModelSettings(), sees=(), depends_on=(),
+                          journal=str(journal), journal_node="node-a")
+    here = execute_python_step(request, (), lambda: ("node-a", "task-1"))
+    assert here.output == "TEA"
+    assert [json.loads(line)["output"] for line in journal.read_text().splitlines()] == ["TEA"]
+    elsewhere = execute_python_step(request, (), lambda: ("node-b", "task-2"))
+    assert elsewhere.status == "ok" and len(journal.read_text().splitlines()) == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
@@ -15,6 +16,7 @@ from chainray.call.error_table import TOO_LARGE, error_code
 from chainray.call.llm import Call
 from chainray.errors import EndpointError
 from chainray.results import StepResult
+from chainray.runner.journal import append_step
 from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ModelSettings, Step, resolve_call
 from chainray.spec.prompts import render_prompt
 from chainray.spec.templates import fill_template
@@ -39,6 +41,10 @@ class StepRequest(BaseModel):
     sees: tuple[str, ...]
     depends_on: tuple[str, ...]
     priority: float = 0.0
+    # The run's journal file and the node whose disk holds it: a step that finishes there
+    # journals its own reply before returning it, so a driver killed meanwhile loses nothing.
+    journal: str | None = None
+    journal_node: str | None = None
 
 
 def _upstream_texts(request: StepRequest, upstream: Sequence[StepResult]) -> dict[str, str]:
@@ -49,9 +55,12 @@ def _upstream_texts(request: StepRequest, upstream: Sequence[StepResult]) -> dic
 def _result(request: StepRequest, started: float, context: Callable[[], tuple], **fields):
     finished = time.time()
     node_id, task_id = context()
-    return StepResult(id=request.step.id, depends_on=request.depends_on, started_at=started,
-                      finished_at=finished, latency_ms=(finished - started) * 1000,
-                      node_id=node_id, task_id=task_id, **fields)
+    result = StepResult(id=request.step.id, depends_on=request.depends_on, started_at=started,
+                        finished_at=finished, latency_ms=(finished - started) * 1000,
+                        node_id=node_id, task_id=task_id, **fields)
+    if request.journal is not None and node_id == request.journal_node:
+        append_step(Path(request.journal), result)  # before anything else can be lost
+    return result
 
 
 def build_messages(request: StepRequest, upstream: Sequence[StepResult]) -> list[dict]:
