@@ -251,3 +251,18 @@ def test_the_simulator_cancels_a_job_and_says_so_per_line(batch_sim):
     assert cancelled.status == "cancelled"
     [row] = client.read(cancelled.error_file_id)
     assert row["custom_id"] == "r/s" and row["error"]["code"] == "batch_cancelled"
+
+
+def test_bench_rows_through_the_batch_api_cost_half_of_list():
+    from chainray.api.batch import bench_batch_api
+
+    server = BatchServer()
+    with server.running() as url:
+        config = SessionConfig(base_url=url, batch_api=True)
+        rows = bench_batch_api(load_chain("quantum_research"), ["sequential", "hybrid"], 2,
+                               None, config)
+    assert [r.strategy for r in rows] == ["sequential+batch"] * 2 + ["hybrid+batch"] * 2
+    assert all(r.status == "ok" for r in rows)
+    assert server.count["batch_create"] == 6 + 4  # one job per phase, repeats together
+    assert sum(r.estimated_cost for r in rows) == pytest.approx(
+        0.5 * _list_cost(server.billed), rel=0.01)

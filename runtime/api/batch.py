@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from chainray.api.resume import PreparedBatch
 
 __all__ = ["read_batch_inputs", "BatchTotals", "BatchWriter", "sent_totals",
-           "batch_forecast", "run_batch_api", "BatchApiRun"]
+           "batch_forecast", "run_batch_api", "BatchApiRun", "bench_batch_api"]
 
 
 def read_batch_inputs(path: str, chain: Chain, base: dict[str, str | None],
@@ -267,3 +267,19 @@ def _no_batch_api(exc: EndpointError, base_url: str) -> Exception:
     if exc.status in (401, 403) or exc.code == "connect_failed":
         return InputError(f"--batch-api: {exc}")
     return exc
+
+
+def bench_batch_api(chain: Chain, strategies: Iterable[str], repeat: int,
+                    inputs: dict | None, config: SessionConfig) -> list[RunResult]:
+    """``bench``'s Batch API rows: each strategy's ``repeat`` runs as one batch (one job per
+    phase for them all), labelled ``STRATEGY+batch`` so that they sit beside the online rows
+    of the same chain and inputs. Bench runs keep no journal."""
+    from chainray.api.resume import prepare_batch
+
+    rows: list[RunResult] = []
+    for strategy in strategies:
+        with prepare_batch([(chain, inputs)] * repeat, strategy, config=config,
+                           journal=False) as prepared:
+            ran = run_batch_api(prepared, config)
+        rows += [r.model_copy(update={"strategy": f"{strategy}+batch"}) for r in ran.results]
+    return rows

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from chainray.api import options as opts
-from chainray.api.batch import batch_forecast
+from chainray.api.batch import batch_forecast, bench_batch_api, run_batch_api
 from chainray.api.cluster import name_job
 from chainray.api.config import SessionConfig, configure
 from chainray.api.options import Objective, RunSpec, StrategyName
@@ -51,7 +51,9 @@ class Session:
 
     def __init__(self, config: SessionConfig | None = None, **overrides: Any) -> None:
         self.config = configure(config, **overrides)
-        self._driver: Driver | None = Driver(self.config)
+        self._closed, self._batch_spend = False, None
+        # batch_api: batches need no Ray; it starts only for online work (bench's rows)
+        self._driver: Driver | None = None if self.config.batch_api else Driver(self.config)
 
     @property
     def base_url(self) -> str:
@@ -59,8 +61,10 @@ class Session:
         return self._open().endpoint.base_url
 
     def _open(self) -> Driver:
-        if self._driver is None:
+        if self._closed:
             raise RuntimeError("this Session is closed; open a new one")
+        if self._driver is None:
+            self._driver = Driver(self.config)
         return self._driver
 
     def _run_jobs(self, jobs: Sequence[RunJob], window: int, label: str = "runs",
@@ -123,7 +127,13 @@ class Session:
     def run_prepared_batch(self, prepared: PreparedBatch, window: int = 64,
                            on_result: Callable[[RunResult], object] | None = None,
                            label: str = "runs") -> RunList:
-        """Run what ``prepare_batch`` prepared; see ``run_many``."""
+        """Run what ``prepare_batch`` prepared; see ``run_many``. With ``batch_api`` the
+        provider's Batch API runs it: one job per phase, at batch prices."""
+        if self.config.batch_api:
+            ran = run_batch_api(prepared, self.config, on_result or (lambda _: None))
+            self._batch_spend = ran.spend
+            return RunList(ran.results, spend=ran.spend, batch_id=prepared.batch_id,
+                           resumed=list(prepared.finished))
         def finished(result: RunResult) -> None:
             prepared.finish(result)
             if on_result is not None:
@@ -144,8 +154,14 @@ class Session:
     def bench(self, chain: Chain | str, strategies: Sequence[str] = STRATEGIES,
               repeat: int = 1, inputs: Mapping[str, Any] | None = None) -> RunList:
         """Run ``chain`` under each strategy, ``repeat`` times, one run at a time (so that
-        strategies never share the rate-limit budget), on identical inputs."""
-        return self._run_jobs(_bench_jobs(chain, strategies, repeat, inputs, self.config), 1)
+        strategies never share the rate-limit budget), on identical inputs. With
+        ``batch_api`` each strategy also runs through the Batch API (rows ``STRATEGY+batch``)
+        on the same chain and inputs, to compare time and cost."""
+        online = self._run_jobs(_bench_jobs(chain, strategies, repeat, inputs, self.config), 1)
+        if not self.config.batch_api:
+            return online
+        rows = bench_batch_api(opts.as_chain(chain), strategies, repeat, inputs, self.config)
+        return RunList([*online, *rows], online.not_started, online.spend)
 
     async def arun(self, chain: Chain | str, strategy: StrategyName = "hybrid",
                    inputs: Mapping[str, Any] | None = None, *,
@@ -165,6 +181,8 @@ class Session:
         """What the ``max_cost`` cap allowed so far: ``cap_usd``, ``spent_usd`` (real usage
         at the price table), ``refused`` calls and whether it ``stopped`` admission; ``None``
         without a cap."""
+        if self._driver is None and not self._closed:
+            return self._batch_spend
         return self._open().spend_state()
 
     def limiter_stats(self) -> list[dict]:
@@ -173,6 +191,7 @@ class Session:
 
     def close(self) -> None:
         """Stop the embedded simulator and this session's actors (Ray itself stays up)."""
+        self._closed = True
         if self._driver is not None:
             self._driver.close()
             self._driver = None
