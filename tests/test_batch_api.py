@@ -177,11 +177,11 @@ def test_the_spend_cap_reserves_a_jobs_worst_case_before_creating_it(inputs):
     assert ran.spend["stopped"] and ran.spend["spent_usd"] == 0
 
 
-def _driver(url: str, inputs: Path, home: str, *extra: str) -> subprocess.Popen:
+def _driver(url: str, home: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "CHAINRAY_HOME": home}
     return subprocess.Popen(
         [sys.executable, "-m", "chainray.cli.main", "run", "quantum_research", "--base-url",
-         url, "--batch-api", "--quiet", *extra], env=env, stdout=subprocess.PIPE,
+         url, "--quiet", *extra], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -189,7 +189,7 @@ def test_a_killed_driver_resumes_by_polling_its_job_not_creating_it_again(tmp_pa
     home = str(tmp_path / "home")
     server = BatchServer(hold=True)
     with server.running() as url:
-        driver = _driver(url, inputs, home, "--inputs", str(inputs))
+        driver = _driver(url, home, "--batch-api", "--inputs", str(inputs))
         ends = time.monotonic() + 60
         while not server.retrieved and time.monotonic() < ends:  # the first job is polled
             time.sleep(0.05)
@@ -200,7 +200,8 @@ def test_a_killed_driver_resumes_by_polling_its_job_not_creating_it_again(tmp_pa
         polled_before = server.retrieved[held]
         server.hold = False
         batch_id = next((Path(home) / "runs").iterdir()).name
-        resumed = _driver(url, inputs, home, "--resume", batch_id, "--json",
+        # no --batch-api: the batch's journal says it went through the Batch API
+        resumed = _driver(url, home, "--resume", batch_id, "--json",
                           str(tmp_path / "out.jsonl"))
         out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
@@ -266,3 +267,34 @@ def test_bench_rows_through_the_batch_api_cost_half_of_list():
     assert server.count["batch_create"] == 6 + 4  # one job per phase, repeats together
     assert sum(r.estimated_cost for r in rows) == pytest.approx(
         0.5 * _list_cost(server.billed), rel=0.01)
+
+
+# -- --deadline: batch or online -----------------------------------------------------------
+
+def test_the_advisor_picks_by_deadline_and_cost_and_says_where_turnaround_came_from():
+    from chainray.plan.advisor import batch_or_online
+
+    window = "the provider's documented completion window"
+    online, why = batch_or_online(7200, 60, 1.0, 0.5, 4, 86400, window)
+    assert online is False and "may not finish within" in why[-1] and window in why[1]
+    batch, why = batch_or_online(7200, 60, 1.0, 0.5, 4, 30, "median of 3 job(s)")
+    assert batch is True and "costs less" in why[-1]
+    batch, why = batch_or_online(100, 600, 1.0, 0.5, 4, 20, "median of 3 job(s)")
+    assert batch is True and "only the Batch API fits" in why[-1]
+
+
+def test_deadline_advice_uses_measured_turnarounds_else_the_completion_window(
+        tmp_path, monkeypatch):
+    from chainray.api.planning import batch_api_advice
+
+    monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))
+    chain = load_chain("quantum_research")
+    config = SessionConfig(base_url="http://127.0.0.1:9/v1", deadline="2h")
+    use, why = batch_api_advice(config, chain, "hybrid", [{"topic": "t"}] * 5, 64)
+    assert use is False and "completion window" in why[1]
+    log = tmp_path / "runs" / "b1" / "jobs.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text('{"event": "uploaded", "file": "f", "lines": {}}\n'
+                   '{"event": "collected", "file": "f", "turnaround_s": 40.0}\n')
+    use, why = batch_api_advice(config, chain, "hybrid", [{"topic": "t"}] * 5, 64)
+    assert use is True and "median of 1 job(s)" in why[1] and "4 job(s)" in why[1]

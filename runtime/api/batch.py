@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from chainray.api.resume import PreparedBatch
 
 __all__ = ["read_batch_inputs", "BatchTotals", "BatchWriter", "sent_totals",
-           "batch_forecast", "run_batch_api", "BatchApiRun", "bench_batch_api"]
+           "batch_forecast", "run_batch_api", "BatchApiRun", "bench_batch_api",
+           "uses_batch_api"]
 
 
 def read_batch_inputs(path: str, chain: Chain, base: dict[str, str | None],
@@ -283,3 +284,11 @@ def bench_batch_api(chain: Chain, strategies: Iterable[str], repeat: int,
             ran = run_batch_api(prepared, config)
         rows += [r.model_copy(update={"strategy": f"{strategy}+batch"}) for r in ran.results]
     return rows
+
+
+def uses_batch_api(prepared: PreparedBatch, config: SessionConfig) -> bool:
+    """``batch_api``, or a batch resumed whose jobs went through the Batch API: its jobs
+    that an earlier invocation created are polled, never sent again online."""
+    record = prepared.record
+    return config.batch_api or (record is not None
+                                and (record.folder / "jobs.jsonl").is_file())

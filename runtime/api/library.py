@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from chainray.api import options as opts
-from chainray.api.batch import batch_forecast, bench_batch_api, run_batch_api
+from chainray.api.batch import batch_forecast, bench_batch_api, run_batch_api, uses_batch_api
 from chainray.api.cluster import name_job
 from chainray.api.config import SessionConfig, configure
 from chainray.api.options import Objective, RunSpec, StrategyName
@@ -129,7 +129,7 @@ class Session:
                            label: str = "runs") -> RunList:
         """Run what ``prepare_batch`` prepared; see ``run_many``. With ``batch_api`` the
         provider's Batch API runs it: one job per phase, at batch prices."""
-        if self.config.batch_api:
+        if uses_batch_api(prepared, self.config):
             ran = run_batch_api(prepared, self.config, on_result or (lambda _: None))
             self._batch_spend = ran.spend
             return RunList(ran.results, spend=ran.spend, batch_id=prepared.batch_id,

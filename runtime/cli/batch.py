@@ -9,8 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chainray.api.batch import BatchWriter, batch_forecast, read_batch_inputs, run_batch_api
-from chainray.api.config import SessionConfig
+from chainray.api.batch import (
+    BatchWriter,
+    batch_forecast,
+    read_batch_inputs,
+    run_batch_api,
+    uses_batch_api,
+)
+from chainray.api.config import SessionConfig, configure
 from chainray.api.resume import BatchRecord, PreparedBatch, prepare_batch
 from chainray.cli.flags import cap_message, pick_strategy, prepare, resume_hint
 from chainray.errors import InputError
@@ -58,17 +64,36 @@ def _batch_api(batch: PreparedBatch, config: SessionConfig,
     return ran.spend, False, []
 
 
+def _advise(config: SessionConfig, chain: Chain, strategy: str, inputs: list[dict],
+            window: int) -> SessionConfig:
+    """--deadline without --batch-api: the advisor picks the Batch API or online calls."""
+    from chainray.api.planning import batch_api_advice
+
+    use_batch, reasons = batch_api_advice(config, chain, strategy, inputs, window)
+    print(f"--deadline: {'the Batch API' if use_batch else 'online calls'}, because:",
+          file=sys.stderr)
+    for reason in reasons:
+        print(f"  - {reason}", file=sys.stderr)
+    return configure(config, batch_api=use_batch)
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     if args.timeline:
         raise InputError("--timeline is for single runs, not a batch (--inputs)")
     chain, base, config = prepare(args)
     strategy = pick_strategy(chain, args)
     items = [(chain, inputs) for inputs in _lines(args, chain, base)]
+    if config.deadline is not None and not config.batch_api:
+        config = _advise(config, chain, strategy, [inputs for _, inputs in items],
+                         args.batch_window)
     with prepare_batch(items, strategy, config=config, resume=args.resume,
                        journal=not args.no_journal) as batch:
         if batch.record is not None:
             print(f"batch {batch.batch_id} (folder {batch.record.folder}; if interrupted: "
                   f"{resume_hint(args, strategy, batch.batch_id)})", file=sys.stderr)
+        if uses_batch_api(batch, config) and not config.batch_api:
+            print("resuming through the Batch API, as the batch began", file=sys.stderr)
+            config = configure(config, batch_api=True)
         if batch.finished:
             print(f"resuming: {len(batch.finished)} finished run(s) will not run again; "
                   f"{len(batch.todo)} to go", file=sys.stderr)

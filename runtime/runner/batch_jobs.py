@@ -27,7 +27,8 @@ from chainray.call.error_table import NO_RETRY_429
 from chainray.errors import EndpointError
 from chainray.runner.step_exec import StepRequest, llm_request
 
-__all__ = ["custom_id", "split_custom_id", "LineState", "line_outcome", "JobLog", "JobEntry"]
+__all__ = ["custom_id", "split_custom_id", "LineState", "line_outcome", "JobLog", "JobEntry",
+           "measured_turnarounds"]
 
 
 def custom_id(run_id: str, step_id: str) -> str:
@@ -176,3 +177,9 @@ class JobLog:
 
     def turnarounds(self) -> list[float]:
         return [e.turnaround_s for e in self.entries.values() if e.turnaround_s is not None]
+
+
+def measured_turnarounds(runs_dir: Path) -> list[float]:
+    """Every job turnaround (seconds) the batches under ``runs_dir`` journaled."""
+    return [t for path in sorted(runs_dir.glob("*/jobs.jsonl"))
+            for t in JobLog(path).turnarounds()]
