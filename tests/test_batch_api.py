@@ -298,3 +298,16 @@ def test_deadline_advice_uses_measured_turnarounds_else_the_completion_window(
                    '{"event": "collected", "file": "f", "turnaround_s": 40.0}\n')
     use, why = batch_api_advice(config, chain, "hybrid", [{"topic": "t"}] * 5, 64)
     assert use is True and "median of 1 job(s)" in why[1] and "4 job(s)" in why[1]
+
+
+def test_a_session_with_batch_api_runs_many_without_ray():
+    import chainray
+
+    server = BatchServer()
+    with server.running() as url:
+        with chainray.Session(batch_api=True, base_url=url) as session:
+            runs = session.run_many([("quantum_research", {"topic": "a"}),
+                                     ("quantum_research", {"topic": "b"})], "sequential")
+    assert [r.status for r in runs] == ["ok", "ok"] and runs.batch_id
+    assert server.count["batch_create"] == 6 and server.count["chat"] == 0
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()

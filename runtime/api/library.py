@@ -9,6 +9,7 @@ same ones as flags). Runs keep a journal, so ``resume=`` finishes one whose proc
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from chainray.api.batch import batch_forecast, bench_batch_api, run_batch_api, u
 from chainray.api.cluster import name_job
 from chainray.api.config import SessionConfig, configure
 from chainray.api.options import Objective, RunSpec, StrategyName
+from chainray.api.planning import batch_api_advice
 from chainray.api.resume import PreparedBatch, PreparedRun, prepare_batch, prepare_run
 from chainray.api.runs import RunList, run_in_order
 from chainray.api.session import Driver
@@ -128,8 +130,9 @@ class Session:
                            on_result: Callable[[RunResult], object] | None = None,
                            label: str = "runs") -> RunList:
         """Run what ``prepare_batch`` prepared; see ``run_many``. With ``batch_api`` the
-        provider's Batch API runs it: one job per phase, at batch prices."""
-        if uses_batch_api(prepared, self.config):
+        provider's Batch API runs it: one job per phase, at batch prices (with ``deadline``
+        alone, if the advisor picks it)."""
+        if uses_batch_api(prepared, self.config) or self._batch_advised(prepared):
             ran = run_batch_api(prepared, self.config, on_result or (lambda _: None))
             self._batch_spend = ran.spend
             return RunList(ran.results, spend=ran.spend, batch_id=prepared.batch_id,
@@ -150,6 +153,19 @@ class Session:
         return RunList([by_id[job.run_id] for job in prepared.jobs],
                        not_started=ran.not_started, spend=ran.spend,
                        batch_id=prepared.batch_id, resumed=list(prepared.finished))
+
+    def _batch_advised(self, prepared: PreparedBatch) -> bool:
+        """With ``deadline`` (and no ``batch_api``): the advisor's pick, its reasons logged."""
+        todo = prepared.todo
+        if self.config.deadline is None or not todo or len(
+                {(j.chain, j.strategy) for j in todo}) != 1:
+            return False
+        use, reasons = batch_api_advice(self.config, todo[0].chain, todo[0].strategy,
+                                        [job.inputs for job in todo], 64)
+        logging.getLogger("chainray").info("deadline: %s, because: %s",
+                                           "the Batch API" if use else "online calls",
+                                           "; ".join(reasons))
+        return use
 
     def bench(self, chain: Chain | str, strategies: Sequence[str] = STRATEGIES,
               repeat: int = 1, inputs: Mapping[str, Any] | None = None) -> RunList:
