@@ -88,6 +88,13 @@ class BatchServer:
             self._finish(job)
         return web.json_response(_public(job))
 
+    async def cancel(self, request: web.Request) -> web.Response:
+        self.count["batch_cancel"] += 1
+        job = self.jobs[request.match_info["id"]]
+        if job["status"] == "in_progress":
+            job["status"] = "cancelled"  # nothing ran: no output or error file
+        return web.json_response(_public(job))
+
     async def listing(self, request: web.Request) -> web.Response:
         self.count["batch_list"] += 1
         return web.json_response({"object": "list", "has_more": False,
@@ -151,7 +158,8 @@ class BatchServer:
                        web.get("/v1/files/{id}/content", self.content),
                        web.post("/v1/batches", self.create),
                        web.get("/v1/batches", self.listing),
-                       web.get("/v1/batches/{id}", self.retrieve)]
+                       web.get("/v1/batches/{id}", self.retrieve),
+                       web.post("/v1/batches/{id}/cancel", self.cancel)]
         app.add_routes(routes)
         runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(runner.setup())

@@ -311,3 +311,41 @@ def test_a_session_with_batch_api_runs_many_without_ray():
     assert [r.status for r in runs] == ["ok", "ok"] and runs.batch_id
     assert server.count["batch_create"] == 6 and server.count["chat"] == 0
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_a_deadline_cancels_the_job_still_running_and_sends_nothing_more():
+    server = BatchServer(hold=True)
+    with server.running() as url:
+        config = SessionConfig(base_url=url, batch_api=True, deadline="1s")
+        items = [("quantum_research", {"topic": f"t{i}"}) for i in range(2)]
+        with prepare_batch(items, "hybrid", config=config, journal=False) as batch:
+            ran = run_batch_api(batch, config)
+    assert server.count["batch_create"] == 1 and server.count["batch_cancel"] == 1
+    assert {r.status for r in ran.results} == {"failed"}
+    assert {r.error_code for r in ran.results} <= {"timeout", "interrupted"}
+    assert not server.billed
+
+
+def test_a_job_created_but_not_journaled_is_found_by_its_file(monkeypatch):
+    from chainray.runner.batch_jobs import JobLog
+
+    class Died(BaseException):
+        """the driver dies between creating a job and journaling its id"""
+
+    def die(self, file_id, job_id):
+        raise Died
+
+    server = BatchServer()
+    items = [("quantum_research", {"topic": f"t{i}"}) for i in range(2)]
+    with server.running() as url:
+        config = SessionConfig(base_url=url, batch_api=True)
+        with monkeypatch.context() as patch:
+            patch.setattr(JobLog, "created", die)
+            with pytest.raises(Died), prepare_batch(items, "hybrid", config=config,
+                                                    batch_id="bfound") as batch:
+                run_batch_api(batch, config)
+        with prepare_batch(items, "hybrid", config=config, resume="bfound") as batch:
+            ran = run_batch_api(batch, config)
+    assert ran.report.adopted_jobs == 1 and server.count["batch_list"] == 1
+    assert server.count["batch_create"] == 4  # the found job was not created again
+    assert len(server.billed) == 2 * 6 and [r.status for r in ran.results] == ["ok", "ok"]

@@ -57,7 +57,12 @@ def _batch_api(batch: PreparedBatch, config: SessionConfig,
     started). A Ctrl-C leaves the job running at the provider: the resume polls it."""
     print("--batch-api: one Batch API job per phase; results arrive as jobs end (the "
           "provider promises 24h, most end far sooner)", file=sys.stderr)
-    ran = run_batch_api(batch, config, on_result=writer.add)
+    try:
+        ran = run_batch_api(batch, config, on_result=writer.add)
+    except KeyboardInterrupt:  # the jobs are journaled: a resume polls them, paying nothing
+        print("chainray: the Batch API job in progress keeps running at the provider and "
+              "is paid for; a resume polls it instead of creating it again", file=sys.stderr)
+        return None, True, []
     writer.totals.batch_api = {"jobs": ran.report.jobs, "adopted_jobs": ran.report.adopted_jobs,
                                "lines": ran.report.lines, "requests": ran.report.requests,
                                "turnaround_s": ran.report.turnaround_s}

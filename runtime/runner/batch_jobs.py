@@ -89,8 +89,9 @@ def _line_error(line: Mapping[str, Any]) -> EndpointError:
     kind = error.get("type") if isinstance(error.get("type"), str) else None
     param = error.get("param") if isinstance(error.get("param"), str) else None
     message = str(error.get("message") or f"the batch line failed (HTTP {status})")
-    retryable = status is None or status >= 500 or status in (408, 409) or (
-        status == 429 and code not in NO_RETRY_429 and kind != "insufficient_quota")
+    retryable = (status is None and code != "batch_cancelled") or (status or 0) >= 500 or \
+        status in (408, 409) or (status == 429 and code not in NO_RETRY_429
+                                  and kind != "insufficient_quota")
     return EndpointError(f"batch line: {message}"[:500], status=status, code=code, type=kind,
                          param=param, retryable=retryable)
 

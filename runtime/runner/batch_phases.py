@@ -43,8 +43,9 @@ __all__ = ["BatchServices", "BatchReport", "RunState", "journal_step", "step_res
 @dataclass
 class BatchServices:
     """What a batch execution uses: the Batch API client, the endpoint's URL (adaptations are
-    remembered per endpoint), prices, the job log, an optional spend cap, and how long a job
-    may take (default: the provider's completion window plus an hour)."""
+    remembered per endpoint), prices, the job log, an optional spend cap, and how long all
+    its jobs may take (default: the provider's completion window plus an hour; then a job
+    still running is cancelled, keeping the lines it finished, and nothing new is sent)."""
 
     client: BatchClient
     base_url: str

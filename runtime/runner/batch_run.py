@@ -45,6 +45,7 @@ class BatchExecution:
         self.jobs, self.services = list(jobs), services
         self.report = BatchReport()
         self.learned: dict[str, dict[str, Adaptation]] = {}  # model -> what it rejected
+        self.ends = time.monotonic() + services.wait_s  # for every job of this invocation
 
     def run(self, on_result: Callable[[RunResult], object] = lambda _: None
             ) -> list[RunResult]:
@@ -64,6 +65,10 @@ class BatchExecution:
             if not waiting:
                 break
             lines, waiting = waiting, []
+            if self._left_s() <= 0:  # the deadline passed: nothing more is created
+                for line in lines:
+                    self._settle(line, _too_late(), None, by_run)
+                continue
             for line, outcome, job in self._send(lines):
                 if (again := self._settle(line, outcome, job, by_run)) is not None:
                     waiting.append(again)
@@ -78,6 +83,9 @@ class BatchExecution:
         return LineState(request=request,
                          messages=build_messages(request, state.upstream(step_id)),
                          models=models_of(request.settings))
+
+    def _left_s(self) -> float:
+        return max(0.0, self.ends - time.monotonic())
 
     # -- one job --------------------------------------------------------------------------
     def _send(self, lines: list[LineState]) -> list[tuple[LineState, Outcome, BatchJob | None]]:
@@ -121,16 +129,20 @@ class BatchExecution:
         return outcomes
 
     def _collect(self, entry: JobEntry) -> tuple[BatchJob, dict[str, dict]]:
-        """Wait for a job to end (cancelling it when ``wait_s`` runs out), then read its
+        """Wait for a job to end (cancelling it when ``wait_s`` has run out), then read its
         output and error files: (the job, result lines by custom_id). The log marks it
         collected only once the caller has its lines."""
         client, services = self.services.client, self.services
-        job = client.wait(entry.job_id, services.wait_s)
+        job = client.wait(entry.job_id, self._left_s())
         if not job.ended:
             services.say(f"batch job {job.id} did not end in time: cancelling it; the lines "
                          "it finished are kept")
-            client.cancel(job.id)
-            job = client.wait(job.id, min(services.wait_s, 600.0))
+            try:
+                client.cancel(job.id)
+                job = client.wait(job.id, 600.0)  # a cancellation ends within minutes
+            except EndpointError as error:
+                services.say(f"batch job {job.id} could not be cancelled ({error}); a "
+                             "resume polls it")
         lines = {line["custom_id"]: line
                  for line in client.read(job.output_file_id) + client.read(job.error_file_id)}
         turnaround = time.time() - entry.created_at if entry.created_at else None
@@ -228,6 +240,11 @@ def _adopted(run: RunJob, step_id: str, model: str, line: dict | None,
                       cached_tokens=outcome.cached_tokens, truncated=outcome.truncated,
                       usage_estimated=outcome.usage_estimated, batch_job=job.id,
                       started_at=created, finished_at=time.time())
+
+
+def _too_late() -> EndpointError:
+    return EndpointError("the deadline (--deadline) passed before this step was sent; "
+                         "resume the batch to send it", code="timeout")
 
 
 def _job_failed(job: BatchJob) -> EndpointError:
