@@ -97,7 +97,8 @@ class RunState:
         return [self.results[d] for d in self.plans[step_id].sees]
 
     def advance(self) -> list[str]:
-        """Finish what needs no endpoint; the llm steps ready to send (each returned once)."""
+        """Finish what needs no endpoint (a python step's dependents too); the llm steps
+        ready to send, each returned once."""
         ready: list[str] = []
         while self.sorter.is_active() and (found := self.sorter.get_ready()):
             for step_id in found:
@@ -112,8 +113,6 @@ class RunState:
                                                     self.upstream(step_id)))
                 else:
                     ready.append(step_id)
-            if ready:
-                break
         return ready
 
     def _skip(self, step_id: str) -> tuple[str, str] | None:

@@ -106,7 +106,7 @@ class BatchExecution:
             job = services.client.create(file_id, {"chainray": "batch-api"})
             services.log.created(file_id, job.id)
         except BaseException:
-            if reservation is not None:  # nothing was created: nothing can be billed
+            if reservation is not None:  # the invocation ends here, and its cap's book
                 services.spend.settle(reservation, 0.0)
             raise
         self.report.jobs += 1
