@@ -349,3 +349,22 @@ def test_a_job_created_but_not_journaled_is_found_by_its_file(monkeypatch):
     assert ran.report.adopted_jobs == 1 and server.count["batch_list"] == 1
     assert server.count["batch_create"] == 4  # the found job was not created again
     assert len(server.billed) == 2 * 6 and [r.status for r in ran.results] == ["ok", "ok"]
+
+
+def test_ctrl_c_while_a_job_runs_exits_130_and_the_resume_polls_that_job(tmp_path, inputs):
+    home = str(tmp_path / "home")
+    server = BatchServer(hold=True)
+    with server.running() as url:
+        driver = _driver(url, home, "--batch-api", "--inputs", str(inputs))
+        ends = time.monotonic() + 60
+        while not server.retrieved and time.monotonic() < ends:
+            time.sleep(0.05)
+        os.killpg(driver.pid, signal.SIGINT)
+        _, err = driver.communicate(timeout=60)
+        server.hold = False
+        batch_id = next((Path(home) / "runs").iterdir()).name
+        resumed = _driver(url, home, "--resume", batch_id)
+        resumed.communicate(timeout=120)
+    assert driver.returncode == 130 and "a resume polls it" in err
+    assert resumed.returncode == 0 and server.created_ids.count("job0") == 1
+    assert server.count["batch_create"] == 4 and len(server.billed) == RUNS * 6
