@@ -57,6 +57,11 @@ def _batch_api(batch: PreparedBatch, config: SessionConfig,
     started). A Ctrl-C leaves the job running at the provider: the resume polls it."""
     print("--batch-api: one Batch API job per phase; results arrive as jobs end (the "
           "provider promises 24h, most end far sooner)", file=sys.stderr)
+    ignored = [flag for flag, value in (("--cache", config.cache),
+                                         ("--hedge-after", config.hedge_after)) if value]
+    if ignored:
+        print(f"chainray: {', '.join(ignored)}: online calls only; not used under --batch-api",
+              file=sys.stderr)
     try:
         ran = run_batch_api(batch, config, on_result=writer.add)
     except KeyboardInterrupt:  # the jobs are journaled: a resume polls them, paying nothing
