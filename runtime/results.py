@@ -83,6 +83,7 @@ class StepResult(BaseModel):
     cached: bool = False  # answered from the response cache: no request was sent
     hedged: bool = False  # a straggler: a duplicate request was sent, the first answer taken
     model: str | None = None
+    batch_job: str | None = None  # the Batch API job that answered it (priced at batch prices)
     node_id: str | None = None
     task_id: str | None = None
 

@@ -13,25 +13,29 @@ that did not finish ``ok``, each without re-sending its finished steps.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, NamedTuple
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from chainray.api.preflight import input_problems, refuse
-from chainray.errors import InputError
+from chainray.errors import EndpointError, InputError
 from chainray.results import RunResult
+from chainray.runner.batch_phases import BatchReport
 from chainray.spec.chain import Chain
 from chainray.spec.problems import suggest
 
 if TYPE_CHECKING:
     from chainray.api.config import SessionConfig
+    from chainray.api.resume import PreparedBatch
 
 __all__ = ["read_batch_inputs", "BatchTotals", "BatchWriter", "sent_totals",
-           "batch_forecast"]
+           "batch_forecast", "run_batch_api", "BatchApiRun", "bench_batch_api",
+           "uses_batch_api"]
 
 
 def read_batch_inputs(path: str, chain: Chain, base: dict[str, str | None],
@@ -97,6 +101,9 @@ class BatchTotals(BaseModel):
     run_totals: dict[str, int] = {"api_calls": 0, "rate_limited": 0, "total_tokens": 0}
     not_started: list[str] = []  # runs the spend cap kept from starting (resume them)
     spend: dict | None = None  # with --max-cost: cap_usd, spent_usd, refused, stopped
+    # with --batch-api: jobs created, jobs adopted from an earlier invocation, lines sent,
+    # Batch API requests (uploads, creates, polls, reads), each job's turnaround in seconds
+    batch_api: dict | None = None
 
     @property
     def not_ok(self) -> int:
@@ -186,3 +193,102 @@ def batch_forecast(config: SessionConfig, chain: Chain, strategy: str, inputs: l
                           max_concurrency=config.max_concurrency, window=window,
                           target_share=config.target_share, inputs=inputs, model=latency,
                           replies=replies)
+
+
+class BatchApiRun(NamedTuple):
+    """What ``run_batch_api`` did: each run's result (in the batch's order, finished ones
+    included), what the Batch API side did, and the spend cap's account (None without)."""
+
+    results: list[RunResult]
+    report: BatchReport
+    spend: dict | None
+
+
+def run_batch_api(prepared: PreparedBatch, config: SessionConfig,
+                  on_result: Callable[[RunResult], object] = lambda _: None) -> BatchApiRun:
+    """Run a prepared batch through the provider's Batch API (``batch_api=True``): one job
+    per phase (``chainray.runner.batch_run``), no Ray and no direct chat request. With no
+    endpoint given, the embedded simulator (which serves the Batch API too) is started.
+    An endpoint without the Batch API (404) is refused as bad input; nothing was paid."""
+    from chainray.call.batch_client import COMPLETION_WINDOW_S, BatchClient
+    from chainray.call.endpoint import Endpoint
+    from chainray.guards.spend import SpendBook
+    from chainray.plan.cost import load_prices
+    from chainray.runner.batch_jobs import JobLog
+    from chainray.runner.batch_phases import BatchServices
+    from chainray.runner.batch_run import BatchExecution
+
+    def finished(result: RunResult) -> None:
+        prepared.finish(result)
+        on_result(result)
+
+    def say(line: str) -> None:
+        if config.progress:
+            print(f"chainray: {line}", file=sys.stderr, flush=True)
+
+    simulator = _batch_simulator(config) if config.uses_simulator else None
+    try:
+        base_url = simulator.base_url if simulator else (
+            config.base_url or config.env.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
+        key = "sim-no-key-needed" if simulator else config.endpoint_key() or "none"
+        endpoint = Endpoint(base_url=base_url, api_key=SecretStr(key),
+                            timeout_s=config.timeout, max_attempts=config.max_attempts,
+                            backoff_s=config.backoff_s, api_version=config.api_version)
+        log = JobLog(prepared.record.folder / "jobs.jsonl" if prepared.record else None)
+        spend = SpendBook(config.max_cost) if config.max_cost is not None else None
+        execution = BatchExecution(prepared.todo, BatchServices(
+            BatchClient(endpoint), base_url, load_prices(config.prices), log, spend,
+            wait_s=config.deadline or COMPLETION_WINDOW_S + 3600,
+            max_lines=config.max_attempts, say=say))
+        try:
+            ran = execution.run(finished)
+        except EndpointError as exc:
+            raise _no_batch_api(exc, base_url) from None
+    finally:
+        if simulator is not None:
+            simulator.stop()
+    by_id = {**prepared.finished, **{r.run_id: r for r in ran}}
+    state = None if spend is None else {**spend.state(), "stopped": spend.refused > 0}
+    return BatchApiRun([by_id[job.run_id] for job in prepared.jobs], execution.report, state)
+
+
+def _batch_simulator(config: SessionConfig):
+    from chainray.sim.embedded import start_simulator
+
+    return start_simulator("--speed", str(config.sim_speed), *config.sim_flags)
+
+
+def _no_batch_api(exc: EndpointError, base_url: str) -> Exception:
+    """A Batch API request that failed: bad input when the endpoint has no Batch API (or
+    refuses the key), else the failure as it is."""
+    if exc.status in (404, 405):
+        return InputError(f"--batch-api: the endpoint {base_url} has no Batch API "
+                          f"(/v1/files or /v1/batches answered HTTP {exc.status}); run "
+                          "without --batch-api. Nothing was paid")
+    if exc.status in (401, 403) or exc.code == "connect_failed":
+        return InputError(f"--batch-api: {exc}")
+    return exc
+
+
+def bench_batch_api(chain: Chain, strategies: Iterable[str], repeat: int,
+                    inputs: dict | None, config: SessionConfig) -> list[RunResult]:
+    """``bench``'s Batch API rows: each strategy's ``repeat`` runs as one batch (one job per
+    phase for them all), labelled ``STRATEGY+batch`` so that they sit beside the online rows
+    of the same chain and inputs. Bench runs keep no journal."""
+    from chainray.api.resume import prepare_batch
+
+    rows: list[RunResult] = []
+    for strategy in strategies:
+        with prepare_batch([(chain, inputs)] * repeat, strategy, config=config,
+                           journal=False) as prepared:
+            ran = run_batch_api(prepared, config)
+        rows += [r.model_copy(update={"strategy": f"{strategy}+batch"}) for r in ran.results]
+    return rows
+
+
+def uses_batch_api(prepared: PreparedBatch, config: SessionConfig) -> bool:
+    """``batch_api``, or a batch resumed whose jobs went through the Batch API: its jobs
+    that an earlier invocation created are polled, never sent again online."""
+    record = prepared.record
+    return config.batch_api or (record is not None
+                                and (record.folder / "jobs.jsonl").is_file())

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 
+from chainray.durations import parse_duration
 from chainray.errors import InputError
 from chainray.guards.cache import cache_dir
 from chainray.runner.jobs import RunOptions
@@ -48,6 +49,20 @@ def _share(name: str, value: Any) -> Any:
     if value is not None and not (_is_number(value) and 0 < value <= 1):
         raise InputError(f"{name} must lie in (0, 1], got {value!r}")
     return value
+
+
+def _duration(name: str, value: Any) -> float | None:
+    """Seconds from a number or a duration such as ``30m``, ``2h``, ``1h30m``."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value) if _is_number(value) else parse_duration(str(value))
+    except ValueError:
+        seconds = None
+    if seconds is None or not seconds > 0 or seconds == float("inf"):
+        raise InputError(f"{name} (--{name}) must be a duration greater than 0 such as 90s, "
+                         f"30m or 2h, got {value!r}")
+    return seconds
 
 
 def cache_folder(cache: CacheOption) -> str | None:
@@ -107,6 +122,12 @@ class SessionConfig(RunOptions):
                                     "the session (else at first use)")
     sim_flags: tuple[str, ...] = Field((), description="extra embedded simulator flags")
     runners: int = Field(2, description="step-runner actors")
+    batch_api: bool = Field(False, description="a batch (run_many, --inputs) goes through "
+                            "the provider's Batch API (/v1/files, /v1/batches): one job per "
+                            "phase, at batch prices")
+    deadline: float | None = Field(None, description="seconds (or a duration: 30m, 2h) the "
+                                   "results may take: the advisor picks the Batch API or "
+                                   "online calls by it and cost, and says why")
     limiter_namespace: str = Field("chainray", description="Ray namespace of the shared "
                                    "RateLimiters (actors.rate_limiter.LIMITER_NAMESPACE)")
     env: dict[str, str] = Field(default_factory=lambda: dict(os.environ), repr=False,
@@ -142,6 +163,11 @@ class SessionConfig(RunOptions):
     @classmethod
     def _shares(cls, value: Any, info: Any) -> Any:
         return _share(info.field_name, value)
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline(cls, value: Any) -> float | None:
+        return _duration("deadline", value)
 
     @field_validator("cache", mode="before")
     @classmethod

@@ -9,14 +9,16 @@ same ones as flags). Runs keep a journal, so ``resume=`` finishes one whose proc
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from chainray.api import options as opts
-from chainray.api.batch import batch_forecast
+from chainray.api.batch import batch_forecast, bench_batch_api, run_batch_api, uses_batch_api
 from chainray.api.cluster import name_job
 from chainray.api.config import SessionConfig, configure
 from chainray.api.options import Objective, RunSpec, StrategyName
+from chainray.api.planning import batch_api_advice
 from chainray.api.resume import PreparedBatch, PreparedRun, prepare_batch, prepare_run
 from chainray.api.runs import RunList, run_in_order
 from chainray.api.session import Driver
@@ -51,7 +53,9 @@ class Session:
 
     def __init__(self, config: SessionConfig | None = None, **overrides: Any) -> None:
         self.config = configure(config, **overrides)
-        self._driver: Driver | None = Driver(self.config)
+        self._closed, self._batch_spend = False, None
+        # batch_api: batches need no Ray; it starts only for online work (bench's rows)
+        self._driver: Driver | None = None if self.config.batch_api else Driver(self.config)
 
     @property
     def base_url(self) -> str:
@@ -59,8 +63,10 @@ class Session:
         return self._open().endpoint.base_url
 
     def _open(self) -> Driver:
-        if self._driver is None:
+        if self._closed:
             raise RuntimeError("this Session is closed; open a new one")
+        if self._driver is None:
+            self._driver = Driver(self.config)
         return self._driver
 
     def _run_jobs(self, jobs: Sequence[RunJob], window: int, label: str = "runs",
@@ -123,7 +129,14 @@ class Session:
     def run_prepared_batch(self, prepared: PreparedBatch, window: int = 64,
                            on_result: Callable[[RunResult], object] | None = None,
                            label: str = "runs") -> RunList:
-        """Run what ``prepare_batch`` prepared; see ``run_many``."""
+        """Run what ``prepare_batch`` prepared; see ``run_many``. With ``batch_api`` the
+        provider's Batch API runs it: one job per phase, at batch prices (with ``deadline``
+        alone, if the advisor picks it)."""
+        if uses_batch_api(prepared, self.config) or self._batch_advised(prepared):
+            ran = run_batch_api(prepared, self.config, on_result or (lambda _: None))
+            self._batch_spend = ran.spend
+            return RunList(ran.results, spend=ran.spend, batch_id=prepared.batch_id,
+                           resumed=list(prepared.finished))
         def finished(result: RunResult) -> None:
             prepared.finish(result)
             if on_result is not None:
@@ -141,11 +154,30 @@ class Session:
                        not_started=ran.not_started, spend=ran.spend,
                        batch_id=prepared.batch_id, resumed=list(prepared.finished))
 
+    def _batch_advised(self, prepared: PreparedBatch) -> bool:
+        """With ``deadline`` (and no ``batch_api``): the advisor's pick, its reasons logged."""
+        todo = prepared.todo
+        if self.config.deadline is None or not todo or len(
+                {(j.chain, j.strategy) for j in todo}) != 1:
+            return False
+        use, reasons = batch_api_advice(self.config, todo[0].chain, todo[0].strategy,
+                                        [job.inputs for job in todo], 64)
+        logging.getLogger("chainray").info("deadline: %s, because: %s",
+                                           "the Batch API" if use else "online calls",
+                                           "; ".join(reasons))
+        return use
+
     def bench(self, chain: Chain | str, strategies: Sequence[str] = STRATEGIES,
               repeat: int = 1, inputs: Mapping[str, Any] | None = None) -> RunList:
         """Run ``chain`` under each strategy, ``repeat`` times, one run at a time (so that
-        strategies never share the rate-limit budget), on identical inputs."""
-        return self._run_jobs(_bench_jobs(chain, strategies, repeat, inputs, self.config), 1)
+        strategies never share the rate-limit budget), on identical inputs. With
+        ``batch_api`` each strategy also runs through the Batch API (rows ``STRATEGY+batch``)
+        on the same chain and inputs, to compare time and cost."""
+        online = self._run_jobs(_bench_jobs(chain, strategies, repeat, inputs, self.config), 1)
+        if not self.config.batch_api:
+            return online
+        rows = bench_batch_api(opts.as_chain(chain), strategies, repeat, inputs, self.config)
+        return RunList([*online, *rows], online.not_started, online.spend)
 
     async def arun(self, chain: Chain | str, strategy: StrategyName = "hybrid",
                    inputs: Mapping[str, Any] | None = None, *,
@@ -165,6 +197,8 @@ class Session:
         """What the ``max_cost`` cap allowed so far: ``cap_usd``, ``spent_usd`` (real usage
         at the price table), ``refused`` calls and whether it ``stopped`` admission; ``None``
         without a cap."""
+        if self._driver is None and not self._closed:
+            return self._batch_spend
         return self._open().spend_state()
 
     def limiter_stats(self) -> list[dict]:
@@ -173,6 +207,7 @@ class Session:
 
     def close(self) -> None:
         """Stop the embedded simulator and this session's actors (Ray itself stays up)."""
+        self._closed = True
         if self._driver is not None:
             self._driver.close()
             self._driver = None

@@ -30,7 +30,7 @@ from chainray.plan.profiles import (
 from chainray.plan.schedule import STRATEGIES, Schedule, Strategy, resolve
 from chainray.spec.chain import DEFAULT_MODEL, Chain, load_chain
 
-__all__ = ["Plan", "plan", "endpoint_models"]
+__all__ = ["Plan", "plan", "endpoint_models", "batch_api_advice"]
 
 
 class Plan(BaseModel):
@@ -135,3 +135,37 @@ def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | 
                 reasons=advice.reasons, schedules=schedules,
                 predictions=predictions, latency_model=latency, replies=replies,
                 endpoint=label, model=name, profiled=profiled, notes=notes)
+
+
+def batch_api_advice(config, chain: Chain, strategy: str, inputs: list[dict],
+                     window: int) -> tuple[bool, list[str]]:
+    """Whether a batch needing its results within ``config.deadline`` should go through the
+    provider's Batch API, and why (``chainray.plan.advisor.batch_or_online``). A job's
+    turnaround is the median that earlier batches journaled, else the embedded simulator's
+    setting, else the provider's documented completion window (24h, its only promise)."""
+    from chainray.api.batch import batch_forecast
+    from chainray.call.batch_client import COMPLETION_WINDOW_S
+    from chainray.plan.advisor import batch_or_online
+    from chainray.runner.batch_jobs import measured_turnarounds
+    from chainray.runner.journal import journal_dir
+    from chainray.sim.config import SimConfig
+
+    forecast = batch_forecast(config, chain, strategy, inputs, window)
+    prices = load_prices(config.prices)
+    llm = {s.id for s in chain.steps if s.kind == "llm"}
+    shares = [price.batch_share or 1.0 for s in chain.steps if s.kind == "llm"
+              if (price := prices.models.get(config.model or chain.settings_for(s).model
+                                             or DEFAULT_MODEL)) is not None]
+    jobs = sum(1 for phase in resolve(chain, strategy).phases if llm & set(phase))
+    measured = measured_turnarounds(journal_dir())
+    if measured:
+        turnaround = sorted(measured)[len(measured) // 2]
+        source = f"median of {len(measured)} job(s) earlier batches measured"
+    elif config.uses_simulator:
+        turnaround = SimConfig().batch_turnaround_s / config.sim_speed
+        source = "the embedded simulator's setting"
+    else:
+        turnaround = COMPLETION_WINDOW_S
+        source = "the provider's documented completion window, its only promise"
+    return batch_or_online(config.deadline, forecast.makespan_s, forecast.cost,
+                           forecast.cost * max(shares, default=1.0), jobs, turnaround, source)

@@ -189,6 +189,8 @@ _BY_CODE: dict[str, ErrorCode] = {
     "malformed_reply": "malformed_reply", "empty_content": "empty_content",
     "schema_mismatch": "schema_mismatch", "context_length_exceeded": "too_large",
     "string_above_max_length": "too_large", **{code: "quota" for code in NO_RETRY_429},
+    # Batch API lines: the job's window ended before the line ran, or the job was cancelled
+    "batch_expired": "timeout", "batch_missing": "timeout", "batch_cancelled": "interrupted",
 }
 _BY_STATUS: dict[int, ErrorCode] = {401: "auth", 403: "auth", 413: "too_large",
                                     429: "rate_limited"}

@@ -9,8 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from chainray.api.batch import BatchWriter, batch_forecast, read_batch_inputs
-from chainray.api.resume import BatchRecord, prepare_batch
+from chainray.api.batch import (
+    BatchWriter,
+    batch_forecast,
+    read_batch_inputs,
+    run_batch_api,
+    uses_batch_api,
+)
+from chainray.api.config import SessionConfig, configure
+from chainray.api.resume import BatchRecord, PreparedBatch, prepare_batch
 from chainray.cli.flags import cap_message, pick_strategy, prepare, resume_hint
 from chainray.errors import InputError
 from chainray.runner.journal import journal_dir
@@ -31,22 +38,77 @@ def _lines(args: argparse.Namespace, chain: Chain, base: dict) -> list[dict]:
     return recorded
 
 
+def _online(batch: PreparedBatch, config: SessionConfig, writer: BatchWriter,
+            args: argparse.Namespace, label: str) -> tuple[dict | None, bool, list[str]]:
+    """Run the batch on Ray: (spend, interrupted, runs never started)."""
+    from chainray.api.cluster import name_job
+    from chainray.api.library import Session  # Ray: only once the input is good
+
+    name_job(label.split(":")[0], batch_id=batch.batch_id)  # the dashboard's job name
+    with Session(config) as session:
+        runs = session.run_prepared_batch(batch, args.batch_window, on_result=writer.add,
+                                          label=label)
+        return session.spend_state(), session.interrupted, list(runs.not_started)
+
+
+def _batch_api(batch: PreparedBatch, config: SessionConfig,
+               writer: BatchWriter) -> tuple[dict | None, bool, list[str]]:
+    """Run the batch through the provider's Batch API: (spend, interrupted, never
+    started). A Ctrl-C leaves the job running at the provider: the resume polls it."""
+    print("--batch-api: one Batch API job per phase; results arrive as jobs end (the "
+          "provider promises 24h, most end far sooner)", file=sys.stderr)
+    ignored = [flag for flag, value in (("--cache", config.cache),
+                                         ("--hedge-after", config.hedge_after)) if value]
+    if ignored:
+        print(f"chainray: {', '.join(ignored)}: online calls only; not used under --batch-api",
+              file=sys.stderr)
+    try:
+        ran = run_batch_api(batch, config, on_result=writer.add)
+    except KeyboardInterrupt:  # the jobs are journaled: a resume polls them, paying nothing
+        print("chainray: the Batch API job in progress keeps running at the provider and "
+              "is paid for; a resume polls it instead of creating it again", file=sys.stderr)
+        return None, True, []
+    writer.totals.batch_api = {"jobs": ran.report.jobs, "adopted_jobs": ran.report.adopted_jobs,
+                               "lines": ran.report.lines, "requests": ran.report.requests,
+                               "turnaround_s": ran.report.turnaround_s}
+    return ran.spend, False, []
+
+
+def _advise(config: SessionConfig, chain: Chain, strategy: str, inputs: list[dict],
+            window: int) -> SessionConfig:
+    """--deadline without --batch-api: the advisor picks the Batch API or online calls."""
+    from chainray.api.planning import batch_api_advice
+
+    use_batch, reasons = batch_api_advice(config, chain, strategy, inputs, window)
+    print(f"--deadline: {'the Batch API' if use_batch else 'online calls'}, because:",
+          file=sys.stderr)
+    for reason in reasons:
+        print(f"  - {reason}", file=sys.stderr)
+    return configure(config, batch_api=use_batch)
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     if args.timeline:
         raise InputError("--timeline is for single runs, not a batch (--inputs)")
     chain, base, config = prepare(args)
     strategy = pick_strategy(chain, args)
     items = [(chain, inputs) for inputs in _lines(args, chain, base)]
+    if config.deadline is not None and not config.batch_api:
+        config = _advise(config, chain, strategy, [inputs for _, inputs in items],
+                         args.batch_window)
     with prepare_batch(items, strategy, config=config, resume=args.resume,
                        journal=not args.no_journal) as batch:
         if batch.record is not None:
             print(f"batch {batch.batch_id} (folder {batch.record.folder}; if interrupted: "
                   f"{resume_hint(args, strategy, batch.batch_id)})", file=sys.stderr)
+        if uses_batch_api(batch, config) and not config.batch_api:
+            print("resuming through the Batch API, as the batch began", file=sys.stderr)
+            config = configure(config, batch_api=True)
         if batch.finished:
             print(f"resuming: {len(batch.finished)} finished run(s) will not run again; "
                   f"{len(batch.todo)} to go", file=sys.stderr)
-        forecast = batch_forecast(config, chain, strategy, [job.inputs for job in batch.todo],
-                                  args.batch_window)
+        forecast = None if config.batch_api else batch_forecast(
+            config, chain, strategy, [job.inputs for job in batch.todo], args.batch_window)
         if forecast is not None:
             print(f"forecast: {forecast.makespan_s:.0f}s, {forecast.total_tokens} tokens, "
                   f"${forecast.cost:.4f}; binding limit {forecast.binding}", file=sys.stderr)
@@ -55,17 +117,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
             writer = BatchWriter(out, batch.batch_id, earlier=batch.earlier)
             for result in batch.finished.values():
                 writer.add(result, resumed=True)
-            from chainray.api.cluster import name_job
-            from chainray.api.library import Session  # Ray: only once the input is good
-
-            name_job(chain.name, batch_id=batch.batch_id)  # the dashboard's job name
-
-            with Session(config) as session:
-                runs = session.run_prepared_batch(batch, args.batch_window,
-                                                  on_result=writer.add,
-                                                  label=f"{chain.name}:{strategy}")
-                spend, interrupted = session.spend_state(), session.interrupted
-            writer.totals.not_started = list(runs.not_started)
+            if config.batch_api:  # no Ray: the provider runs the lines
+                spend, interrupted, not_started = _batch_api(batch, config, writer)
+            else:
+                spend, interrupted, not_started = _online(batch, config, writer, args,
+                                                          f"{chain.name}:{strategy}")
+            writer.totals.not_started = not_started
             writer.totals.spend = spend
             totals = writer.close()
         finally:
@@ -79,6 +136,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
           + f") in {totals.latency_ms / 1000:.1f}s: {totals.api_calls} calls, "
           f"{totals.rate_limited} 429s, {totals.total_tokens} tokens; "
           f"{totals.requests_per_min:.0f} requests/min, {totals.tokens_per_min:.0f} tokens/min")
+    if (api := totals.batch_api) is not None:
+        polled = f", {api['adopted_jobs']} polled from an earlier invocation" if \
+            api["adopted_jobs"] else ""
+        print(f"Batch API: {api['jobs']} job(s) created{polled}, {api['lines']} lines, "
+              f"{api['requests']} Batch API requests; no direct chat request")
     if interrupted:
         print(f"chainray: interrupted; every reply received is kept. Resume with: "
               f"{resume_hint(args, strategy, batch.batch_id)}", file=sys.stderr)

@@ -101,6 +101,13 @@ def add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_fl
         help="your own price table (JSON shaped as chainray/plan/prices.json)")
     add("--quiet", dest="progress", action="store_false", default=_GIVEN,
         help="no live progress")
+    add("--batch-api", action="store_true", default=_GIVEN,
+        help="with --inputs: send the batch through the provider's Batch API (/v1/files, "
+        "/v1/batches): one job per phase of the strategy, at batch prices (OpenAI: half); "
+        "results may take up to the provider's completion window (24h)")
+    add("--deadline", metavar="DURATION", default=_GIVEN,
+        help="when the results are needed (e.g. 30m, 2h): the advisor picks the Batch API "
+        "or online calls from the predicted completion time and cost, and says why")
     add("--no-learn", dest="learn", action="store_false", default=_GIVEN,
         help="do not add what this measures to the endpoint's profile (which chainray plan "
         "predicts from)")

@@ -24,6 +24,7 @@ from chainray.cli.flags import (
     resume_hint,
     write_json,
 )
+from chainray.errors import InputError
 from chainray.plan.schedule import STRATEGIES
 from chainray.report.bench import bench_summary
 from chainray.report.bench_table import print_bench
@@ -100,6 +101,9 @@ def add_bench_parser(commands, positive_int, positive_float) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.inputs or (args.resume is not None and is_batch(args.resume)):
         return cmd_batch(args)
+    if getattr(args, "batch_api", False):
+        raise InputError("--batch-api runs a batch through the provider's Batch API: give "
+                         "--inputs FILE.jsonl (one run per line); nothing was sent")
     chain, inputs, config = prepare(args)
     strategy = pick_strategy(chain, args)
     from chainray.api.config import configure

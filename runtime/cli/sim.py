@@ -71,6 +71,13 @@ def add_sim_parser(commands, positive_int, positive_float) -> None:
                      help="answer every call 429 insufficient_quota")
     sim.add_argument("--no-retry-after", action="store_true",
                      help="send 429s without retry-after headers")
+    sim.add_argument("--batch-turnaround", type=float, default=2.0, metavar="S",
+                     help="Batch API: a job ends S seconds after its creation, divided by "
+                     "--speed (default 2)")
+    sim.add_argument("--batch-fail-every", type=int, default=0, metavar="N",
+                     help="Batch API: each Nth line answers 500 (default 0: none)")
+    sim.add_argument("--batch-expire-every", type=int, default=0, metavar="N",
+                     help="Batch API: each Nth job expires with half its lines done")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -91,7 +98,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
                          tokens_per_s=args.tokens_per_s, api_key=api_key, faults=faults,
                          retry_after_headers=not args.no_retry_after, slots=args.slots,
                          reply_tokens=args.reply_tokens,
-                         ignore_max_tokens=args.ignore_max_tokens)
+                         ignore_max_tokens=args.ignore_max_tokens,
+                         batch_turnaround_s=args.batch_turnaround,
+                         batch_fail_every=args.batch_fail_every,
+                         batch_expire_every=args.batch_expire_every)
     except ValidationError as exc:
         error = exc.errors()[0]
         flag = "--" + str(error["loc"][-1]).replace("_", "-")

@@ -162,3 +162,39 @@ def advise(chain: Chain, objective: Objective = "latency",
         reasons.extend(_crowding(chain, schedules, strategy, predictions, model))
     return Advice(strategy=strategy, objective=objective, reasons=tuple(reasons),
                   candidates=candidates)
+
+
+def batch_or_online(deadline_s: float, online_s: float, online_cost: float, batch_cost: float,
+                    jobs: int, turnaround_s: float, turnaround_from: str
+                    ) -> tuple[bool, list[str]]:
+    """Whether a batch should go through the provider's Batch API (True) or online calls,
+    for results needed within ``deadline_s``, and why. The Batch API's completion time is
+    ``jobs`` (one per phase, one after another) times a job's turnaround, which is not known
+    up front: ``turnaround_from`` says where ``turnaround_s`` came from (measured jobs, or
+    the provider's completion window). Within the deadline the cheaper way wins; past it,
+    the one that meets it; if neither does, the faster."""
+    batch_s = jobs * turnaround_s
+    why = [f"online: about {_duration(online_s)} (forecast from the limits), "
+           f"${online_cost:.4f}",
+           f"Batch API: {jobs} job(s) of about {_duration(turnaround_s)} each "
+           f"({turnaround_from}) = {_duration(batch_s)}, ${batch_cost:.4f}"]
+    deadline = f"the deadline {_duration(deadline_s)}"
+    batch_fits, online_fits = batch_s <= deadline_s, online_s <= deadline_s
+    if batch_fits and online_fits:
+        cheaper = batch_cost <= online_cost
+        return cheaper, [*why, f"both fit {deadline}: "
+                         f"{'the Batch API' if cheaper else 'online'} costs less"]
+    if batch_fits or online_fits:
+        return batch_fits, [*why, f"only the Batch API fits {deadline}" if batch_fits else
+                            f"the Batch API may not finish within {deadline}; online does"]
+    faster = batch_s < online_s
+    return faster, [*why, f"neither is predicted to fit {deadline}: the "
+                    f"{'Batch API' if faster else 'online run'} is sooner"]
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"

@@ -29,6 +29,11 @@ class Price(BaseModel):
     context_window: int | None = Field(default=None, gt=0)  # prompt + reply, tokens
     source: str
     as_of: str
+    # The provider's Batch API price as a share of the prices above (0.5: half), with its
+    # own source and date; None where none is documented (a batch line then costs list).
+    batch_share: float | None = Field(default=None, gt=0, le=1)
+    batch_source: str | None = None
+    batch_as_of: str | None = None
 
 
 class PriceTable(BaseModel):
@@ -37,17 +42,19 @@ class PriceTable(BaseModel):
     models: dict[str, Price]
 
     def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int,
-             cached_tokens: int = 0) -> float:
-        """USD for one call, ``cached_tokens`` of its prompt at the cached-input price; an
-        unknown model warns once and costs 0."""
+             cached_tokens: int = 0, batch: bool = False) -> float:
+        """USD for one call, ``cached_tokens`` of its prompt at the cached-input price
+        (``batch``: a Batch API line, at the model's ``batch_share`` of it); an unknown model
+        warns once and costs 0."""
         price = self.models.get(model or "")
         if price is None:
             _warn_unknown(model)
             return 0.0
         cached = min(cached_tokens, prompt_tokens)
         cached_price = price.input if price.cached_input is None else price.cached_input
-        return ((prompt_tokens - cached) * price.input + cached * cached_price
-                + completion_tokens * price.output) / 1e6
+        share = price.batch_share if batch and price.batch_share is not None else 1.0
+        return share * ((prompt_tokens - cached) * price.input + cached * cached_price
+                        + completion_tokens * price.output) / 1e6
 
 
 @cache

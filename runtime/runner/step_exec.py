@@ -23,7 +23,8 @@ from chainray.spec.templates import fill_template
 from chainray.text import error_text, one_line
 from chainray.tokens import estimate_prompt_tokens
 
-__all__ = ["StepRequest", "execute_llm_step", "execute_python_step"]
+__all__ = ["StepRequest", "execute_llm_step", "execute_python_step", "llm_request",
+           "build_messages", "falls_back"]
 
 log = logging.getLogger("chainray.steps")
 
@@ -75,7 +76,7 @@ def build_messages(request: StepRequest, upstream: Sequence[StepResult]) -> list
     return messages
 
 
-def _falls_back(error: Exception) -> bool:
+def falls_back(error: Exception) -> bool:
     """Whether another model may answer where this one failed: the model is missing or
     refused (404, a 400 whose code or parameter names the model), or it kept failing
     (retries exhausted on 5xx or malformed replies). Never on 401, 403 or exhausted quota:
@@ -89,8 +90,9 @@ def _falls_back(error: Exception) -> bool:
     return error.retryable and (error.status or 0) >= 500 or error.code == "malformed_reply"
 
 
-def _llm_request(request: StepRequest, messages: list[dict], model: str,
-                 services: CallServices) -> LLMRequest:
+def llm_request(request: StepRequest, messages: list[dict], model: str,
+                base_url: str) -> LLMRequest:
+    """The request a step sends to ``model`` (online, or as a Batch API line)."""
     settings = request.settings
     max_tokens = settings.max_tokens or DEFAULT_MAX_TOKENS
     return LLMRequest(
@@ -100,7 +102,7 @@ def _llm_request(request: StepRequest, messages: list[dict], model: str,
         stream=settings.stream if settings.stream is not None else True,
         tag=request.task_name, priority=request.priority,
         estimated_tokens=estimate_prompt_tokens(messages) + max_tokens,
-        adaptation_key=adaptation_key(services.endpoint.base_url, model))
+        adaptation_key=adaptation_key(base_url, model))
 
 
 def _reply_fields(reply: LLMReply) -> dict:
@@ -123,12 +125,12 @@ async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
     models = [settings.model or DEFAULT_MODEL, *(settings.fallback_models or ())]
     reply = LLMReply()  # one for the step: attempts and tokens of every model's call add up
     for model in models:
-        llm_request = _llm_request(request, messages, model, services)
+        asked = llm_request(request, messages, model, services.endpoint.base_url)
         try:
-            await Call.of(services, llm_request, reply).run()
+            await Call.of(services, asked, reply).run()
             break
         except Exception as exc:  # a step reports its failure; it never raises to dispatch
-            if model != models[-1] and _falls_back(exc):
+            if model != models[-1] and falls_back(exc):
                 log.debug("step %s: %s failed, falling back", request.task_name, model,
                           exc_info=True)
                 continue
@@ -136,7 +138,7 @@ async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
             error = error_text(exc)
             if isinstance(exc, EndpointError) and exc.code in TOO_LARGE:
                 error = one_line(f"step {request.step.id!r}: its request of about "
-                                 f"{llm_request.estimated_tokens:,} tokens (prompt + "
+                                 f"{asked.estimated_tokens:,} tokens (prompt + "
                                  f"max_tokens) is too large for {model}: {error}")
             return _result(request, started, context, status="error", error=error,
                            error_code=error_code(exc), model=model, **_reply_fields(reply))

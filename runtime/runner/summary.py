@@ -21,8 +21,8 @@ def _totals(chain: Chain, steps: Iterable[StepResult], prices: PriceTable) -> Ru
     llm = [r for r in steps if chain.by_id[r.id].kind == "llm"]
     prompt = sum(r.prompt_tokens for r in steps)
     completion = sum(r.completion_tokens for r in steps)
-    cost = sum(prices.cost(r.model, r.prompt_tokens, r.completion_tokens, r.cached_tokens)
-               for r in steps if r.model)
+    cost = sum(prices.cost(r.model, r.prompt_tokens, r.completion_tokens, r.cached_tokens,
+                           batch=r.batch_job is not None) for r in steps if r.model)
     return RunTotals(api_calls=sum(r.attempts for r in llm),
                      retries=sum(max(0, r.attempts - 1) for r in llm),
                      rate_limited=sum(r.rate_limited for r in steps),

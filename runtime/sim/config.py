@@ -79,6 +79,13 @@ class SimConfig(BaseModel):
                                   "sampling settings other than the default")
     api_key: str | None = Field(None, repr=False)
     faults: FaultConfig = FaultConfig()
+    # The Batch API (chainray.sim.batches): a real job takes minutes to hours (24h promised)
+    batch_turnaround_s: float = Field(2.0, ge=0, description="a batch job ends this long "
+                                      "after its creation (divided by speed)")
+    batch_fail_every: int = Field(0, ge=0, description="each Nth batch line answers 500 "
+                                  "(0: none)")
+    batch_expire_every: int = Field(0, ge=0, description="each Nth batch job expires with "
+                                    "half its lines done (0: none)")
 
     def expected_ttft_s(self) -> float:
         """Mean of the lognormal time to first token (what a latency model should use)."""

@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from chainray.durations import format_duration
+from chainray.sim.batches import BatchDesk
 from chainray.sim.buckets import Admission, LimitBuckets
 from chainray.sim.config import SimConfig
 from chainray.sim.reasoning import is_reasoning_model, reject_parameter
@@ -56,6 +57,7 @@ class Simulator:
             web.post("/sim/reset", self.reset),
             web.get("/sim/config", self.get_config),
             web.post("/sim/config", self.set_config),
+            *BatchDesk(lambda: self.config).routes(),  # /v1/files, /v1/batches
         ])
 
     # -- admin ------------------------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""A Batch API fixture server that is not our simulator: ``/v1/files`` and ``/v1/batches`` in
+OpenAI's shapes, implemented its own way, counting every request it gets.
+
+A job ends after ``polls_to_finish`` retrieves (not by the clock, so tests do not depend on
+a loaded machine's timing), or never while ``hold`` is set. Lines of the steps named in
+``fail_once`` answer 500 the first time; lines of ``reject`` always answer 400. Every line
+answered 200 is billed in ``billed`` (prompt = characters / 4, completion = min(40,
+max_tokens)), so a test compares what chainray counted with what the server charged.
+``batch_api=False`` serves chat completions only (the Batch API routes answer 404); lines of
+a model in ``missing_models`` answer 404 ``model_not_found``; a line that asks for
+``response_format`` gets JSON.
+
+    server = BatchServer(fail_once={"security"})
+    with server.running() as base_url:
+        ...
+    server.count["chat"], server.count["batch_create"], server.billed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+__all__ = ["BatchServer"]
+
+
+@dataclass
+class BatchServer:
+    polls_to_finish: int = 2
+    hold: bool = False
+    fail_once: set[str] = field(default_factory=set)
+    reject: set[str] = field(default_factory=set)
+    batch_api: bool = True
+    missing_models: set[str] = field(default_factory=set)  # lines of these answer 404
+    count: Counter = field(default_factory=Counter)
+    billed: list[dict] = field(default_factory=list)  # custom_id, model, prompt, completion
+    files: dict[str, bytes] = field(default_factory=dict)
+    jobs: dict[str, dict] = field(default_factory=dict)
+    failed_once: set[str] = field(default_factory=set)
+    created_ids: list[str] = field(default_factory=list)
+    retrieved: Counter = field(default_factory=Counter)  # polls per job id
+
+    async def chat(self, request: web.Request) -> web.Response:
+        self.count["chat"] += 1
+        return web.json_response({"error": {"message": "no online calls here"}}, status=418)
+
+    async def upload(self, request: web.Request) -> web.Response:
+        self.count["file_upload"] += 1
+        form = await request.post()
+        file_id = f"f{len(self.files)}"
+        self.files[file_id] = form["file"].file.read()
+        return web.json_response({"id": file_id, "object": "file", "bytes": 0,
+                                  "created_at": 0, "filename": "x", "purpose": "batch"})
+
+    async def content(self, request: web.Request) -> web.Response:
+        self.count["file_content"] += 1
+        return web.Response(body=self.files[request.match_info["id"]])
+
+    async def create(self, request: web.Request) -> web.Response:
+        self.count["batch_create"] += 1
+        body = await request.json()
+        job_id = f"job{len(self.jobs)}"
+        lines = [json.loads(x) for x in self.files[body["input_file_id"]].splitlines()]
+        self.jobs[job_id] = {"id": job_id, "object": "batch", "status": "in_progress",
+                             "input_file_id": body["input_file_id"], "endpoint": body["endpoint"],
+                             "completion_window": body["completion_window"],
+                             "created_at": int(time.time()), "output_file_id": None,
+                             "error_file_id": None, "errors": None,
+                             "request_counts": {"total": len(lines), "completed": 0,
+                                                "failed": 0}, "_lines": lines}
+        self.created_ids.append(job_id)
+        return web.json_response(_public(self.jobs[job_id]))
+
+    async def retrieve(self, request: web.Request) -> web.Response:
+        self.count["batch_retrieve"] += 1
+        job = self.jobs[request.match_info["id"]]
+        self.retrieved[job["id"]] += 1
+        if job["status"] == "in_progress" and not self.hold and \
+                self.retrieved[job["id"]] >= self.polls_to_finish:
+            self._finish(job)
+        return web.json_response(_public(job))
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        self.count["batch_cancel"] += 1
+        job = self.jobs[request.match_info["id"]]
+        if job["status"] == "in_progress":
+            job["status"] = "cancelled"  # nothing ran: no output or error file
+        return web.json_response(_public(job))
+
+    async def listing(self, request: web.Request) -> web.Response:
+        self.count["batch_list"] += 1
+        return web.json_response({"object": "list", "has_more": False,
+                                  "data": [_public(j) for j in self.jobs.values()]})
+
+    def _finish(self, job: dict) -> None:
+        good, bad = [], []
+        for line in job["_lines"]:
+            step = line["custom_id"].rsplit("/", 1)[-1]
+            status, body = self._answer(line, step)
+            (good if status == 200 else bad).append(
+                {"id": "r", "custom_id": line["custom_id"], "error": None,
+                 "response": {"status_code": status, "request_id": "q", "body": body}})
+        for key, rows in (("output_file_id", good), ("error_file_id", bad)):
+            if rows:
+                file_id = f"out{len(self.files)}"
+                self.files[file_id] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                job[key] = file_id
+        job.update(status="completed", request_counts={
+            "total": len(job["_lines"]), "completed": len(good), "failed": len(bad)})
+
+    def _answer(self, line: dict, step: str) -> tuple[int, dict]:
+        cid, body = line["custom_id"], line["body"]
+        if step in self.reject:
+            return 400, {"error": {"message": f"line {cid} is not a valid request",
+                                   "type": "invalid_request_error", "param": None,
+                                   "code": "invalid_value"}}
+        if body["model"] in self.missing_models:
+            return 404, {"error": {"message": f"The model {body['model']} does not exist",
+                                   "type": "invalid_request_error", "param": None,
+                                   "code": "model_not_found"}}
+        if step in self.fail_once and cid not in self.failed_once:
+            self.failed_once.add(cid)
+            return 500, {"error": {"message": "try again", "type": "server_error",
+                                   "param": None, "code": None}}
+        prompt = " ".join(str(m.get("content", "")) for m in body["messages"])
+        limit = body.get("max_tokens") or body.get("max_completion_tokens") or 10**6
+        completion = min(40, int(limit))
+        self.billed.append({"custom_id": cid, "model": body["model"],
+                            "prompt": len(prompt) // 4, "completion": completion,
+                            "body": body})
+        text = json.dumps({"answer": step}) if body.get("response_format") else \
+            f"{step} answer " + "w " * completion
+        return 200, {"id": "c", "object": "chat.completion", "created": 0,
+                     "model": body["model"],
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant",
+                                              "content": text}}],
+                     "usage": {"prompt_tokens": len(prompt) // 4,
+                               "completion_tokens": completion,
+                               "total_tokens": len(prompt) // 4 + completion}}
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[str]:
+        """Serve on a free loopback port in a thread; yields the base URL."""
+        loop = asyncio.new_event_loop()
+        app = web.Application()
+        routes = [web.post("/v1/chat/completions", self.chat)]
+        if self.batch_api:
+            routes += [web.post("/v1/files", self.upload),
+                       web.get("/v1/files/{id}/content", self.content),
+                       web.post("/v1/batches", self.create),
+                       web.get("/v1/batches", self.listing),
+                       web.get("/v1/batches/{id}", self.retrieve),
+                       web.post("/v1/batches/{id}/cancel", self.cancel)]
+        app.add_routes(routes)
+        runner = web.AppRunner(app, access_log=None)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        port = site._server.sockets[0].getsockname()[1]
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            loop.close()
+
+
+def _public(job: dict) -> dict:
+    return {k: v for k, v in job.items() if not k.startswith("_")}
