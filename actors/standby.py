@@ -29,25 +29,27 @@ class Crew:
 
     coordinator: ray.actor.ActorHandle
     runners: list[ray.actor.ActorHandle]
-    job_id: str = ""  # the Ray job that owns them (they die with it)
+    owner: str = ""  # the Ray cluster and job that own them (they die with the job)
 
 
 _kept: list[Crew] = []
 _KEEP_AT_MOST = 2  # sessions open at once each leave one; more would only idle
 
 
-def _job_id() -> str:
-    return ray.get_runtime_context().get_job_id()
+def _owner() -> str:
+    """This driver's job on this cluster (job ids restart at 1 on every new cluster)."""
+    context = ray.get_runtime_context()
+    return f"{context.gcs_address}/{context.get_node_id()}/{context.get_job_id()}"
 
 
 def take_crew(runners: int, timeout_s: float = 10.0) -> Crew | None:
     """A kept crew of ``runners`` step runners that still works, or None. A crew of another
-    Ray job (Ray was left and joined again), or one that lost a runner, is dropped."""
-    job = _job_id()
+    Ray job or cluster (Ray was left and joined again), or one that lost a runner, is dropped."""
+    owner = _owner()
     while _kept:
         crew = _kept.pop()
-        if crew.job_id != job or len(crew.runners) != runners:
-            if crew.job_id == job:
+        if crew.owner != owner or len(crew.runners) != runners:
+            if crew.owner == owner:
                 _end(crew)
             continue
         try:
@@ -61,7 +63,7 @@ def take_crew(runners: int, timeout_s: float = 10.0) -> Crew | None:
 
 def keep_crew(crew: Crew) -> None:
     """Keep ``crew`` for this process's next session."""
-    crew.job_id = crew.job_id or _job_id()
+    crew.owner = crew.owner or _owner()
     _kept.append(crew)
     while len(_kept) > _KEEP_AT_MOST:
         _end(_kept.pop(0))
@@ -71,7 +73,7 @@ def end_standby() -> None:
     """End every kept crew (the Coordinator before its runners, each gracefully)."""
     while _kept:
         crew = _kept.pop()
-        if ray.is_initialized() and crew.job_id == _job_id():
+        if ray.is_initialized() and crew.owner == _owner():
             _end(crew)
 
 

@@ -25,8 +25,8 @@ def server_cost(sim) -> float:
 
 
 def test_the_cap_holds_with_over_a_hundred_calls_in_flight(ray_session, sim):
-    # Calls last ~1.6 s, so dispatch under load still overlaps 100+ of them.
-    sim.configure(speed=0.5, ttft_sigma=0.0, rpm=100_000, tpm=10_000_000)
+    # Calls last ~3 s, so dispatch under load still overlaps 100+ of them.
+    sim.configure(speed=0.25, ttft_sigma=0.0, rpm=100_000, tpm=10_000_000)
     cap = 0.003
     runs = [job(fan_chain(130, max_tokens=20, name=f"fan{i}")) for i in range(3)]
     with session_for(sim, max_cost=cap, max_concurrency=400, rpm=100_000,

@@ -13,7 +13,7 @@ import ray
 from chainray.actors.rate_limiter import RateLimiter, RemoteLimiter, get_rate_limiter
 from chainray.api.config import SessionConfig
 from chainray.api.session import Driver
-from chainray.limit.permit_book import Limits, PermitTimeout
+from chainray.limit.permit_book import SLOW_START, Limits, PermitTimeout
 from chainray.spec.chain import chain_from_dict
 from tests.helpers import fan_chain, job, session_for
 from tests.plain_server import PlainServer
@@ -81,7 +81,7 @@ def test_explicit_flags_reconfigure_a_shared_limiter(ray_session, sim, capsys):
 
 
 def test_no_flags_against_a_plain_server_invents_no_limit(ray_session, capsys):
-    server = PlainServer(latency_s=0.05)
+    server = PlainServer(latency_s=2.0)
     with server.running() as base_url:
         with session_for_plain(base_url, progress=True) as session:
             result = session.run(job(fan_chain(30), "parallel"))
@@ -89,7 +89,11 @@ def test_no_flags_against_a_plain_server_invents_no_limit(ray_session, capsys):
     assert result.status == "ok"
     assert stats["limits"]["rpm"] is None and stats["limits"]["tpm"] is None
     starts = sorted(r["start"] for r in server.log)
-    assert starts[29] - starts[0] < 0.5  # 30 at once: nothing paced them
+    ends = sorted(r["end"] for r in server.log)
+    # Nothing paced them: the slow start's width went at once, and the rest as the first
+    # answers came back, each before any request of that second round was answered.
+    assert starts[SLOW_START - 1] < ends[0]
+    assert starts[29] < ends[SLOW_START]
     assert "rpm not paced" in capsys.readouterr().err
 
 
