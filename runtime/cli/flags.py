@@ -101,6 +101,10 @@ def add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_fl
         help="your own price table (JSON shaped as chainray/plan/prices.json)")
     add("--quiet", dest="progress", action="store_false", default=_GIVEN,
         help="no live progress")
+    add("--otel", action="store_true", default=_GIVEN,
+        help="send each run's trace over OpenTelemetry OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT "
+        "(default http://localhost:4318); on without this flag when that variable is set; "
+        'needs pip install "chainray[otel]"')
     add("--no-learn", dest="learn", action="store_false", default=_GIVEN,
         help="do not add what this measures to the endpoint's profile (which chainray plan "
         "predicts from)")
