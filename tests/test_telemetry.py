@@ -273,3 +273,44 @@ def test_a_real_run_exports_one_trace_over_otlp_http(sim, tmp_path):
     assert all(h.get("authorization") == "Bearer otlp-t0ken" for h in headers)
     assert b"SECRET-PROMPT" not in bodies and KEY.encode() not in bodies
     assert b"otlp-t0ken" not in bodies
+
+
+def test_the_otel_flag_is_one_session_field():
+    from chainray.cli.flags import config_from_args
+    from chainray.cli.main import build_parser
+
+    parser = build_parser("run")
+    assert config_from_args(parser.parse_args(["run", "demo", "--otel"])).otel is True
+    assert config_from_args(parser.parse_args(["run", "demo"])).otel is None
+
+
+async def test_python_steps_and_hedges_are_traced(exported):
+    import asyncio
+    from types import SimpleNamespace
+
+    from chainray.guards.call_guards import StragglerLimits
+    from chainray.guards.hedge import Charge, hedged
+    from chainray.runner.step_exec import execute_python_step
+    from chainray.spec.chain import Step
+
+    trace = telemetry.run_trace(SETTINGS)
+    request = StepRequest(run_id="r", task_name="t:p", step=Step(
+        id="p", kind="python", call=lambda inputs, upstream: "done"), settings=ModelSettings(),
+        inputs={}, sees=(), depends_on=(), trace=trace)
+    assert (await asyncio.to_thread(execute_python_step, request, ())).status == "ok"
+    charge = Charge()
+
+    async def send(duplicate: bool, progress):
+        charge.leave()
+        await asyncio.sleep(0.01 if duplicate else 5)
+        return SimpleNamespace(text="x", prompt_tokens=1, completion_tokens=1), 0.01
+
+    async def limits() -> StragglerLimits:
+        return StragglerLimits(duration_s=0.05)
+
+    with telemetry.step_span(trace, "chainray.step h", {}):
+        await asyncio.wait_for(hedged(send, limits, charge), 3)
+    telemetry.flush(trace)
+    spans = {s.name: s for s in exported.get_finished_spans()}
+    assert spans["chainray.step p"].attributes["chainray.step.kind"] == "python"
+    assert [e.name for e in spans["chainray.step h"].events] == ["chainray.hedge"]
