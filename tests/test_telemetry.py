@@ -314,3 +314,44 @@ async def test_python_steps_and_hedges_are_traced(exported):
     spans = {s.name: s for s in exported.get_finished_spans()}
     assert spans["chainray.step p"].attributes["chainray.step.kind"] == "python"
     assert [e.name for e in spans["chainray.step h"].events] == ["chainray.hedge"]
+
+
+def test_a_collector_that_fails_holds_no_step(monkeypatch):
+    """Once an export has failed, a step's flush hands its spans over without waiting for
+    the collector (whose exporter may retry for seconds)."""
+    import threading
+
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from chainray.telemetry import otel
+
+    class Failing(SpanExporter):
+        def __init__(self) -> None:
+            self.exports, self.release, self.finished = 0, threading.Event(), False
+
+        def export(self, spans):
+            self.exports += 1
+            if self.exports > 1:  # a collector that hangs, then fails
+                self.release.wait(60)
+                self.finished = True
+            return SpanExportResult.FAILURE
+
+        def shutdown(self) -> None:
+            self.release.set()
+
+    failing = Failing()
+    monkeypatch.setattr(otel, "make_exporter", lambda settings: failing)
+    monkeypatch.setattr(otel, "_providers", {})
+    monkeypatch.setattr(telemetry, "FLUSH_S", 120.0)  # were it to wait, it would wait long
+    trace = telemetry.run_trace(SETTINGS)
+    try:
+        with telemetry.run_span(trace, "first", {}):
+            pass
+        telemetry.flush(trace)  # the collector answers at once: a failure
+        assert failing.exports == 1
+        with telemetry.run_span(trace, "second", {}):
+            pass
+        telemetry.flush(trace)
+        assert not failing.finished  # returned while the export still hangs
+    finally:
+        failing.release.set()

@@ -43,7 +43,9 @@ __all__ = ["TraceSettings", "TraceContext", "Span", "NO_SPAN", "trace_settings",
 log = logging.getLogger("chainray.telemetry")
 EXTRA = 'pip install "chainray[otel]"'
 _EXPORTER = "opentelemetry.exporter.otlp.proto.http"
-FLUSH_S = 5.0  # bound on handing a step's spans to the collector before its result returns
+# Bound on waiting for the collector before a step's result returns (a local collector takes
+# milliseconds); once an export has failed, nobody waits (chainray.telemetry.otel.flush).
+FLUSH_S = 2.0
 
 
 class TraceSettings(BaseModel):
@@ -249,7 +251,8 @@ def event(name: str, attributes: Mapping[str, Any] | None = None) -> None:
 
 
 def flush(trace: TraceContext | None) -> None:
-    """Hand what this process has recorded to the collector (bounded by ``FLUSH_S``)."""
+    """Hand what this process has recorded to the collector (waiting at most ``FLUSH_S``,
+    and not at all while the collector does not answer)."""
     if trace is not None:
         from chainray.telemetry import otel
 

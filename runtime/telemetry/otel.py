@@ -2,7 +2,9 @@
 
 One ``TracerProvider`` per process and settings, private to chainray (the process's global
 provider, a user's or Ray's, is left alone), exporting over OTLP/HTTP from a batch processor
-that ``flush`` drains before a step's or run's result is returned.
+that ``flush`` drains before a step's or run's result is returned. A collector that does not
+answer must not slow the runs: while the last export failed, ``flush`` starts the export and
+does not wait for it (the exporter's own retries would hold each step for seconds).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.re import parse_env_headers
@@ -29,8 +31,29 @@ log = logging.getLogger("chainray.telemetry")
 SCOPE = "chainray"
 _EXPORT_DELAY_MS = 500  # spans of a long step leave while it runs; flush sends the rest
 _propagator = TraceContextTextMapPropagator()
-_providers: dict[TraceSettings, TracerProvider | None] = {}  # None: no exporter here
 _lock = threading.Lock()
+
+
+class _Watched(SpanExporter):
+    """An exporter that remembers whether its last export reached the collector."""
+
+    def __init__(self, exporter: SpanExporter) -> None:
+        self.exporter, self.ok = exporter, True
+
+    def export(self, spans):
+        result = self.exporter.export(spans)
+        self.ok = result is SpanExportResult.SUCCESS
+        return result
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.exporter.force_flush(timeout_millis)
+
+
+# None: no exporter could be made in this process
+_providers: dict[TraceSettings, tuple[TracerProvider, _Watched] | None] = {}
 
 
 def _otlp_exporter(settings: TraceSettings) -> SpanExporter:
@@ -52,7 +75,7 @@ def _provider(settings: TraceSettings) -> TracerProvider | None:
             resource = Resource.create({**attributes, "service.name": settings.service_name})
             provider = TracerProvider(resource=resource)
             try:
-                exporter = make_exporter(settings)
+                exporter = _Watched(make_exporter(settings))
             except Exception:  # a broken exporter never fails a step: it goes untraced
                 log.warning("cannot export traces to %s", settings.endpoint, exc_info=True)
                 _providers[settings] = None
@@ -60,8 +83,9 @@ def _provider(settings: TraceSettings) -> TracerProvider | None:
             provider.add_span_processor(BatchSpanProcessor(
                 exporter, schedule_delay_millis=_EXPORT_DELAY_MS,
                 export_timeout_millis=settings.timeout_s * 1000))
-            _providers[settings] = provider
-        return _providers[settings]
+            _providers[settings] = provider, exporter
+        known = _providers[settings]
+        return None if known is None else known[0]
 
 
 def _context(parent: Any):
@@ -119,6 +143,13 @@ def current_traceparent() -> str | None:
 
 
 def flush(settings: TraceSettings, timeout_s: float) -> None:
-    provider = _providers.get(settings)
-    if provider is not None and not provider.force_flush(int(timeout_s * 1000)):
-        log.debug("traces to %s not all flushed within %.0f s", settings.endpoint, timeout_s)
+    """Export what is recorded; wait for it (at most ``timeout_s``) only while the collector
+    answers."""
+    if (known := _providers.get(settings)) is None:
+        return
+    provider, exporter = known
+    worker = threading.Thread(target=provider.force_flush, args=(int(timeout_s * 1000),),
+                              name="chainray-trace-flush", daemon=True)
+    worker.start()
+    if exporter.ok:
+        worker.join(timeout_s)
