@@ -7,7 +7,6 @@ real ``chainray run`` exporting over OTLP/HTTP to a loopback receiver."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -230,31 +229,27 @@ def test_untraced_steps_import_no_opentelemetry():
     assert out.strip() == "[]"
 
 
-def test_a_real_run_exports_one_trace_over_otlp_http(sim, tmp_path):
-    """``chainray run`` on Ray: the run, its steps (in other worker processes) and their
-    requests arrive at an OTLP/HTTP collector as one trace, with the collector's header
-    carried to every worker and neither the prompt nor the API key in what was sent."""
+def test_a_real_run_exports_one_trace_over_otlp_http(ray_session, sim):
+    """A run on Ray: the run (in the Coordinator), its steps (in other worker processes) and
+    their requests arrive at an OTLP/HTTP collector as one trace, with the collector's
+    header carried to every worker and neither the prompt nor the API key in what was sent."""
+    import chainray
     from tests.otlp_receiver import OtlpReceiver
 
-    chain = tmp_path / "tiny.yaml"
-    chain.write_text(json.dumps({
+    chain = chain_from_dict({
         "name": "tiny", "defaults": {"model": MODEL, "max_tokens": 20},
         "steps": [{"id": "a", "prompt": "SECRET-PROMPT-A"}, {"id": "b", "prompt": "PROMPT-B"},
-                  {"id": "c", "after": ["a", "b"], "prompt": "join {a} {b}"}]}))
-    out = tmp_path / "run.json"
+                  {"id": "c", "after": ["a", "b"], "prompt": "join {a} {b}"}]})
     with OtlpReceiver() as receiver:
-        env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OPENAI_API_KEY": KEY,
                "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer otlp-t0ken",
-               "OTEL_SERVICE_NAME": "chainray-test", "OPENAI_API_KEY": KEY}
-        env.pop("RAY_ADDRESS", None)
-        proc = subprocess.run(
-            [sys.executable, "-m", "chainray.cli.main", "run", str(chain), "--base-url",
-             sim.base_url, "--quiet", "--no-learn", "--json", str(out)],
-            env=env, capture_output=True, text=True, timeout=170)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+               "OTEL_SERVICE_NAME": "chainray-test"}
+        result = chainray.run(chain, base_url=sim.base_url, env=env, learn=False,
+                              journal=False)
         spans = receiver.spans()
         headers, bodies = receiver.headers, b"".join(receiver.bodies)
-    run = json.loads(out.read_text())
+    assert result.status == "ok", result.error
+    run = json.loads(result.model_dump_json())
     assert len({s["trace_id"] for s in spans}) == 1
     (root,) = [s for s in spans if s["name"] == "chainray.run tiny"]
     assert root["attributes"]["chainray.run.id"] == run["run_id"] and not root["parent"]
