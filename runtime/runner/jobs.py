@@ -59,7 +59,7 @@ class RunJob(RunOptions):
     ``resumed`` holds the steps an earlier invocation finished (not sent again);
     ``journal_dir`` the folder (on the driver's node) of the journal the run appends its
     finished steps to, already opened by the driver (None: no journal); ``trace`` the
-OpenTelemetry settings (and a caller's span) its spans go to."""
+    OpenTelemetry settings (and a caller's span) its spans go to (None: not traced)."""
 
     run_id: str
     chain: Chain
