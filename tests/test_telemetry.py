@@ -261,6 +261,7 @@ def test_a_real_run_exports_one_trace_over_otlp_http(ray_session, sim):
         run["completion_tokens"]
     attempts = [s for s in spans if s["name"] == f"chat {MODEL}"]
     assert len(attempts) == run["api_calls"]
+    assert {a["parent"] for a in attempts} <= {s["span_id"] for s in steps}
     assert all(a["attributes"]["gen_ai.request.model"] == MODEL and
                "gen_ai.usage.input_tokens" in a["attributes"] for a in attempts)
     assert len([s for s in spans if s["name"] == "chainray.permit_wait"]) == run["api_calls"]
@@ -350,3 +351,19 @@ def test_a_collector_that_fails_holds_no_step(monkeypatch):
         assert not failing.finished  # returned while the export still hangs
     finally:
         failing.release.set()
+
+
+def test_a_run_joins_the_callers_trace(exported):
+    """Code that has its own span open when it starts a run gets the run inside its trace."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    app = TracerProvider().get_tracer("app")
+    with trace.use_span(app.start_span("request"), end_on_exit=True) as outer:
+        carried = telemetry.run_trace(SETTINGS)
+    with telemetry.run_span(carried, "chainray.run x", {}):
+        pass
+    telemetry.flush(carried)
+    (run,) = exported.get_finished_spans()
+    assert run.context.trace_id == outer.get_span_context().trace_id
+    assert run.parent.span_id == outer.get_span_context().span_id
