@@ -367,3 +367,24 @@ def test_a_run_joins_the_callers_trace(exported):
     (run,) = exported.get_finished_spans()
     assert run.context.trace_id == outer.get_span_context().trace_id
     assert run.parent.span_id == outer.get_span_context().span_id
+
+
+@pytest.fixture
+def refusing():
+    """A server that answers every request 429."""
+    with PlainServer(latency_s=0.01, rate_limit_first=10_000, retry_after="0").running() as url:
+        yield url
+
+
+async def test_a_failed_step_is_an_error_span_with_its_code(exported, refusing):
+    run = await run_traced(refusing, SETTINGS)
+    assert run.status == "failed"
+    spans = exported.get_finished_spans()
+    steps = by_name(spans, "chainray.step")
+    codes = {step.id: step.error_code for step in run.steps}  # the result's error codes
+    assert steps and all(s.status.status_code.name == "ERROR" and s.attributes["error.type"]
+                         == codes[s.attributes["chainray.step.id"]] == "rate_limited"
+                         for s in steps)
+    assert len(by_name(spans, "chainray.retry_backoff")) == run.api_calls - len(steps)
+    (root,) = by_name(spans, "chainray.run")
+    assert root.attributes["chainray.status"] == "failed"
