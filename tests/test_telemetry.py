@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -246,7 +247,12 @@ def test_a_real_run_exports_one_trace_over_otlp_http(ray_session, sim):
                "OTEL_SERVICE_NAME": "chainray-test"}
         result = chainray.run(chain, base_url=sim.base_url, env=env, learn=False,
                               journal=False)
-        spans = receiver.spans()
+        # Flushed before the result returned; a flush that outlasted its wait on this loaded
+        # machine hands its spans over moments later (bounded wait, then the counts below).
+        deadline = time.monotonic() + 30
+        while len(spans := receiver.spans()) < 4 + result.api_calls * 2 and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
         headers, bodies = receiver.headers, b"".join(receiver.bodies)
     assert result.status == "ok", result.error
     run = json.loads(result.model_dump_json())

@@ -3,8 +3,9 @@
 One ``TracerProvider`` per process and settings, private to chainray (the process's global
 provider, a user's or Ray's, is left alone), exporting over OTLP/HTTP from a batch processor
 that ``flush`` drains before a step's or run's result is returned. A collector that does not
-answer must not slow the runs: while the last export failed, ``flush`` starts the export and
-does not wait for it (the exporter's own retries would hold each step for seconds).
+answer must not slow the runs: once an export has failed or outlasted a flush's wait, ``flush``
+starts the export and does not wait for it (the exporter's own retries would hold each step
+for seconds) until an export succeeds again.
 """
 
 from __future__ import annotations
@@ -153,3 +154,5 @@ def flush(settings: TraceSettings, timeout_s: float) -> None:
     worker.start()
     if exporter.ok:
         worker.join(timeout_s)
+        if worker.is_alive():  # slow or retrying: not waited for until an export succeeds
+            exporter.ok = False
