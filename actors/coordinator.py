@@ -22,6 +22,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from chainray import telemetry
 from chainray.actors.lifeline import watch_parent
 from chainray.actors.step_runner import (
     GuardHandles,
@@ -37,7 +38,7 @@ from chainray.runner.dispatch import dispatch
 from chainray.runner.jobs import RunJob, models_of
 from chainray.runner.journal import append_step
 from chainray.runner.step_exec import StepRequest
-from chainray.runner.summary import summarize_run
+from chainray.runner.summary import run_attributes, summarize_run
 
 __all__ = ["Coordinator", "start_step_runners", "is_process_death", "coordinator_name",
            "end_actors"]
@@ -127,7 +128,8 @@ class Coordinator:
                 step=step, settings=job.settings(step_id), inputs=job.inputs,
                 sees=plans[step_id].sees, depends_on=plans[step_id].depends_on,
                 priority=float(remaining[step_id]) if job.priority else 0.0,
-                journal=None if journal is None else str(journal), journal_node=self.node_id)
+                journal=None if journal is None else str(journal), journal_node=self.node_id,
+                trace=telemetry.child_trace(job.trace))
             if step.kind == "python":
                 return run_python_step.options(name=request.task_name).remote(
                     request, *upstream.values())
@@ -142,9 +144,22 @@ class Coordinator:
     async def run(self, job: RunJob, limiters: Mapping[str, Any],
                   adaptations: Any = None, guards: GuardHandles | None = None,
                   endpoint: Endpoint | None = None) -> RunResult:
-        """Run ``job``; its llm steps go to ``endpoint`` (default: each runner's own)."""
+        """Run ``job``; its llm steps go to ``endpoint`` (default: each runner's own).
+        Traced, the run's span holds its steps' and is exported before the result returns."""
         if self.lifeline is None:
             self.lifeline = watch_parent()
+        with telemetry.run_span(job.trace, f"chainray.run {job.chain.name}", {
+                "chainray.run.id": job.run_id, "chainray.scenario": job.chain.name,
+                "chainray.strategy": job.strategy}) as span:
+            result = await self._run(job, limiters, adaptations, guards, endpoint)
+            span.set(run_attributes(result))
+            if result.status == "failed":
+                span.fail(result.error_code or "failed", result.error)
+        await telemetry.aflush(job.trace)
+        return result
+
+    async def _run(self, job: RunJob, limiters: Mapping[str, Any], adaptations: Any,
+                   guards: GuardHandles | None, endpoint: Endpoint | None) -> RunResult:
         schedule = resolve(job.chain, job.strategy)
         counts = self.live[job.run_id] = Counter(pending=len(schedule.steps))
         # The driver opened the journal (header, lock); a step that ran on this node appended

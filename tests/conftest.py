@@ -12,6 +12,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.pop("OPENAI_API_KEY", None)
 os.environ.pop("OPENAI_BASE_URL", None)
 os.environ.pop("RAY_ADDRESS", None)
+for _name in [n for n in os.environ if n.startswith("OTEL_")]:  # a developer's collector
+    os.environ.pop(_name)                                         # traces no test by accident
 os.environ["CHAINRAY_HOME"] = tempfile.mkdtemp(prefix="chainray-test-")
 
 from chainray.sim import start_simulator  # noqa: E402

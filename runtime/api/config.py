@@ -116,6 +116,9 @@ class SessionConfig(RunOptions):
                               "$CHAINRAY_HOME/cache)")
     hedge_after: float | None = Field(None, description="quantile (0, 1] after which a "
                                       "straggling request gets one duplicate")
+    otel: bool | None = Field(None, description="send each run's trace over OTLP/HTTP (None: "
+                              "when OTEL_EXPORTER_OTLP_ENDPOINT or ..._TRACES_ENDPOINT is set; "
+                              "needs chainray[otel])")
     learn: bool = Field(True, description="add what runs measure to the endpoint's profile "
                         "(which chainray.plan predicts from)")
     models: tuple[str, ...] = Field((), description="models whose rate limiters open with "

@@ -40,6 +40,7 @@ from chainray.results import RunResult
 from chainray.runner.jobs import RunJob, step_models
 from chainray.sim.config import SimConfig
 from chainray.sim.embedded import EmbeddedSimulator, start_simulator
+from chainray.telemetry import run_trace, trace_settings
 
 __all__ = ["Driver", "StopAborted"]
 
@@ -87,6 +88,7 @@ class Driver:
         self.coordinator = None
         self.runners: list[ray.actor.ActorHandle] = []
         self.id = uuid.uuid4().hex[:8]  # names this session's actors in the dashboard
+        self.trace = trace_settings(config.env, config.otel)  # None: runs are not traced
         self.warm = self._find_warm()  # `chainray up`'s Ray, actors and simulator, if up
         try:
             self._start()
@@ -253,6 +255,8 @@ class Driver:
 
     def submit(self, job: RunJob) -> ray.ObjectRef:
         self.learner.expect(job.run_id, job.chain, job.inputs)
+        if self.trace is not None:
+            job = job.model_copy(update={"trace": run_trace(self.trace)})
         return self.coordinator.run.options(name=f"run:{job.chain.name}:{job.strategy}").remote(
             job, self.limiters_for(job), self.adaptations, self.guards, self.endpoint)
 

@@ -27,6 +27,10 @@ class Completion:
     usage_estimated: bool = False
     truncated: bool = False
     cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
+    # As the server named them (for traces; None when it did not say)
+    model: str | None = None
+    response_id: str | None = None
+    finish_reason: str | None = None
 
 
 def _malformed(why: str) -> EndpointError:
@@ -90,5 +94,10 @@ def read_completion(body: bytes, messages: Sequence[Mapping[str, object]]) -> Co
     details = usage.get("prompt_tokens_details")
     cached = cached_of(prompt, details.get("cached_tokens")) \
         if isinstance(details, dict) and not estimated else 0
-    return Completion(text, prompt, completion, estimated,
-                      choice.get("finish_reason") == "length", cached)
+    finish = choice.get("finish_reason")
+    return Completion(text, prompt, completion, estimated, finish == "length", cached,
+                      _text(data.get("model")), _text(data.get("id")), _text(finish))
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

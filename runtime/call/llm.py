@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from chainray import telemetry
 from chainray.call.adaptations import (
     Adaptation,
     adapt,
@@ -38,7 +39,7 @@ from chainray.call.adaptations import (
     known_adaptations,
     learn_adaptation,
 )
-from chainray.call.attempt_log import AttemptTimer
+from chainray.call.attempt_log import AttemptTimer, answer_attributes, attempt_span
 from chainray.call.completion import Completion, read_completion
 from chainray.call.endpoint import (
     STEP_HEADER,
@@ -117,6 +118,7 @@ class Call:
         key = ResponseCache.key(self.endpoint.identity or self.endpoint.base_url, self.asked)
         if (hit := await cache.get(key)) is not None:
             self.reply.from_cache(hit)
+            telemetry.event("chainray.cache_hit", {"gen_ai.request.model": self.request.model})
         else:
             await self._answer()
             reply = self.reply
@@ -187,6 +189,10 @@ class Call:
                                           endpoint.backoff_s):
             with attempt:
                 self.left_s = max(0.001, ends - time.monotonic())
+                if attempt.retry_state.attempt_number > 1 and self.reply.attempt_log:
+                    telemetry.past_span("chainray.retry_backoff",
+                                        self.reply.attempt_log[-1].finished_at, time.time(),
+                                        {"chainray.attempt": attempt.retry_state.attempt_number})
                 await self._attempt()
 
     async def _attempt(self) -> None:
@@ -221,8 +227,9 @@ class Call:
         reservation = await self._reserve(worst)
         spent, cached = (0, 0), 0  # an HTTP error status costs nothing
         lost = False  # a hedge's loser, cancelled: charged once the race is settled
+        traced = attempt_span(self.request, self.sent, self.endpoint, duplicate)
         try:
-            async with AttemptTimer(self.reply.attempt_log) as timer, PermitScope(
+            async with AttemptTimer(self.reply.attempt_log, *traced) as timer, PermitScope(
                     self.limiter, self.request.estimated_tokens, self.request.priority,
                     timeout_s=self.left_s, max_penalty_s=self.left_s) as permit:
                 timer.sent()
@@ -243,6 +250,8 @@ class Call:
                     raise
                 spent = (completion.prompt_tokens, completion.completion_tokens)
                 cached = completion.cached_tokens
+                if telemetry.enabled():
+                    timer.span.set(answer_attributes(completion))
                 permit.settle(sum(spent), {k: raw.headers[k] for k in _RATE_HEADERS
                                            if k in raw.headers})
             return completion, time.monotonic() - sent_at
@@ -258,6 +267,9 @@ class Call:
         if self.guards.budget is None:
             return None
         reservation = await self.guards.budget.reserve(self.request.model, *worst)
+        telemetry.event("chainray.spend_reservation", {
+            "gen_ai.request.model": self.request.model, "chainray.prompt_tokens": worst[0],
+            "chainray.completion_tokens": worst[1], "chainray.admitted": reservation is not None})
         if reservation is None:
             raise spend_cap_error(self.request.model)
         return reservation

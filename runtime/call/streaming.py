@@ -36,6 +36,8 @@ class StreamedReply:
     decode_s: float | None = None
     refusal: str | None = None
     tool_calls: bool = False
+    model: str | None = None  # as the chunks named them
+    response_id: str | None = None
     parts: list[str] = field(default_factory=list, repr=False)
 
     @property
@@ -51,6 +53,8 @@ async def collect_stream(chunks: AsyncIterable[Any], sent_at: float,
     reply = StreamedReply()
     first = last = None
     async for chunk in chunks:
+        if reply.model is None and isinstance(getattr(chunk, "model", None), str):
+            reply.model, reply.response_id = chunk.model, getattr(chunk, "id", None)
         usage = getattr(chunk, "usage", None)
         if usage is not None:
             reply.prompt_tokens = usage.prompt_tokens
@@ -95,7 +99,7 @@ def completion_from_stream(reply: StreamedReply,
         (estimate_text_tokens(text) if text else 0)
     cached = 0 if estimated else cached_of(prompt, reply.cached_tokens)
     return Completion(text, prompt, completion, estimated, reply.finish_reason == "length",
-                      cached)
+                      cached, reply.model, reply.response_id, reply.finish_reason)
 
 
 async def close_response(raw: Any) -> None:

@@ -108,6 +108,10 @@ def add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_fl
     add("--deadline", metavar="DURATION", default=_GIVEN,
         help="when the results are needed (e.g. 30m, 2h): the advisor picks the Batch API "
         "or online calls from the predicted completion time and cost, and says why")
+    add("--otel", action="store_true", default=_GIVEN,
+        help="send each run's trace over OpenTelemetry OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT "
+        "(default http://localhost:4318); on without this flag when that variable is set; "
+        'needs pip install "chainray[otel]"')
     add("--no-learn", dest="learn", action="store_false", default=_GIVEN,
         help="do not add what this measures to the endpoint's profile (which chainray plan "
         "predicts from)")

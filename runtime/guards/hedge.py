@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from chainray import telemetry
 from chainray.guards.call_guards import StragglerLimits
 from chainray.tokens import estimate_prompt_tokens, estimate_text_tokens
 
@@ -220,6 +221,8 @@ async def hedged(send: Callable[[bool, Progress], Awaitable[Any]],
         if not await _straggles(first, original, look.result(), charge.sent_at, streaming):
             return first.result(), original
         copy = Progress()
+        telemetry.event("chainray.hedge", {"chainray.in_flight_s": round(
+            time.monotonic() - charge.sent_at, 3)})  # a duplicate of a straggler leaves
         second = asyncio.ensure_future(send(True, copy))
         tasks.add(second)
         result, progress = await _race({first: original, second: copy}, look.result(),

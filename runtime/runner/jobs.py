@@ -12,6 +12,7 @@ from chainray.plan.cost import load_prices
 from chainray.plan.schedule import Strategy
 from chainray.results import StepResult
 from chainray.spec.chain import DEFAULT_MODEL, Chain, ModelSettings
+from chainray.telemetry import TraceContext
 
 __all__ = ["RunOptions", "RunJob", "step_models", "models_of"]
 
@@ -57,7 +58,8 @@ class RunJob(RunOptions):
 
     ``resumed`` holds the steps an earlier invocation finished (not sent again);
     ``journal_dir`` the folder (on the driver's node) of the journal the run appends its
-    finished steps to, already opened by the driver (None: no journal)."""
+    finished steps to, already opened by the driver (None: no journal); ``trace`` the
+    OpenTelemetry settings (and a caller's span) its spans go to (None: not traced)."""
 
     run_id: str
     chain: Chain
@@ -65,6 +67,7 @@ class RunJob(RunOptions):
     inputs: dict[str, str | None]
     journal_dir: str | None = None
     resumed: dict[str, StepResult] = {}
+    trace: TraceContext | None = None  # where its trace goes (None: not traced)
 
     def settings(self, step_id: str) -> ModelSettings:
         settings = self.chain.settings_for(self.chain.by_id[step_id])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from chainray import telemetry
 from chainray.call.adaptations import adaptation_key
 from chainray.call.endpoint import CallServices, LLMReply, LLMRequest
 from chainray.call.error_table import TOO_LARGE, error_code
@@ -20,6 +21,7 @@ from chainray.runner.journal import append_step
 from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, ModelSettings, Step, resolve_call
 from chainray.spec.prompts import render_prompt
 from chainray.spec.templates import fill_template
+from chainray.telemetry import TraceContext
 from chainray.text import error_text, one_line
 from chainray.tokens import estimate_prompt_tokens
 
@@ -46,6 +48,7 @@ class StepRequest(BaseModel):
     # journals its own reply before returning it, so a driver killed meanwhile loses nothing.
     journal: str | None = None
     journal_node: str | None = None
+    trace: TraceContext | None = None  # the run's trace, when traced (chainray.telemetry)
 
 
 def _upstream_texts(request: StepRequest, upstream: Sequence[StepResult]) -> dict[str, str]:
@@ -114,11 +117,45 @@ def _reply_fields(reply: LLMReply) -> dict:
                 attempt_log=tuple(reply.attempt_log))
 
 
+def _span_name(request: StepRequest) -> str:
+    return f"chainray.step {request.step.id}"
+
+
+def _span_attributes(request: StepRequest) -> dict:
+    return {"chainray.run.id": request.run_id, "chainray.step.id": request.step.id,
+            "chainray.step.kind": request.step.kind}
+
+
+def _traced(span: telemetry.Span, result: StepResult) -> StepResult:
+    """The step span's figures: these tokens add up to the run's ``prompt_tokens`` and
+    ``completion_tokens`` (the attempt spans carry each request's ``gen_ai.usage.*``)."""
+    span.set({"chainray.step.status": result.status, "chainray.model": result.model,
+              "chainray.prompt_tokens": result.prompt_tokens,
+              "chainray.completion_tokens": result.completion_tokens,
+              "chainray.cached_tokens": result.cached_tokens,
+              "chainray.attempts": result.attempts, "chainray.rate_limited": result.rate_limited,
+              "chainray.queued_ms": round(result.queued_ms, 1), "chainray.cached": result.cached,
+              "chainray.hedged": result.hedged})
+    if result.status == "error":
+        span.fail(result.error_code or "error", result.error)
+    return result
+
+
 async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
                            services: CallServices,
                            context: Callable[[], tuple] = lambda: (None, None)) -> StepResult:
     """Call the step's model, then each fallback model in turn (each under its own
-    RateLimiter) while the failure is the model's own."""
+    RateLimiter) while the failure is the model's own. Traced, its spans are handed to the
+    collector before the result returns."""
+    with telemetry.step_span(request.trace, _span_name(request),
+                             _span_attributes(request)) as span:
+        result = _traced(span, await _llm_step(request, upstream, services, context))
+    await telemetry.aflush(request.trace)
+    return result
+
+
+async def _llm_step(request: StepRequest, upstream: Sequence[StepResult],
+                    services: CallServices, context: Callable[[], tuple]) -> StepResult:
     started = time.time()
     settings = request.settings
     messages = build_messages(request, upstream)
@@ -153,6 +190,15 @@ async def execute_llm_step(request: StepRequest, upstream: Sequence[StepResult],
 def execute_python_step(request: StepRequest, upstream: Sequence[StepResult],
                         context: Callable[[], tuple] = lambda: (None, None)) -> StepResult:
     """Call the step's ``function(inputs, upstream)``; it returns the step's text output."""
+    with telemetry.step_span(request.trace, _span_name(request),
+                             _span_attributes(request)) as span:
+        result = _traced(span, _python_step(request, upstream, context))
+    telemetry.flush(request.trace)
+    return result
+
+
+def _python_step(request: StepRequest, upstream: Sequence[StepResult],
+                 context: Callable[[], tuple]) -> StepResult:
     started = time.time()
     try:
         function = resolve_call(request.step.call)

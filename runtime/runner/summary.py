@@ -13,7 +13,7 @@ from chainray.plan.schedule import Schedule, longest_path
 from chainray.results import RunResult, RunTotals, StepResult
 from chainray.spec.chain import Chain
 
-__all__ = ["summarize_run"]
+__all__ = ["summarize_run", "run_attributes"]
 
 
 def _totals(chain: Chain, steps: Iterable[StepResult], prices: PriceTable) -> RunTotals:
@@ -64,3 +64,10 @@ def summarize_run(chain: Chain, schedule: Schedule, results: Mapping[str, StepRe
         output=final.output, steps=ordered,
         resumed_steps=tuple(r.id for r in ordered if r.id in resumed),
         run_totals=_totals(chain, ordered, prices))
+
+
+def run_attributes(result: RunResult) -> dict:
+    """A run span's figures, named as the JSON fields are (what this invocation sent)."""
+    return {f"chainray.{name}": getattr(result, name) for name in (
+        "status", "shape", "prompt_tokens", "completion_tokens", "cached_tokens",
+        "api_calls", "retries", "rate_limited", "estimated_cost", "latency_ms", "queued_ms")}
