@@ -26,7 +26,9 @@ error in one place (``map_exceptions``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -69,6 +71,7 @@ if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
 
 __all__ = ["Call", "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
 
+log = logging.getLogger(__name__)
 _RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
                  "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
 # Streaming is dropped for an endpoint whose streams carry no usage: counts must be exact.
@@ -98,6 +101,7 @@ class Call:
     sent: dict[str, Any] = field(default_factory=dict, init=False)
     rejected: set[str] = field(default_factory=set, init=False)  # parameters adapted after a 400
     left_s: float = field(default=0.0, init=False)  # of the retry budget, as this attempt began
+    on_first_token: Callable[[], object] | None = None  # told once, at the first token
 
     @classmethod
     def of(cls, services: CallServices, request: LLMRequest,
@@ -105,7 +109,8 @@ class Call:
         """A call of ``request.model`` under that model's RateLimiter (``reply``: one that
         earlier calls of the same step, to other models, have filled)."""
         return cls(services.client, services.limiters[request.model], services.endpoint,
-                   request, services.guards, services.store, reply or LLMReply())
+                   request, services.guards, services.store, reply or LLMReply(),
+                   on_first_token=services.on_first_token)
 
     async def run(self) -> LLMReply:
         """The cache layer: a hit answers at once; an answer that passed is kept."""
@@ -286,8 +291,24 @@ class Call:
             return raw, read_completion(await raw.http_response.aread(), messages)
         progress.streamed = True
         try:
-            stream = await collect_stream(raw.parse(), sent_at, on_text=progress.on_text)
+            stream = await collect_stream(raw.parse(), sent_at, on_text=self._on_text(progress))
         finally:  # a stream left unread (a hedge's loser) is closed now, not when collected:
             await close_response(raw)  # the server sees the client leave, stops generating
         self.reply.streamed(stream)
         return raw, completion_from_stream(stream, messages)
+
+    def _on_text(self, progress: Progress) -> Callable[[str], None]:
+        """What hears a stream's text: the hedge's progress, and ``on_first_token`` once."""
+        if self.on_first_token is None:
+            return progress.on_text
+
+        def on_text(text: str) -> None:
+            if self.on_first_token is not None:
+                announce, self.on_first_token = self.on_first_token, None
+                try:
+                    announce()
+                except Exception:  # noqa: BLE001 - the waiting steps go after a bounded wait
+                    log.debug("could not announce the first token", exc_info=True)
+            progress.on_text(text)
+
+        return on_text

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from chainray.plan.schedule import Schedule
 from chainray.results import StepResult
+from chainray.runner.prefix_warmup import PrefixWarmup
 from chainray.text import error_text
 
 __all__ = ["dispatch", "StartStep", "IsProcessDeath"]
@@ -40,7 +41,8 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
                    on_error: Literal["fail", "continue", "isolate"] = "fail",
                    on_update: Update = lambda *_: None, resubmits: int = 2,
                    is_process_death: IsProcessDeath = _never,
-                   stopped: Callable[[], bool] = _never) -> dict[str, StepResult]:
+                   stopped: Callable[[], bool] = _never,
+                   warmup: PrefixWarmup | None = None) -> dict[str, StepResult]:
     """Run every step of ``schedule``; return each step's result by id.
 
     With ``on_error="fail"`` the first failed step stops dispatch and the steps not started
@@ -50,17 +52,21 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
     Ray-aware) is started again, at most ``resubmits`` times; any other exception a handle
     raises becomes the step's error (one line; the detail goes to the debug log) and follows
     the ``on_error`` policy like any failed step. Once ``stopped()`` (a Ctrl-C), no step
-    starts; those not started are ``skipped`` and the running ones finish.
+    starts; those not started are ``skipped`` and the running ones finish. With ``warmup``,
+    ready steps that share a cacheable prompt prefix start behind their leader
+    (``chainray.runner.prefix_warmup``): once its first token arrives or it finishes.
     """
     plans = schedule.plan
     sorter = graphlib.TopologicalSorter({step.id: step.depends_on for step in schedule.steps})
     sorter.prepare()
     handles: dict[str, Any] = {}
     results: dict[str, StepResult] = {}
-    finished: asyncio.Queue[tuple[str, asyncio.Task]] = asyncio.Queue()
+    finished: asyncio.Queue[tuple[str, asyncio.Task | None]] = asyncio.Queue()
     tries: dict[str, int] = {}
     running = 0
     stopping = False
+    held: dict[str, list[str]] = {}  # a warm-up leader -> the ready steps it holds back
+    waits: set[asyncio.Task] = set()
 
     def start(step_id: str) -> None:
         nonlocal running
@@ -71,43 +77,70 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
         running += 1
         on_update(step_id, "running", None)
 
-    while sorter.is_active():
-        for step_id in sorter.get_ready():
-            failed = [d for d in plans[step_id].depends_on if results[d].status != "ok"]
-            if stopped():
-                why, code = "not started: the run was interrupted", "interrupted"
-            elif stopping:
-                why, code = "an earlier step failed", "skipped"
-            elif on_error == "isolate" and failed:
-                why, code = f"depends on {failed[0]}, which did not finish", "upstream_failed"
-            else:
-                why = code = None
-            if why is not None:
-                results[step_id] = StepResult(
-                    id=step_id, status="skipped", depends_on=plans[step_id].depends_on,
-                    error=why, error_code=code)
-                on_update(step_id, "skipped", results[step_id])
-                sorter.done(step_id)
-            else:
-                start(step_id)
-        if not running:
-            continue
-        step_id, task = await finished.get()
-        running -= 1
-        try:
-            result = task.result()
-        except Exception as exc:
-            if is_process_death(exc) and tries[step_id] <= resubmits and not stopped():
-                on_update(step_id, "resubmitted", None)
-                start(step_id)
-                continue
-            log.debug("step %s raised", step_id, exc_info=True)
-            result = StepResult(id=step_id, status="error", error=error_text(exc),
-                                error_code="internal", depends_on=plans[step_id].depends_on,
-                                attempts=0)
-            handles[step_id] = result  # dependents receive the failure, not the exception
-        results[step_id] = result
-        on_update(step_id, result.status, result)
-        stopping = stopping or (result.status != "ok" and on_error == "fail")
+    def skip(step_id: str, why: str, code: str) -> None:
+        results[step_id] = StepResult(id=step_id, status="skipped", error=why,
+                                      depends_on=plans[step_id].depends_on, error_code=code)
+        on_update(step_id, "skipped", results[step_id])
         sorter.done(step_id)
+
+    def release(leader: str) -> None:
+        for step_id in held.pop(leader, ()):  # ready with the leader: they start unless
+            if stopped():                       # the run was interrupted meanwhile
+                skip(step_id, "not started: the run was interrupted", "interrupted")
+            else:
+                start(step_id)
+
+    def hold(followers: dict[str, list[str]]) -> None:
+        for leader, steps in followers.items():
+            held[leader] = steps
+            wait = asyncio.ensure_future(warmup.wait(leader))  # bounded by warmup.wait_s
+            wait.add_done_callback(lambda _, lead=leader: finished.put_nowait((lead, None)))
+            waits.add(wait)
+
+    try:
+        while sorter.is_active():
+            starting = []
+            for step_id in sorter.get_ready():
+                failed = [d for d in plans[step_id].depends_on if results[d].status != "ok"]
+                if stopped():
+                    skip(step_id, "not started: the run was interrupted", "interrupted")
+                elif stopping:
+                    skip(step_id, "an earlier step failed", "skipped")
+                elif on_error == "isolate" and failed:
+                    skip(step_id, f"depends on {failed[0]}, which did not finish",
+                         "upstream_failed")
+                else:
+                    starting.append(step_id)
+            if warmup is not None and len(starting) > 1:
+                starting, followers = warmup.split(starting, results)
+                hold(followers)
+            for step_id in starting:
+                start(step_id)
+            if not running:
+                continue
+            step_id, task = await finished.get()
+            if task is None:  # a leader's first token arrived, or it waited long enough
+                release(step_id)
+                continue
+            running -= 1
+            try:
+                result = task.result()
+            except Exception as exc:
+                if is_process_death(exc) and tries[step_id] <= resubmits and not stopped():
+                    on_update(step_id, "resubmitted", None)
+                    start(step_id)
+                    continue
+                log.debug("step %s raised", step_id, exc_info=True)
+                result = StepResult(id=step_id, status="error", error=error_text(exc),
+                                    error_code="internal",
+                                    depends_on=plans[step_id].depends_on, attempts=0)
+                handles[step_id] = result  # dependents receive the failure, not the exception
+            results[step_id] = result
+            on_update(step_id, result.status, result)
+            stopping = stopping or (result.status != "ok" and on_error == "fail")
+            sorter.done(step_id)
+            release(step_id)  # a leader that finished (or failed) holds nothing back
+    finally:
+        for wait in waits:
+            wait.cancel()
     return results
