@@ -71,6 +71,11 @@ def add_sim_parser(commands, positive_int, positive_float) -> None:
                      help="answer every call 429 insufficient_quota")
     sim.add_argument("--no-retry-after", action="store_true",
                      help="send 429s without retry-after headers")
+    sim.add_argument("--no-prompt-cache", action="store_true",
+                     help="no automatic prefix caching (default: as OpenAI's, prefixes of "
+                     "--cache-min-tokens or more, reported as cached_tokens)")
+    sim.add_argument("--cache-min-tokens", type=positive_int, default=1024, metavar="N",
+                     help="smallest cached prompt prefix (default 1024, OpenAI's)")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -91,7 +96,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
                          tokens_per_s=args.tokens_per_s, api_key=api_key, faults=faults,
                          retry_after_headers=not args.no_retry_after, slots=args.slots,
                          reply_tokens=args.reply_tokens,
-                         ignore_max_tokens=args.ignore_max_tokens)
+                         ignore_max_tokens=args.ignore_max_tokens,
+                         prompt_cache=not args.no_prompt_cache,
+                         prompt_cache_min_tokens=args.cache_min_tokens)
     except ValidationError as exc:
         error = exc.errors()[0]
         flag = "--" + str(error["loc"][-1]).replace("_", "-")
