@@ -20,7 +20,7 @@ from chainray.runner.prefix_warmup import PrefixWarmup
 from chainray.spec.chain import chain_from_dict
 
 MODEL = "gpt-4.1-mini"  # $0.40 per 1M input, $0.10 cached, $1.60 output
-CODE = "def handler(request):\n    return process(request.body)  # noqa\n" * 200  # ~3,500 tokens
+CODE = "def handler(request):\n    return process(request.body)  # noqa\n" * 222  # ~3,500 tokens
 REVIEWS = ("security", "performance", "style", "tests")
 FAST = {"rpm": 100_000, "tpm": 10_000_000, "learn": False}
 
@@ -198,3 +198,45 @@ def test_a_refused_review_does_not_hold_the_others_against_a_real_server(ray_ses
     assert steps["security"].status == "error"
     assert all(steps[a].status == "ok" for a in REVIEWS[1:])
     assert {r["tag"] for r in server.requests} >= {*REVIEWS[1:], "report"}
+
+
+# --- plan: predictions with and without warm-up, the advice, the hint --------------------
+
+def test_plan_predicts_cost_and_makespan_with_and_without_warmup_and_weighs_them():
+    chain = review_chain()
+    for_cost = chainray.plan(chain, "cost")
+    warm, cold = for_cost.predictions["hybrid"], for_cost.without_warmup["hybrid"]
+    assert warm.cached_tokens >= 3 * 3000 and cold.cached_tokens == 0
+    assert warm.cost <= 0.7 * cold.cost  # three of four reviews read ~3,500 tokens cached
+    assert warm.makespan_s > cold.makespan_s  # by about the leader's first token
+    assert for_cost.prefix_warmup
+    for_latency = chainray.plan(chain, "latency")
+    assert for_latency.strategy in ("hybrid", "parallel") and not for_latency.prefix_warmup
+    assert any("--no-prefix-warmup" in reason for reason in for_latency.reasons)
+    # a step after the reviews already reads what they wrote: sequential needs no warm-up
+    assert for_cost.predictions["sequential"].cached_tokens > 0
+    assert "sequential" not in for_cost.without_warmup
+    assert for_cost.hints == ()
+
+
+def test_plan_points_out_siblings_whose_shared_context_is_not_a_common_prefix(capsys):
+    late = chainray.plan(review_chain(code_first=False))
+    assert len(late.hints) == 1 and late.hints[0].startswith(
+        "put {code} first in security, performance, style and tests to share a cached prefix")
+    assert late.without_warmup == {}  # nothing to warm up until the prompts change
+    short = chain_from_dict({**review_chain(code_first=False).model_dump(exclude_none=True),
+                             "inputs": {"code": "x = 1\n"}})
+    assert chainray.plan(short).hints == ()  # under 1,024 tokens: nothing to cache
+
+
+def test_chainray_plan_prints_both_predictions_and_the_hint(tmp_path, capsys):
+    import yaml
+
+    from chainray.cli.main import main
+
+    path = tmp_path / "reviews.yaml"
+    path.write_text(yaml.safe_dump(review_chain().model_dump(mode="json", exclude_none=True)))
+    assert main(["plan", str(path), "--objective", "cost"]) == 0
+    out = capsys.readouterr().out
+    assert "without prefix warm-up (--no-prefix-warmup): makespan" in out
+    assert "prefix warm-up: " in out and "keep it on" in out

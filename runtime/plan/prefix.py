@@ -17,10 +17,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 
+from chainray.plan.schedule import Schedule
+from chainray.spec.chain import DEFAULT_MODEL, Chain
+from chainray.spec.prompts import render_prompt
+from chainray.spec.templates import fill_template, template_fields
 from chainray.tokens import estimate_text_tokens
 
 __all__ = ["MIN_PREFIX_TOKENS", "BLOCK_TOKENS", "serialize", "shared_tokens",
-           "cacheable_tokens", "prefix_groups"]
+           "cacheable_tokens", "prefix_groups", "siblings", "cached_prefixes", "prefix_hints"]
 
 MIN_PREFIX_TOKENS = 1024  # OpenAI's (and most Claude models') smallest cached prefix
 BLOCK_TOKENS = 128  # OpenAI's cache hits grow in steps of this many tokens
@@ -52,15 +56,112 @@ def prefix_groups(prompts: Mapping[str, tuple[str, str]],
     step of each group (in ``prompts``' order) its leader.
 
     ``prompts`` maps a step to its model and serialized request (``serialize``); a cache is
-    per model, so only steps of one model group. A step joins the first group whose leader
-    shares at least ``min_tokens`` of prefix with it."""
-    groups: list[list[str]] = []
+    per model, so only steps of one model group. Two requests share ``min_tokens`` exactly
+    when their first ``min_tokens`` tokens' characters agree, so that opening is the key
+    (linear in the steps, for chains of thousands)."""
+    opening = 4 * min_tokens - 3  # the fewest characters that estimate to min_tokens
+    groups: dict[tuple[str, str], list[str]] = {}
     for step, (model, text) in prompts.items():
-        for group in groups:
-            lead_model, lead_text = prompts[group[0]]
-            if lead_model == model and shared_tokens(lead_text, text) >= min_tokens:
-                group.append(step)
-                break
-        else:
-            groups.append([step])
-    return [group for group in groups if len(group) > 1]
+        if len(text) >= opening:
+            groups.setdefault((model, text[:opening]), []).append(step)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+# --- before a run: which steps' requests the cache serves, upstream lengths predicted ----
+
+def _filler(name: str, chars: float) -> str:
+    """Stand-in text for an upstream output of ``chars`` characters: the same for every step
+    that sees the same output, different for different outputs."""
+    unit = f"\x00{name}\x00"
+    count = max(0, round(chars))
+    return (unit * (count // len(unit) + 1))[:count]
+
+
+def predicted_request(chain: Chain, step_id: str, out_chars: Mapping[str, float]) -> str:
+    """The start of ``step_id``'s request as it will be sent: its system message and its
+    template with the inputs and the outputs it names (each at its predicted length). The
+    "previously covered" block after it is left out: the template's prefix is what steps
+    share, and leaving it out keeps a long sequential chain linear."""
+    step = chain.by_id[step_id]
+    named = {name.split(".")[0] for name, _ in template_fields(step.prompt or "")}
+    seen = {s: _filler(s, out_chars.get(s, 0.0)) for s in named if s in chain.by_id}
+    prompt = render_prompt(step.prompt or "", chain.inputs, seen, step.after)
+    system = chain.settings_for(step).system
+    values = {**{k: v or "" for k, v in chain.inputs.items()}, **seen}
+    messages = [{"role": "system", "content": fill_template(system, values)}] if system else []
+    return serialize([*messages, {"role": "user", "content": prompt}])
+
+
+def cached_prefixes(chain: Chain, schedule: Schedule, out_chars: Mapping[str, float],
+                    min_tokens: int = MIN_PREFIX_TOKENS, warmup: bool = True
+                    ) -> tuple[dict[str, int], dict[str, str]]:
+    """Which llm steps read a prefix from the provider's cache, and how many tokens of it;
+    and, with ``warmup``, the followers that wait for a leader (follower -> leader).
+
+    A step reads the prefix it shares with a step it (transitively) waits for, whose reply
+    has begun before it starts; with warm-up, also the one its leader shares with it among the
+    steps ready with it (the same dependencies)."""
+    order = [step_id for phase in schedule.phases for step_id in phase]  # topological
+    requests, ancestors, bits = {}, {}, {}
+    by_key: dict[tuple[str, str], list[str]] = {}
+    opening = 4 * min_tokens - 3  # requests that share min_tokens agree on this many chars
+    for i, step_id in enumerate(order):
+        bits[step_id], ancestors[step_id] = 1 << i, 0
+        for dep in schedule.plan[step_id].depends_on:
+            ancestors[step_id] |= ancestors[dep] | bits[dep]
+        step = chain.by_id[step_id]
+        if step.kind == "llm":
+            requests[step_id] = text = predicted_request(chain, step_id, out_chars)
+            if len(text) >= opening:
+                model = chain.settings_for(step).model or DEFAULT_MODEL
+                by_key.setdefault((model, text[:opening]), []).append(step_id)
+    writers, followers = {}, {}
+    for ids in by_key.values():
+        for step_id in ids:
+            earlier = [s for s in ids if ancestors[step_id] & bits[s]]
+            deps = set(schedule.plan[step_id].depends_on)
+            lead = next(s for s in ids if set(schedule.plan[s].depends_on) == deps)
+            if earlier:  # its reply began before this step starts: warm already
+                writers[step_id] = earlier[-1]
+            elif warmup and lead != step_id:
+                writers[step_id] = followers[step_id] = lead
+    cached = {s: cacheable_tokens(shared_tokens(requests[w], requests[s]), min_tokens)
+              for s, w in writers.items()}
+    return cached, followers
+
+
+def siblings(chain: Chain, schedule: Schedule) -> list[list[str]]:
+    """llm steps that become ready together (the same dependencies) and call one model."""
+    sets: dict[tuple, list[str]] = {}
+    for plan in schedule.steps:
+        step = chain.by_id[plan.id]
+        if step.kind == "llm":
+            model = chain.settings_for(step).model or DEFAULT_MODEL
+            sets.setdefault((frozenset(plan.depends_on), model), []).append(plan.id)
+    return [ids for ids in sets.values() if len(ids) > 1]
+
+
+def _names(ids: list[str]) -> str:
+    return ids[0] if len(ids) == 1 else ", ".join(ids[:-1]) + " and " + ids[-1]
+
+
+def prefix_hints(chain: Chain, schedule: Schedule,
+                 min_tokens: int = MIN_PREFIX_TOKENS) -> list[str]:
+    """Siblings that share a long input (``min_tokens`` or more) that is not at the start of
+    their prompts, so no prompt cache can serve it: move it first."""
+    cached, _ = cached_prefixes(chain, schedule, {}, min_tokens)
+    hints = []
+    for ids in siblings(chain, schedule):
+        users: dict[str, list[str]] = {}
+        for step_id in ids:
+            for name, _ in template_fields(chain.by_id[step_id].prompt or ""):
+                root = name.split(".")[0]
+                if root in chain.inputs and step_id not in users.setdefault(root, []):
+                    users[root].append(step_id)
+        for root, steps in users.items():
+            tokens = len(chain.inputs[root] or "") / 4
+            served = sum(s in cached for s in steps) >= len(steps) - 1
+            if len(steps) > 1 and tokens >= min_tokens and not served:
+                hints.append(f"put {{{root}}} first in {_names(steps)} to share a cached "
+                             f"prefix (~{tokens:,.0f} tokens that each now sends uncached)")
+    return hints
