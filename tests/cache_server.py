@@ -63,6 +63,14 @@ class CacheServer(PlainServer):
     requests: list[dict] = field(default_factory=list)
     usable: set[str] = field(default_factory=set)  # digests of prefixes whose writer answers
 
+    def reset(self) -> None:
+        """A cold cache and an empty bill (between runs of a benchmark)."""
+        self.usable.clear()
+        self.bill = Bill()
+        self.requests.clear()
+        self.log.clear()
+        self.start_times.clear()
+
     def _tokens(self, body: dict) -> list[str]:
         text = "".join(f"{m.get('role')}: {m.get('content') or ''}\n" for m in body["messages"])
         step = self.chars_per_token
