@@ -26,7 +26,6 @@ error in one place (``map_exceptions``).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,7 +52,12 @@ from chainray.call.endpoint import (
 )
 from chainray.call.error_table import map_exceptions, parse_retry_after, redact, to_endpoint_error
 from chainray.call.retry import retry_policy
-from chainray.call.streaming import close_response, collect_stream, completion_from_stream
+from chainray.call.streaming import (
+    announcing,
+    close_response,
+    collect_stream,
+    completion_from_stream,
+)
 from chainray.call.structured import correction_message, schema_problem
 from chainray.errors import EndpointError
 from chainray.guards.cache import CachedReply, ResponseCache
@@ -71,7 +75,6 @@ if TYPE_CHECKING:  # openai costs ~0.5 s to import: only where a client is made
 
 __all__ = ["Call", "to_endpoint_error", "parse_retry_after", "redact", "STEP_HEADER"]
 
-log = logging.getLogger(__name__)
 _RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
                  "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens")
 # Streaming is dropped for an endpoint whose streams carry no usage: counts must be exact.
@@ -101,7 +104,7 @@ class Call:
     sent: dict[str, Any] = field(default_factory=dict, init=False)
     rejected: set[str] = field(default_factory=set, init=False)  # parameters adapted after a 400
     left_s: float = field(default=0.0, init=False)  # of the retry budget, as this attempt began
-    on_first_token: Callable[[], object] | None = None  # told once, at the first token
+    on_first_token: Callable[[], object] | None = None  # told at a stream's first token
 
     @classmethod
     def of(cls, services: CallServices, request: LLMRequest,
@@ -291,24 +294,10 @@ class Call:
             return raw, read_completion(await raw.http_response.aread(), messages)
         progress.streamed = True
         try:
-            stream = await collect_stream(raw.parse(), sent_at, on_text=self._on_text(progress))
+            on_text = progress.on_text if self.on_first_token is None else \
+                announcing(progress.on_text, self.on_first_token)
+            stream = await collect_stream(raw.parse(), sent_at, on_text=on_text)
         finally:  # a stream left unread (a hedge's loser) is closed now, not when collected:
             await close_response(raw)  # the server sees the client leave, stops generating
         self.reply.streamed(stream)
         return raw, completion_from_stream(stream, messages)
-
-    def _on_text(self, progress: Progress) -> Callable[[str], None]:
-        """What hears a stream's text: the hedge's progress, and ``on_first_token`` once."""
-        if self.on_first_token is None:
-            return progress.on_text
-
-        def on_text(text: str) -> None:
-            if self.on_first_token is not None:
-                announce, self.on_first_token = self.on_first_token, None
-                try:
-                    announce()
-                except Exception:  # noqa: BLE001 - the waiting steps go after a bounded wait
-                    log.debug("could not announce the first token", exc_info=True)
-            progress.on_text(text)
-
-        return on_text

@@ -66,7 +66,7 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
     running = 0
     stopping = False
     held: dict[str, list[str]] = {}  # a warm-up leader -> the ready steps it holds back
-    waits: set[asyncio.Task] = set()
+    waits: dict[str, asyncio.Future] = {}  # a warm-up leader -> its bounded wait
 
     def start(step_id: str) -> None:
         nonlocal running
@@ -77,70 +77,71 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
         running += 1
         on_update(step_id, "running", None)
 
-    def skip(step_id: str, why: str, code: str) -> None:
-        results[step_id] = StepResult(id=step_id, status="skipped", error=why,
-                                      depends_on=plans[step_id].depends_on, error_code=code)
-        on_update(step_id, "skipped", results[step_id])
-        sorter.done(step_id)
-
     def release(leader: str) -> None:
-        for step_id in held.pop(leader, ()):  # ready with the leader: they start unless
-            if stopped():                       # the run was interrupted meanwhile
-                skip(step_id, "not started: the run was interrupted", "interrupted")
-            else:
-                start(step_id)
-
-    def hold(followers: dict[str, list[str]]) -> None:
-        for leader, steps in followers.items():
-            held[leader] = steps
-            wait = asyncio.ensure_future(warmup.wait(leader))  # bounded by warmup.wait_s
-            wait.add_done_callback(lambda _, lead=leader: finished.put_nowait((lead, None)))
-            waits.add(wait)
-
-    try:
-        while sorter.is_active():
-            starting = []
-            for step_id in sorter.get_ready():
-                failed = [d for d in plans[step_id].depends_on if results[d].status != "ok"]
-                if stopped():
-                    skip(step_id, "not started: the run was interrupted", "interrupted")
-                elif stopping:
-                    skip(step_id, "an earlier step failed", "skipped")
-                elif on_error == "isolate" and failed:
-                    skip(step_id, f"depends on {failed[0]}, which did not finish",
-                         "upstream_failed")
-                else:
-                    starting.append(step_id)
-            if warmup is not None and len(starting) > 1:
-                starting, followers = warmup.split(starting, results)
-                hold(followers)
-            for step_id in starting:
-                start(step_id)
-            if not running:
-                continue
-            step_id, task = await finished.get()
-            if task is None:  # a leader's first token arrived, or it waited long enough
-                release(step_id)
-                continue
-            running -= 1
-            try:
-                result = task.result()
-            except Exception as exc:
-                if is_process_death(exc) and tries[step_id] <= resubmits and not stopped():
-                    on_update(step_id, "resubmitted", None)
-                    start(step_id)
-                    continue
-                log.debug("step %s raised", step_id, exc_info=True)
-                result = StepResult(id=step_id, status="error", error=error_text(exc),
-                                    error_code="internal",
-                                    depends_on=plans[step_id].depends_on, attempts=0)
-                handles[step_id] = result  # dependents receive the failure, not the exception
-            results[step_id] = result
-            on_update(step_id, result.status, result)
-            stopping = stopping or (result.status != "ok" and on_error == "fail")
-            sorter.done(step_id)
-            release(step_id)  # a leader that finished (or failed) holds nothing back
-    finally:
-        for wait in waits:
+        """Start the steps ``leader`` held back (ready with it), unless the run stopped."""
+        if (wait := waits.pop(leader, None)) is not None:
             wait.cancel()
+        for step_id in held.pop(leader, ()):
+            if not stopped():
+                start(step_id)
+                continue
+            results[step_id] = StepResult(
+                id=step_id, status="skipped", depends_on=plans[step_id].depends_on,
+                error="not started: the run was interrupted", error_code="interrupted")
+            on_update(step_id, "skipped", results[step_id])
+            sorter.done(step_id)
+
+    while sorter.is_active():
+        starting = []
+        for step_id in sorter.get_ready():
+            failed = [d for d in plans[step_id].depends_on if results[d].status != "ok"]
+            if stopped():
+                why, code = "not started: the run was interrupted", "interrupted"
+            elif stopping:
+                why, code = "an earlier step failed", "skipped"
+            elif on_error == "isolate" and failed:
+                why, code = f"depends on {failed[0]}, which did not finish", "upstream_failed"
+            else:
+                why = code = None
+            if why is not None:
+                results[step_id] = StepResult(
+                    id=step_id, status="skipped", depends_on=plans[step_id].depends_on,
+                    error=why, error_code=code)
+                on_update(step_id, "skipped", results[step_id])
+                sorter.done(step_id)
+            else:
+                starting.append(step_id)
+        if warmup is not None and len(starting) > 1:
+            starting, followers = warmup.split(starting, results)
+            for leader, steps in followers.items():  # each waits at most warmup.wait_s
+                held[leader] = steps
+                waits[leader] = asyncio.ensure_future(warmup.wait(leader))
+                waits[leader].add_done_callback(
+                    lambda _, lead=leader: finished.put_nowait((lead, None)))
+        for step_id in starting:
+            start(step_id)
+        if not running:
+            continue
+        step_id, task = await finished.get()
+        if task is None:  # a leader's first token arrived, or it waited long enough
+            release(step_id)
+            continue
+        running -= 1
+        try:
+            result = task.result()
+        except Exception as exc:
+            if is_process_death(exc) and tries[step_id] <= resubmits and not stopped():
+                on_update(step_id, "resubmitted", None)
+                start(step_id)
+                continue
+            log.debug("step %s raised", step_id, exc_info=True)
+            result = StepResult(id=step_id, status="error", error=error_text(exc),
+                                error_code="internal", depends_on=plans[step_id].depends_on,
+                                attempts=0)
+            handles[step_id] = result  # dependents receive the failure, not the exception
+        results[step_id] = result
+        on_update(step_id, result.status, result)
+        stopping = stopping or (result.status != "ok" and on_error == "fail")
+        sorter.done(step_id)
+        release(step_id)  # a leader that finished (or failed) holds nothing back
     return results
