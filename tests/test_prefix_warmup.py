@@ -240,3 +240,11 @@ def test_chainray_plan_prints_both_predictions_and_the_hint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "without prefix warm-up (--no-prefix-warmup): makespan" in out
     assert "prefix warm-up: " in out and "keep it on" in out
+
+
+def test_the_minimum_prefix_must_be_a_positive_whole_number():
+    from chainray.errors import InputError
+
+    assert chainray.SessionConfig(cache_min_prefix_tokens=2048).cache_min_prefix_tokens == 2048
+    with pytest.raises(InputError, match="cache_min_prefix_tokens"):
+        chainray.SessionConfig(cache_min_prefix_tokens=0)

@@ -86,3 +86,22 @@ async def test_the_prompt_cache_can_be_turned_off(sim):
     usage = await _review(client, "b", False)
     assert usage.prompt_tokens_details is None
     assert sim.stats()["cached_tokens"] == 0
+
+
+def test_a_run_with_prefix_warmup_reads_the_cache_of_the_simulator(ray_session, sim):
+    import chainray
+    from chainray.spec.chain import chain_from_dict
+
+    chain = chain_from_dict({
+        "name": "sim_reviews", "inputs": {"code": SHARED},
+        "defaults": {"model": "gpt-4.1-mini", "max_tokens": 40},
+        "steps": [*({"id": a, "prompt": f"{{code}}\n\nReview it for {a}."}
+                    for a in ("security", "style", "tests")),
+                  {"id": "report", "after": ["security", "style", "tests"],
+                   "prompt": "Combine: {security} {style} {tests}"}]})
+    run = chainray.run(chain, base_url=sim.base_url, journal=False, learn=False,
+                       rpm=100_000, tpm=10_000_000)
+    stats = sim.stats()
+    by_step = {r["tag"].rsplit(":", 1)[-1]: r["cached_tokens"] for r in stats["request_log"]}
+    assert run.status == "ok" and run.cached_tokens == stats["cached_tokens"]
+    assert sorted(v > 0 for k, v in by_step.items() if k != "report") == [False, True, True]
