@@ -8,6 +8,11 @@ makespan, cost predicted dollars (tokens when there is no price), quality how mu
 output the steps see (sequential: everything earlier), then makespan. Ties go to the strategy
 that gives the steps more context. ``auto`` uses exactly this.
 
+Prefix warm-up (siblings that share a prompt prefix start at their leader's first token, so a
+provider's cache serves them) is weighed per strategy on the same objective when ``cold``
+predictions (without it) are given: the better setting stands for the strategy, and the advice
+says whether to keep it on.
+
 On an endpoint that slows beyond a few requests in flight (a latency model with ``slots``),
 the advice says how much of the parallel speed-up is left there, and suggests a
 ``--max-concurrency`` when holding requests back to ``slots`` (critical path first) is
