@@ -244,7 +244,10 @@ def _cached(chain: Chain, schedule: Schedule, shapes: list[StepShape], lengths: 
     outputs at their mean predicted lengths."""
     out = {s: m * replies.chars_per_token for s, (m, _, _) in lengths.items()}
     prompt_chars(shapes, out, python)  # fills in the python steps' outputs
-    return cached_prefixes(chain, schedule, out, min_tokens, warmup)
+    # what a request opens with: system message, template, inputs, the outputs it names
+    opens = {s.id: 4 * s.message_tokens + s.base_chars + sum(
+        min(out[n], cap) if cap else out[n] for n, cap in s.named) for s in shapes if s.llm}
+    return cached_prefixes(chain, schedule, out, min_tokens, warmup, opens)
 
 
 def _overflow(shapes: list[StepShape], prompt: dict[str, int], completion: dict[str, int],

@@ -93,14 +93,16 @@ def predicted_request(chain: Chain, step_id: str, out_chars: Mapping[str, float]
 
 
 def cached_prefixes(chain: Chain, schedule: Schedule, out_chars: Mapping[str, float],
-                    min_tokens: int = MIN_PREFIX_TOKENS, warmup: bool = True
+                    min_tokens: int = MIN_PREFIX_TOKENS, warmup: bool = True,
+                    prompt_chars: Mapping[str, float] | None = None
                     ) -> tuple[dict[str, int], dict[str, str]]:
     """Which llm steps read a prefix from the provider's cache, and how many tokens of it;
     and, with ``warmup``, the followers that wait for a leader (follower -> leader).
 
     A step reads the prefix it shares with a step it (transitively) waits for, whose reply
     has begun before it starts; with warm-up, also the one its leader shares with it among the
-    steps ready with it (the same dependencies)."""
+    steps ready with it (the same dependencies). ``prompt_chars``: each llm step's predicted
+    prompt length, if known; a step too short to share ``min_tokens`` is not rendered."""
     order = [step_id for phase in schedule.phases for step_id in phase]  # topological
     requests, ancestors, bits = {}, {}, {}
     by_key: dict[tuple[str, str], list[str]] = {}
@@ -110,7 +112,8 @@ def cached_prefixes(chain: Chain, schedule: Schedule, out_chars: Mapping[str, fl
         for dep in schedule.plan[step_id].depends_on:
             ancestors[step_id] |= ancestors[dep] | bits[dep]
         step = chain.by_id[step_id]
-        if step.kind == "llm":
+        short = prompt_chars is not None and prompt_chars.get(step_id, 0.0) < opening - 64
+        if step.kind == "llm" and not short:  # (64: the system message's framing, at most)
             requests[step_id] = text = predicted_request(chain, step_id, out_chars)
             if len(text) >= opening:
                 model = chain.settings_for(step).model or DEFAULT_MODEL
@@ -149,19 +152,19 @@ def prefix_hints(chain: Chain, schedule: Schedule,
                  min_tokens: int = MIN_PREFIX_TOKENS) -> list[str]:
     """Siblings that share a long input (``min_tokens`` or more) that is not at the start of
     their prompts, so no prompt cache can serve it: move it first."""
-    cached, _ = cached_prefixes(chain, schedule, {}, min_tokens)
-    hints = []
-    for ids in siblings(chain, schedule):
+    long = {k for k, v in chain.inputs.items() if len(v or "") / 4 >= min_tokens}
+    shared: list[tuple[str, list[str]]] = []  # (input, the siblings that name it)
+    for ids in siblings(chain, schedule) if long else ():
         users: dict[str, list[str]] = {}
         for step_id in ids:
             for name, _ in template_fields(chain.by_id[step_id].prompt or ""):
                 root = name.split(".")[0]
-                if root in chain.inputs and step_id not in users.setdefault(root, []):
+                if root in long and step_id not in users.setdefault(root, []):
                     users[root].append(step_id)
-        for root, steps in users.items():
-            tokens = len(chain.inputs[root] or "") / 4
-            served = sum(s in cached for s in steps) >= len(steps) - 1
-            if len(steps) > 1 and tokens >= min_tokens and not served:
-                hints.append(f"put {{{root}}} first in {_names(steps)} to share a cached "
-                             f"prefix (~{tokens:,.0f} tokens that each now sends uncached)")
-    return hints
+        shared.extend((root, steps) for root, steps in users.items() if len(steps) > 1)
+    if not shared:
+        return []
+    cached, _ = cached_prefixes(chain, schedule, {}, min_tokens)
+    return [f"put {{{root}}} first in {_names(steps)} to share a cached prefix "
+            f"(~{len(chain.inputs[root] or '') / 4:,.0f} tokens that each now sends uncached)"
+            for root, steps in shared if sum(s in cached for s in steps) < len(steps) - 1]
