@@ -23,7 +23,8 @@ FAST = {"rpm": 100_000, "tpm": 10_000_000}
 def server_cost(sim) -> float:
     """What the simulator itself counted, at the bundled price table."""
     prices = load_prices()
-    return sum(prices.cost(r["model"], r["prompt_tokens"], r["completion_tokens"])
+    return sum(prices.cost(r["model"], r["prompt_tokens"], r["completion_tokens"],
+                           r["cached_tokens"])
                for r in sim.stats()["request_log"] if r["status"] == 200)
 
 
