@@ -213,6 +213,7 @@ def test_plan_predicts_cost_and_makespan_with_and_without_warmup_and_weighs_them
     for_latency = chainray.plan(chain, "latency")
     assert for_latency.strategy in ("hybrid", "parallel") and not for_latency.prefix_warmup
     assert any("--no-prefix-warmup" in reason for reason in for_latency.reasons)
+    assert chainray.plan(chain, "quality").prefix_warmup  # same outputs: the cheaper way
     # a step after the reviews already reads what they wrote: sequential needs no warm-up
     assert for_cost.predictions["sequential"].cached_tokens > 0
     assert "sequential" not in for_cost.without_warmup

@@ -132,7 +132,9 @@ def _warmup(objective: Objective, warm: Prediction, cold: Prediction | None,
         return warm, None
     slower = warm.makespan_s - cold.makespan_s
     saved = 1 - warm.cost / cold.cost if cold.cost > 0 else 0.0
-    keep = _score(objective, warm, schedule) <= _score(objective, cold, schedule)
+    # the outputs are the same either way: for quality, the cheaper setting stands
+    weigh: Objective = "cost" if objective == "quality" else objective
+    keep = _score(weigh, warm, schedule) <= _score(weigh, cold, schedule)
     more = warm.cached_tokens - cold.cached_tokens
     text = (f"prefix warm-up: {more:,} more prompt tokens from the provider's cache, "
             f"{saved:.0%} cheaper, {slower:+.1f} s makespan; "
