@@ -37,7 +37,8 @@ from chainray.results import RunResult, StepResult
 from chainray.runner.dispatch import dispatch
 from chainray.runner.jobs import RunJob, models_of
 from chainray.runner.journal import append_step
-from chainray.runner.step_exec import StepRequest
+from chainray.runner.prefix_warmup import PrefixWarmup
+from chainray.runner.step_exec import StepRequest, build_messages
 from chainray.runner.summary import run_attributes, summarize_run
 
 __all__ = ["Coordinator", "start_step_runners", "is_process_death", "coordinator_name",
@@ -93,6 +94,25 @@ def is_process_death(exc: BaseException) -> bool:
     return isinstance(exc, _DEATHS) and not isinstance(exc, ray.exceptions.RayTaskError)
 
 
+def step_requests(job: RunJob, schedule, journal_node: str | None = None):
+    """``step_id -> StepRequest`` of ``job`` under ``schedule`` (``journal_node``: the node
+    whose disk holds the run's journal)."""
+    remaining = schedule.remaining_path()
+    plans = schedule.plan
+    journal = _journal_of(job)
+
+    def request(step_id: str) -> StepRequest:
+        return StepRequest(
+            run_id=job.run_id, task_name=f"{job.chain.name}:{job.strategy}:{step_id}",
+            step=job.chain.by_id[step_id], settings=job.settings(step_id), inputs=job.inputs,
+            sees=plans[step_id].sees, depends_on=plans[step_id].depends_on,
+            priority=float(remaining[step_id]) if job.priority else 0.0,
+            journal=None if journal is None else str(journal), journal_node=journal_node,
+            trace=telemetry.child_trace(job.trace))
+
+    return request
+
+
 @ray.remote(num_cpus=0, max_concurrency=1000, enable_task_events=False)
 class Coordinator:
     def __init__(self, runners: list[ray.actor.ActorHandle]) -> None:
@@ -106,6 +126,8 @@ class Coordinator:
         self.stopped_runs: set[str] = set()  # stop(run_ids): runs still live that stop
         self.lifeline = None  # exits when the raylet (and so the driver) is gone
         self.node_id = ray.get_runtime_context().get_node_id()  # the driver's: its journals
+        self.warmups: dict[str, PrefixWarmup] = {}  # run id -> its prefix warm-up
+        self.handle = ray.get_runtime_context().current_actor  # warm-up leaders report here
 
     def __repr__(self) -> str:
         steps = sum(counts["running"] for counts in self.live.values())
@@ -115,31 +137,47 @@ class Coordinator:
     def _start_step(self, job: RunJob, schedule, limiters: Mapping[str, Any],
                     adaptations: Any = None, guards: GuardHandles | None = None,
                     endpoint: Endpoint | None = None):
-        journal = _journal_of(job)
-        remaining = schedule.remaining_path()
-        plans = schedule.plan
+        requests = step_requests(job, schedule, self.node_id)
+        warmup = self.warmups.get(job.run_id)
 
         def start(step_id: str, upstream: Mapping[str, Any]):
             if step_id in job.resumed:
                 return ray.put(job.resumed[step_id])
-            step = job.chain.by_id[step_id]
-            request = StepRequest(
-                run_id=job.run_id, task_name=f"{job.chain.name}:{job.strategy}:{step_id}",
-                step=step, settings=job.settings(step_id), inputs=job.inputs,
-                sees=plans[step_id].sees, depends_on=plans[step_id].depends_on,
-                priority=float(remaining[step_id]) if job.priority else 0.0,
-                journal=None if journal is None else str(journal), journal_node=self.node_id,
-                trace=telemetry.child_trace(job.trace))
+            request, step = requests(step_id), job.chain.by_id[step_id]
             if step.kind == "python":
                 return run_python_step.options(name=request.task_name).remote(
                     request, *upstream.values())
             runner = self._next_runner()
             own = {model: limiters[model] for model in models_of(request.settings)}
+            leads = warmup is not None and step_id in warmup.first
             return runner.run_step.options(name=request.task_name).remote(
                 request, own, adaptations, *upstream.values(), guards=guards,
-                endpoint=endpoint)
+                endpoint=endpoint, warmup=self.handle if leads else None)
 
         return start
+
+    async def first_token(self, run_id: str, step_id: str) -> None:
+        """A warm-up leader's first token arrived (its step runner says so): the steps it
+        holds back may start."""
+        if (warmup := self.warmups.get(run_id)) is not None:
+            warmup.first_token(step_id)
+
+    def _warmup(self, job: RunJob, schedule) -> PrefixWarmup | None:
+        """The run's prefix warm-up (``job.prefix_warmup``), rendering a ready llm step's
+        request from its upstream results as its runner will."""
+        if not job.prefix_warmup:
+            return None
+        requests = step_requests(job, schedule)
+
+        def prompt_of(step_id: str, results: Mapping[str, StepResult]):
+            request = requests(step_id)
+            if request.step.kind != "llm" or step_id in job.resumed \
+                    or not set(request.sees) <= results.keys():
+                return None
+            messages = build_messages(request, [results[s] for s in request.sees])
+            return models_of(request.settings)[0], messages
+
+        return PrefixWarmup(prompt_of, job.cache_min_prefix_tokens)
 
     async def run(self, job: RunJob, limiters: Mapping[str, Any],
                   adaptations: Any = None, guards: GuardHandles | None = None,
@@ -188,13 +226,18 @@ class Coordinator:
                 counts["rate_limited"] += result.rate_limited
 
         started = time.perf_counter()
+        warmup = self._warmup(job, schedule)
+        if warmup is not None:
+            self.warmups[job.run_id] = warmup
         try:
             start = self._start_step(job, schedule, limiters, adaptations, guards, endpoint)
             results = await dispatch(
                 schedule, start, job.on_error or job.chain.on_error, update,
                 is_process_death=self._runner_lost,
-                stopped=lambda: self.stopped or job.run_id in self.stopped_runs)
+                stopped=lambda: self.stopped or job.run_id in self.stopped_runs,
+                warmup=warmup)
         finally:
+            self.warmups.pop(job.run_id, None)
             self.stopped_runs.discard(job.run_id)
             self.finished.update(self.live.pop(job.run_id))
             self.finished["runs"] += 1

@@ -12,6 +12,7 @@ import logging
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 
 import ray
 
@@ -142,9 +143,11 @@ class StepRunner:
                        limiters: dict[str, ray.actor.ActorHandle],
                        adaptations: AdaptationsRef | None,
                        *upstream: StepResult, guards: GuardHandles | None = None,
-                       endpoint: Endpoint | None = None) -> StepResult:
+                       endpoint: Endpoint | None = None,
+                       warmup: ray.actor.ActorHandle | None = None) -> StepResult:
         """``limiters`` holds the RateLimiter of the step's model and of each fallback;
-        ``endpoint``: where to send it (default: the runner's own)."""
+        ``endpoint``: where to send it (default: the runner's own); ``warmup``: the
+        Coordinator that holds steps back until this step's first token arrives."""
         if self.lifeline is None:
             self.lifeline = watch_parent()
         endpoint = endpoint or self.endpoint
@@ -157,7 +160,9 @@ class StepRunner:
             {model: StoppableLimiter(RemoteLimiter(handle), stop[0])
              for model, handle in limiters.items()},
             NoStore() if store is None else store,
-            CallGuards() if call_guards is None else call_guards)
+            CallGuards() if call_guards is None else call_guards,
+            on_first_token=None if warmup is None else partial(
+                warmup.first_token.remote, request.run_id, request.step.id))
         self.running += 1
         stop[1] += 1
         try:

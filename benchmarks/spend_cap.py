@@ -48,8 +48,8 @@ def main() -> None:
             state = session.spend_state() or {}
             not_started = len(session.not_started)
         log = [r for r in sim.stats()["request_log"] if r["status"] == 200]
-    real = sum(prices.cost(r["model"], r["prompt_tokens"], r["completion_tokens"])
-               for r in log)
+    real = sum(prices.cost(r["model"], r["prompt_tokens"], r["completion_tokens"],
+                           r["cached_tokens"]) for r in log)
     uncapped = sum(r.estimated_cost for r in results)
     ok = sum(r.status == "ok" for r in results)
     print(f"{args.runs} runs of {chain.name} (hybrid), forecast ${forecast:.5f}; cap "

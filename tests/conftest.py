@@ -37,7 +37,9 @@ def sim(simulator):
                         ttft_sigma=0.65, ttft_median_s=0.5, tokens_per_s=70.0,
                         prefill_s_per_token=0.00005, lengths={},
                         reasoning_models=REASONING_MODELS, retry_after_headers=True,
-                        slots=None, reply_tokens=None, ignore_max_tokens=False, faults={
+                        slots=None, reply_tokens=None, ignore_max_tokens=False,
+                        prompt_cache=True, prompt_cache_min_tokens=1024,
+                        cached_prefill_share=0.2, faults={
                             "error_500": 0, "error_429": 0, "slow": 0, "hang": 0, "drop": 0,
                             "quota_exhausted": False, "hang_s": 300.0})
     return simulator

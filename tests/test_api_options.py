@@ -23,7 +23,8 @@ FAST = {"rpm": 100_000, "tpm": 10_000_000}
 def server_cost(sim) -> float:
     """What the simulator itself counted, at the bundled price table."""
     prices = load_prices()
-    return sum(prices.cost(r["model"], r["prompt_tokens"], r["completion_tokens"])
+    return sum(prices.cost(r["model"], r["prompt_tokens"], r["completion_tokens"],
+                           r["cached_tokens"])
                for r in sim.stats()["request_log"] if r["status"] == 200)
 
 
@@ -201,13 +202,14 @@ def test_the_cli_and_the_api_translate_the_same_options_identically(recorded, tm
               "model": "gpt-4o", "rpm": 900, "tpm": 90_000, "max_concurrency": 7,
               "target_share": 0.8, "on_error": "isolate", "max_cost": 2.5,
               "hedge_after": 0.9, "priority": False, "timeout": 12.0, "max_attempts": 3,
-              "sim_speed": 4.0, "prices": str(prices), "api_version": "2024-06-01"}
+              "sim_speed": 4.0, "prices": str(prices), "api_version": "2024-06-01",
+              "prefix_warmup": False}
     flags = ["--base-url", "http://127.0.0.1:9/v1", "--address", "127.0.0.1:1",
              "--model", "gpt-4o", "--rpm", "900", "--tpm", "90000", "--max-concurrency", "7",
              "--target-share", "0.8", "--on-error", "isolate", "--max-cost", "2.5",
              "--hedge-after", "0.9", "--no-priority", "--timeout", "12", "--max-attempts",
              "3", "--sim-speed", "4", "--prices", str(prices), "--api-version", "2024-06-01",
-             "--quiet"]
+             "--quiet", "--no-prefix-warmup"]
     cli = recorded(main, ["run", "quantum_research", "--strategy", "auto", "--objective",
                           "cost", "--set", "topic=tea", "--cache", str(folder), *flags])
     api = recorded(chainray.run, "quantum_research", "auto", {"topic": "tea"},
@@ -218,6 +220,7 @@ def test_the_cli_and_the_api_translate_the_same_options_identically(recorded, tm
     assert config.models == ("gpt-4o",)  # the run's limiters open with the session
     assert job["strategy"] == chainray.plan("quantum_research", "cost").strategy
     assert job["inputs"]["topic"] == "tea" and job["on_error"] == "isolate"
+    assert job["prefix_warmup"] is False and job["cache_min_prefix_tokens"] == 1024
     # A bare --cache is cache=True; bench's runs are the API bench's.
     bench_cli = recorded(main, ["bench", "code_review", "--strategies", "parallel,hybrid",
                                 "--cache", *flags])

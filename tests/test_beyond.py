@@ -20,7 +20,8 @@ FAST = ["--quiet", "--no-dashboard", "--rpm", "100000", "--tpm", "10000000"]
 def server_cost(sim) -> float:
     """What the server counted, at the bundled price table."""
     prices = load_prices()
-    return sum(prices.cost(r["model"], r["prompt_tokens"], r["completion_tokens"])
+    return sum(prices.cost(r["model"], r["prompt_tokens"], r["completion_tokens"],
+                           r["cached_tokens"])
                for r in sim.stats()["request_log"] if r["status"] == 200)
 
 

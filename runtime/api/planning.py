@@ -19,6 +19,7 @@ from chainray.plan.fit import LatencyModel
 from chainray.plan.learn import Observed, load_results, models, observe
 from chainray.plan.lengths import DEFAULT_REPLIES, Replies
 from chainray.plan.predict import Prediction, predict
+from chainray.plan.prefix import MIN_PREFIX_TOKENS, prefix_hints
 from chainray.plan.profiles import (
     SIMULATOR,
     Profile,
@@ -50,6 +51,11 @@ class Plan(BaseModel):
     model: str = DEFAULT_MODEL
     profiled: bool = False  # False: the defaults, nothing measured
     notes: tuple[str, ...] = ()  # a profile that could not be read, and the like
+    # ``predictions`` are with prefix warm-up (a run's default); these without it, for the
+    # strategies where it changes anything; hints: how the prompts could share a prefix
+    without_warmup: dict[str, Prediction] = {}
+    prefix_warmup: bool = True  # the advice: keep warm-up on for the recommended strategy
+    hints: tuple[str, ...] = ()
 
 
 def _main_model(chain: Chain) -> str:
@@ -105,13 +111,16 @@ def endpoint_models(chain: Chain, base_url: str | None = None, model: str | None
 
 def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | None = None,
          calibrate_from: Iterable[str] = (), base_url: str | None = None,
-         model: str | None = None, strict: bool = False) -> Plan:
+         model: str | None = None, strict: bool = False,
+         min_prefix_tokens: int = MIN_PREFIX_TOKENS) -> Plan:
     """Resolve every strategy's schedule, predict its makespan, tokens and cost, and advise.
 
     The predictions use the profile of ``base_url`` and ``model`` (default: the endpoint
     ``chainray.run`` would call and the chain's model), learned from earlier runs there;
     ``calibrate_from`` adds runs' JSON results to it. With ``strict``, an endpoint nothing was
-    measured on is an ``InputError``; otherwise the stated defaults apply. Sends nothing
+    measured on is an ``InputError``; otherwise the stated defaults apply. Predictions are
+    with prefix warm-up (siblings that share a prompt prefix of ``min_prefix_tokens`` or more
+    start at their leader's first token), ``without_warmup`` without it. Sends nothing
     anywhere and needs no Ray.
 
         >>> import chainray
@@ -128,13 +137,20 @@ def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | 
     latency, replies, label, name, profiled, notes = endpoint_models(
         chain, base_url, model, calibrate_from, strict)
     schedules = {s: resolve(chain, s) for s in STRATEGIES}
-    predictions = {s: predict(chain, s, price_table, latency, replies, schedules[s])
+    predictions = {s: predict(chain, s, price_table, latency, replies, schedules[s],
+                              prefix_warmup=True, min_prefix_tokens=min_prefix_tokens)
                    for s in STRATEGIES}
-    advice = advise(chain, objective, predictions, latency, schedules)
+    cold = {s: predict(chain, s, price_table, latency, replies, schedules[s])
+            for s in STRATEGIES if predictions[s].cached_tokens}
+    cold = {s: p for s, p in cold.items() if p != predictions[s]}  # warm-up changed it
+    advice = advise(chain, objective, predictions, latency, schedules, cold)
     return Plan(chain=chain.name, objective=objective, strategy=advice.strategy,
                 reasons=advice.reasons, schedules=schedules,
                 predictions=predictions, latency_model=latency, replies=replies,
-                endpoint=label, model=name, profiled=profiled, notes=notes)
+                endpoint=label, model=name, profiled=profiled, notes=notes,
+                without_warmup=cold, prefix_warmup=advice.prefix_warmup,
+                hints=tuple(prefix_hints(chain, schedules[advice.strategy],
+                                         min_prefix_tokens)))
 
 
 def batch_api_advice(config, chain: Chain, strategy: str, inputs: list[dict],

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -162,6 +162,8 @@ class CallServices:
     limiters: Mapping[str, Limiter]
     store: AdaptationStore = field(default_factory=NoStore)
     guards: CallGuards = field(default_factory=CallGuards)
+    # Told once when a streamed reply's first token arrives (a prefix warm-up's leader).
+    on_first_token: Callable[[], object] | None = None
 
 
 def make_client(endpoint: Endpoint) -> openai.AsyncOpenAI:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,12 @@ from chainray.call.endpoint import (
 )
 from chainray.call.error_table import map_exceptions, parse_retry_after, redact, to_endpoint_error
 from chainray.call.retry import retry_policy
-from chainray.call.streaming import close_response, collect_stream, completion_from_stream
+from chainray.call.streaming import (
+    announcing,
+    close_response,
+    collect_stream,
+    completion_from_stream,
+)
 from chainray.call.structured import correction_message, schema_problem
 from chainray.errors import EndpointError
 from chainray.guards.cache import CachedReply, ResponseCache
@@ -99,6 +105,7 @@ class Call:
     sent: dict[str, Any] = field(default_factory=dict, init=False)
     rejected: set[str] = field(default_factory=set, init=False)  # parameters adapted after a 400
     left_s: float = field(default=0.0, init=False)  # of the retry budget, as this attempt began
+    on_first_token: Callable[[], object] | None = None  # told at a stream's first token
 
     @classmethod
     def of(cls, services: CallServices, request: LLMRequest,
@@ -106,7 +113,8 @@ class Call:
         """A call of ``request.model`` under that model's RateLimiter (``reply``: one that
         earlier calls of the same step, to other models, have filled)."""
         return cls(services.client, services.limiters[request.model], services.endpoint,
-                   request, services.guards, services.store, reply or LLMReply())
+                   request, services.guards, services.store, reply or LLMReply(),
+                   on_first_token=services.on_first_token)
 
     async def run(self) -> LLMReply:
         """The cache layer: a hit answers at once; an answer that passed is kept."""
@@ -298,7 +306,9 @@ class Call:
             return raw, read_completion(await raw.http_response.aread(), messages)
         progress.streamed = True
         try:
-            stream = await collect_stream(raw.parse(), sent_at, on_text=progress.on_text)
+            on_text = progress.on_text if self.on_first_token is None else \
+                announcing(progress.on_text, self.on_first_token)
+            stream = await collect_stream(raw.parse(), sent_at, on_text=on_text)
         finally:  # a stream left unread (a hedge's loser) is closed now, not when collected:
             await close_response(raw)  # the server sees the client leave, stops generating
         self.reply.streamed(stream)

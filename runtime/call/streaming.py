@@ -19,7 +19,8 @@ from chainray.call.completion import Completion, cached_of
 from chainray.errors import EndpointError
 from chainray.tokens import estimate_prompt_tokens, estimate_text_tokens
 
-__all__ = ["StreamedReply", "collect_stream", "completion_from_stream", "close_response"]
+__all__ = ["StreamedReply", "collect_stream", "completion_from_stream", "close_response",
+           "announcing"]
 
 log = logging.getLogger(__name__)
 _CLOSE_S = 5.0  # closing a stream's connection takes no round trip; bounded all the same
@@ -108,3 +109,23 @@ async def close_response(raw: Any) -> None:
         await asyncio.wait_for(raw.http_response.aclose(), _CLOSE_S)
     except Exception:  # noqa: BLE001 - closing must not replace the reason we stopped reading
         log.debug("could not close a stream", exc_info=True)
+
+
+def announcing(on_text: Callable[[str], None], on_first: Callable[[], object]
+               ) -> Callable[[str], None]:
+    """``on_text``, with ``on_first`` told once, at the first piece of text (a prefix
+    warm-up's leader tells the steps waiting for it). Telling is best effort: what waits for
+    it has its own bound."""
+    told = False
+
+    def hear(text: str) -> None:
+        nonlocal told
+        if not told:
+            told = True
+            try:
+                on_first()
+            except Exception:  # noqa: BLE001 - a lost announcement only delays the others
+                log.debug("could not announce the first token", exc_info=True)
+        on_text(text)
+
+    return hear

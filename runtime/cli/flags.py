@@ -87,6 +87,9 @@ def add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_fl
     add("--no-priority", dest="priority", action="store_false", default=_GIVEN,
         help="grant permits first come, first served instead of longest remaining path "
         "first")
+    add("--no-prefix-warmup", dest="prefix_warmup", action="store_false", default=_GIVEN,
+        help="send steps that share a prompt prefix all at once, instead of one first and "
+        "the rest at its first token (which reads the prefix from the provider's cache)")
     add("--timeout", type=positive_float, metavar="S", default=_GIVEN,
         help=f"per-request timeout in seconds (default {_default('timeout'):g})")
     add("--max-attempts", type=positive_int, default=_GIVEN,

@@ -52,7 +52,11 @@ def print_plan(scenario: str, objective: Objective = "latency", calibrate_from=(
         tlow, thigh = guess.tokens_range
         print(f"  predicted: makespan {guess.makespan_s:.1f}s ({low:.1f}-{high:.1f}s), "
               f"{guess.total_tokens} tokens ({tlow}-{thigh}; {guess.prompt_tokens} in, "
-              f"{guess.completion_tokens} out), {guess.calls} calls, ${guess.cost:.5f}")
+              f"{guess.completion_tokens} out), {guess.calls} calls, ${guess.cost:.5f}"
+              + (f", {guess.cached_tokens} prompt tokens cached" if guess.cached_tokens else ""))
+        if (cold := found.without_warmup.get(strategy)) is not None:
+            print(f"  without prefix warm-up (--no-prefix-warmup): makespan "
+                  f"{cold.makespan_s:.1f}s, ${cold.cost:.5f}, {cold.cached_tokens} cached")
         sources = ", ".join(f"{n} from {where}" for where, n in guess.lengths_from.items())
         if sources:
             print(f"  reply lengths: {sources}")
@@ -63,6 +67,8 @@ def print_plan(scenario: str, objective: Objective = "latency", calibrate_from=(
     print(f"recommended for {objective}: {found.strategy}")
     for reason in found.reasons:
         print(f"  - {reason}")
+    for hint in found.hints:
+        print(f"prompt caching: {hint}")
 
 
 def _describe(forecast: BatchForecast, rpm: int | None, tpm: int | None,

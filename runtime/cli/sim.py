@@ -78,6 +78,11 @@ def add_sim_parser(commands, positive_int, positive_float) -> None:
                      help="Batch API: each Nth line answers 500 (default 0: none)")
     sim.add_argument("--batch-expire-every", type=int, default=0, metavar="N",
                      help="Batch API: each Nth job expires with half its lines done")
+    sim.add_argument("--no-prompt-cache", action="store_true",
+                     help="no automatic prefix caching (default: as OpenAI's, prefixes of "
+                     "--cache-min-tokens or more, reported as cached_tokens)")
+    sim.add_argument("--cache-min-tokens", type=positive_int, default=1024, metavar="N",
+                     help="smallest cached prompt prefix (default 1024, OpenAI's)")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -101,7 +106,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
                          ignore_max_tokens=args.ignore_max_tokens,
                          batch_turnaround_s=args.batch_turnaround,
                          batch_fail_every=args.batch_fail_every,
-                         batch_expire_every=args.batch_expire_every)
+                         batch_expire_every=args.batch_expire_every,
+                         prompt_cache=not args.no_prompt_cache,
+                         prompt_cache_min_tokens=args.cache_min_tokens)
     except ValidationError as exc:
         error = exc.errors()[0]
         flag = "--" + str(error["loc"][-1]).replace("_", "-")

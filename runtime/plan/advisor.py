@@ -8,6 +8,11 @@ makespan, cost predicted dollars (tokens when there is no price), quality how mu
 output the steps see (sequential: everything earlier), then makespan. Ties go to the strategy
 that gives the steps more context. ``auto`` uses exactly this.
 
+Prefix warm-up (siblings that share a prompt prefix start at their leader's first token, so a
+provider's cache serves them) is weighed per strategy on the same objective when ``cold``
+predictions (without it) are given: the better setting stands for the strategy, and the advice
+says whether to keep it on.
+
 On an endpoint that slows beyond a few requests in flight (a latency model with ``slots``),
 the advice says how much of the parallel speed-up is left there, and suggests a
 ``--max-concurrency`` when holding requests back to ``slots`` (critical path first) is
@@ -41,6 +46,7 @@ class Advice(BaseModel):
     objective: Objective
     reasons: tuple[str, ...]
     candidates: tuple[Strategy, ...]  # those that keep every declared dependency (and fit)
+    prefix_warmup: bool = True  # keep it on (False: --no-prefix-warmup serves the objective)
 
 
 def withheld_context(chain: Chain, schedule: Schedule) -> list[str]:
@@ -118,17 +124,41 @@ def _crowding(chain: Chain, schedules: Mapping[str, Schedule], strategy: Strateg
     return notes
 
 
+def _warmup(objective: Objective, warm: Prediction, cold: Prediction | None,
+            schedule: Schedule) -> tuple[Prediction, str | None]:
+    """The prediction of the warm-up setting that serves ``objective`` better, and the
+    reason (None when warm-up changes nothing for this strategy)."""
+    if cold is None:
+        return warm, None
+    slower = warm.makespan_s - cold.makespan_s
+    saved = 1 - warm.cost / cold.cost if cold.cost > 0 else 0.0
+    # the outputs are the same either way: for quality, the cheaper setting stands
+    weigh: Objective = "cost" if objective == "quality" else objective
+    keep = _score(weigh, warm, schedule) <= _score(weigh, cold, schedule)
+    more = warm.cached_tokens - cold.cached_tokens
+    text = (f"prefix warm-up: {more:,} more prompt tokens from the provider's cache, "
+            f"{saved:.0%} cheaper, {slower:+.1f} s makespan; "
+            + ("keep it on" if keep else f"for {objective}, --no-prefix-warmup"))
+    return (warm if keep else cold), text
+
+
 def advise(chain: Chain, objective: Objective = "latency",
            predictions: Mapping[str, Prediction] | None = None,
            model: LatencyModel | None = None,
-           schedules: Mapping[str, Schedule] | None = None) -> Advice:
+           schedules: Mapping[str, Schedule] | None = None,
+           cold: Mapping[str, Prediction] | None = None) -> Advice:
     """Recommend a strategy; ``predictions`` (strategy -> Prediction) default to ``predict``
-    with the bundled prices and ``model`` (default: the default latency model)."""
+    with the bundled prices and ``model`` (default: the default latency model). ``cold``:
+    predictions without prefix warm-up (``predictions`` have it on), weighed per strategy
+    under ``objective``."""
     if predictions is None:
         prices = load_prices()
         predictions = {s: predict(chain, s, prices, model) for s in STRATEGIES}
     schedules = schedules or {s: resolve(chain, s) for s in STRATEGIES}
     withheld = {s: withheld_context(chain, schedules[s]) for s in STRATEGIES}
+    weighed = {s: _warmup(objective, predictions[s], (cold or {}).get(s), schedules[s])
+               for s in STRATEGIES}
+    predictions = {s: weighed[s][0] for s in STRATEGIES}
     keeping = tuple(s for s in STRATEGIES if not withheld[s])
     candidates = tuple(s for s in keeping if not predictions[s].infeasible) or keeping
     strategy = min(candidates, key=lambda s: _score(objective, predictions[s], schedules[s]))
@@ -160,8 +190,11 @@ def advise(chain: Chain, objective: Objective = "latency",
                 reasons.append(f"{other} is infeasible: {predictions[other].infeasible}")
     if model is not None and model.slots is not None:
         reasons.extend(_crowding(chain, schedules, strategy, predictions, model))
+    if weighed[strategy][1] is not None:
+        reasons.append(weighed[strategy][1])
     return Advice(strategy=strategy, objective=objective, reasons=tuple(reasons),
-                  candidates=candidates)
+                  candidates=candidates,
+                  prefix_warmup=cold is None or chosen is not cold.get(strategy))
 
 
 def batch_or_online(deadline_s: float, online_s: float, online_cost: float, batch_cost: float,

@@ -28,6 +28,7 @@ from chainray.plan.cost import PriceTable
 from chainray.plan.fit import LatencyModel, step_seconds
 from chainray.plan.lengths import DEFAULT_REPLIES, Replies, reply_tokens
 from chainray.plan.makespan import longest_finish, shared_finish
+from chainray.plan.prefix import MIN_PREFIX_TOKENS, cached_prefixes
 from chainray.plan.schedule import Schedule, Strategy, resolve
 from chainray.spec.chain import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Chain
 from chainray.spec.prompts import CONTEXT_CHARS, render_prompt
@@ -57,6 +58,7 @@ class Prediction(BaseModel):
     tokens_range: tuple[int, int] = (0, 0)
     lengths_from: dict[str, int] = {}  # where reply lengths came from -> llm steps
     infeasible: str | None = None  # the first step whose prompt and reply overflow the window
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
 
 
 @dataclass(frozen=True)
@@ -157,8 +159,13 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
 
 def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
             model: LatencyModel | None = None, replies: Replies | None = None,
-            schedule: Schedule | None = None) -> Prediction:
-    """``schedule``: ``resolve(chain, strategy)`` when the caller has it already."""
+            schedule: Schedule | None = None, prefix_warmup: bool = False,
+            min_prefix_tokens: int = MIN_PREFIX_TOKENS) -> Prediction:
+    """``schedule``: ``resolve(chain, strategy)`` when the caller has it already.
+
+    A step reads the prefix it shares with a step it waits for from the provider's cache; with
+    ``prefix_warmup``, siblings that share one start at their leader's first token and read
+    it too (``chainray.plan.prefix``)."""
     model, replies = model or LatencyModel(), replies or DEFAULT_REPLIES
     schedule = schedule or resolve(chain, strategy)
     shapes = step_shapes(chain, schedule)
@@ -187,8 +194,10 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
 
     def span(prompt: dict[str, int], completion: dict[str, int], ttft: dict[str, float]
              ) -> float:
-        seconds = {s: step_seconds(model, prompt[s], completion[s], ttft[s])
-                   if s in prompt else model.overhead_s for s in order}
+        seconds = {s: step_seconds(model, max(0, prompt[s] - cached.get(s, 0)), completion[s],
+                                   ttft[s]) if s in prompt else model.overhead_s for s in order}
+        for follower, lead in warm.items():  # it leaves at its leader's first token
+            seconds[follower] += ttft[lead] + model.prefill_s_per_token * prompt[lead]
         if model.slots is None:
             return longest_finish(order, depends, seconds)
         # the engine shares its decoding; time to first token is each request's own
@@ -198,6 +207,9 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
                              {s: seconds[s] - work[s] for s in order}, model.slots)
 
     prompt, completion = tokens({s: m for s, (m, _, _) in lengths.items()})
+    shared, warm = _cached(chain, schedule, shapes, lengths, python, replies,
+                           min_prefix_tokens, prefix_warmup)
+    cached = {s: min(prompt[s], round(replies.prompt_scale * n)) for s, n in shared.items()}
     rng = random.Random(f"draws:{model.seed}")
     median = model.ttft_s / math.exp(model.ttft_sigma**2 / 2)
     spans, totals = [], []
@@ -208,7 +220,8 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
         spans.append(span(p, c, ttft))
         totals.append(sum(p.values()) + sum(c.values()))
     llm_steps = [s for s in shapes if s.llm]
-    cost = sum(prices.cost(s.model, prompt[s.id], completion[s.id]) for s in llm_steps)
+    cost = sum(prices.cost(s.model, prompt[s.id], completion[s.id], cached.get(s.id, 0))
+               for s in llm_steps)
     prompt_total, completion_total = sum(prompt.values()), sum(completion.values())
     infeasible = _overflow(llm_steps, prompt, completion, prices)
     low, high = _percentiles(spans)
@@ -218,9 +231,23 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
         prompt_tokens=prompt_total, completion_tokens=completion_total,
         total_tokens=prompt_total + completion_total, cost=round(cost, 6),
         calls=len(llm_steps), makespan_range=(round(low, 2), round(high, 2)),
+        cached_tokens=sum(cached.values()),
         tokens_range=(round(tlow), round(thigh)), lengths_from=sources, infeasible=infeasible,
         step_seconds={s: round(step_seconds(model, prompt[s], completion[s])
                                if s in prompt else model.overhead_s, 3) for s in order})
+
+
+def _cached(chain: Chain, schedule: Schedule, shapes: list[StepShape], lengths: dict,
+            python: dict[str, float], replies: Replies, min_tokens: int, warmup: bool
+            ) -> tuple[dict[str, int], dict[str, str]]:
+    """Prompt-cached tokens per step and warm-up followers (``cached_prefixes``), with the
+    outputs at their mean predicted lengths."""
+    out = {s: m * replies.chars_per_token for s, (m, _, _) in lengths.items()}
+    prompt_chars(shapes, out, python)  # fills in the python steps' outputs
+    # what a request opens with: system message, template, inputs, the outputs it names
+    opens = {s.id: 4 * s.message_tokens + s.base_chars + sum(
+        min(out[n], cap) if cap else out[n] for n, cap in s.named) for s in shapes if s.llm}
+    return cached_prefixes(chain, schedule, out, min_tokens, warmup, opens)
 
 
 def _overflow(shapes: list[StepShape], prompt: dict[str, int], completion: dict[str, int],

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from chainray.plan.schedule import Schedule
 from chainray.results import StepResult
+from chainray.runner.prefix_warmup import PrefixWarmup
 from chainray.text import error_text
 
 __all__ = ["dispatch", "StartStep", "IsProcessDeath"]
@@ -40,7 +41,8 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
                    on_error: Literal["fail", "continue", "isolate"] = "fail",
                    on_update: Update = lambda *_: None, resubmits: int = 2,
                    is_process_death: IsProcessDeath = _never,
-                   stopped: Callable[[], bool] = _never) -> dict[str, StepResult]:
+                   stopped: Callable[[], bool] = _never,
+                   warmup: PrefixWarmup | None = None) -> dict[str, StepResult]:
     """Run every step of ``schedule``; return each step's result by id.
 
     With ``on_error="fail"`` the first failed step stops dispatch and the steps not started
@@ -50,17 +52,21 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
     Ray-aware) is started again, at most ``resubmits`` times; any other exception a handle
     raises becomes the step's error (one line; the detail goes to the debug log) and follows
     the ``on_error`` policy like any failed step. Once ``stopped()`` (a Ctrl-C), no step
-    starts; those not started are ``skipped`` and the running ones finish.
+    starts; those not started are ``skipped`` and the running ones finish. With ``warmup``,
+    ready steps that share a cacheable prompt prefix start behind their leader
+    (``chainray.runner.prefix_warmup``): once its first token arrives or it finishes.
     """
     plans = schedule.plan
     sorter = graphlib.TopologicalSorter({step.id: step.depends_on for step in schedule.steps})
     sorter.prepare()
     handles: dict[str, Any] = {}
     results: dict[str, StepResult] = {}
-    finished: asyncio.Queue[tuple[str, asyncio.Task]] = asyncio.Queue()
+    finished: asyncio.Queue[tuple[str, asyncio.Task | None]] = asyncio.Queue()
     tries: dict[str, int] = {}
     running = 0
     stopping = False
+    held: dict[str, list[str]] = {}  # a warm-up leader -> the ready steps it holds back
+    waits: dict[str, asyncio.Future] = {}  # a warm-up leader -> its bounded wait
 
     def start(step_id: str) -> None:
         nonlocal running
@@ -71,7 +77,22 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
         running += 1
         on_update(step_id, "running", None)
 
+    def release(leader: str) -> None:
+        """Start the steps ``leader`` held back (ready with it), unless the run stopped."""
+        if (wait := waits.pop(leader, None)) is not None:
+            wait.cancel()
+        for step_id in held.pop(leader, ()):
+            if not stopped():
+                start(step_id)
+                continue
+            results[step_id] = StepResult(
+                id=step_id, status="skipped", depends_on=plans[step_id].depends_on,
+                error="not started: the run was interrupted", error_code="interrupted")
+            on_update(step_id, "skipped", results[step_id])
+            sorter.done(step_id)
+
     while sorter.is_active():
+        starting = []
         for step_id in sorter.get_ready():
             failed = [d for d in plans[step_id].depends_on if results[d].status != "ok"]
             if stopped():
@@ -89,10 +110,22 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
                 on_update(step_id, "skipped", results[step_id])
                 sorter.done(step_id)
             else:
-                start(step_id)
+                starting.append(step_id)
+        if warmup is not None and len(starting) > 1:
+            starting, followers = warmup.split(starting, results)
+            for leader, steps in followers.items():  # each waits at most warmup.wait_s
+                held[leader] = steps
+                waits[leader] = asyncio.ensure_future(warmup.wait(leader))
+                waits[leader].add_done_callback(
+                    lambda _, lead=leader: finished.put_nowait((lead, None)))
+        for step_id in starting:
+            start(step_id)
         if not running:
             continue
         step_id, task = await finished.get()
+        if task is None:  # a leader's first token arrived, or it waited long enough
+            release(step_id)
+            continue
         running -= 1
         try:
             result = task.result()
@@ -110,4 +143,5 @@ async def dispatch(schedule: Schedule, start_step: StartStep,
         on_update(step_id, result.status, result)
         stopping = stopping or (result.status != "ok" and on_error == "fail")
         sorter.done(step_id)
+        release(step_id)  # a leader that finished (or failed) holds nothing back
     return results

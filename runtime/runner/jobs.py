@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from chainray.errors import InputError
 from chainray.plan.cost import load_prices
+from chainray.plan.prefix import MIN_PREFIX_TOKENS
 from chainray.plan.schedule import Strategy
 from chainray.results import StepResult
 from chainray.spec.chain import DEFAULT_MODEL, Chain, ModelSettings
@@ -24,7 +25,10 @@ class RunOptions(BaseModel):
     (stop at the first failed step), ``continue`` (hand failures to the final step) or
     ``isolate`` (skip only a failed step's descendants), ``None`` the chain's own;
     ``priority`` grants permits longest remaining path first (else first come, first
-    served); ``prices`` is a price table file (``None``: the bundled one)."""
+    served); ``prices`` is a price table file (``None``: the bundled one);
+    ``prefix_warmup`` sends one of the steps ready together that share a prompt prefix of at
+    least ``cache_min_prefix_tokens`` first and the rest at its first token, so that they
+    read the prefix from the provider's prompt cache."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -32,6 +36,9 @@ class RunOptions(BaseModel):
     on_error: OnError | None = None
     priority: bool = True
     prices: str | None = None
+    prefix_warmup: bool = True
+    # The endpoint's smallest cached prefix (OpenAI's and most Claude models' 1,024 tokens).
+    cache_min_prefix_tokens: int = Field(MIN_PREFIX_TOKENS, gt=0)
 
     @field_validator("on_error", mode="before")
     @classmethod

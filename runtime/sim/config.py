@@ -77,6 +77,15 @@ class SimConfig(BaseModel):
     reasoning_models: str = Field(REASONING_MODELS, description="models (a regex) that answer "
                                   "as OpenAI's reasoning models: 400 on max_tokens and on "
                                   "sampling settings other than the default")
+    prompt_cache: bool = Field(True, description="automatic prefix caching as OpenAI's: a "
+                               "prompt prefix of prompt_cache_min_tokens or more, in 128-token "
+                               "steps, usable from its writer's first token, reported in "
+                               "usage.prompt_tokens_details.cached_tokens")
+    prompt_cache_min_tokens: int = Field(1024, gt=0, description="smallest cached prefix "
+                                         "(OpenAI's 1,024)")
+    cached_prefill_share: float = Field(0.2, ge=0, le=1, description="a cached token takes "
+                                        "this share of an uncached one's prefill (OpenAI: "
+                                        "caching cuts latency up to 80%)")
     api_key: str | None = Field(None, repr=False)
     faults: FaultConfig = FaultConfig()
     # The Batch API (chainray.sim.batches): a real job takes minutes to hours (24h promised)

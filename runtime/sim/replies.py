@@ -128,8 +128,9 @@ def _words(prompt: str, count: int, rng: random.Random, background: float,
     return [(" " if i else "") + word for i, word in enumerate(words[:count])]
 
 
-def plan_reply(config: SimConfig, prompt: str, prompt_tokens: int, max_tokens: int,
+def plan_reply(config: SimConfig, prompt: str, prefill_tokens: float, max_tokens: int,
                latency_rng: random.Random, slow: bool = False) -> Reply:
+    """``prefill_tokens``: the prompt's tokens, a cached one counted as its share of one."""
     digest = hashlib.sha256(f"{config.seed}:{prompt}".encode()).digest()
     content_rng = random.Random(digest)
     lengths, signals = config.lengths, read_signals(prompt)
@@ -139,7 +140,7 @@ def plan_reply(config: SimConfig, prompt: str, prompt_tokens: int, max_tokens: i
                     config.seed)
     factor = (config.faults.slow_factor if slow else 1.0) / config.speed
     ttft = (latency_rng.lognormvariate(0, config.ttft_sigma) * config.ttft_median_s
-            + config.prefill_s_per_token * prompt_tokens) * factor
+            + config.prefill_s_per_token * prefill_tokens) * factor
     mean_itl = 1.0 / config.tokens_per_s
     jitter = config.itl_jitter
     itl = tuple(mean_itl * latency_rng.uniform(1 - jitter, 1 + jitter) * factor

@@ -18,6 +18,7 @@ from chainray.durations import format_duration
 from chainray.sim.batches import BatchDesk
 from chainray.sim.buckets import Admission, LimitBuckets
 from chainray.sim.config import SimConfig
+from chainray.sim.prefix_cache import Lookup, PromptCache
 from chainray.sim.reasoning import is_reasoning_model, reject_parameter
 from chainray.sim.replies import Reply, plan_reply
 from chainray.sim.slots import DecodeSlots, due_times
@@ -46,6 +47,7 @@ class Simulator:
         self.slots = DecodeSlots(config.slots)
         self.rng = random.Random(config.seed)
         self.fault_rng = random.Random(f"faults:{config.seed}")  # apart from latency draws
+        self.prompt_cache = PromptCache(config.prompt_cache_min_tokens)
         self.app = web.Application()
         self.app.add_routes([
             web.post("/v1/chat/completions", self.chat_completions),
@@ -91,6 +93,7 @@ class Simulator:
         self.slots = DecodeSlots(config.slots)
         self.rng = random.Random(config.seed)
         self.fault_rng = random.Random(f"faults:{config.seed}")
+        self.prompt_cache = PromptCache(config.prompt_cache_min_tokens)
 
     # -- OpenAI API -------------------------------------------------------------------------
     async def models(self, request: web.Request) -> web.Response:
@@ -169,19 +172,26 @@ class Simulator:
                 self.buckets.refund(prompt_tokens + max_tokens)
                 return answer
         prompt = "\n".join(str(m.get("content") or "") for m in messages)
-        reply = plan_reply(config, prompt, prompt_tokens, max_tokens, self.rng,
-                           slow=fault == "slow")
+        found = self.prompt_cache.lookup(messages, prompt_tokens) if config.prompt_cache \
+            else Lookup(0, ())
+        prefill = prompt_tokens - found.cached * (1 - config.cached_prefill_share)
+        reply = plan_reply(config, prompt, prefill, max_tokens, self.rng, slow=fault == "slow")
         if (schema := schema_of(body.get("response_format"))) is not None:
             reply = reply.with_text(conforming_json(schema, prompt, reply.text.split()))
         record.prompt_tokens, record.completion_tokens = prompt_tokens, len(reply.tokens)
+        record.cached_tokens = found.cached
         if config.refund_unused:
             self.buckets.refund(max_tokens - len(reply.tokens))
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(reply.tokens),
                  "total_tokens": prompt_tokens + len(reply.tokens)}
+        if config.prompt_cache:
+            usage["prompt_tokens_details"] = {"cached_tokens": found.cached}
         if record.stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return await self._stream(request, record, reply, usage if include_usage else None)
+            return await self._stream(request, record, reply, usage if include_usage else None,
+                                      found)
         await asyncio.sleep(reply.ttft_s)
+        self.prompt_cache.write(found)  # the first token exists: later requests may read it
         record.decoded(await self.slots.decode(due_times(reply.itl_s)))
         return web.json_response(_completion(record, reply, usage), headers=self._headers(record))
 
@@ -243,7 +253,7 @@ class Simulator:
         return False
 
     async def _stream(self, request: web.Request, record: RequestRecord, reply: Reply,
-                      usage: dict | None) -> web.StreamResponse:
+                      usage: dict | None, found: Lookup) -> web.StreamResponse:
         record.completion_tokens = 0  # a client that leaves is charged what it was sent
         response = web.StreamResponse(headers={**self._headers(record),
                                                "Content-Type": "text/event-stream"})
@@ -256,6 +266,7 @@ class Simulator:
             await response.write(f"data: {data}\n\n".encode())
 
         await asyncio.sleep(reply.ttft_s)
+        self.prompt_cache.write(found)
         await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant",
                                                                 "content": ""},
                                          "finish_reason": None}]})

@@ -23,6 +23,7 @@ class RequestRecord:
     outcome: str = "pending"  # ok, rate_limited, server_error, dropped, hung, unauthorized, ...
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, read from the prompt cache
     decode_s: float = 0.0  # wall seconds from the first token to the last
     decode_tokens_per_s: float | None = None  # tokens after the first per decode second
     peak_decoding: int = 0  # most requests decoding at once while this one did
@@ -62,6 +63,7 @@ class ServerStats:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
+            "cached_tokens": sum(r.cached_tokens for r in ok),
             "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
             "peak_decoding": max((r.peak_decoding for r in self.records), default=0),
