@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chainray.sim.buckets import LimitBuckets
+from chainray.sim.capacity import LimitBuckets
 from chainray.sim.config import SimConfig
 
 

@@ -13,7 +13,7 @@ import urllib.request
 import openai
 
 from chainray.sim import start_simulator
-from chainray.sim.slots import DecodeSlots
+from chainray.sim.capacity import DecodeSlots
 
 MSG = [{"role": "user", "content": "Research quantum hardware: qubits and error rates."}]
 

@@ -16,12 +16,11 @@ from pydantic import ValidationError
 
 from chainray.durations import format_duration
 from chainray.sim.batches import BatchDesk
-from chainray.sim.buckets import Admission, LimitBuckets
+from chainray.sim.capacity import Admission, DecodeSlots, LimitBuckets, due_times
 from chainray.sim.config import SimConfig
 from chainray.sim.prefix_cache import Lookup, PromptCache
 from chainray.sim.reasoning import is_reasoning_model, reject_parameter
 from chainray.sim.replies import Reply, plan_reply
-from chainray.sim.slots import DecodeSlots, due_times
 from chainray.sim.stats import RequestRecord, ServerStats
 from chainray.sim.structured import conforming_json, schema_of
 from chainray.tokens import estimate_prompt_tokens

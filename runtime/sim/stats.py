@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from chainray.sim.slots import Decoded
+from chainray.sim.capacity import Decoded
 
 __all__ = ["RequestRecord", "ServerStats"]
 
