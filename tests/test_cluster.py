@@ -88,9 +88,9 @@ def test_two_drivers_share_one_budget(ray_session, sim, tmp_path):
     assert [d.returncode for d in drivers] == [0, 0], errors
     stats = sim.stats()
     # Every call answered; the server's 1 s bucket leaves only target_share's headroom, so
-    # first burst may meet one 429 under scheduling jitter (it is retried).
+    # each driver's first burst may meet one 429 under scheduling jitter (it is retried).
     assert stats["by_status"]["200"] == 36  # 2 drivers x 3 runs x 6 calls
-    assert stats["by_status"].get("429", 0) <= 1
+    assert stats["by_status"].get("429", 0) <= 2
     starts = sorted(r["start"] for r in stats["request_log"])
     assert (len(starts) - 1 - 4) / (starts[-1] - starts[0]) <= 240 / 60 * 1.05
 
