@@ -23,7 +23,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from chainray import telemetry
-from chainray.actors.lifeline import watch_parent
+from chainray.actors.lifeline import watch_driver, watch_parent
 from chainray.actors.step_runner import (
     GuardHandles,
     StepRunner,
@@ -189,7 +189,14 @@ class Coordinator:
         with telemetry.run_span(job.trace, f"chainray.run {job.chain.name}", {
                 "chainray.run.id": job.run_id, "chainray.scenario": job.chain.name,
                 "chainray.strategy": job.strategy}) as span:
-            result = await self._run(job, limiters, adaptations, guards, endpoint)
+            # A driver that dies stops its run (on a warm Coordinator, which outlives it).
+            driver = None if job.driver_pid is None else watch_driver(
+                job.driver_pid, lambda: self.stop([job.run_id]))
+            try:
+                result = await self._run(job, limiters, adaptations, guards, endpoint)
+            finally:
+                if driver is not None:
+                    driver.cancel()
             span.set(run_attributes(result))
             if result.status == "failed":
                 span.fail(result.error_code or "failed", result.error)

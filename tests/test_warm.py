@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.plain_server import PlainServer
+
 CHAINRAY = [sys.executable, "-m", "chainray.cli.main"]
 
 
@@ -87,6 +89,7 @@ def test_up_run_status_down(home):
                         *(pid for pids in after["ray_pids"].values() for pid in pids),
                         *(a["pid"] for a in after["actors"])}
             assert all(alive(pid) for pid in recorded)
+            assert_a_killed_drivers_run_stops_on_the_warm_coordinator(folder, env)
         finally:
             down = chainray(env, "down", timeout=120)
         assert down.returncode == 0, down.stderr
@@ -98,6 +101,35 @@ def test_up_run_status_down(home):
     finally:
         bystander.kill()
         bystander.wait(timeout=10)
+
+
+def assert_a_killed_drivers_run_stops_on_the_warm_coordinator(folder: Path, env: dict) -> None:
+    """The warm Coordinator outlives its drivers: kill -9 of one stops its batch there (nothing
+    new sent a second after the kill), not only the driver."""
+    server = PlainServer(latency_s=1.0)
+    (folder / "fan.yaml").write_text(
+        "name: fan\ninputs: {topic: tea}\ndefaults: {max_tokens: 20}\nsteps:\n"
+        + "".join(f"  - {{id: s{i}, prompt: 'angle {i} of {{topic}}'}}\n" for i in range(5)))
+    (folder / "in.jsonl").write_text("".join(f'{{"topic": "t{i}"}}\n' for i in range(20)))
+    with server.running() as base_url:
+        driver = subprocess.Popen(
+            [*CHAINRAY, "run", str(folder / "fan.yaml"), "--inputs", str(folder / "in.jsonl"),
+             "--base-url", base_url, "--batch-window", "4", "--quiet"],
+            env={**env, "OPENAI_API_KEY": "sk-test"}, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while server.started < 8:
+                assert time.monotonic() < deadline, "the batch never got going"
+                time.sleep(0.05)
+            killed_at = time.time()
+            driver.kill()
+            driver.wait(timeout=10)
+            time.sleep(3)  # a second for the Coordinator to notice, and more to be sure
+        finally:
+            driver.kill()
+        assert [t for t in server.start_times if t > killed_at + 1.0] == []
+        assert server.started < 100  # not the whole batch
 
 
 def test_stale_warm_file_runs_cold(home):

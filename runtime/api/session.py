@@ -255,6 +255,8 @@ class Driver:
 
     def submit(self, job: RunJob) -> ray.ObjectRef:
         self.learner.expect(job.run_id, job.chain, job.inputs)
+        if not ray.util.client.ray.is_connected():  # a Ray Client driver is on another host
+            job = job.model_copy(update={"driver_pid": os.getpid()})  # its death stops the run
         if self.trace is not None:
             job = job.model_copy(update={"trace": run_trace(self.trace)})
         return self.coordinator.run.options(name=f"run:{job.chain.name}:{job.strategy}").remote(

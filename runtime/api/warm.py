@@ -25,13 +25,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from chainray.actors.lifeline import process_alive
 from chainray.errors import InputError
 from chainray.home import chainray_home
 from chainray.sim.config import SimConfig
 from chainray.sim.embedded import EmbeddedSimulator
 
 __all__ = ["WarmState", "WarmSimulator", "warm_path", "read_warm", "write_warm",
-           "remove_warm", "pid_alive", "is_daemon", "warm_simulator", "WARM_NAMESPACE",
+           "remove_warm", "is_daemon", "warm_simulator", "WARM_NAMESPACE",
            "WARM_COORDINATOR", "WARM_SESSION"]
 
 WARM_NAMESPACE = "chainray-warm"  # the warm actors' Ray namespace
@@ -62,27 +63,12 @@ def warm_path() -> Path:
     return chainray_home() / "warm.json"
 
 
-def pid_alive(pid: int) -> bool:
-    """True when process ``pid`` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: existing is all we can tell
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def is_daemon(pid: int) -> bool:
     """Whether ``pid`` is still a warm daemon (after a restart the PID may be another's)."""
     try:
         return b"chainray.cli.warmd" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return pid_alive(pid)  # no /proc here: existing is all we can tell
+        return process_alive(pid)  # no /proc here: existing is all we can tell
 
 
 def read_warm(remove_stale: bool = True) -> WarmState | None:
@@ -96,7 +82,7 @@ def read_warm(remove_stale: bool = True) -> WarmState | None:
         if remove_stale:
             path.unlink(missing_ok=True)
         return None
-    if pid_alive(state.pid) and is_daemon(state.pid):
+    if process_alive(state.pid) and is_daemon(state.pid):
         return state
     if remove_stale:
         remove_warm(state.pid)

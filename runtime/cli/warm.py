@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from chainray.actors.lifeline import process_alive
 from chainray.api.warm import (
     WarmState,
     is_daemon,
-    pid_alive,
     read_warm,
     remove_warm,
     uptime,
@@ -161,14 +161,14 @@ def cmd_down(args: argparse.Namespace) -> int:
         print("chainray: nothing is up")
         return 0
     pids = _recorded_pids(state)
-    if pid_alive(state.pid) and is_daemon(state.pid):  # not a PID reused since a restart
+    if process_alive(state.pid) and is_daemon(state.pid):  # not a PID reused since a restart
         _stop_pid(state.pid, STOP_WAIT_S)
     # What the daemon did not stop (it was killed before it could): by PID, if still ours.
     for pid in pids:
-        if pid != state.pid and pid_alive(pid) and _looks_ours(pid):
+        if pid != state.pid and process_alive(pid) and _looks_ours(pid):
             _stop_pid(pid, 10.0)
     remove_warm(state.pid)
-    left = [pid for pid in pids if pid_alive(pid) and
+    left = [pid for pid in pids if process_alive(pid) and
             (is_daemon(pid) if pid == state.pid else _looks_ours(pid))]
     if left:
         raise ChainrayError(f"stopped the warm Ray, but PIDs {left} are still there")
@@ -204,7 +204,7 @@ def _stop_pid(pid: int, wait_s: float) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not pid_alive(pid):
+            if not process_alive(pid):
                 return
             time.sleep(0.1)
 

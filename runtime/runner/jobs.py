@@ -75,6 +75,7 @@ class RunJob(RunOptions):
     journal_dir: str | None = None
     resumed: dict[str, StepResult] = {}
     trace: TraceContext | None = None  # where its trace goes (None: not traced)
+    driver_pid: int | None = None  # the driver's process, on the Coordinator's node
 
     def settings(self, step_id: str) -> ModelSettings:
         settings = self.chain.settings_for(self.chain.by_id[step_id])
