@@ -70,7 +70,8 @@ def test_batch_runs_every_line_under_one_budget(ray_session, sim, tmp_path, caps
     assert "unknown input 'topic'" in capsys.readouterr().err
     inputs.write_text("\n".join(json.dumps({"article": f"story {i}"}) for i in range(6)))
     assert main(["run", "headline_ensemble", "--inputs", str(inputs), "--json", str(out),
-                 "--base-url", sim.base_url, "--batch-window", "3", "--quiet"]) == 0
+                 "--base-url", sim.base_url, "--batch-window", "3"]) == 0  # with progress
+    assert "batch of 6 runs (6 ok" in capsys.readouterr().out
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     runs, batch = lines[:-1], lines[-1]["batch"]
     assert len(runs) == batch["runs"] == batch["ok"] == 6 and batch["failed"] == 0
@@ -80,3 +81,15 @@ def test_batch_runs_every_line_under_one_budget(ray_session, sim, tmp_path, caps
     assert batch["total_tokens"] == stats["total_tokens"]
     assert batch["requests_per_min"] > 0 and batch["tokens_per_min"] > 0
     assert len({r["run_id"] for r in runs}) == 6
+
+
+def test_a_batch_with_progress_on_of_a_chain_with_defaults(ray_session, sim, tmp_path, capsys):
+    """The batch's forecast (progress on) compares the runs' chains: one holding dicts too."""
+    sim.configure(speed=50.0)
+    chain = tmp_path / "fan.yaml"
+    chain.write_text("name: fan\ninputs: {topic: tea}\ndefaults: {max_tokens: 20}\nsteps:\n"
+                     "  - {id: a, prompt: 'about {topic}'}\n")
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"topic": "a"}\n{"topic": "b"}\n')
+    assert main(["run", str(chain), "--inputs", str(inputs), "--base-url", sim.base_url]) == 0
+    assert "batch of 2 runs (2 ok" in capsys.readouterr().out

@@ -144,7 +144,8 @@ class Session:
 
         todo = prepared.todo
         forecast = None
-        if self.config.progress and todo and len({(j.chain, j.strategy) for j in todo}) == 1:
+        # One chain object and strategy for all (a chain is not hashable: it holds dicts).
+        if self.config.progress and todo and len({(id(j.chain), j.strategy) for j in todo}) == 1:
             forecast = batch_forecast(self.config, todo[0].chain, todo[0].strategy,
                                       [job.inputs for job in todo], window)
         ran = self._run_jobs(todo, window, label, on_result=finished,
