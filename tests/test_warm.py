@@ -109,7 +109,8 @@ def assert_a_killed_drivers_run_stops_on_the_warm_coordinator(folder: Path, env:
     server = PlainServer(latency_s=1.0)
     (folder / "fan.yaml").write_text(
         "name: fan\ninputs: {topic: tea}\ndefaults: {max_tokens: 20}\nsteps:\n"
-        + "".join(f"  - {{id: s{i}, prompt: 'angle {i} of {{topic}}'}}\n" for i in range(5)))
+        + "".join(f"  - {{id: s{i}, prompt: 'angle {i} of {{topic}}'}}\n" for i in range(5))
+        + "  - {id: final, after: [s0, s1, s2, s3, s4], prompt: 'sum {s0} {s1} {s2}'}\n")
     (folder / "in.jsonl").write_text("".join(f'{{"topic": "t{i}"}}\n' for i in range(20)))
     with server.running() as base_url:
         driver = subprocess.Popen(
@@ -120,7 +121,8 @@ def assert_a_killed_drivers_run_stops_on_the_warm_coordinator(folder: Path, env:
         try:
             deadline = time.monotonic() + 120
             while server.started < 8:
-                assert time.monotonic() < deadline, "the batch never got going"
+                assert time.monotonic() < deadline and driver.poll() is None, \
+                    "the batch never got going"
                 time.sleep(0.05)
             killed_at = time.time()
             driver.kill()
