@@ -1,6 +1,7 @@
 """kill -9 of a driver that started its own Ray: nothing new is sent, nothing is left running
 (the driver, Ray's head and every worker within 20 s; Ray's own dashboard agent, which sends
-nothing, notices its raylet's death last and then waits on the dead GCS, so it gets 90 s)."""
+nothing, notices its raylet's death last and then waits on the dead GCS, so it gets 90 s, as
+does the dashboard's own process)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def is_ray_agent(pid: int) -> bool:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"DashboardAgent" in command or b"agent.py" in command
+    return b"dashboard" in command.lower() or b"agent.py" in command  # agent and head
 
 
 def wait_for(condition, timeout_s: float) -> bool:
