@@ -186,7 +186,10 @@ def test_hedged_steps_are_marked_and_their_duplicates_counted(ray_session, sim, 
     started = sum(r["prompt_tokens"] + r["completion_tokens"] for r in stats["request_log"])
     assert counted >= answered > sum(s.prompt_tokens + s.completion_tokens for s in steps
                                      if not s.hedged)
-    assert abs(counted - started) <= 0.02 * started, (counted, started)
+    # A loser cancelled before it reached the server is counted with its prompt (see above).
+    unseen = sum(r.api_calls for r in results) - stats["requests"]
+    prompt = max(r["prompt_tokens"] for r in stats["request_log"])
+    assert abs(counted - started) <= 0.02 * started + unseen * prompt, (counted, started)
 
 
 def one_step_chain(name: str = "one", stream: bool = True):

@@ -28,9 +28,11 @@ def test_cluster_yaml_is_valid_for_ray_up():
     assert any("chainray" in command for command in config["setup_commands"])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def two_node_cluster(simulator):
-    """A head and one worker node on this machine; the session's Ray is set aside."""
+    """A head and one worker node on this machine; the session's Ray is set aside. One for
+    the module (a cluster costs seconds to start and stop): the test that loses its worker
+    node comes last."""
     from ray.cluster_utils import Cluster
 
     was_connected = ray.is_initialized()
@@ -46,28 +48,6 @@ def two_node_cluster(simulator):
     if was_connected:
         ray.init(address="local", num_cpus=2, include_dashboard=False,
                  logging_level=logging.ERROR, log_to_driver=False)
-
-
-def test_batch_runs_on_both_nodes_under_one_limit(two_node_cluster, sim):
-    from chainray.spec.chain import load_chain
-    from tests.helpers import job, session_for
-
-    sim.configure(speed=20.0, rpm=300, burst_s=1.0)   # the server allows 5 requests/second
-    chain = load_chain("headline_ensemble")
-    with session_for(sim, rpm=300, runners=4) as session:
-        results = list(session.run_many([job(chain, "parallel") for _ in range(4)], window=4))
-    assert all(r.status == "ok" for r in results)
-    nodes = {step.node_id for r in results for step in r.steps}
-    assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]} and len(nodes) == 2
-    stats = sim.stats()
-    # Every call answered; the server's 1 s bucket leaves only target_share's headroom, so
-    # first burst may meet one 429 under scheduling jitter (it is retried).
-    assert stats["by_status"]["200"] == 24  # one limiter held across nodes
-    assert stats["by_status"].get("429", 0) <= 1
-    starts = sorted(r["start"] for r in stats["request_log"])
-    span = starts[-1] - starts[0]
-    assert (len(starts) - 1 - 5) / span <= 300 / 60 * 1.05
-    assert os.environ.get("RAY_ADDRESS") is None
 
 
 def test_two_drivers_share_one_budget(ray_session, sim, tmp_path):
@@ -93,6 +73,28 @@ def test_two_drivers_share_one_budget(ray_session, sim, tmp_path):
     assert stats["by_status"].get("429", 0) <= 2
     starts = sorted(r["start"] for r in stats["request_log"])
     assert (len(starts) - 1 - 4) / (starts[-1] - starts[0]) <= 240 / 60 * 1.05
+
+
+def test_batch_runs_on_both_nodes_under_one_limit(two_node_cluster, sim):
+    from chainray.spec.chain import load_chain
+    from tests.helpers import job, session_for
+
+    sim.configure(speed=20.0, rpm=300, burst_s=1.0)   # the server allows 5 requests/second
+    chain = load_chain("headline_ensemble")
+    with session_for(sim, rpm=300, runners=4) as session:
+        results = list(session.run_many([job(chain, "parallel") for _ in range(4)], window=4))
+    assert all(r.status == "ok" for r in results)
+    nodes = {step.node_id for r in results for step in r.steps}
+    assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]} and len(nodes) == 2
+    stats = sim.stats()
+    # Every call answered; the server's 1 s bucket leaves only target_share's headroom, so
+    # first burst may meet one 429 under scheduling jitter (it is retried).
+    assert stats["by_status"]["200"] == 24  # one limiter held across nodes
+    assert stats["by_status"].get("429", 0) <= 1
+    starts = sorted(r["start"] for r in stats["request_log"])
+    span = starts[-1] - starts[0]
+    assert (len(starts) - 1 - 5) / span <= 300 / 60 * 1.05
+    assert os.environ.get("RAY_ADDRESS") is None
 
 
 def test_a_node_lost_mid_batch_costs_no_run(two_node_cluster, sim):
