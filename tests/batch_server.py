@@ -18,16 +18,15 @@ a model in ``missing_models`` answer 404 ``model_not_found``; a line that asks f
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from plain_server import serve_routes  # beside this file, as this module is imported
 
 __all__ = ["BatchServer"]
 
@@ -150,8 +149,6 @@ class BatchServer:
     @contextlib.contextmanager
     def running(self) -> Iterator[str]:
         """Serve on a free loopback port in a thread; yields the base URL."""
-        loop = asyncio.new_event_loop()
-        app = web.Application()
         routes = [web.post("/v1/chat/completions", self.chat)]
         if self.batch_api:
             routes += [web.post("/v1/files", self.upload),
@@ -160,21 +157,8 @@ class BatchServer:
                        web.get("/v1/batches", self.listing),
                        web.get("/v1/batches/{id}", self.retrieve),
                        web.post("/v1/batches/{id}/cancel", self.cancel)]
-        app.add_routes(routes)
-        runner = web.AppRunner(app, access_log=None)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        port = site._server.sockets[0].getsockname()[1]
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{port}/v1"
-        finally:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
+        with serve_routes(routes) as base_url:
+            yield base_url
 
 
 def _public(job: dict) -> dict:

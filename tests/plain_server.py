@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-__all__ = ["PlainServer"]
+__all__ = ["PlainServer", "serve_routes"]
 
 
 @dataclass
@@ -94,20 +94,28 @@ class PlainServer:
     @contextlib.contextmanager
     def running(self) -> Iterator[str]:
         """Serve on a free loopback port in a thread; yields the base URL."""
-        loop = asyncio.new_event_loop()
-        app = web.Application()
-        app.add_routes([web.post("/v1/chat/completions", self.chat)])
-        runner = web.AppRunner(app, access_log=None)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        port = site._server.sockets[0].getsockname()[1]
-        thread = threading.Thread(target=loop.run_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{port}/v1"
-        finally:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
+        with serve_routes([web.post("/v1/chat/completions", self.chat)]) as base_url:
+            yield base_url
+
+
+@contextlib.contextmanager
+def serve_routes(routes: list) -> Iterator[str]:
+    """Serve aiohttp ``routes`` on a free loopback port in a thread; yields the base URL (ends
+    in /v1). The fixture servers' one way to listen."""
+    loop = asyncio.new_event_loop()
+    app = web.Application()
+    app.add_routes(routes)
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
