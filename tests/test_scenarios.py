@@ -47,7 +47,11 @@ def test_sql_pipeline_catches_invalid_sql_and_runs_the_fixed_query(fast_session)
 def test_quantum_bench_shows_the_seeds_pattern(ray_session, simulator):
     simulator.configure(speed=10.0, rpm=100_000, tpm=10_000_000, ttft_sigma=0.3)
     chain = load_chain("quantum_research")
+    # Each strategy's best of two, taken in turn: one run stalled by a busy machine (a worker
+    # process starting beside it) must not reorder them.
     with session_for(simulator, rpm=100_000, tpm=10_000_000) as session:
-        latency = {s: session.run(job(chain, s)).latency_ms for s in STRATEGIES}
+        rounds = [{s: session.run(job(chain, s)).latency_ms for s in STRATEGIES}
+                  for _ in range(2)]
+    latency = {s: min(r[s] for r in rounds) for s in STRATEGIES}
     assert latency["parallel"] < latency["hybrid"] < latency["sequential"]
     assert latency["parallel"] <= 0.4 * latency["sequential"]
