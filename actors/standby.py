@@ -20,7 +20,7 @@ import ray
 
 from chainray.actors.coordinator import end_actors
 
-__all__ = ["Crew", "take_crew", "keep_crew", "end_standby"]
+__all__ = ["Crew", "take_crew", "keep_crew", "end_standby", "drop_standby"]
 
 
 @dataclass
@@ -75,6 +75,13 @@ def end_standby() -> None:
         crew = _kept.pop()
         if ray.is_initialized() and crew.owner == _owner():
             _end(crew)
+
+
+def drop_standby() -> None:
+    """Forget every kept crew without ending it: for a Ray about to stop (this process
+    started it), which ends them itself; their graceful exit would only keep the command
+    waiting, for task events that a stopped Ray's dashboard will never show."""
+    _kept.clear()
 
 
 def _end(crew: Crew) -> None:

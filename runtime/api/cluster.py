@@ -176,15 +176,17 @@ def connect_ray(address: str | None, dashboard: bool = True) -> None:
 def leave_ray() -> None:
     """Disconnect, and stop a Ray this process started. Its autoscaler monitor is stopped
     first, by its PID: it outlives SIGTERM for the whole second ``ray.shutdown`` gives it
-    before killing it, a second of every cold run. The rest stops as Ray stops it, after
-    the actors kept for a next session have ended gracefully."""
+    before killing it, a second of every cold run. The rest stops as Ray stops it. On a Ray
+    this process joined, the actors kept for a next session end gracefully first."""
     import ray
 
-    from chainray.actors.standby import end_standby
+    from chainray.actors.standby import drop_standby, end_standby
 
-    end_standby()
     node = getattr(ray._private.worker, "_global_node", None)  # set only for a Ray we started
-    if node is not None and node.is_head():
+    if node is None or not node.is_head():
+        end_standby()  # they would outlive this driver's job only as dead actors
+    else:
+        drop_standby()  # the Ray that ray.shutdown stops below ends them
         for info in node.all_processes.get("monitor", ()):
             if info.process.poll() is None:
                 info.process.kill()
