@@ -53,3 +53,49 @@ def ray_session():
              logging_level=logging.ERROR, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+class _Captured(Exception):
+    """Raised by the recording driver once it has what the CLI or the API handed it."""
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """Replace the driver (``chainray.api.session.Driver``) by one that records the
+    ``SessionConfig`` it is opened with and the first ``RunJob`` it is given, then stops."""
+    seen: dict = {}
+
+    class Recorder:
+        def __init__(self, config):
+            seen["config"] = config
+
+        def _record(self, job):
+            seen["job"] = job
+            raise _Captured
+
+        def run(self, job, label=None):
+            self._record(job)
+
+        def run_many(self, jobs, **_):
+            for job in jobs:
+                self._record(job)
+            yield from ()
+
+        def close(self):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr("chainray.api.library.Driver", Recorder)
+
+    def capture(call, *args, **kwargs):
+        seen.clear()
+        with pytest.raises(_Captured):
+            call(*args, **kwargs)
+        return seen["config"], seen["job"].model_dump(exclude={"run_id", "journal_key"})
+
+    return capture

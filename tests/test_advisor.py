@@ -69,13 +69,16 @@ def test_advice_never_contradicts_its_own_predictions(path, objective):
 
 
 def test_auto_uses_the_same_advice():
+    from chainray.api.config import SessionConfig
     from chainray.cli.run import pick_strategy
 
     chain = load_chain("quantum_research")
     for objective in ("latency", "cost", "quality"):
         args = argparse.Namespace(strategy="auto", objective=objective, prices=None,
                                   base_url=None, model=None)
-        assert pick_strategy(chain, args) == advise(chain, objective).strategy
+        strategy, config = pick_strategy(chain, args, SessionConfig())
+        assert strategy == advise(chain, objective).strategy
+        assert config.prefix_warmup  # nothing in quantum_research shares a long prefix
 
 
 def test_withholding_is_stated_with_the_time_it_gains():

@@ -148,52 +148,6 @@ def test_a_cache_path_that_is_a_file_is_refused(tmp_path):
                  "--base-url", "http://127.0.0.1:9/v1"]) == 2
 
 
-class _Captured(Exception):
-    """Raised by the recording driver once it has what the CLI or the API handed it."""
-
-
-@pytest.fixture
-def recorded(monkeypatch):
-    """Replace the driver (``chainray.api.session.Driver``) by one that records the
-    ``SessionConfig`` it is opened with and the first ``RunJob`` it is given, then stops."""
-    seen: dict = {}
-
-    class Recorder:
-        def __init__(self, config):
-            seen["config"] = config
-
-        def _record(self, job):
-            seen["job"] = job
-            raise _Captured
-
-        def run(self, job, label=None):
-            self._record(job)
-
-        def run_many(self, jobs, **_):
-            for job in jobs:
-                self._record(job)
-            yield from ()
-
-        def close(self):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
-
-    monkeypatch.setattr("chainray.api.library.Driver", Recorder)
-
-    def capture(call, *args, **kwargs):
-        seen.clear()
-        with pytest.raises(_Captured):
-            call(*args, **kwargs)
-        return seen["config"], seen["job"].model_dump(exclude={"run_id", "journal_key"})
-
-    return capture
-
-
 def test_the_cli_and_the_api_translate_the_same_options_identically(recorded, tmp_path):
     prices = tmp_path / "prices.json"
     shutil.copy(BUNDLED_PRICES, prices)

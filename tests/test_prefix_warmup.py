@@ -220,6 +220,26 @@ def test_plan_predicts_cost_and_makespan_with_and_without_warmup_and_weighs_them
     assert for_cost.hints == ()
 
 
+def test_auto_runs_with_the_advisors_warmup_unless_told(recorded, tmp_path):
+    import yaml
+
+    from chainray.cli.main import main
+
+    path = tmp_path / "reviews.yaml"
+    path.write_text(yaml.safe_dump(review_chain().model_dump(mode="json", exclude_none=True)))
+    for objective, advised in (("latency", False), ("cost", True)):
+        assert chainray.plan(review_chain(), objective).prefix_warmup is advised
+        cli = recorded(main, ["run", str(path), "--strategy", "auto", "--objective", objective,
+                              "--quiet"])
+        api = recorded(chainray.run, review_chain(), "auto", objective=objective)
+        assert cli[1]["prefix_warmup"] is api[1]["prefix_warmup"] is advised
+    told = recorded(chainray.run, review_chain(), "auto", objective="cost",
+                    prefix_warmup=False)
+    assert told[1]["prefix_warmup"] is False  # the user's word stands
+    assert recorded(chainray.run, review_chain(), "hybrid", objective="latency")[1][
+        "prefix_warmup"] is True  # a strategy given: the default
+
+
 def test_plan_points_out_siblings_whose_shared_context_is_not_a_common_prefix(capsys):
     late = chainray.plan(review_chain(code_first=False))
     assert len(late.hints) == 1 and late.hints[0].startswith(

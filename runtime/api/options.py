@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from chainray.api import preflight
 from chainray.errors import InputError
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from chainray.api.config import SessionConfig
 
 __all__ = ["prepare_job", "run_job", "RunSpec", "chain_inputs", "as_chain",
-           "choose_strategy", "new_run_id", "refuse_unpriced", "cap_summary", "StrategyName",
-           "Objective"]
+           "choose_strategy", "StrategyChoice", "new_run_id", "refuse_unpriced", "cap_summary",
+           "StrategyName", "Objective"]
 
 StrategyName = Literal["sequential", "parallel", "hybrid", "auto"]
 Objective = Literal["latency", "cost", "quality"]
@@ -55,20 +55,35 @@ def chain_inputs(chain: Chain, overrides: Mapping[str, Any] | None = None) -> di
     return inputs
 
 
+class StrategyChoice(NamedTuple):
+    """The strategy to run; for ``auto``, the advisor's reasons and its prefix warm-up."""
+
+    strategy: str
+    reasons: tuple[str, ...] = ()
+    prefix_warmup: bool | None = None  # None: not the advisor's to say
+
+    def applied(self, config: SessionConfig) -> SessionConfig:
+        """``config`` with the advisor's prefix warm-up, unless the user set one."""
+        if self.prefix_warmup is None or "prefix_warmup" in config.model_fields_set:
+            return config
+        return config.model_copy(update={"prefix_warmup": self.prefix_warmup})
+
+
 def choose_strategy(chain: Chain, strategy: StrategyName, objective: Objective = "latency",
                     prices: str | None = None, base_url: str | None = None,
-                    model: str | None = None) -> tuple[str, tuple[str, ...]]:
-    """The strategy to run and, for ``auto``, the advisor's reasons for it (from the profile
-    of the endpoint and model the run calls, as ``chainray plan`` predicts)."""
+                    model: str | None = None) -> StrategyChoice:
+    """The strategy to run and, for ``auto``, the advisor's reasons for it and whether to warm
+    shared prefixes (from the profile of the endpoint and model the run calls, as ``chainray
+    plan`` predicts)."""
     if strategy != "auto":
         if strategy not in STRATEGIES:
             raise InputError(f"unknown strategy {strategy!r}; choose from "
                              f"{', '.join(STRATEGIES)} or auto")
-        return strategy, ()
+        return StrategyChoice(strategy)
     from chainray.api.planning import plan
 
     advice = plan(chain, objective=objective, prices=prices, base_url=base_url, model=model)
-    return advice.strategy, advice.reasons
+    return StrategyChoice(advice.strategy, advice.reasons, advice.prefix_warmup)
 
 
 def refuse_unpriced(chain: Chain, model: str | None, prices: str | None) -> None:
@@ -111,6 +126,6 @@ def prepare_job(chain: Chain | str, strategy: StrategyName, inputs: Mapping | No
     preflight.refuse(preflight.input_problems(chain, values, config.model, "inputs: "))
     if config.max_cost is not None:
         refuse_unpriced(chain, config.model, config.prices)
-    chosen, _ = choose_strategy(chain, strategy, objective, config.prices, config.base_url,
-                                config.model)
-    return run_job(chain, chosen, values, config, run_id=run_id)
+    choice = choose_strategy(chain, strategy, objective, config.prices, config.base_url,
+                             config.model)
+    return run_job(chain, choice.strategy, values, choice.applied(config), run_id=run_id)

@@ -91,7 +91,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.timeline:
         raise InputError("--timeline is for single runs, not a batch (--inputs)")
     chain, base, config = prepare(args)
-    strategy = pick_strategy(chain, args)
+    strategy, config = pick_strategy(chain, args, config)
     items = [(chain, inputs) for inputs in _lines(args, chain, base)]
     if config.deadline is not None and not config.batch_api:
         config = _advise(config, chain, strategy, [inputs for _, inputs in items],

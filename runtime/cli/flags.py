@@ -128,17 +128,18 @@ def config_from_args(args: argparse.Namespace) -> SessionConfig:
     return SessionConfig(**{"progress": True, **given})
 
 
-def pick_strategy(chain: Chain, args: argparse.Namespace) -> str:
-    """``--strategy``, or for ``auto`` the advisor's pick, with its reasons on stderr."""
-    strategy, reasons = opts.choose_strategy(chain, args.strategy, args.objective,
-                                             getattr(args, "prices", None),
-                                             getattr(args, "base_url", None),
-                                             getattr(args, "model", None))
+def pick_strategy(chain: Chain, args: argparse.Namespace,
+                  config: SessionConfig) -> tuple[str, SessionConfig]:
+    """``--strategy``, or for ``auto`` the advisor's pick, with its reasons on stderr, and
+    ``config`` with the advisor's prefix warm-up unless ``--no-prefix-warmup`` was given."""
+    choice = opts.choose_strategy(chain, args.strategy, args.objective,
+                                  getattr(args, "prices", None), getattr(args, "base_url", None),
+                                  getattr(args, "model", None))
     if args.strategy == "auto":
-        print(f"auto: {strategy} for {args.objective}, because:", file=sys.stderr)
-        for reason in reasons:
+        print(f"auto: {choice.strategy} for {args.objective}, because:", file=sys.stderr)
+        for reason in choice.reasons:
             print(f"  - {reason}", file=sys.stderr)
-    return strategy
+    return choice.strategy, choice.applied(config)
 
 
 def write_json(path: str, text: str) -> None:

@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError("--batch-api runs a batch through the provider's Batch API: give "
                          "--inputs FILE.jsonl (one run per line); nothing was sent")
     chain, inputs, config = prepare(args)
-    strategy = pick_strategy(chain, args)
+    strategy, config = pick_strategy(chain, args, config)
     from chainray.api.config import configure
 
     run_id = args.resume or opts.new_run_id()
