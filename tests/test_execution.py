@@ -52,12 +52,20 @@ def test_run_matches_what_the_server_saw(ray_session, sim, quantum):
     assert result.total_tokens == stats["total_tokens"]
     assert result.prompt_tokens == stats["prompt_tokens"]
     assert result.api_calls == stats["requests"] == 6
-    server_ms = {r["tag"].rsplit(":", 1)[1]: (r["end"] - r["start"]) * 1000
-                 for r in stats["request_log"]}
+    by_step = {r["tag"].rsplit(":", 1)[1]: r for r in stats["request_log"]}
+    server_ms = {step: (r["end"] - r["start"]) * 1000 for step, r in by_step.items()}
     schedule = resolve(quantum, "hybrid")
-    _, critical = longest_path({p.id: p.depends_on for p in schedule.steps},
-                               server_ms.__getitem__)
-    assert critical <= result.latency_ms <= critical * 1.15 + 100
+    depends = {p.id: p.depends_on for p in schedule.steps}
+    _, critical = longest_path(depends, server_ms.__getitem__)
+    # In the server's own clock: every step left after what it needs had answered, and the
+    # first phase's three ran together; the run took at least its critical path and less
+    # than its steps one after another. (How close to the critical path it comes is a speed
+    # figure: benchmarks/overhead.py.)
+    assert all(by_step[step]["start"] >= by_step[need]["end"]
+               for step, needs in depends.items() for need in needs)
+    first = [by_step[step] for step in ("hardware", "software", "commercial")]
+    assert max(r["start"] for r in first) < min(r["end"] for r in first)
+    assert critical <= result.latency_ms < sum(server_ms.values())
 
 
 def test_limiter_holds_rpm_against_the_servers_count(ray_session, sim):
