@@ -246,10 +246,11 @@ def test_a_stream_late_to_its_first_token_is_hedged_and_cut_when_its_duplicate_a
     results = run_against_a_straggler(server, stream=True)
     # It is hedged once in flight longer than the others took whole (~0.9 s), not at their
     # first-token time: a duplicate pays the prompt again.
+    # (Runs go one at a time, so the late request's duplicate is the next one the server
+    # sees. On a busy machine a quick request may be hedged too: charged the same way.)
     late, duplicate = (next(r for r in server.log if r["n"] == n) for n in (15, 16))
-    slowed = [r for r in results if r.steps[0].hedged]
-    assert len(slowed) == 1 and slowed[0].status == "ok"
-    assert slowed[0].latency_ms < 0.3 * 8000  # the run ends long before the late one would
+    assert all(r.status == "ok" for r in results)
+    assert max(r.latency_ms for r in results) < 0.3 * 8000  # none waits for the late one
     # The late request was cut when its duplicate started answering (its first token came
     # 0.05 s after it left), not when the duplicate ended (0.85 s later), and sent nothing.
     assert late["status"] == 499 and late["chunks"] == 0
@@ -258,13 +259,16 @@ def test_a_stream_late_to_its_first_token_is_hedged_and_cut_when_its_duplicate_a
     # Counted: the answer's usage, plus the cut request's prompt (as the answer counted it:
     # a server reports no usage for a request the client left, so this is an estimate) and
     # no output.
-    step = slowed[0].steps[0]
-    assert step.attempts == 2 and len(step.attempt_log) == 2 and step.usage_estimated
-    assert sorted(a.outcome for a in step.attempt_log) == ["cancelled", "ok"]
-    assert step.prompt_tokens == 2 * PROMPT_TOKENS != estimate_prompt_tokens(late["messages"])
-    assert step.completion_tokens == COMPLETION_TOKENS
-    assert all(r.total_tokens == PROMPT_TOKENS + COMPLETION_TOKENS and not r.steps[0].hedged
-               for r in results if r is not slowed[0])
+    hedged = [r.steps[0] for r in results if r.steps[0].hedged]
+    for step in hedged:
+        assert step.attempts == 2 and len(step.attempt_log) == 2 and step.usage_estimated
+        assert sorted(a.outcome for a in step.attempt_log) == ["cancelled", "ok"]
+        assert step.prompt_tokens == 2 * PROMPT_TOKENS != estimate_prompt_tokens(
+            late["messages"])
+        assert step.completion_tokens >= COMPLETION_TOKENS
+    assert any(step.completion_tokens == COMPLETION_TOKENS for step in hedged)  # the late one
+    assert all(r.total_tokens == PROMPT_TOKENS + COMPLETION_TOKENS
+               for r in results if not r.steps[0].hedged)
 
 
 def test_a_slow_decoder_is_hedged_by_its_pace_long_before_the_others_end(ray_session):
@@ -281,13 +285,15 @@ def test_a_slow_decoder_is_hedged_by_its_pace_long_before_the_others_end(ray_ses
     assert duplicate["start"] - slow["start"] < 0.6
     assert slow["status"] == 499 and 1 <= slow["chunks"] <= 3
     assert duplicate["status"] == 200 and duplicate["chunks"] == COMPLETION_TOKENS
-    slowed = [r for r in results if r.steps[0].hedged]
-    assert len(slowed) == 1 and slowed[0].status == "ok" and slowed[0].latency_ms < 3000
+    assert all(r.status == "ok" for r in results)
+    assert max(r.latency_ms for r in results) < 3000  # none waits for the slow one (8.5 s)
     # Charged: the answer, plus the cut stream's prompt and the output it had delivered
-    # (its characters at the answer's tokens per character).
-    step = slowed[0].steps[0]
-    assert step.usage_estimated and step.prompt_tokens == 2 * PROMPT_TOKENS
-    assert step.completion_tokens == COMPLETION_TOKENS + slow["chunks"]
+    # (its characters at the answer's tokens per character). On a busy machine a quick
+    # request may be hedged too: charged the same way.
+    hedged = [r.steps[0] for r in results if r.steps[0].hedged]
+    assert all(step.usage_estimated and step.prompt_tokens == 2 * PROMPT_TOKENS and
+               step.completion_tokens >= COMPLETION_TOKENS for step in hedged)
+    assert any(step.completion_tokens == COMPLETION_TOKENS + slow["chunks"] for step in hedged)
 
 
 def test_slow_simulator_requests_are_hedged_within_a_fraction_of_their_time(ray_session, sim):
