@@ -113,7 +113,9 @@ def test_cache_true_is_the_default_folder_and_works_on_a_server_that_is_not_the_
 def test_hedge_after_is_accepted_and_hedges_stragglers(ray_session, sim):
     sim.configure(speed=5.0, ttft_sigma=0.0, faults={"slow": 0.25, "slow_factor": 4.0},
                   rpm=100_000, tpm=10_000_000)
-    chains = [fan_chain(30, max_tokens=30, name=f"h{i}") for i in range(2)]
+    # The first run's 30 steps start together, before any has a finished request to be
+    # compared with: the later runs are the ones that hedge.
+    chains = [fan_chain(30, max_tokens=30, name=f"h{i}") for i in range(3)]
     with chainray.Session(base_url=sim.base_url, hedge_after=0.5, max_concurrency=400,
                           **FAST) as session:
         runs = session.run_many(chains, window=1)

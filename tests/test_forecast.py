@@ -78,8 +78,11 @@ def test_calibration_predicts_an_unseen_chain(ray_session, sim, tmp_path, monkey
     assert first.profiled and first.latency_model.requests == 6 * 5
     # The simulator's replies are a share of max_tokens that the prompt sets: after its own
     # runs, the chain's steps are predicted from what they wrote.
+    # Within 20 %: predictions that followed the simulator instead of the evidence were 44-57 %
+    # off on foreign servers; how close evidence comes on a quiet machine (within 5 %) is
+    # benchmarks/planning.py's figure, and a busy machine moves single runs more than that.
     again = chainray.plan(unseen, base_url=sim.base_url, strict=True)
     for strategy, result in measured.items():
         guess = again.predictions[strategy]
-        assert guess.makespan_s == pytest.approx(result.latency_ms / 1000, rel=0.10), strategy
+        assert guess.makespan_s == pytest.approx(result.latency_ms / 1000, rel=0.20), strategy
         assert guess.total_tokens == pytest.approx(result.total_tokens, rel=0.05), strategy
