@@ -124,8 +124,8 @@ class SessionConfig(RunOptions):
     models: tuple[str, ...] = Field((), description="models whose rate limiters open with "
                                     "the session (else at first use)")
     sim_flags: tuple[str, ...] = Field((), description="extra embedded simulator flags")
-    runners: int | None = Field(None, description="step-runner actors (default: one per "
-                                "node; each is an async actor with many calls in flight)")
+    runners: int = Field(2, description="step-runner actors (two, so that a runner that "
+                         "dies has a peer to take its steps while Ray restarts it)")
     batch_api: bool = Field(False, description="a batch (run_many, --inputs) goes through "
                             "the provider's Batch API (/v1/files, /v1/batches): one job per "
                             "phase, at batch prices")

@@ -20,12 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from chainray.actors.adaptations import AdaptationsRef
 from chainray.actors.cache import CacheKeeper
-from chainray.actors.coordinator import (
-    Coordinator,
-    alive_nodes,
-    coordinator_name,
-    start_step_runners,
-)
+from chainray.actors.coordinator import Coordinator, coordinator_name, start_step_runners
 from chainray.actors.durations import Durations
 from chainray.actors.rate_limiter import get_rate_limiter, limiter_name
 from chainray.actors.spend import Spend
@@ -140,10 +135,10 @@ class Driver:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         if warm is not None:  # shared: its runners are the Coordinator's, not this driver's
             self.coordinator = ray.get_actor(warm.coordinator, namespace=warm.namespace)
-        elif (crew := take_crew(runners := config.runners or len(alive_nodes()))) is not None:
-            self.coordinator, self.runners = crew.coordinator, crew.runners  # a closed session's
+        elif (crew := take_crew(config.runners)) is not None:  # an earlier session's
+            self.coordinator, self.runners = crew.coordinator, crew.runners
         else:
-            self.runners = start_step_runners(self.endpoint, runners, self.id)
+            self.runners = start_step_runners(self.endpoint, config.runners, self.id)
             self.coordinator = Coordinator.options(
                 scheduling_strategy=here, name=coordinator_name(self.id)).remote(self.runners)
         self.adaptations = AdaptationsRef(config.limiter_namespace)
