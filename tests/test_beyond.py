@@ -250,7 +250,7 @@ def test_a_stream_late_to_its_first_token_is_hedged_and_cut_when_its_duplicate_a
     # sees. On a busy machine a quick request may be hedged too: charged the same way.)
     late, duplicate = (next(r for r in server.log if r["n"] == n) for n in (15, 16))
     assert all(r.status == "ok" for r in results)
-    assert max(r.latency_ms for r in results) < 0.3 * 8000  # none waits for the late one
+    assert max(r.latency_ms for r in results) < 0.5 * 8000  # none waits for the late one
     # The late request was cut when its duplicate started answering (its first token came
     # 0.05 s after it left), not when the duplicate ended (0.85 s later), and sent nothing.
     assert late["status"] == 499 and late["chunks"] == 0
