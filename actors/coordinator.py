@@ -59,11 +59,6 @@ def coordinator_name(session_id: str) -> str:
     return f"chainray-coordinator-{session_id}"
 
 
-def alive_nodes() -> list[str]:
-    """The ids of the cluster's live nodes."""
-    return [node["NodeID"] for node in ray.nodes() if node["Alive"]]
-
-
 def start_step_runners(endpoint: Endpoint | None, count: int, session_id: str,
                        **options) -> list[ray.actor.ActorHandle]:
     """``count`` step runners, one per node in turn. If a node leaves, its runner's steps are
@@ -71,7 +66,7 @@ def start_step_runners(endpoint: Endpoint | None, count: int, session_id: str,
     driver starts them beside the Coordinator: worker processes start a few at a time, and
     starting them from the Coordinator's constructor would queue them behind it. ``options``
     go to each runner's ``.options`` (a warm runner's namespace and lifetime)."""
-    nodes = alive_nodes()
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
     names = [f"chainray-runner-{i}-{session_id}" for i in range(count)]
     return [StepRunner.options(name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(
         nodes[i % len(nodes)], soft=False), **options).remote(endpoint, name)

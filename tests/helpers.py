@@ -44,3 +44,12 @@ def fan_chain(n: int, max_tokens: int = 20, name: str = "fan") -> Chain:
                   "prompt": "combine " + " ".join(f"{{s{i}:.50}}" for i in range(n))})
     return chain_from_dict({"name": name, "inputs": {"topic": "tea"},
                             "defaults": {"max_tokens": max_tokens}, "steps": steps})
+
+
+def process_running(pid: int) -> bool:
+    """Alive and not a zombie (a process that has stopped but nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False

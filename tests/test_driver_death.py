@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import process_running
 from tests.plain_server import PlainServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -63,15 +64,7 @@ def is_orphaned_agent(pid: int) -> bool:
     except (OSError, ValueError):
         return False
     agent = command.startswith((b"ray::DashboardAgent", b"ray::RuntimeEnvAgent"))
-    return agent and raylet > 0 and parent != raylet and not _running(raylet)
-
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie (a dead raylet nobody has reaped yet is gone too)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return agent and raylet > 0 and parent != raylet and not process_running(raylet)
 
 
 def wait_for(condition, timeout_s: float) -> bool:

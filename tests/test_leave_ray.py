@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from tests.helpers import process_running
+
 SCRIPT = """
 import json, os, time
 import ray
@@ -19,14 +21,6 @@ started = time.perf_counter()
 leave_ray()
 print(json.dumps({"pids": pids, "seconds": time.perf_counter() - started}))
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"  # a zombie has stopped
-    except FileNotFoundError:
-        return False
 
 
 def test_leaving_a_local_ray_stops_all_it_started_without_waiting_on_the_monitor():
@@ -42,6 +36,6 @@ def test_leaving_a_local_ray_stops_all_it_started_without_waiting_on_the_monitor
     deadline = time.monotonic() + 10
     left = [pid for pids in report["pids"].values() for pid in pids]
     while left and time.monotonic() < deadline:
-        left = [pid for pid in left if _alive(pid)]
+        left = [pid for pid in left if process_running(pid)]
         time.sleep(0.2)
     assert not left, f"still running: {left}"

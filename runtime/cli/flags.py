@@ -132,9 +132,8 @@ def pick_strategy(chain: Chain, args: argparse.Namespace,
                   config: SessionConfig) -> tuple[str, SessionConfig]:
     """``--strategy``, or for ``auto`` the advisor's pick, with its reasons on stderr, and
     ``config`` with the advisor's prefix warm-up unless ``--no-prefix-warmup`` was given."""
-    choice = opts.choose_strategy(chain, args.strategy, args.objective,
-                                  getattr(args, "prices", None), getattr(args, "base_url", None),
-                                  getattr(args, "model", None))
+    choice = opts.choose_strategy(chain, args.strategy, args.objective, config.prices,
+                                  config.base_url, config.model)
     if args.strategy == "auto":
         print(f"auto: {choice.strategy} for {args.objective}, because:", file=sys.stderr)
         for reason in choice.reasons:
