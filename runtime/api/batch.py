@@ -180,19 +180,18 @@ def batch_forecast(config: SessionConfig, chain: Chain, strategy: str, inputs: l
     given (the embedded simulator's own settings count as given); None for no runs."""
     if not inputs:
         return None
+    from chainray.api.config import stated_limits
     from chainray.api.planning import endpoint_models
     from chainray.plan.cost import load_prices
     from chainray.plan.forecast import forecast_batch
-    from chainray.sim.config import SimConfig
 
-    embedded = config.uses_simulator
+    limits = stated_limits(config, config.uses_simulator)
     latency, replies, *_ = endpoint_models(chain, config.base_url, config.model)
     return forecast_batch(chain, strategy, load_prices(config.prices), runs=len(inputs),
-                          rpm=config.rpm or (SimConfig().rpm if embedded else None),
-                          tpm=config.tpm or (SimConfig().tpm if embedded else None),
+                          rpm=limits.rpm, tpm=limits.tpm,
                           max_concurrency=config.max_concurrency, window=window,
-                          target_share=config.target_share, inputs=inputs, model=latency,
-                          replies=replies)
+                          target_share=config.target_share, burst_s=limits.burst_s,
+                          inputs=inputs, model=latency, replies=replies)
 
 
 class BatchApiRun(NamedTuple):

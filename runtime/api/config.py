@@ -20,9 +20,12 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from chainray.durations import parse_duration
 from chainray.errors import InputError
 from chainray.guards.cache import cache_dir
+from chainray.limit.limits import Limits
 from chainray.runner.jobs import RunOptions
+from chainray.sim.config import SimConfig
 
-__all__ = ["SessionConfig", "configure", "cache_folder", "CacheOption"]
+__all__ = ["SessionConfig", "configure", "cache_folder", "CacheOption", "simulator_settings",
+           "stated_limits"]
 
 CacheOption = str | os.PathLike[str] | bool | None
 
@@ -202,3 +205,23 @@ def configure(config: SessionConfig | None = None, **overrides: Any) -> SessionC
     if config is None:
         return SessionConfig(**overrides)
     return SessionConfig(**{**dict(config), **overrides}) if overrides else config
+
+
+def simulator_settings(config: SessionConfig) -> SimConfig:
+    """The embedded simulator's limits: the flags if given, else its own defaults."""
+    return SimConfig(rpm=config.rpm or SimConfig().rpm, tpm=config.tpm or SimConfig().tpm)
+
+
+def stated_limits(config: SessionConfig, simulated: bool) -> Limits:
+    """The limits a driver states: its flags, and the embedded simulator's settings (which
+    are the simulator's real limits); nothing else."""
+    stated = {"max_concurrency": config.max_concurrency, "priority": config.priority,
+              "target_share": config.target_share}
+    if simulated:
+        sim = simulator_settings(config)
+        stated.update(rpm=sim.rpm, tpm=sim.tpm, rpm_from="simulator",
+                      tpm_from="simulator", burst_s=min(60.0, sim.burst_s))
+    for name in ("rpm", "tpm"):
+        if getattr(config, name):
+            stated.update({name: getattr(config, name), f"{name}_from": "flag"})
+    return Limits(**stated)

@@ -27,7 +27,7 @@ from chainray.actors.spend import Spend
 from chainray.actors.standby import Crew, keep_crew, take_crew
 from chainray.actors.step_runner import GuardHandles
 from chainray.api.cluster import connect_ray
-from chainray.api.config import SessionConfig
+from chainray.api.config import SessionConfig, simulator_settings, stated_limits
 from chainray.api.warm import WarmSimulator, WarmState, read_warm, warm_simulator
 from chainray.call.endpoint import Endpoint, check_reachable
 from chainray.errors import InputError
@@ -51,26 +51,6 @@ class StopAborted(KeyboardInterrupt):
 
 
 _joined_warm: dict[str, int] = {}  # the daemon whose warm Ray this process joined
-
-
-def simulator_settings(config: SessionConfig) -> SimConfig:
-    """The embedded simulator's limits: the flags if given, else its own defaults."""
-    return SimConfig(rpm=config.rpm or SimConfig().rpm, tpm=config.tpm or SimConfig().tpm)
-
-
-def stated_limits(config: SessionConfig, simulated: bool) -> Limits:
-    """The limits a driver states: its flags, and the embedded simulator's settings (which
-    are the simulator's real limits); nothing else."""
-    stated = {"max_concurrency": config.max_concurrency, "priority": config.priority,
-              "target_share": config.target_share}
-    if simulated:
-        sim = simulator_settings(config)
-        stated.update(rpm=sim.rpm, tpm=sim.tpm, rpm_from="simulator",
-                      tpm_from="simulator", burst_s=min(60.0, sim.burst_s))
-    for name in ("rpm", "tpm"):
-        if getattr(config, name):
-            stated.update({name: getattr(config, name), f"{name}_from": "flag"})
-    return Limits(**stated)
 
 
 class Driver:
@@ -277,27 +257,30 @@ class Driver:
         in_flight: dict[ray.ObjectRef, str] = {}
         finished = Counter()
         limits = {"rpm": self.limits.rpm, "tpm": self.limits.tpm}
-        with ProgressView(label, self.config.progress, limits=limits,
-                          forecast_s=forecast_s) as view:
-            while True:
-                try:
-                    results = self._next_results(pending, in_flight, window)
-                except KeyboardInterrupt:
-                    self._stop(list(in_flight.values()))
-                    continue
-                if results is None:
-                    return
-                for result in results:
-                    finished.update(result_counts(result))
-                live = ray.get(self.coordinator.progress.remote(list(in_flight.values())),
-                               timeout=60)
-                counts = dict(finished + Counter(live))
-                counts["runs_running"] = live.get("runs_running", 0)
-                view.show({**counts, "runs_total": total} if total else counts)
-                if results:
-                    self._show_adaptations()
-                    self.learner.add(results)
-                yield from results
+        try:
+            with ProgressView(label, self.config.progress, limits=limits,
+                              forecast_s=forecast_s) as view:
+                while True:
+                    try:
+                        results = self._next_results(pending, in_flight, window)
+                    except KeyboardInterrupt:
+                        self._stop(list(in_flight.values()))
+                        continue
+                    if results is None:
+                        return
+                    for result in results:
+                        finished.update(result_counts(result))
+                    live = ray.get(self.coordinator.progress.remote(list(in_flight.values())),
+                                   timeout=60)
+                    counts = dict(finished + Counter(live))
+                    counts["runs_running"] = live.get("runs_running", 0)
+                    view.show({**counts, "runs_total": total} if total else counts)
+                    if results:
+                        self._show_adaptations()
+                        self.learner.add(results)
+                    yield from results
+        finally:  # what these runs taught is on disk when they end (plan reads it there)
+            self.learner.flush()
 
     def _next_results(self, pending: Iterator[RunJob], in_flight: dict[ray.ObjectRef, str],
                       window: int) -> list[RunResult] | None:

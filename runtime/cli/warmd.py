@@ -56,8 +56,7 @@ def _open_limiters(sim_url: str, models: list[str]) -> list:
     import ray
 
     from chainray.actors.rate_limiter import get_rate_limiter, limiter_name
-    from chainray.api.config import SessionConfig
-    from chainray.api.session import stated_limits
+    from chainray.api.config import SessionConfig, stated_limits
 
     config = SessionConfig()
     limits = stated_limits(config, simulated=True)

@@ -6,8 +6,9 @@ A batch is bounded by whichever of these is slowest:
   predicted makespan of one run;
 - **max_concurrency**: the call-seconds of every llm step, spread over that many slots;
 - **rpm** / **tpm**: the RateLimiter paces requests and tokens at ``target_share`` of the
-  limits (tokens are charged as used: unused reservations are refunded). A limit nobody
-  gave is no bound: chainray does not pace it, so the forecast does not either.
+  limits (tokens are charged as used: unused reservations are refunded), after a first
+  burst of ``burst_s`` seconds' worth that the limiter's full bucket admits at once. A limit
+  nobody gave is no bound: chainray does not pace it, so the forecast does not either.
 
 After the binding bound's work is admitted, the last run still finishes its final step (the
 "tail"). Utilisation is the share of each limit the forecast batch uses on average.
@@ -61,8 +62,8 @@ def _per_run(chain: Chain, strategy: Strategy, prices: PriceTable, model: Latenc
 
 def forecast_batch(chain: Chain, strategy: Strategy, prices: PriceTable, *, runs: int,
                    rpm: int | None, tpm: int | None, max_concurrency: int,
-                   window: int = 64,
-                   target_share: float = 0.95, model: LatencyModel | None = None,
+                   window: int = 64, target_share: float = 0.95, burst_s: float = 1.0,
+                   model: LatencyModel | None = None,
                    inputs: Sequence[dict] | None = None,
                    replies: Replies | None = None) -> BatchForecast:
     """Forecast ``runs`` runs (or one per line of ``inputs``) of ``chain`` under the limits."""
@@ -81,10 +82,10 @@ def forecast_batch(chain: Chain, strategy: Strategy, prices: PriceTable, *, runs
         "window": math.ceil(runs / window) * run_s,
         "max_concurrency": runs * call_s / max_concurrency + tail,
     }
-    if rpm:
-        bounds["rpm"] = runs * calls / (rpm * target_share / 60) + tail
-    if tpm:
-        bounds["tpm"] = runs * tokens / (tpm * target_share / 60) + tail
+    for bound, limit, work in (("rpm", rpm, runs * calls), ("tpm", tpm, runs * tokens)):
+        if limit:
+            rate = limit * target_share / 60
+            bounds[bound] = max(0.0, work - max(1.0, rate * burst_s)) / rate + tail
     binding: Bound = max(bounds, key=bounds.__getitem__)  # type: ignore[assignment]
     makespan = bounds[binding]
     minutes = makespan / 60
