@@ -153,6 +153,41 @@ async def test_a_refused_connection_is_not_counted_as_a_request():
     assert reply.attempts == 0
 
 
+async def test_a_request_cancelled_before_it_left_is_not_counted(hostile):
+    # One connection: the second call waits for it, and is cancelled there (as a hedge's
+    # loser is when the original answers first). The server never sees it.
+    import httpx2
+    import openai
+
+    from chainray.call.departure import attach_trace
+
+    hostile.behave("drip", times=1)
+    endpoint = Endpoint(base_url=hostile.base_url, api_key=SecretStr("sk-test-0123456789"),
+                        timeout_s=1.0, max_attempts=1)
+    client = openai.AsyncOpenAI(base_url=hostile.base_url, api_key="sk-test", max_retries=0,
+                                http_client=openai.DefaultAsyncHttpxClient(
+                                    limits=httpx2.Limits(max_connections=1),
+                                    event_hooks={"request": [attach_trace]}))
+    request = LLMRequest(model="m", messages=({"role": "user", "content": "hi"},),
+                         max_tokens=20, estimated_tokens=30)
+    permits = PermitBook(Limits(rpm=60_000, tpm=10_000_000, max_concurrency=2))
+    first, second = LLMReply(), LLMReply()
+    holding = asyncio.ensure_future(Call(client, permits, endpoint, request, reply=first).run())
+    await asyncio.sleep(0.3)
+    waiting = asyncio.ensure_future(Call(client, permits, endpoint, request,
+                                         reply=second).run())
+    await asyncio.sleep(0.3)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    with pytest.raises(EndpointError):
+        await holding  # the drip outlasts its timeout
+    assert hostile.requests == 1
+    assert (first.attempts, second.attempts) == (1, 0)
+    assert [(a.outcome, a.code) for a in second.attempt_log] == [("cancelled", "not_sent")]
+    assert not permits.leases
+
+
 def test_read_completion_marks_what_is_missing():
     messages = [{"role": "user", "content": "x" * 40}]
     body = b'{"choices": [{"message": {"content": "abcd"}, "finish_reason": "length"}]}'

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from chainray.call.adaptations import Adaptation
 from chainray.call.completion import Completion
+from chainray.call.departure import attach_trace
 from chainray.call.streaming import StreamedReply
 from chainray.call.structured import response_format
 from chainray.errors import EndpointError, InputError
@@ -97,7 +98,7 @@ class LLMReply:
     decode_s: float | None = None
     stream_without_usage: bool = False
     cached: bool = False  # answered from the response cache: nothing was sent
-    hedged: bool = False  # a duplicate request was sent for a straggler
+    duplicates: int = 0  # requests sent for a straggler (hedges) that left
     notes: list[str] = field(default_factory=list)
     attempt_log: list[Attempt] = field(default_factory=list)  # each request's times
 
@@ -108,11 +109,21 @@ class LLMReply:
         """A request got its permit after ``waited_s`` and leaves (``duplicate``: a hedge)."""
         self.attempts += 1
         self.queued_s += waited_s
-        self.hedged = self.hedged or duplicate
+        self.duplicates += duplicate
 
     def failed(self, error: EndpointError) -> None:
-        self.attempts -= error.code == "connect_failed"  # nothing reached the server
         self.rate_limited += error.status == 429
+
+    def withdrawn(self, duplicate: bool) -> None:
+        """A request that never reached the server (cancelled before it left, a connection
+        refused): not a call the server saw."""
+        self.attempts -= 1
+        self.duplicates -= duplicate
+
+    @property
+    def hedged(self) -> bool:
+        """A duplicate request was sent for a straggler."""
+        return self.duplicates > 0
 
     def streamed(self, stream: StreamedReply) -> None:
         self.ttft_s, self.decode_s = stream.ttft_s, stream.decode_s
@@ -171,12 +182,13 @@ def make_client(endpoint: Endpoint) -> openai.AsyncOpenAI:
 
     key, timeout = endpoint.api_key.get_secret_value(), openai.Timeout(endpoint.timeout_s,
                                                                         connect=5.0)
+    # openai's own defaults (limits, redirects), and each request tells when it left
+    common = dict(api_key=key, max_retries=0, timeout=timeout, http_client=(
+        openai.DefaultAsyncHttpxClient(event_hooks={"request": [attach_trace]})))
     if endpoint.api_version:  # Azure: the model named in a request is the deployment
-        return openai.AsyncAzureOpenAI(azure_endpoint=endpoint.base_url, api_key=key,
-                                       api_version=endpoint.api_version, max_retries=0,
-                                       timeout=timeout)
-    return openai.AsyncOpenAI(base_url=endpoint.base_url, api_key=key, max_retries=0,
-                              timeout=timeout)
+        return openai.AsyncAzureOpenAI(azure_endpoint=endpoint.base_url,
+                                       api_version=endpoint.api_version, **common)
+    return openai.AsyncOpenAI(base_url=endpoint.base_url, **common)
 
 
 def check_reachable(base_url: str, timeout_s: float = 5.0) -> None:

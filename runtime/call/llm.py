@@ -42,6 +42,7 @@ from chainray.call.adaptations import (
 )
 from chainray.call.attempt_log import AttemptTimer, answer_attributes, attempt_span
 from chainray.call.completion import Completion, read_completion
+from chainray.call.departure import departure
 from chainray.call.endpoint import (
     STEP_HEADER,
     AdaptationStore,
@@ -245,16 +246,23 @@ class Call:
                 charge.leave()
                 sent_at = time.monotonic()
                 try:
-                    with map_exceptions(self.endpoint.api_key.get_secret_value()):
+                    with map_exceptions(self.endpoint.api_key.get_secret_value()), \
+                            departure() as left:
                         raw, completion = await asyncio.wait_for(self._send(progress),
                                                                  self.endpoint.timeout_s)
                 except EndpointError as error:
                     self.reply.failed(error)
-                    if error.status is None and error.code != "connect_failed":
+                    if not left.left or error.code == "connect_failed":
+                        self.reply.withdrawn(duplicate)
+                    elif error.status is None:
                         spent = worst  # cut off mid-reply: the server may have counted it all
                     raise
                 except asyncio.CancelledError:
-                    spent, lost = worst, charge.lost(progress)  # from outside: the worst
+                    if left.left:
+                        spent, lost = worst, charge.lost(progress)  # from outside: the worst
+                    else:
+                        self.reply.withdrawn(duplicate)
+                        timer.left = False
                     raise
                 spent = (completion.prompt_tokens, completion.completion_tokens)
                 cached = completion.cached_tokens
