@@ -136,6 +136,13 @@ class LLMReply:
                      completion.usage_estimated)
         self.cached_tokens += completion.cached_tokens
 
+    def also_answered(self, completion: Completion) -> None:
+        """A second whole answer to the same request (a hedge's loser that finished too): the
+        server bills it, the step keeps the winner's text."""
+        self.charged(completion.prompt_tokens, completion.completion_tokens,
+                     completion.usage_estimated)
+        self.cached_tokens += completion.cached_tokens
+
     def charged(self, prompt_tokens: int, completion_tokens: int, estimated: bool) -> None:
         """Tokens a request cost (a hedge's cancelled loser's are always ``estimated``)."""
         self.prompt_tokens += prompt_tokens

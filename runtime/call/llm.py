@@ -228,6 +228,9 @@ class Call:
                       progress.first_at - charge.sent_at if started else None,
                       progress.per_char_s(), progress.chars if started else None)
         self.reply.answered(completion)
+        for key, other in charge.answers:  # a loser that answered before it could be cut
+            if key != id(progress):
+                self.reply.also_answered(other)
 
     async def _request(self, charge: Charge, duplicate: bool,
                        progress: Progress) -> tuple[Completion, float]:
@@ -266,6 +269,7 @@ class Call:
                     raise
                 spent = (completion.prompt_tokens, completion.completion_tokens)
                 cached = completion.cached_tokens
+                charge.answers.append((id(progress), completion))
                 if telemetry.enabled():
                     timer.span.set(answer_attributes(completion))
                 permit.settle(sum(spent), {k: raw.headers[k] for k in _RATE_HEADERS

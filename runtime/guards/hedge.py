@@ -75,6 +75,9 @@ class Charge:
         self.sent = asyncio.Event()  # set when the first request leaves (hedge timer start)
         self.sent_at = 0.0  # time.monotonic() then
         self.losers: set[int] = set()  # id() of the Progress of each cancelled loser
+        # every whole answer, with the id() of its Progress: both may end before the race
+        # can cancel one, and the server bills both
+        self.answers: list[tuple[int, Any]] = []
 
     def won(self, completion: Any) -> None:
         self.winner = (completion.prompt_tokens, completion.completion_tokens)
