@@ -19,6 +19,7 @@ from chainray.limit.permit_book import Limits, PermitBook
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import resolve
 from chainray.report.bench_table import print_bench
+from chainray.report.run_table import print_run
 from chainray.report.timeline import timeline_html
 from chainray.runner.step_exec import StepRequest, execute_llm_step
 from chainray.runner.summary import summarize_run
@@ -119,11 +120,14 @@ def test_a_price_without_a_cached_input_price_charges_the_input_price():
     assert table.cost(MODEL, 1000, 0, 5000) == table.cost(MODEL, 1000, 0)  # never > prompt
 
 
-async def test_the_bench_table_and_the_timeline_show_cached_tokens(caching):
+async def test_the_run_and_bench_tables_and_the_timeline_show_cached_tokens(caching):
     run = await run_chain(caching, stream=False)
     out = io.StringIO()
     print_bench("cached", [run], Console(file=out, width=200))
     assert f"{2 * CACHED} cached" in out.getvalue()
+    out = io.StringIO()
+    print_run(run, Console(file=out, width=200))
+    assert f"tokens {run.total_tokens} ({2 * CACHED} cached)" in out.getvalue()
     page = timeline_html([run])
     assert f"({2 * CACHED} cached)" in page
     assert f"{CACHED} of {run.steps[0].prompt_tokens} prompt tokens cached" in page

@@ -202,6 +202,29 @@ def test_every_problem_of_a_chain_file_is_reported_at_once(tmp_path):
     assert text.count("\n  - ") == 6 and "step 'facts', field 'after'" in text
 
 
+def test_steps_that_all_fail_are_the_problems_not_an_empty_list():
+    with pytest.raises(SpecError) as info:
+        chain_from_dict({"name": "x", "steps": [
+            {"id": "a", "prompt": "hi", "max_tokens": "lots"},
+            {"id": "b", "promt": "x {a}", "after": ["a"]}]})
+    assert {(p.step, p.field) for p in info.value.problems} == {("a", "max_tokens"),
+                                                                ("b", "promt")}
+    with pytest.raises(SpecError, match="a chain needs at least one step"):
+        chain_from_dict({"name": "x", "steps": []})
+
+
+def test_a_misspelled_dependency_is_one_problem_not_its_consequences():
+    # Read as the suggested 'facts', the template and the final step are fine: no report that
+    # {facts} is not a dependency, nor that two steps have nothing depending on them.
+    with pytest.raises(SpecError) as info:
+        chain_from_dict({"name": "x", "inputs": {"topic": "tea"}, "steps": [
+            {"id": "facts", "prompt": "facts about {topic}"},
+            {"id": "summary", "after": ["fact"], "prompt": "summarise {facts}"}]})
+    [problem] = info.value.problems
+    assert (problem.step, problem.field) == ("summary", "after")
+    assert "did you mean 'facts'? (known: facts)" in problem.message
+
+
 def test_a_misspelled_step_in_a_template_suggests_adding_it_to_after():
     err = spec_error({"id": "overview", "prompt": "x"},
                      {"id": "b", "prompt": "{overveiw}", "after": []},

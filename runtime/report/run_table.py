@@ -42,7 +42,9 @@ def print_run(result: RunResult, console: Console | None = None) -> None:
     console.print(Text(
         f"status {result.status}  latency {result.latency_ms / 1000:.2f}s "
         f"(critical path {result.critical_path_ms / 1000:.2f}s)"
-        f"  tokens {result.total_tokens}{estimated}  calls {result.api_calls}"
+        f"  tokens {result.total_tokens}{estimated}"
+        + (f" ({result.cached_tokens} cached)" if result.cached_tokens else "")
+        + f"  calls {result.api_calls}"
         f"  retries {result.retries}  429s {result.rate_limited}"
         f"  cost ${result.estimated_cost:.5f}"))
     if result.status != "ok":

@@ -71,12 +71,25 @@ def graph_problems(inputs: Iterable[str], steps: list[StepView],
     duplicated = bool(problems) and any(p.field == "id" and "duplicate" in p.message
                                         for p in problems)
     for step in steps:
-        problems += _references(inputs, steps, step, file)
+        problems += _unknown_dependencies(steps, step, file)
+    # The rest reads a misspelled dependency as the step it nearly names: its consequences
+    # (a template naming a step that is "not a dependency", two steps nothing depends on) go
+    # with the one fix already suggested.
+    steps = _as_suggested(steps)
+    for step in steps:
+        problems += _template_references(inputs, steps, step, file)
     cycle = _cycle(steps, file)
     problems += cycle
     if steps and not duplicated and not cycle:
         problems += _final(steps, file)
     return problems
+
+
+def _as_suggested(steps: list[StepView]) -> list[StepView]:
+    ids = [step.id for step in steps]
+    return [step._replace(after=tuple(
+        dep if dep in ids else nearest(dep, [i for i in ids if i != step.id]) or dep
+        for dep in step.after)) for step in steps]
 
 
 def _identity(inputs: list[str], steps: list[StepView], file: str | None) -> list[SpecError]:
@@ -95,21 +108,24 @@ def _identity(inputs: list[str], steps: list[StepView], file: str | None) -> lis
     return problems
 
 
-def _references(inputs: list[str], steps: list[StepView], step: StepView,
-                file: str | None) -> list[SpecError]:
-    ids = list(dict.fromkeys(other.id for other in steps))
+def _unknown_dependencies(steps: list[StepView], step: StepView,
+                          file: str | None) -> list[SpecError]:
+    others = [i for i in dict.fromkeys(other.id for other in steps) if i != step.id]
     problems = []
     for dep in step.after:
         if dep == step.id:
             problems.append(SpecError("a step cannot depend on itself", file, step.id, "after"))
-        elif dep not in ids:
+        elif dep not in others:
             problems.append(SpecError(
-                f"depends on unknown step {dep!r}{suggest(dep, ids)} (known: {', '.join(ids)})",
-                file, step.id, "after"))
-    for field, template in step.templates:
-        problems += [SpecError(message, file, step.id, field)
-                     for message in _template_problems(inputs, steps, step, template)]
+                f"depends on unknown step {dep!r}{suggest(dep, others)} "
+                f"(known: {', '.join(others) or 'none'})", file, step.id, "after"))
     return problems
+
+
+def _template_references(inputs: list[str], steps: list[StepView], step: StepView,
+                         file: str | None) -> list[SpecError]:
+    return [SpecError(message, file, step.id, field) for field, template in step.templates
+            for message in _template_problems(inputs, steps, step, template)]
 
 
 def _template_problems(inputs: list[str], steps: list[StepView], step: StepView,

@@ -52,9 +52,12 @@ def field_problems(exc: ValidationError, data: Any, source: str | None,
     """Every error of ``exc`` (validating ``data``) as a ``SpecError`` naming file, step and
     field; ``keys_at(loc)`` lists the keys allowed where an unknown key was found. ``step``:
     the step's id when ``data`` is one step rather than a chain."""
-    problems = []
-    for error in exc.errors():
+    problems, errors = [], exc.errors()
+    inside = {tuple(e["loc"])[:1] for e in errors if len(e["loc"]) > 1}
+    for error in errors:
         loc = tuple(error["loc"])
+        if error["type"] == "too_short" and loc in inside:
+            continue  # the list is short only because its items failed: they are reported
         step_id = step
         if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
             step_id = _step_id(data, loc[1])
@@ -63,6 +66,8 @@ def field_problems(exc: ValidationError, data: Any, source: str | None,
         if isinstance(cause, FieldProblem):
             message = cause.message
             loc = loc if loc[-1:] == (cause.field,) else (*loc, cause.field)
+        elif error["type"] == "too_short" and loc == ("steps",):
+            message = "a chain needs at least one step"
         elif error["type"] == "extra_forbidden":
             message = ("unknown key (check its spelling against `chainray schema` or "
                        "docs/chain-files.md)" + suggest(str(loc[-1]), keys_at(loc[:-1])))
