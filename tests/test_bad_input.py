@@ -94,3 +94,11 @@ def test_bad_batch_lines_refuse_the_whole_batch(sim, tmp_path, capsys, lines, ex
                          sim.base_url, "--quiet"], capsys)
     assert code == 2 and expected in err
     assert sim.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("flags, named", [(["--rpm", "-5"], "--rpm"),
+                                          (["--strategy", "fastest"], "--strategy")])
+def test_a_bad_flag_is_one_line_naming_it(capsys, flags, named):
+    code, err = run_cli(["run", "quantum_research", *flags], capsys)
+    [line] = err.splitlines()
+    assert code == 2 and named in line and "see 'chainray run --help'" in line

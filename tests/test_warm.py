@@ -75,6 +75,7 @@ def test_up_run_status_down(home):
                            "--no-journal", "--json", str(out))
             assert run.returncode == 0, run.stderr[-2000:]
             assert f"using the warm Ray at {before['address']}" in run.stderr
+            assert "starting a local Ray" not in run.stderr
             assert json.loads(out.read_text())["status"] == "ok"
             deadline = time.monotonic() + 30  # the daemon refreshes the actors' state
             while (after := status(env)) and coordinator(after).get("runs_done", 0) < 1:

@@ -45,12 +45,11 @@ def _sigterm_stops_like_ctrl_c() -> Callable[[], None]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on bad flags already; keep its message but point at --help."""
+    """argparse exits 2 on bad flags already; keep its message, on one line that points at
+    --help (not the whole usage block above it)."""
 
     def error(self, message: str):
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n"
-                                  f"(see '{self.prog} --help')\n")
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _positive_int(text: str) -> int:
