@@ -8,7 +8,9 @@ answered 200 is billed in ``billed`` (prompt = characters / 4, completion = min(
 max_tokens)), so a test compares what chainray counted with what the server charged.
 ``batch_api=False`` serves chat completions only (the Batch API routes answer 404); lines of
 a model in ``missing_models`` answer 404 ``model_not_found``; a line that asks for
-``response_format`` gets JSON.
+``response_format`` gets JSON. With ``enqueued_limit``, a job whose prompt tokens, with those
+of the jobs still running, pass it fails at once as OpenAI's do (``token_limit_exceeded``,
+the limit stated in the message); ``enqueued`` keeps each created job's prompt tokens.
 
     server = BatchServer(fail_once={"security"})
     with server.running() as base_url:
@@ -46,6 +48,8 @@ class BatchServer:
     failed_once: set[str] = field(default_factory=set)
     created_ids: list[str] = field(default_factory=list)
     retrieved: Counter = field(default_factory=Counter)  # polls per job id
+    enqueued_limit: int | None = None
+    enqueued: dict[str, int] = field(default_factory=dict)  # prompt tokens per job id
 
     async def chat(self, request: web.Request) -> web.Response:
         self.count["chat"] += 1
@@ -76,6 +80,17 @@ class BatchServer:
                              "request_counts": {"total": len(lines), "completed": 0,
                                                 "failed": 0}, "_lines": lines}
         self.created_ids.append(job_id)
+        self.enqueued[job_id] = sum(_prompt_tokens(line["body"]) for line in lines)
+        waiting = sum(self.enqueued[j["id"]] for j in self.jobs.values()
+                      if j["status"] == "in_progress")
+        if self.enqueued_limit is not None and waiting > self.enqueued_limit:
+            model = lines[0]["body"]["model"]
+            self.jobs[job_id].update(status="failed", errors={"object": "list", "data": [{
+                "code": "token_limit_exceeded", "param": None, "line": None,
+                "message": f"Enqueued token limit reached for {model} in organization "
+                           f"org-fixture. Limit: {self.enqueued_limit:,} enqueued tokens. "
+                           "Please try again once some in_progress batches have been "
+                           "completed."}]})
         return web.json_response(_public(self.jobs[job_id]))
 
     async def retrieve(self, request: web.Request) -> web.Response:
@@ -129,12 +144,11 @@ class BatchServer:
             self.failed_once.add(cid)
             return 500, {"error": {"message": "try again", "type": "server_error",
                                    "param": None, "code": None}}
-        prompt = " ".join(str(m.get("content", "")) for m in body["messages"])
+        prompt = _prompt_tokens(body)
         limit = body.get("max_tokens") or body.get("max_completion_tokens") or 10**6
         completion = min(40, int(limit))
         self.billed.append({"custom_id": cid, "model": body["model"],
-                            "prompt": len(prompt) // 4, "completion": completion,
-                            "body": body})
+                            "prompt": prompt, "completion": completion, "body": body})
         text = json.dumps({"answer": step}) if body.get("response_format") else \
             f"{step} answer " + "w " * completion
         return 200, {"id": "c", "object": "chat.completion", "created": 0,
@@ -142,9 +156,8 @@ class BatchServer:
                      "choices": [{"index": 0, "finish_reason": "stop",
                                   "message": {"role": "assistant",
                                               "content": text}}],
-                     "usage": {"prompt_tokens": len(prompt) // 4,
-                               "completion_tokens": completion,
-                               "total_tokens": len(prompt) // 4 + completion}}
+                     "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                               "total_tokens": prompt + completion}}
 
     @contextlib.contextmanager
     def running(self) -> Iterator[str]:
@@ -159,6 +172,10 @@ class BatchServer:
                        web.post("/v1/batches/{id}/cancel", self.cancel)]
         with serve_routes(routes) as base_url:
             yield base_url
+
+
+def _prompt_tokens(body: dict) -> int:
+    return len(" ".join(str(m.get("content", "")) for m in body["messages"])) // 4
 
 
 def _public(job: dict) -> dict:

@@ -87,6 +87,28 @@ def test_a_failed_line_goes_into_the_next_job_and_is_paid_once(capsys, inputs):
         b["prompt"] + b["completion"] for b in server.billed)
 
 
+def test_a_job_over_the_enqueued_token_limit_is_sent_again_in_jobs_under_it(capsys, inputs):
+    # The third phase (640 prompt tokens here) passes the limit: the server refuses its job
+    # as a whole, stating the limit, and chainray learns it from that error.
+    limit = 300
+    server = BatchServer(enqueued_limit=limit)
+    with server.running() as url:
+        code, lines, err = _run(capsys, "quantum_research", "--inputs", str(inputs),
+                                "--batch-api", "--base-url", url)
+    runs = lines[:-1]
+    assert code == 0, err
+    assert [r["status"] for r in runs] == ["ok"] * RUNS
+    refused = [j for j, job in server.jobs.items() if job["status"] == "failed"]
+    assert len(refused) == 1 and server.enqueued[refused[0]] > limit
+    later = server.created_ids[server.created_ids.index(refused[0]) + 1:]
+    assert len(later) > 2 and all(server.enqueued[j] <= limit for j in later)
+    # nothing in the refused job ran or counts: every line billed once, as counted
+    assert len(server.billed) == RUNS * 6 == sum(r["api_calls"] for r in runs)
+    assert len({b["custom_id"] for b in server.billed}) == len(server.billed)
+    assert sum(r["total_tokens"] for r in runs) == sum(
+        b["prompt"] + b["completion"] for b in server.billed)
+
+
 def test_a_line_the_server_rejects_is_reported_and_what_was_paid_is_kept(capsys, inputs):
     server = BatchServer(reject={"synthesis"})
     with server.running() as url:

@@ -9,6 +9,7 @@ reported (``_settle``).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 
@@ -32,6 +33,7 @@ from chainray.runner.batch_phases import (
 from chainray.runner.jobs import RunJob, models_of
 from chainray.runner.step_exec import build_messages, falls_back
 from chainray.text import error_text
+from chainray.tokens import estimate_prompt_tokens
 
 __all__ = ["BatchExecution"]
 
@@ -46,6 +48,7 @@ class BatchExecution:
         self.report = BatchReport()
         self.learned: dict[str, dict[str, Adaptation]] = {}  # model -> what it rejected
         self.ends = time.monotonic() + services.wait_s  # for every job of this invocation
+        self.enqueued_limit: int | None = None  # prompt tokens, once an error has stated it
 
     def run(self, on_result: Callable[[RunResult], object] = lambda _: None
             ) -> list[RunResult]:
@@ -89,6 +92,13 @@ class BatchExecution:
 
     # -- one job --------------------------------------------------------------------------
     def _send(self, lines: list[LineState]) -> list[tuple[LineState, Outcome, BatchJob | None]]:
+        """Send ``lines``: one job, or (once the endpoint has stated its enqueued-token limit)
+        jobs of at most that many prompt tokens, one after another."""
+        chunks = _chunks(lines, self.enqueued_limit) if self.enqueued_limit else [lines]
+        return [outcome for chunk in chunks for outcome in self._send_job(chunk)]
+
+    def _send_job(self, lines: list[LineState]
+                  ) -> list[tuple[LineState, Outcome, BatchJob | None]]:
         """Create one job of ``lines`` (under the spend cap), wait for it, map it back."""
         services, now = self.services, time.time()
         bodies = [line.line(services.base_url, self.learned.get(line.model, {}))
@@ -118,6 +128,10 @@ class BatchExecution:
             line.reply.attempts += 1
         services.say(f"batch job {job.id}: {len(lines)} line(s) created; polling")
         found = self._collect(JobEntry(file_id, {}, job.id, now))
+        if len(lines) > 1 and _over_enqueued_limit(found[0]):
+            if reservation is not None:
+                services.spend.settle(reservation, 0.0)
+            return self._split(lines, found[0])
         outcomes = [(line, line_outcome(found[1].get(line.custom_id), line.messages)
                      if found[0].status != "failed" else _job_failed(found[0]), found[0])
                     for line in lines]
@@ -127,6 +141,25 @@ class BatchExecution:
                         for line, o, _ in outcomes if isinstance(o, Completion))
             services.spend.settle(reservation, spent)
         return outcomes
+
+    def _split(self, lines: list[LineState], refused: BatchJob
+               ) -> list[tuple[LineState, Outcome, BatchJob | None]]:
+        """A job refused as a whole for the endpoint's enqueued-token limit (nothing in it
+        ran): its lines go again in jobs under the limit the error states (else in halves),
+        one after another, and later jobs are cut to it from the start."""
+        for line in lines:  # not sent after all
+            line.lines_sent -= 1
+            line.reply.attempts -= 1
+        stated = _stated_limit(refused.errors)
+        self.enqueued_limit = stated or self.enqueued_limit
+        chunks = _chunks(lines, stated) if stated else []
+        if len(chunks) < 2:  # no limit stated, or our estimate fits where the server's did not
+            chunks = [lines[:len(lines) // 2], lines[len(lines) // 2:]]
+        source = f"its limit, {stated:,} enqueued tokens" if stated else "no limit stated"
+        self.services.say(f"batch job {refused.id} refused for the endpoint's enqueued-token "
+                          f"limit ({source}): sending its {len(lines)} line(s) as "
+                          f"{len(chunks)} jobs, one after another")
+        return [outcome for chunk in chunks for outcome in self._send_job(chunk)]
 
     def _collect(self, entry: JobEntry) -> tuple[BatchJob, dict[str, dict]]:
         """Wait for a job to end (cancelling it when ``wait_s`` has run out), then read its
@@ -245,6 +278,31 @@ def _adopted(run: RunJob, step_id: str, model: str, line: dict | None,
 def _too_late() -> EndpointError:
     return EndpointError("the deadline (--deadline) passed before this step was sent; "
                          "resume the batch to send it", code="timeout")
+
+
+def _over_enqueued_limit(job: BatchJob) -> bool:
+    return job.status == "failed" and "token_limit_exceeded" in job.errors
+
+
+def _stated_limit(errors: str) -> int | None:
+    """The enqueued-token limit an error states ("... Limit: 2,000,000 enqueued tokens")."""
+    found = re.search(r"Limit:\s*([\d,]+)\s+enqueued tokens", errors)
+    return int(found[1].replace(",", "")) if found and found[1].strip(",") else None
+
+
+def _chunks(lines: list[LineState], limit: int) -> list[list[LineState]]:
+    """``lines`` in order, in groups whose estimated prompt tokens stay within ``limit``
+    (a line over it alone: the server says whether it fits)."""
+    chunks: list[list[LineState]] = [[]]
+    total = 0
+    for line in lines:
+        tokens = estimate_prompt_tokens(line.messages)
+        if chunks[-1] and total + tokens > limit:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(line)
+        total += tokens
+    return [chunk for chunk in chunks if chunk]
 
 
 def _job_failed(job: BatchJob) -> EndpointError:
