@@ -10,7 +10,8 @@ max_tokens)), so a test compares what chainray counted with what the server char
 a model in ``missing_models`` answer 404 ``model_not_found``; a line that asks for
 ``response_format`` gets JSON. With ``enqueued_limit``, a job whose prompt tokens, with those
 of the jobs still running, pass it fails at once as OpenAI's do (``token_limit_exceeded``,
-the limit stated in the message); ``enqueued`` keeps each created job's prompt tokens.
+the limit stated in the message); ``enqueued`` keeps each created job's prompt tokens, and
+``others`` tokens of other jobs hold the queue until ``others_for`` jobs have been refused.
 
     server = BatchServer(fail_once={"security"})
     with server.running() as base_url:
@@ -50,6 +51,9 @@ class BatchServer:
     retrieved: Counter = field(default_factory=Counter)  # polls per job id
     enqueued_limit: int | None = None
     enqueued: dict[str, int] = field(default_factory=dict)  # prompt tokens per job id
+    others: int = 0
+    others_for: int = 0
+    refused: int = 0
 
     async def chat(self, request: web.Request) -> web.Response:
         self.count["chat"] += 1
@@ -83,7 +87,9 @@ class BatchServer:
         self.enqueued[job_id] = sum(_prompt_tokens(line["body"]) for line in lines)
         waiting = sum(self.enqueued[j["id"]] for j in self.jobs.values()
                       if j["status"] == "in_progress")
+        waiting += self.others if self.refused < self.others_for else 0
         if self.enqueued_limit is not None and waiting > self.enqueued_limit:
+            self.refused += 1
             model = lines[0]["body"]["model"]
             self.jobs[job_id].update(status="failed", errors={"object": "list", "data": [{
                 "code": "token_limit_exceeded", "param": None, "line": None,

@@ -109,6 +109,33 @@ def test_a_job_over_the_enqueued_token_limit_is_sent_again_in_jobs_under_it(caps
         b["prompt"] + b["completion"] for b in server.billed)
 
 
+def test_a_queue_other_jobs_hold_is_waited_for_and_a_line_over_the_limit_fails_uncounted(
+        capsys, inputs):
+    # Others hold 250 of 300 tokens while the first two jobs are refused: the first phase
+    # (under 300 tokens) fits, so it waits and goes again; nothing refused is counted.
+    server = BatchServer(enqueued_limit=300, others=250, others_for=2)
+    with server.running() as url:
+        code, lines, err = _run(capsys, "quantum_research", "--inputs", str(inputs),
+                                "--batch-api", "--base-url", url)
+    runs, summary = lines[:-1], lines[-1]["batch"]["batch_api"]
+    assert code == 0, err
+    assert [r["status"] for r in runs] == ["ok"] * RUNS and server.refused >= 2
+    assert len(server.billed) == RUNS * 6 == sum(r["api_calls"] for r in runs)
+    assert summary["lines"] == len(server.billed)  # refused lines were not sent after all
+    assert len(summary["turnaround_s"]) == summary["jobs"] - server.refused
+    # A limit below every line: each step fails at once, not counted, nothing billed.
+    server = BatchServer(enqueued_limit=10)
+    with server.running() as url:
+        code, lines, err = _run(capsys, "quantum_research", "--inputs", str(inputs),
+                                "--batch-api", "--base-url", url)
+    runs = lines[:-1]
+    assert code == 1 and all(r["status"] == "failed" for r in runs)
+    assert server.billed == [] and sum(r["api_calls"] for r in runs) == 0
+    assert {s["error_code"] for r in runs for s in r["steps"] if s["status"] == "error"} \
+        == {"too_large"}
+    assert server.count["batch_create"] <= 1 + RUNS * 3  # one refusal, then one per line
+
+
 def test_a_line_the_server_rejects_is_reported_and_what_was_paid_is_kept(capsys, inputs):
     server = BatchServer(reject={"synthesis"})
     with server.running() as url:
@@ -350,6 +377,23 @@ def test_a_deadline_cancels_the_job_still_running_and_sends_nothing_more():
     assert {r.status for r in ran.results} == {"failed"}
     assert {r.error_code for r in ran.results} <= {"timeout", "interrupted"}
     assert not server.billed
+
+
+def test_a_queue_that_stays_full_fails_its_steps_within_the_deadline_uncounted():
+    server = BatchServer(enqueued_limit=300, others=290, others_for=10**6)  # never frees
+    with server.running() as url:
+        config = SessionConfig(base_url=url, batch_api=True, deadline="4s")
+        items = [("quantum_research", {"topic": f"t{i}"}) for i in range(2)]
+        started = time.monotonic()
+        with prepare_batch(items, "hybrid", config=config, journal=False) as batch:
+            ran = run_batch_api(batch, config)
+    assert time.monotonic() - started < 8
+    assert {r.status for r in ran.results} == {"failed"}
+    failed = [s for r in ran.results for s in r.steps if s.status == "error"]
+    assert failed and {s.error_code for s in failed} == {"rate_limited"}
+    assert all("queue stayed full" in s.error for s in failed)
+    assert server.refused == server.count["batch_create"] >= 2 and not server.billed
+    assert sum(r.api_calls for r in ran.results) == 0
 
 
 def test_a_job_created_but_not_journaled_is_found_by_its_file(monkeypatch):

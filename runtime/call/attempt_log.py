@@ -50,7 +50,7 @@ class AttemptTimer:
         self.sent_at: float | None = None
         self.name, self.attributes = name, attributes or {}
         self.span = telemetry.NO_SPAN  # the attempt's span, from its departure
-        self.left = True  # False: cancelled before it reached the server (code "not_sent")
+        self.left = True  # False: it never reached the server (code "not_sent")
 
     def sent(self) -> None:
         self.sent_at = time.time()
@@ -70,8 +70,9 @@ class AttemptTimer:
     async def __aexit__(self, kind, exc, tb) -> None:
         finished = time.time()
         outcome, code = outcome_of(exc)
-        if not self.left:
-            code = code or "not_sent"
+        if not self.left and code != "connect_failed":
+            code = "not_sent"  # whatever stopped it (a cancel, a timeout waiting for a
+            # connection), the server never saw it
         if self.sent_at is None:  # no permit: nothing was sent
             self._permit_wait(code or outcome)
         if outcome != "ok":

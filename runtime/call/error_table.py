@@ -191,6 +191,8 @@ _BY_CODE: dict[str, ErrorCode] = {
     "string_above_max_length": "too_large", **{code: "quota" for code in NO_RETRY_429},
     # Batch API lines: the job's window ended before the line ran, or the job was cancelled
     "batch_expired": "timeout", "batch_missing": "timeout", "batch_cancelled": "interrupted",
+    # ... or the provider's enqueued-token limit refused it: over it alone, or the queue full
+    "batch_too_large": "too_large", "batch_queue_full": "rate_limited",
 }
 _BY_STATUS: dict[int, ErrorCode] = {401: "auth", 403: "auth", 413: "too_large",
                                     429: "rate_limited"}

@@ -257,6 +257,7 @@ class Call:
                     self.reply.failed(error)
                     if not left.left or error.code == "connect_failed":
                         self.reply.withdrawn(duplicate)
+                        timer.left = False
                     elif error.status is None:
                         spent = worst  # cut off mid-reply: the server may have counted it all
                     raise

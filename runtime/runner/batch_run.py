@@ -93,11 +93,19 @@ class BatchExecution:
     # -- one job --------------------------------------------------------------------------
     def _send(self, lines: list[LineState]) -> list[tuple[LineState, Outcome, BatchJob | None]]:
         """Send ``lines``: one job, or (once the endpoint has stated its enqueued-token limit)
-        jobs of at most that many prompt tokens, one after another."""
+        jobs of at most that many prompt tokens, one after another, none after the deadline."""
         chunks = _chunks(lines, self.enqueued_limit) if self.enqueued_limit else [lines]
-        return [outcome for chunk in chunks for outcome in self._send_job(chunk)]
+        return self._in_turn(chunks)
 
-    def _send_job(self, lines: list[LineState]
+    def _in_turn(self, chunks: list[list[LineState]]
+                 ) -> list[tuple[LineState, Outcome, BatchJob | None]]:
+        outcomes: list[tuple[LineState, Outcome, BatchJob | None]] = []
+        for chunk in chunks:
+            outcomes += self._send_job(chunk) if self._left_s() > 0 else [
+                (line, _too_late(), None) for line in chunk]
+        return outcomes
+
+    def _send_job(self, lines: list[LineState], refusals: int = 0
                   ) -> list[tuple[LineState, Outcome, BatchJob | None]]:
         """Create one job of ``lines`` (under the spend cap), wait for it, map it back."""
         services, now = self.services, time.time()
@@ -128,10 +136,10 @@ class BatchExecution:
             line.reply.attempts += 1
         services.say(f"batch job {job.id}: {len(lines)} line(s) created; polling")
         found = self._collect(JobEntry(file_id, {}, job.id, now))
-        if len(lines) > 1 and _over_enqueued_limit(found[0]):
+        if _over_enqueued_limit(found[0]):
             if reservation is not None:
                 services.spend.settle(reservation, 0.0)
-            return self._split(lines, found[0])
+            return self._refused(lines, found[0], refusals)
         outcomes = [(line, line_outcome(found[1].get(line.custom_id), line.messages)
                      if found[0].status != "failed" else _job_failed(found[0]), found[0])
                     for line in lines]
@@ -142,24 +150,47 @@ class BatchExecution:
             services.spend.settle(reservation, spent)
         return outcomes
 
-    def _split(self, lines: list[LineState], refused: BatchJob
-               ) -> list[tuple[LineState, Outcome, BatchJob | None]]:
-        """A job refused as a whole for the endpoint's enqueued-token limit (nothing in it
-        ran): its lines go again in jobs under the limit the error states (else in halves),
-        one after another, and later jobs are cut to it from the start."""
-        for line in lines:  # not sent after all
+    def _refused(self, lines: list[LineState], refused: BatchJob, refusals: int
+                 ) -> list[tuple[LineState, Outcome, BatchJob | None]]:
+        """A job refused as a whole for the endpoint's enqueued-token limit: nothing in it
+        ran, so its lines are not counted. Too many tokens at once: they go again in jobs
+        under the limit the error states (in halves when it states none), and later jobs are
+        cut to it from the start. Lines that fit and were refused all the same wait for the
+        queue (other jobs hold it), a few times within the deadline; then they fail, and a
+        resume sends them."""
+        services = self.services
+        for line in lines:
             line.lines_sent -= 1
             line.reply.attempts -= 1
+        self.report.lines -= len(lines)
         stated = _stated_limit(refused.errors)
         self.enqueued_limit = stated or self.enqueued_limit
-        chunks = _chunks(lines, stated) if stated else []
-        if len(chunks) < 2:  # no limit stated, or our estimate fits where the server's did not
-            chunks = [lines[:len(lines) // 2], lines[len(lines) // 2:]]
-        source = f"its limit, {stated:,} enqueued tokens" if stated else "no limit stated"
-        self.services.say(f"batch job {refused.id} refused for the endpoint's enqueued-token "
-                          f"limit ({source}): sending its {len(lines)} line(s) as "
+        tokens = sum(estimate_prompt_tokens(line.messages) for line in lines)
+        said = f"its limit, {stated:,} enqueued tokens" if stated else "no limit stated"
+        if len(lines) > 1 and (not stated or tokens > stated):
+            chunks = _chunks(lines, stated) if stated else [lines[:len(lines) // 2],
+                                                             lines[len(lines) // 2:]]
+            services.say(f"batch job {refused.id} refused for the endpoint's enqueued-token "
+                          f"limit ({said}): sending its {len(lines)} line(s) as "
                           f"{len(chunks)} jobs, one after another")
-        return [outcome for chunk in chunks for outcome in self._send_job(chunk)]
+            return self._in_turn(chunks)
+        pause = min(services.client.poll_first_s * 2 ** (refusals + 1),
+                    services.client.poll_max_s)
+        if stated and tokens > stated:
+            return [(line, EndpointError(
+                f"the line's ~{tokens:,} prompt tokens are over the endpoint's enqueued-token "
+                f"limit of {stated:,} (batch job {refused.id})", status=400,
+                code="batch_too_large"), refused) for line in lines]
+        if refusals + 1 >= _QUEUE_TRIES or self._left_s() <= pause:
+            return [(line, EndpointError(
+                f"the endpoint's enqueued-token queue stayed full ({said}; other jobs in "
+                f"progress) through {refusals + 1} tries; --resume sends it later",
+                status=429, code="batch_queue_full"), refused) for line in lines]
+        services.say(f"batch job {refused.id} refused for the endpoint's enqueued-token limit "
+                     f"({said}) though its {len(lines)} line(s) fit it: other jobs hold the "
+                     f"queue; trying again in {pause:.0f}s")
+        time.sleep(pause)
+        return self._send_job(lines, refusals + 1)
 
     def _collect(self, entry: JobEntry) -> tuple[BatchJob, dict[str, dict]]:
         """Wait for a job to end (cancelling it when ``wait_s`` has run out), then read its
@@ -178,7 +209,8 @@ class BatchExecution:
                              "resume polls it")
         lines = {line["custom_id"]: line
                  for line in client.read(job.output_file_id) + client.read(job.error_file_id)}
-        turnaround = time.time() - entry.created_at if entry.created_at else None
+        turnaround = time.time() - entry.created_at if entry.created_at and not \
+            _over_enqueued_limit(job) else None  # a refused job ran nothing: no turnaround
         services.log.collected(entry.file_id, round(turnaround, 3) if turnaround else None)
         if turnaround is not None:
             self.report.turnaround_s.append(round(turnaround, 3))
@@ -278,6 +310,9 @@ def _adopted(run: RunJob, step_id: str, model: str, line: dict | None,
 def _too_late() -> EndpointError:
     return EndpointError("the deadline (--deadline) passed before this step was sent; "
                          "resume the batch to send it", code="timeout")
+
+
+_QUEUE_TRIES = 8  # a job that fits the enqueued-token limit, refused while others hold it
 
 
 def _over_enqueued_limit(job: BatchJob) -> bool:
