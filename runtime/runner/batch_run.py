@@ -167,7 +167,7 @@ class BatchExecution:
         self.enqueued_limit = stated or self.enqueued_limit
         tokens = sum(estimate_prompt_tokens(line.messages) for line in lines)
         said = f"its limit, {stated:,} enqueued tokens" if stated else "no limit stated"
-        if len(lines) > 1 and (not stated or tokens > stated):
+        if len(lines) > 1 and (not stated or tokens > _LIMIT_SHARE * stated):
             chunks = _chunks(lines, stated) if stated else [lines[:len(lines) // 2],
                                                              lines[len(lines) // 2:]]
             services.say(f"batch job {refused.id} refused for the endpoint's enqueued-token "
@@ -313,6 +313,9 @@ def _too_late() -> EndpointError:
 
 
 _QUEUE_TRIES = 8  # a job that fits the enqueued-token limit, refused while others hold it
+# Jobs are cut to this share of the stated limit: chainray's token estimate is not the
+# provider's tokenizer, and a job it undercounts would be refused as if the queue were full.
+_LIMIT_SHARE = 0.8
 
 
 def _over_enqueued_limit(job: BatchJob) -> bool:
@@ -326,13 +329,13 @@ def _stated_limit(errors: str) -> int | None:
 
 
 def _chunks(lines: list[LineState], limit: int) -> list[list[LineState]]:
-    """``lines`` in order, in groups whose estimated prompt tokens stay within ``limit``
-    (a line over it alone: the server says whether it fits)."""
+    """``lines`` in order, in groups whose estimated prompt tokens stay within
+    ``_LIMIT_SHARE`` of ``limit`` (a line over it alone: the server says whether it fits)."""
     chunks: list[list[LineState]] = [[]]
     total = 0
     for line in lines:
         tokens = estimate_prompt_tokens(line.messages)
-        if chunks[-1] and total + tokens > limit:
+        if chunks[-1] and total + tokens > _LIMIT_SHARE * limit:
             chunks.append([])
             total = 0
         chunks[-1].append(line)
