@@ -56,6 +56,10 @@ def test_equal_costs_are_a_tie_and_different_costs_name_the_cheapest():
     assert tie[1].startswith("Cheapest: tie between")
     clear = verdicts(summarize_bench([run("a", 1, cost=0.003), run("b", 2, cost=0.002)]))
     assert clear[1].startswith("Cheapest: b")
+    # more tokens yet cheaper: the verdict says the prompt cache is why
+    cached = run("b", 2, tokens=1200, cost=0.002).model_copy(update={"cached_tokens": 800})
+    clear = verdicts(summarize_bench([run("a", 1, tokens=1000, cost=0.003), cached]))
+    assert clear[1] == "Cheapest: b ($0.00200, 1200 tokens, 800 of them cached at a lower price)"
 
 
 def test_summary_carries_retries_429s_queued_time_and_redundancy():

@@ -170,8 +170,10 @@ def verdicts(rows: Sequence[StrategySummary]) -> list[str]:
                      f"and {second.strategy} ({second.latency_ms / 1000:.2f}s): {noise}")
     best, second, clear = _best(ranked, "estimated_cost", lowest=True)
     if second is None or clear:
+        cached = f", {best.cached_tokens:.0f} of them cached at a lower price" \
+            if best.cached_tokens else ""
         lines.append(f"Cheapest: {best.strategy} (${best.estimated_cost:.5f}, "
-                     f"{best.total_tokens:.0f} tokens)")
+                     f"{best.total_tokens:.0f} tokens{cached})")
     else:
         lines.append(f"Cheapest: tie between {best.strategy} (${best.estimated_cost:.5f}) and "
                      f"{second.strategy} (${second.estimated_cost:.5f}): {noise}")
