@@ -43,6 +43,13 @@ def _run(capsys, *argv: str) -> tuple[int, list[dict], str]:
     return code, lines, capsys.readouterr().err
 
 
+def _run_batch(capsys, server: BatchServer, inputs: Path) -> tuple[int, list[dict], str]:
+    """``chainray run quantum_research --inputs INPUTS --batch-api`` against ``server``."""
+    with server.running() as url:
+        return _run(capsys, "quantum_research", "--inputs", str(inputs), "--batch-api",
+                    "--base-url", url)
+
+
 def _list_cost(billed: list[dict]) -> float:
     prices = load_prices()
     return sum(prices.cost(b["model"], b["prompt"], b["completion"]) for b in billed)
@@ -50,9 +57,7 @@ def _list_cost(billed: list[dict]) -> float:
 
 def test_a_batch_of_runs_costs_one_job_per_phase_at_half_price(capsys, inputs):
     server = BatchServer()
-    with server.running() as url:
-        code, lines, err = _run(capsys, "quantum_research", "--inputs", str(inputs),
-                                "--batch-api", "--base-url", url)
+    code, lines, err = _run_batch(capsys, server, inputs)
     runs, summary = lines[:-1], lines[-1]["batch"]
     phases = resolve(load_chain("quantum_research"), "hybrid").phases
     assert code == 0, err
@@ -72,9 +77,7 @@ def test_a_batch_of_runs_costs_one_job_per_phase_at_half_price(capsys, inputs):
 
 def test_a_failed_line_goes_into_the_next_job_and_is_paid_once(capsys, inputs):
     server = BatchServer(fail_once={"security"})
-    with server.running() as url:
-        code, lines, err = _run(capsys, "quantum_research", "--inputs", str(inputs),
-                                "--batch-api", "--base-url", url)
+    code, lines, err = _run_batch(capsys, server, inputs)
     runs = lines[:-1]
     assert code == 0, err
     assert [r["status"] for r in runs] == ["ok"] * RUNS
@@ -92,9 +95,7 @@ def test_a_job_over_the_enqueued_token_limit_is_sent_again_in_jobs_under_it(caps
     # as a whole, stating the limit, and chainray learns it from that error.
     limit = 300
     server = BatchServer(enqueued_limit=limit)
-    with server.running() as url:
-        code, lines, err = _run(capsys, "quantum_research", "--inputs", str(inputs),
-                                "--batch-api", "--base-url", url)
+    code, lines, err = _run_batch(capsys, server, inputs)
     runs = lines[:-1]
     assert code == 0, err
     assert [r["status"] for r in runs] == ["ok"] * RUNS
@@ -114,9 +115,7 @@ def test_a_queue_other_jobs_hold_is_waited_for_and_a_line_over_the_limit_fails_u
     # Others hold 250 of 300 tokens while the first two jobs are refused: the first phase
     # (under 300 tokens) fits, so it waits and goes again; nothing refused is counted.
     server = BatchServer(enqueued_limit=300, others=250, others_for=2)
-    with server.running() as url:
-        code, lines, err = _run(capsys, "quantum_research", "--inputs", str(inputs),
-                                "--batch-api", "--base-url", url)
+    code, lines, err = _run_batch(capsys, server, inputs)
     runs, summary = lines[:-1], lines[-1]["batch"]["batch_api"]
     assert code == 0, err
     assert [r["status"] for r in runs] == ["ok"] * RUNS and server.refused >= 2
@@ -125,9 +124,7 @@ def test_a_queue_other_jobs_hold_is_waited_for_and_a_line_over_the_limit_fails_u
     assert len(summary["turnaround_s"]) == summary["jobs"] - server.refused
     # A limit below every line: each step fails at once, not counted, nothing billed.
     server = BatchServer(enqueued_limit=10)
-    with server.running() as url:
-        code, lines, err = _run(capsys, "quantum_research", "--inputs", str(inputs),
-                                "--batch-api", "--base-url", url)
+    code, lines, err = _run_batch(capsys, server, inputs)
     runs = lines[:-1]
     assert code == 1 and all(r["status"] == "failed" for r in runs)
     assert server.billed == [] and sum(r["api_calls"] for r in runs) == 0
@@ -138,9 +135,7 @@ def test_a_queue_other_jobs_hold_is_waited_for_and_a_line_over_the_limit_fails_u
 
 def test_a_line_the_server_rejects_is_reported_and_what_was_paid_is_kept(capsys, inputs):
     server = BatchServer(reject={"synthesis"})
-    with server.running() as url:
-        code, lines, err = _run(capsys, "quantum_research", "--inputs", str(inputs),
-                                "--batch-api", "--base-url", url)
+    code, lines, err = _run_batch(capsys, server, inputs)
     runs = lines[:-1]
     assert code == 1
     assert {r["status"] for r in runs} == {"failed"}
@@ -171,9 +166,7 @@ def test_bad_batch_flags_are_refused_in_one_line(capsys, argv, says):
 
 def test_an_endpoint_without_a_batch_api_is_bad_input(capsys, inputs):
     server = BatchServer(batch_api=False)
-    with server.running() as url:
-        code, _, err = _run(capsys, "quantum_research", "--inputs", str(inputs),
-                            "--batch-api", "--base-url", url)
+    code, _, err = _run_batch(capsys, server, inputs)
     assert code == 2
     assert "has no Batch API" in err and "HTTP 404" in err
     assert server.count["chat"] == 0

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,8 +159,10 @@ def job_config():
     return JobConfig(metadata=job_metadata())
 
 
-def connect_ray(address: str | None, dashboard: bool = True) -> None:
-    """Join ``address`` (or RAY_ADDRESS), else start a local Ray instance."""
+def connect_ray(address: str | None, dashboard: bool = True,
+                say: Callable[[str], object] = lambda _: None) -> None:
+    """Join ``address`` (or RAY_ADDRESS), else start a local Ray instance (``say``: told
+    first, as that takes seconds)."""
     import ray
 
     if ray.is_initialized():
@@ -169,6 +172,7 @@ def connect_ray(address: str | None, dashboard: bool = True) -> None:
     if address:
         join(address, **quiet)  # token authentication found as Ray finds it; one-line errors
     else:
+        say("starting a local Ray (a few seconds; `chainray up` keeps one warm)")
         ray.init(address="local", include_dashboard=dashboard, job_config=job_config(), **quiet)
         atexit.register(leave_ray)  # before Ray's own exit hook, which is slower
 

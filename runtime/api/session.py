@@ -93,12 +93,10 @@ class Driver:
             simulator = pool.submit(self._start_simulator) if config.uses_simulator else None
             if simulator is None:
                 self.endpoint = self._open_endpoint()  # unreachable: fail before Ray starts
-            if not (warm or ray.is_initialized() or config.address
-                    or os.environ.get("RAY_ADDRESS")):
-                self._say("starting a local Ray (a few seconds; `chainray up` keeps one warm)")
             try:
                 try:
-                    connect_ray(warm.address if warm else config.address, config.dashboard)
+                    connect_ray(warm.address if warm else config.address, config.dashboard,
+                                self._say)
                 except InputError as exc:
                     if warm is None:
                         raise

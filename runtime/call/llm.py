@@ -256,8 +256,7 @@ class Call:
                 except EndpointError as error:
                     self.reply.failed(error)
                     if not left.left or error.code == "connect_failed":
-                        self.reply.withdrawn(duplicate)
-                        timer.left = False
+                        self._withdraw(timer, duplicate)
                     elif error.status is None:
                         spent = worst  # cut off mid-reply: the server may have counted it all
                     raise
@@ -265,8 +264,7 @@ class Call:
                     if left.left:
                         spent, lost = worst, charge.lost(progress)  # from outside: the worst
                     else:
-                        self.reply.withdrawn(duplicate)
-                        timer.left = False
+                        self._withdraw(timer, duplicate)
                     raise
                 spent = (completion.prompt_tokens, completion.completion_tokens)
                 cached = completion.cached_tokens
@@ -282,6 +280,11 @@ class Call:
             if reservation is not None and self.guards.budget is not None:
                 await _hand_back(self.guards.budget.settle(reservation, self.request.model,
                                                            *spent, cached_tokens=cached))
+
+    def _withdraw(self, timer: AttemptTimer, duplicate: bool) -> None:
+        """A request that never reached the server: no call, nothing charged, not_sent."""
+        self.reply.withdrawn(duplicate)
+        timer.left = False
 
     async def _reserve(self, worst: tuple[int, int]) -> int | None:
         """Admission under the spend cap: a reservation id, or ``spend_cap`` when refused."""

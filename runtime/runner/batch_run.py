@@ -174,13 +174,13 @@ class BatchExecution:
                           f"limit ({said}): sending its {len(lines)} line(s) as "
                           f"{len(chunks)} jobs, one after another")
             return self._in_turn(chunks)
-        pause = min(services.client.poll_first_s * 2 ** (refusals + 1),
-                    services.client.poll_max_s)
         if stated and tokens > stated:
             return [(line, EndpointError(
                 f"the line's ~{tokens:,} prompt tokens are over the endpoint's enqueued-token "
                 f"limit of {stated:,} (batch job {refused.id})", status=400,
                 code="batch_too_large"), refused) for line in lines]
+        pause = min(services.client.poll_first_s * 2 ** (refusals + 1),
+                    services.client.poll_max_s)
         if refusals + 1 >= _QUEUE_TRIES or self._left_s() <= pause:
             return [(line, EndpointError(
                 f"the endpoint's enqueued-token queue stayed full ({said}; other jobs in "
