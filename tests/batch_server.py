@@ -2,16 +2,19 @@
 OpenAI's shapes, implemented its own way, counting every request it gets.
 
 A job ends after ``polls_to_finish`` retrieves (not by the clock, so tests do not depend on
-a loaded machine's timing), or never while ``hold`` is set. Lines of the steps named in
+a loaded machine's timing), or never while ``hold`` is set or fewer than ``hold_until``
+jobs have been created. A file whose lines ask for more than one model is refused
+(``one_model_per_file``, as many providers do). Lines of the steps named in
 ``fail_once`` answer 500 the first time; lines of ``reject`` always answer 400. Every line
 answered 200 is billed in ``billed`` (prompt = characters / 4, completion = min(40,
 max_tokens)), so a test compares what chainray counted with what the server charged.
 ``batch_api=False`` serves chat completions only (the Batch API routes answer 404); lines of
 a model in ``missing_models`` answer 404 ``model_not_found``; a line that asks for
-``response_format`` gets JSON. With ``enqueued_limit``, a job whose prompt tokens, with those
-of the jobs still running, pass it fails at once as OpenAI's do (``token_limit_exceeded``,
-the limit stated in the message); ``enqueued`` keeps each created job's prompt tokens, and
-``others`` tokens of other jobs hold the queue until ``others_for`` jobs have been refused.
+``response_format`` gets JSON. With ``enqueued_limit`` (per model, as OpenAI's, or a model's
+own in ``model_limits``), a job whose prompt tokens, with those of the model's jobs still
+running, pass it fails at once as OpenAI's do (``token_limit_exceeded``, the limit stated in
+the message); ``enqueued`` keeps each created job's prompt tokens, and ``others`` tokens of
+other jobs hold the queue until ``others_for`` jobs have been refused.
 
     server = BatchServer(fail_once={"security"})
     with server.running() as base_url:
@@ -38,6 +41,8 @@ __all__ = ["BatchServer"]
 class BatchServer:
     polls_to_finish: int = 2
     hold: bool = False
+    hold_until: int = 0
+    one_model_per_file: bool = True
     fail_once: set[str] = field(default_factory=set)
     reject: set[str] = field(default_factory=set)
     batch_api: bool = True
@@ -50,6 +55,7 @@ class BatchServer:
     created_ids: list[str] = field(default_factory=list)
     retrieved: Counter = field(default_factory=Counter)  # polls per job id
     enqueued_limit: int | None = None
+    model_limits: dict[str, int] = field(default_factory=dict)
     enqueued: dict[str, int] = field(default_factory=dict)  # prompt tokens per job id
     others: int = 0
     others_for: int = 0
@@ -84,19 +90,28 @@ class BatchServer:
                              "request_counts": {"total": len(lines), "completed": 0,
                                                 "failed": 0}, "_lines": lines}
         self.created_ids.append(job_id)
+        models = {line["body"]["model"] for line in lines}
+        if self.one_model_per_file and len(models) > 1:
+            return self._refuse(job_id, "mixed_models", "A batch's input file may use one "
+                                f"model; this one uses {len(models)}.")
+        model = lines[0]["body"]["model"]
         self.enqueued[job_id] = sum(_prompt_tokens(line["body"]) for line in lines)
         waiting = sum(self.enqueued[j["id"]] for j in self.jobs.values()
-                      if j["status"] == "in_progress")
+                      if j["status"] == "in_progress" and j["_lines"][0]["body"]["model"]
+                      == model)
         waiting += self.others if self.refused < self.others_for else 0
-        if self.enqueued_limit is not None and waiting > self.enqueued_limit:
+        limit = self.model_limits.get(model, self.enqueued_limit)
+        if limit is not None and waiting > limit:
             self.refused += 1
-            model = lines[0]["body"]["model"]
-            self.jobs[job_id].update(status="failed", errors={"object": "list", "data": [{
-                "code": "token_limit_exceeded", "param": None, "line": None,
-                "message": f"Enqueued token limit reached for {model} in organization "
-                           f"org-fixture. Limit: {self.enqueued_limit:,} enqueued tokens. "
-                           "Please try again once some in_progress batches have been "
-                           "completed."}]})
+            return self._refuse(job_id, "token_limit_exceeded", f"Enqueued token limit "
+                                f"reached for {model} in organization org-fixture. Limit: "
+                                f"{limit:,} enqueued tokens. Please try again once some "
+                                "in_progress batches have been completed.")
+        return web.json_response(_public(self.jobs[job_id]))
+
+    def _refuse(self, job_id: str, code: str, message: str) -> web.Response:
+        self.jobs[job_id].update(status="failed", errors={"object": "list", "data": [{
+            "code": code, "param": None, "line": None, "message": message}]})
         return web.json_response(_public(self.jobs[job_id]))
 
     async def retrieve(self, request: web.Request) -> web.Response:
@@ -104,6 +119,7 @@ class BatchServer:
         job = self.jobs[request.match_info["id"]]
         self.retrieved[job["id"]] += 1
         if job["status"] == "in_progress" and not self.hold and \
+                len(self.created_ids) >= self.hold_until and \
                 self.retrieved[job["id"]] >= self.polls_to_finish:
             self._finish(job)
         return web.json_response(_public(job))

@@ -207,6 +207,92 @@ steps:
     assert ran.report.jobs == 3 and server.count["chat"] == 0
 
 
+TWO_MODELS = """
+name: two_models
+inputs: {topic: x}
+defaults: {model: gpt-4o-mini, temperature: 0.3, max_tokens: 40}
+steps:
+  - id: facts
+    prompt: "Three facts about {topic}"
+  - id: question
+    model: gpt-4o
+    prompt: "The hardest open question about {topic}, in one sentence of plain words"
+  - id: merge
+    after: [facts, question]
+    prompt: "Merge {facts} with {question}"
+"""
+
+
+def _two_models(tmp_path: Path, server: BatchServer, runs: int, batch_id: str | None = None,
+                resume: str | None = None, **config) -> object:
+    """``runs`` runs of TWO_MODELS through the Batch API of ``server``."""
+    chain = tmp_path / "two_models.yaml"
+    chain.write_text(TWO_MODELS)
+    items = [(str(chain), {"topic": f"topic {i}"}) for i in range(runs)]
+    with server.running() as url:
+        config = SessionConfig(base_url=url, batch_api=True, **config)
+        with prepare_batch(items, "hybrid", config=config, batch_id=batch_id, resume=resume,
+                           journal=batch_id is not None or resume is not None) as batch:
+            return run_batch_api(batch, config)
+
+
+def _models_per_job(server: BatchServer) -> list[set[str]]:
+    return [{line["body"]["model"] for line in server.jobs[j]["_lines"]}
+            for j in server.created_ids]
+
+
+def test_a_phase_of_two_models_sends_a_job_per_model_at_once(tmp_path):
+    # Providers take one model per file (the server refuses a mixed one), and a phase's
+    # jobs run at the provider together: neither job here ends before both exist, so
+    # sending them one after another would leave the first to the 10 s deadline.
+    server = BatchServer(hold_until=2)
+    ran = _two_models(tmp_path, server, 4, deadline="10s")
+    assert [r.status for r in ran.results] == ["ok"] * 4
+    assert sorted(map(sorted, _models_per_job(server))) == [
+        ["gpt-4o"], ["gpt-4o-mini"], ["gpt-4o-mini"]]  # two at once for phase 1, then merge
+    assert ran.report.jobs == 3 and len(ran.report.turnaround_s) == 3
+    assert len(server.billed) == 12 == sum(r.api_calls for r in ran.results)
+    assert sum(r.total_tokens for r in ran.results) == sum(
+        b["prompt"] + b["completion"] for b in server.billed)
+    assert {s.model for r in ran.results for s in r.steps if s.id == "question"} == {"gpt-4o"}
+
+
+def test_each_models_enqueued_limit_is_its_own_and_a_resume_keeps_it(tmp_path, monkeypatch):
+    from chainray.runner.batch_jobs import JobLog
+
+    class Died(BaseException):
+        """the driver dies as it journals the first job cut to the limit it learned"""
+
+    # gpt-4o may hold ~2 lines' prompt tokens; gpt-4o-mini has no limit.
+    server = BatchServer(model_limits={"gpt-4o": 40})
+    created = JobLog.created
+
+    def die_after_the_refusal(self, file_id, job_id):
+        job = server.jobs[job_id]
+        if server.refused and job["status"] != "failed" and \
+                job["_lines"][0]["body"]["model"] == "gpt-4o":
+            raise Died
+        created(self, file_id, job_id)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(JobLog, "created", die_after_the_refusal)
+        with pytest.raises(Died):
+            _two_models(tmp_path, server, 6, batch_id="blimits")
+    assert server.refused == 1  # gpt-4o's lines at once; gpt-4o-mini's were taken
+    journal = Path(os.environ["CHAINRAY_HOME"]) / "runs" / "blimits" / "jobs.jsonl"
+    assert JobLog(journal).limits == {"gpt-4o": 40}
+    ran = _two_models(tmp_path, server, 6, resume="blimits")
+    assert [r.status for r in ran.results] == ["ok"] * 6
+    assert server.refused == 1  # the resume cut gpt-4o's lines to the limit from the start
+    assert all(len(models) == 1 for models in _models_per_job(server))
+    assert all(server.enqueued[j] <= 40 for j in server.created_ids
+               if _models_per_job(server)[server.created_ids.index(j)] == {"gpt-4o"}
+               and server.jobs[j]["status"] != "failed")
+    assert ran.report.adopted_jobs >= 1  # the chunk created as the driver died, not again
+    assert len(server.billed) == 18 == len({b["custom_id"] for b in server.billed})
+    assert sum(r.run_totals.api_calls for r in ran.results) == 18  # both invocations'
+
+
 def test_the_spend_cap_reserves_a_jobs_worst_case_before_creating_it(inputs):
     server = BatchServer()
     with server.running() as url:
@@ -219,10 +305,11 @@ def test_the_spend_cap_reserves_a_jobs_worst_case_before_creating_it(inputs):
     assert ran.spend["stopped"] and ran.spend["spent_usd"] == 0
 
 
-def _driver(url: str, home: str, *extra: str) -> subprocess.Popen:
+def _driver(url: str, home: str, *extra: str, chain: str = "quantum_research"
+            ) -> subprocess.Popen:
     env = {**os.environ, "CHAINRAY_HOME": home}
     return subprocess.Popen(
-        [sys.executable, "-m", "chainray.cli.main", "run", "quantum_research", "--base-url",
+        [sys.executable, "-m", "chainray.cli.main", "run", chain, "--base-url",
          url, "--quiet", *extra], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True)
 
@@ -431,3 +518,25 @@ def test_ctrl_c_while_a_job_runs_exits_130_and_the_resume_polls_that_job(tmp_pat
     assert driver.returncode == 130 and "a resume polls it" in err
     assert resumed.returncode == 0 and server.created_ids.count("job0") == 1
     assert server.count["batch_create"] == 4 and len(server.billed) == RUNS * 6
+
+
+def test_ctrl_c_while_two_models_jobs_run_stops_both_and_the_resume_polls_them(tmp_path,
+                                                                              inputs):
+    chain, home = tmp_path / "two_models.yaml", str(tmp_path / "home")
+    chain.write_text(TWO_MODELS)
+    server = BatchServer(hold=True)
+    with server.running() as url:
+        driver = _driver(url, home, "--batch-api", "--inputs", str(inputs), chain=str(chain))
+        ends = time.monotonic() + 60
+        while len(server.retrieved) < 2 and time.monotonic() < ends:
+            time.sleep(0.05)
+        os.killpg(driver.pid, signal.SIGINT)
+        _, err = driver.communicate(timeout=30)  # the other model's thread stops too
+        server.hold = False
+        batch_id = next((Path(home) / "runs").iterdir()).name
+        resumed = _driver(url, home, "--resume", batch_id, chain=str(chain))
+        _, resumed_err = resumed.communicate(timeout=120)
+    assert driver.returncode == 130 and "a resume polls it" in err
+    assert resumed.returncode == 0, resumed_err
+    assert server.created_ids[:2] == ["job0", "job1"] and server.count["batch_create"] == 3
+    assert len(server.billed) == RUNS * 3 == len({b["custom_id"] for b in server.billed})

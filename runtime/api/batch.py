@@ -206,7 +206,7 @@ class BatchApiRun(NamedTuple):
 def run_batch_api(prepared: PreparedBatch, config: SessionConfig,
                   on_result: Callable[[RunResult], object] = lambda _: None) -> BatchApiRun:
     """Run a prepared batch through the provider's Batch API (``batch_api=True``): one job
-    per phase (``chainray.runner.batch_run``), no Ray and no direct chat request. With no
+    per phase and model (``chainray.runner.batch_run``), no Ray and no direct chat request. With no
     endpoint given, the embedded simulator (which serves the Batch API too) is started.
     An endpoint without the Batch API (404) is refused as bad input; nothing was paid."""
     from chainray.call.batch_client import COMPLETION_WINDOW_S, BatchClient

@@ -131,7 +131,7 @@ class SessionConfig(RunOptions):
                          "dies has a peer to take its steps while Ray restarts it)")
     batch_api: bool = Field(False, description="a batch (run_many, --inputs) goes through "
                             "the provider's Batch API (/v1/files, /v1/batches): one job per "
-                            "phase, at batch prices")
+                            "phase and model, at batch prices")
     deadline: float | None = Field(None, description="seconds (or a duration: 30m, 2h) the "
                                    "results may take: the advisor picks the Batch API or "
                                    "online calls by it and cost, and says why")

@@ -130,8 +130,8 @@ class Session:
                            on_result: Callable[[RunResult], object] | None = None,
                            label: str = "runs") -> RunList:
         """Run what ``prepare_batch`` prepared; see ``run_many``. With ``batch_api`` the
-        provider's Batch API runs it: one job per phase, at batch prices (with ``deadline``
-        alone, if the advisor picks it)."""
+        provider's Batch API runs it: one job per phase and model, at batch prices (with
+        ``deadline`` alone, if the advisor picks it)."""
         if uses_batch_api(prepared, self.config) or self._batch_advised(prepared):
             ran = run_batch_api(prepared, self.config, on_result or (lambda _: None))
             self._batch_spend = ran.spend

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from chainray.errors import EndpointError
 if TYPE_CHECKING:
     import openai
 
-__all__ = ["BatchClient", "BatchJob", "COMPLETION_WINDOW_S", "ENDED", "CHAT_URL"]
+__all__ = ["BatchClient", "BatchJob", "COMPLETION_WINDOW_S", "ENDED", "CHAT_URL", "Stopped"]
 
 CHAT_URL = "/v1/chat/completions"
 # OpenAI's only promise: a job ends within its completion window, "24h" (the only value).
@@ -52,6 +53,7 @@ class BatchJob:
     completed: int = 0
     failed: int = 0
     errors: str = ""  # why a job failed as a whole (validation), one line
+    error_codes: tuple[str, ...] = ()  # the codes of ``errors``
 
     @property
     def ended(self) -> bool:
@@ -66,7 +68,12 @@ class BatchJob:
                    total=counts.total if counts else 0,
                    completed=counts.completed if counts else 0,
                    failed=counts.failed if counts else 0,
-                   errors="; ".join(f"{e.code}: {e.message}" for e in errors)[:500])
+                   errors="; ".join(f"{e.code}: {e.message}" for e in errors)[:500],
+                   error_codes=tuple(str(e.code) for e in errors if e.code))
+
+
+class Stopped(Exception):  # noqa: N818 (a state, not a fault)
+    """The client was told to stop (``BatchClient.stopping``) while it waited."""
 
 
 def _transient(error: BaseException) -> bool:
@@ -76,7 +83,8 @@ def _transient(error: BaseException) -> bool:
 class BatchClient:
     """The Batch API of one endpoint. ``poll_first_s`` doubles up to ``poll_max_s`` between
     polls; a poll that fails with a retryable error (5xx, 429, a dropped connection) is
-    repeated within the endpoint's attempts."""
+    repeated within the endpoint's attempts. Threads may share it; setting ``stopping``
+    ends every wait of theirs at once (``Stopped``)."""
 
     def __init__(self, endpoint: Endpoint, poll_first_s: float = 0.5,
                  poll_max_s: float = 60.0) -> None:
@@ -84,15 +92,19 @@ class BatchClient:
         self.poll_first_s, self.poll_max_s = poll_first_s, poll_max_s
         self.client = _sync_client(endpoint)
         self.requests = 0  # HTTP requests this client sent (uploads, creates, polls, reads)
+        self.stopping = threading.Event()
+        self._counting = threading.Lock()
 
     def _call(self, what: Callable[[], Any]) -> Any:
         """One Batch API request, repeated on transient errors within the endpoint's
         attempts (the client's own retries are off)."""
         for attempt in Retrying(stop=stop_after_attempt(self.endpoint.max_attempts),
                                 wait=wait_exponential(self.endpoint.backoff_s, max=30),
-                                retry=retry_if_exception(_transient), reraise=True):
+                                retry=retry_if_exception(_transient), reraise=True,
+                                sleep=self.pause):
             with attempt, map_exceptions(self.endpoint.api_key.get_secret_value()):
-                self.requests += 1
+                with self._counting:
+                    self.requests += 1
                 return what()
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
@@ -131,8 +143,13 @@ class BatchClient:
             left = ends - time.monotonic()
             if job.ended or left <= 0:
                 return job
-            time.sleep(min(pause, left))
+            self.pause(min(pause, left))
             pause = min(pause * 2, self.poll_max_s)
+
+    def pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or raise ``Stopped`` as soon as ``stopping`` is set."""
+        if self.stopping.wait(seconds):
+            raise Stopped("the batch client was told to stop")
 
     def read(self, file_id: str | None) -> list[dict]:
         """The JSON lines of an output or error file (none for no file); a line that is not

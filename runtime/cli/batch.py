@@ -55,8 +55,8 @@ def _batch_api(batch: PreparedBatch, config: SessionConfig,
                writer: BatchWriter) -> tuple[dict | None, bool, list[str]]:
     """Run the batch through the provider's Batch API: (spend, interrupted, never
     started). A Ctrl-C leaves the job running at the provider: the resume polls it."""
-    print("--batch-api: one Batch API job per phase; results arrive as jobs end (the "
-          "provider promises 24h, most end far sooner)", file=sys.stderr)
+    print("--batch-api: one Batch API job per phase and model; results arrive as jobs end "
+          "(the provider promises 24h, most end far sooner)", file=sys.stderr)
     ignored = [flag for flag, value in (("--cache", config.cache),
                                          ("--hedge-after", config.hedge_after)) if value]
     if ignored:

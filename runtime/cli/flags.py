@@ -106,7 +106,8 @@ def add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_fl
         help="no live progress")
     add("--batch-api", action="store_true", default=_GIVEN,
         help="with --inputs: send the batch through the provider's Batch API (/v1/files, "
-        "/v1/batches): one job per phase of the strategy, at batch prices (OpenAI: half); "
+        "/v1/batches): one job per phase of the strategy and model, at batch prices (OpenAI: "
+        "half); "
         "results may take up to the provider's completion window (24h)")
     add("--deadline", metavar="DURATION", default=_GIVEN,
         help="when the results are needed (e.g. 30m, 2h): the advisor picks the Batch API "

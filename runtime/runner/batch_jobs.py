@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -129,13 +130,17 @@ class JobEntry:
 class JobLog:
     """``jobs.jsonl`` in a batch's folder: each job's upload (before the job is created),
     creation (before it is polled) and collection (after its results are journaled), each
-    line on disk before the next step. A resume polls created jobs not yet collected, and
-    looks up an uploaded file's job when the driver died between creating and logging it.
-    ``path`` None keeps the log in memory (a batch without a journal)."""
+    line on disk before the next step, and each model's enqueued-token limit once the
+    endpoint has stated it. A resume polls created jobs not yet collected, looks up an
+    uploaded file's job when the driver died between creating and logging it, and cuts its
+    jobs to the limits learned. ``path`` None keeps the log in memory (a batch without a
+    journal). Threads (a job per model) may share it."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.entries: dict[str, JobEntry] = {}  # by file id, in order
+        self.limits: dict[str, int] = {}  # model -> enqueued prompt tokens it may have
+        self._writing = threading.Lock()
         if path is not None and path.is_file():
             for text in path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -144,6 +149,9 @@ class JobLog:
                     continue  # a line cut short by a crash
 
     def _apply(self, event: dict) -> None:
+        if event["event"] == "limit":
+            self.limits[event["model"]] = int(event["tokens"])
+            return
         file_id = event["file"]
         if event["event"] == "uploaded":
             self.entries[file_id] = JobEntry(file_id, dict(event["lines"]))
@@ -155,13 +163,14 @@ class JobLog:
                                             turnaround_s=event.get("turnaround_s"))
 
     def _write(self, event: dict) -> None:
-        self._apply(event)
-        if self.path is None:
-            return
-        with self.path.open("a", encoding="utf-8") as file:
-            file.write(json.dumps(event) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+        with self._writing:
+            self._apply(event)
+            if self.path is None:
+                return
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(json.dumps(event) + "\n")
+                file.flush()
+                os.fsync(file.fileno())
 
     def uploaded(self, file_id: str, models: Mapping[str, str]) -> None:
         self._write({"event": "uploaded", "file": file_id, "lines": dict(models)})
@@ -171,6 +180,10 @@ class JobLog:
 
     def collected(self, file_id: str, turnaround_s: float | None) -> None:
         self._write({"event": "collected", "file": file_id, "turnaround_s": turnaround_s})
+
+    def limit(self, model: str, tokens: int) -> None:
+        """The endpoint stated ``model``'s enqueued-token limit (kept for a resume)."""
+        self._write({"event": "limit", "model": model, "tokens": tokens})
 
     def unfinished(self) -> list[JobEntry]:
         """Jobs uploaded or created whose results were not collected, oldest first."""

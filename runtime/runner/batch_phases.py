@@ -1,15 +1,15 @@
 """A batch of runs through the provider's Batch API, phase by phase, free of Ray.
 
 Each run keeps a ``graphlib.TopologicalSorter`` over its schedule. A round advances every
-run as far as it can without the endpoint (steps an earlier invocation finished, python steps
-run here, steps skipped after a failure), then sends the llm steps that are ready in all runs
-as ONE job; so a strategy costs one job per phase (a sequential one a job per step). A line
-that failed goes into the next job (a rejected parameter adapted, the next fallback model, a
-schema correction, a retryable error within the endpoint's attempts) or is reported; none is
-dropped. The job log (``JobLog``) holds each job's file before the job exists and its id
-before it is polled, and each answered step is journaled as it is mapped back, so a killed
-driver loses nothing: the resume polls the job it left (``adopt``) and creates no other for
-those lines.
+run as far as it can without the endpoint (steps an earlier invocation finished, python
+steps run here, steps skipped after a failure), then sends the llm steps that are ready in
+all runs as one job per model; so a strategy costs one job per phase and model (a sequential
+one a job per step and model). A line that failed goes into the next job (a rejected
+parameter adapted, the next fallback model, a schema correction, a retryable error within
+the endpoint's attempts) or is reported; none is dropped. The job log (``JobLog``) holds
+each job's file before the job exists and its id before it is polled, and each answered step
+is journaled as it is mapped back, so a killed driver loses nothing: the resume polls the
+job it left (``adopt``) and creates no other for those lines.
 
     execution = BatchExecution(jobs, BatchServices(client, base_url, prices, JobLog(path)))
     results = execution.run(on_result=print)          # chainray.runner.batch_run

@@ -1,20 +1,24 @@
 """The rounds of a batch through the Batch API (see ``batch_phases`` for the runs' side).
 
 One round: every run advances (``RunState.advance``), the llm steps ready in all of them and
-the lines that failed in the last job go into one job, whose worst case the spend cap
-reserves before it is created; the job is polled to its end, its results are mapped back by
-``custom_id`` and journaled, and the lines that failed are adapted, fall back, retried or
-reported (``_settle``).
+the lines that failed in the last job go into one job per model (providers take one model per
+file and count each model's enqueued tokens apart), the models' jobs at once in threads; the
+spend cap reserves a job's worst case before it is created; each job is polled to its end,
+its results are mapped back by ``custom_id`` and journaled, and the lines that failed are
+adapted, fall back, retried or reported (``_settle``).
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
+from typing import TypeVar
 
 from chainray.call.adaptations import Adaptation, describe, learn_adaptation
-from chainray.call.batch_client import BatchJob
+from chainray.call.batch_client import BatchJob, Stopped
 from chainray.call.completion import Completion
 from chainray.call.error_table import error_code
 from chainray.call.structured import correction_message, schema_problem
@@ -38,6 +42,8 @@ from chainray.tokens import estimate_prompt_tokens
 __all__ = ["BatchExecution"]
 
 Outcome = Completion | EndpointError
+Sent = list[tuple["LineState", Outcome, BatchJob | None]]
+T = TypeVar("T")
 
 
 class BatchExecution:
@@ -48,7 +54,7 @@ class BatchExecution:
         self.report = BatchReport()
         self.learned: dict[str, dict[str, Adaptation]] = {}  # model -> what it rejected
         self.ends = time.monotonic() + services.wait_s  # for every job of this invocation
-        self.enqueued_limit: int | None = None  # prompt tokens, once an error has stated it
+        self._shared = threading.Lock()  # the report and the spend cap, across models' jobs
 
     def run(self, on_result: Callable[[RunResult], object] = lambda _: None
             ) -> list[RunResult]:
@@ -91,31 +97,38 @@ class BatchExecution:
         return max(0.0, self.ends - time.monotonic())
 
     # -- one job --------------------------------------------------------------------------
-    def _send(self, lines: list[LineState]) -> list[tuple[LineState, Outcome, BatchJob | None]]:
-        """Send ``lines``: one job, or (once the endpoint has stated its enqueued-token limit)
-        jobs of at most that many prompt tokens, one after another, none after the deadline."""
-        chunks = _chunks(lines, self.enqueued_limit) if self.enqueued_limit else [lines]
-        return self._in_turn(chunks)
+    def _send(self, lines: list[LineState]) -> Sent:
+        """Send ``lines`` as a job per model, the models' jobs at once; a model's lines, once
+        the endpoint has stated that model's enqueued-token limit (``JobLog.limits``, kept for
+        a resume), in jobs under it, one after another, none after the deadline."""
+        by_model: dict[str, list[LineState]] = {}
+        for line in lines:
+            by_model.setdefault(line.model, []).append(line)
+        limits = self.services.log.limits
+        turns = [partial(self._in_turn, _chunks(group, limits[model]) if model in limits
+                         else [group]) for model, group in by_model.items()]
+        return [sent for outcomes in _at_once(turns, self.services.client.stopping)
+                for sent in outcomes]
 
-    def _in_turn(self, chunks: list[list[LineState]]
-                 ) -> list[tuple[LineState, Outcome, BatchJob | None]]:
-        outcomes: list[tuple[LineState, Outcome, BatchJob | None]] = []
+    def _in_turn(self, chunks: list[list[LineState]]) -> Sent:
+        outcomes: Sent = []
         for chunk in chunks:
             outcomes += self._send_job(chunk) if self._left_s() > 0 else [
                 (line, _too_late(), None) for line in chunk]
         return outcomes
 
-    def _send_job(self, lines: list[LineState], refusals: int = 0
-                  ) -> list[tuple[LineState, Outcome, BatchJob | None]]:
-        """Create one job of ``lines`` (under the spend cap), wait for it, map it back."""
+    def _send_job(self, lines: list[LineState], refusals: int = 0) -> Sent:
+        """Create one job of ``lines`` (one model; under the spend cap), wait for it, map it
+        back."""
         services, now = self.services, time.time()
         bodies = [line.line(services.base_url, self.learned.get(line.model, {}))
                   for line in lines]
-        reservation, worst = None, 0.0
+        reservation = None
         if services.spend is not None:
             worst = sum(services.prices.cost(b["body"]["model"], *worst_case_tokens(b["body"]),
                                              batch=True) for b in bodies)
-            reservation = services.spend.reserve(worst)
+            with self._shared:
+                reservation = services.spend.reserve(worst)
             if reservation is None:  # nothing is created: the steps say why
                 return [(line, spend_cap_error(line.model), None) for line in lines]
         try:
@@ -124,11 +137,11 @@ class BatchExecution:
             job = services.client.create(file_id, {"chainray": "batch-api"})
             services.log.created(file_id, job.id)
         except BaseException:
-            if reservation is not None:  # the invocation ends here, and its cap's book
-                services.spend.settle(reservation, 0.0)
+            self._spent(reservation, 0.0)  # the invocation ends here, and its cap's book
             raise
-        self.report.jobs += 1
-        self.report.lines += len(lines)
+        with self._shared:
+            self.report.jobs += 1
+            self.report.lines += len(lines)
         for line, body in zip(lines, bodies, strict=True):
             line.sent_body = body["body"]
             line.first_sent_at = line.first_sent_at or now
@@ -137,36 +150,42 @@ class BatchExecution:
         services.say(f"batch job {job.id}: {len(lines)} line(s) created; polling")
         found = self._collect(JobEntry(file_id, {}, job.id, now))
         if _over_enqueued_limit(found[0]):
-            if reservation is not None:
-                services.spend.settle(reservation, 0.0)
+            self._spent(reservation, 0.0)
             return self._refused(lines, found[0], refusals)
         outcomes = [(line, line_outcome(found[1].get(line.custom_id), line.messages)
                      if found[0].status != "failed" else _job_failed(found[0]), found[0])
                     for line in lines]
-        if reservation is not None:
-            spent = sum(services.prices.cost(line.model, o.prompt_tokens, o.completion_tokens,
-                                             o.cached_tokens, batch=True)
-                        for line, o, _ in outcomes if isinstance(o, Completion))
-            services.spend.settle(reservation, spent)
+        self._spent(reservation, sum(
+            services.prices.cost(line.model, o.prompt_tokens, o.completion_tokens,
+                                 o.cached_tokens, batch=True)
+            for line, o, _ in outcomes if isinstance(o, Completion)))
         return outcomes
 
-    def _refused(self, lines: list[LineState], refused: BatchJob, refusals: int
-                 ) -> list[tuple[LineState, Outcome, BatchJob | None]]:
+    def _spent(self, reservation: int | None, usd: float) -> None:
+        """Replace a job's reservation under the spend cap by what it cost."""
+        if reservation is not None:
+            with self._shared:
+                self.services.spend.settle(reservation, usd)
+
+    def _refused(self, lines: list[LineState], refused: BatchJob, refusals: int) -> Sent:
         """A job refused as a whole for the endpoint's enqueued-token limit: nothing in it
         ran, so its lines are not counted. Too many tokens at once: they go again in jobs
         under the limit the error states (in halves when it states none), and later jobs are
         cut to it from the start. Lines that fit and were refused all the same wait for the
         queue (other jobs hold it), a few times within the deadline; then they fail, and a
         resume sends them."""
-        services = self.services
+        services, model = self.services, lines[0].model
         for line in lines:
             line.lines_sent -= 1
             line.reply.attempts -= 1
-        self.report.lines -= len(lines)
+        with self._shared:
+            self.report.lines -= len(lines)
         stated = _stated_limit(refused.errors)
-        self.enqueued_limit = stated or self.enqueued_limit
+        if stated:
+            services.log.limit(model, stated)
         tokens = sum(estimate_prompt_tokens(line.messages) for line in lines)
-        said = f"its limit, {stated:,} enqueued tokens" if stated else "no limit stated"
+        said = f"{model}'s limit, {stated:,} enqueued tokens" if stated else \
+            f"no limit stated for {model}"
         if len(lines) > 1 and (not stated or tokens > _LIMIT_SHARE * stated):
             chunks = _chunks(lines, stated) if stated else [lines[:len(lines) // 2],
                                                              lines[len(lines) // 2:]]
@@ -189,7 +208,7 @@ class BatchExecution:
         services.say(f"batch job {refused.id} refused for the endpoint's enqueued-token limit "
                      f"({said}) though its {len(lines)} line(s) fit it: other jobs hold the "
                      f"queue; trying again in {pause:.0f}s")
-        time.sleep(pause)
+        services.client.pause(pause)
         return self._send_job(lines, refusals + 1)
 
     def _collect(self, entry: JobEntry) -> tuple[BatchJob, dict[str, dict]]:
@@ -213,7 +232,8 @@ class BatchExecution:
             _over_enqueued_limit(job) else None  # a refused job ran nothing: no turnaround
         services.log.collected(entry.file_id, round(turnaround, 3) if turnaround else None)
         if turnaround is not None:
-            self.report.turnaround_s.append(round(turnaround, 3))
+            with self._shared:
+                self.report.turnaround_s.append(round(turnaround, 3))
         services.say(f"batch job {job.id} {job.status}: {job.completed} line(s) completed, "
                      f"{job.failed} failed")
         return job, lines
@@ -319,7 +339,7 @@ _LIMIT_SHARE = 0.8
 
 
 def _over_enqueued_limit(job: BatchJob) -> bool:
-    return job.status == "failed" and "token_limit_exceeded" in job.errors
+    return job.status == "failed" and "token_limit_exceeded" in job.error_codes
 
 
 def _stated_limit(errors: str) -> int | None:
@@ -348,3 +368,34 @@ def _job_failed(job: BatchJob) -> EndpointError:
     job of the same lines would be refused the same way."""
     return EndpointError(f"the batch job {job.id} failed: {job.errors or 'no reason given'}",
                          status=400, code="batch_failed")
+
+
+def _at_once(calls: list[Callable[[], T]], stopping: threading.Event) -> list[T]:
+    """Each call's value, the calls run at once in threads (one alone runs here). The first
+    exception, or a Ctrl-C while they run, sets ``stopping`` (the others' waits then raise
+    ``Stopped``, their jobs journaled for a resume) and is raised here."""
+    if len(calls) == 1:
+        return [calls[0]()]
+    values: list = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            values[index] = calls[index]()
+        except BaseException as error:  # noqa: BLE001 - raised in the caller's thread
+            errors.append(error)
+            stopping.set()
+
+    threads = [threading.Thread(target=run, args=(index,), daemon=True,
+                                name=f"chainray-batch-{index}") for index in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        stopping.set()
+        raise
+    if errors:
+        raise next((e for e in errors if not isinstance(e, Stopped)), errors[0])
+    return values
