@@ -5,6 +5,7 @@ against the simulator's own /v1/files and /v1/batches. No Ray is involved."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -223,17 +224,16 @@ steps:
 """
 
 
-def _two_models(tmp_path: Path, server: BatchServer, runs: int, batch_id: str | None = None,
+def _two_models(tmp_path: Path, url: str, runs: int, batch_id: str | None = None,
                 resume: str | None = None, **config) -> object:
-    """``runs`` runs of TWO_MODELS through the Batch API of ``server``."""
+    """``runs`` runs of TWO_MODELS through the Batch API at ``url``."""
     chain = tmp_path / "two_models.yaml"
     chain.write_text(TWO_MODELS)
     items = [(str(chain), {"topic": f"topic {i}"}) for i in range(runs)]
-    with server.running() as url:
-        config = SessionConfig(base_url=url, batch_api=True, **config)
-        with prepare_batch(items, "hybrid", config=config, batch_id=batch_id, resume=resume,
-                           journal=batch_id is not None or resume is not None) as batch:
-            return run_batch_api(batch, config)
+    config = SessionConfig(base_url=url, batch_api=True, **config)
+    with prepare_batch(items, "hybrid", config=config, batch_id=batch_id, resume=resume,
+                       journal=batch_id is not None or resume is not None) as batch:
+        return run_batch_api(batch, config)
 
 
 def _models_per_job(server: BatchServer) -> list[set[str]]:
@@ -246,7 +246,8 @@ def test_a_phase_of_two_models_sends_a_job_per_model_at_once(tmp_path):
     # jobs run at the provider together: neither job here ends before both exist, so
     # sending them one after another would leave the first to the 10 s deadline.
     server = BatchServer(hold_until=2)
-    ran = _two_models(tmp_path, server, 4, deadline="10s")
+    with server.running() as url:
+        ran = _two_models(tmp_path, url, 4, deadline="10s")
     assert [r.status for r in ran.results] == ["ok"] * 4
     assert sorted(map(sorted, _models_per_job(server))) == [
         ["gpt-4o"], ["gpt-4o-mini"], ["gpt-4o-mini"]]  # two at once for phase 1, then merge
@@ -274,14 +275,15 @@ def test_each_models_enqueued_limit_is_its_own_and_a_resume_keeps_it(tmp_path, m
             raise Died
         created(self, file_id, job_id)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(JobLog, "created", die_after_the_refusal)
-        with pytest.raises(Died):
-            _two_models(tmp_path, server, 6, batch_id="blimits")
-    assert server.refused == 1  # gpt-4o's lines at once; gpt-4o-mini's were taken
-    journal = Path(os.environ["CHAINRAY_HOME"]) / "runs" / "blimits" / "jobs.jsonl"
-    assert JobLog(journal).limits == {"gpt-4o": 40}
-    ran = _two_models(tmp_path, server, 6, resume="blimits")
+    with server.running() as url:
+        with monkeypatch.context() as patch:
+            patch.setattr(JobLog, "created", die_after_the_refusal)
+            with pytest.raises(Died):
+                _two_models(tmp_path, url, 6, batch_id="blimits")
+        assert server.refused == 1  # gpt-4o's lines at once; gpt-4o-mini's were taken
+        journal = Path(os.environ["CHAINRAY_HOME"]) / "runs" / "blimits" / "jobs.jsonl"
+        assert JobLog(journal).limits_at(url) == {"gpt-4o": 40}
+        ran = _two_models(tmp_path, url, 6, resume="blimits")
     assert [r.status for r in ran.results] == ["ok"] * 6
     assert server.refused == 1  # the resume cut gpt-4o's lines to the limit from the start
     assert all(len(models) == 1 for models in _models_per_job(server))
@@ -414,6 +416,7 @@ def test_the_advisor_picks_by_deadline_and_cost_and_says_where_turnaround_came_f
 
 def test_deadline_advice_uses_measured_turnarounds_else_the_completion_window(
         tmp_path, monkeypatch):
+    from chainray.api.batch import batch_forecast
     from chainray.api.planning import batch_api_advice
 
     monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))
@@ -427,6 +430,18 @@ def test_deadline_advice_uses_measured_turnarounds_else_the_completion_window(
                    '{"event": "collected", "file": "f", "turnaround_s": 40.0}\n')
     use, why = batch_api_advice(config, chain, "hybrid", [{"topic": "t"}] * 5, 64)
     assert use is True and "median of 1 job(s)" in why[1] and "4 job(s)" in why[1]
+    # A limit learned at this endpoint cuts a phase into jobs in series; another's does not.
+    log.write_text(log.read_text() + json.dumps({
+        "event": "limit", "model": "gpt-4o-mini", "tokens": 300,
+        "endpoint": "http://127.0.0.1:9/v1"}) + "\n" + json.dumps({
+        "event": "limit", "model": "gpt-4o-mini", "tokens": 10,
+        "endpoint": "http://elsewhere.example/v1"}) + "\n")
+    use, why = batch_api_advice(config, chain, "hybrid", [{"topic": "t"}] * 5, 64)
+    forecast = batch_forecast(config, chain, "hybrid", [{"topic": "t"}] * 5, 64)
+    series = sum(math.ceil(sum(forecast.step_prompt_tokens[s] for s in phase) / 240)
+                 for phase in resolve(chain, "hybrid").phases)
+    assert series > 4 and f"{series} job(s)" in why[1]
+    assert "gpt-4o-mini's enqueued-token limit of 300" in why[2]
 
 
 def test_a_session_with_batch_api_runs_many_without_ray(monkeypatch):

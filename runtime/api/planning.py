@@ -158,21 +158,26 @@ def batch_api_advice(config, chain: Chain, strategy: str, inputs: list[dict],
     """Whether a batch needing its results within ``config.deadline`` should go through the
     provider's Batch API, and why (``chainray.plan.advisor.batch_or_online``). A job's
     turnaround is the median that earlier batches journaled, else the embedded simulator's
-    setting, else the provider's documented completion window (24h, its only promise)."""
+    setting, else the provider's documented completion window (24h, its only promise); a
+    phase takes more than one when earlier batches learned an enqueued-token limit that
+    cuts its jobs (``batch_jobs_in_series``)."""
     from chainray.api.batch import batch_forecast
     from chainray.call.batch_client import COMPLETION_WINDOW_S
-    from chainray.plan.advisor import batch_or_online
-    from chainray.runner.batch_jobs import measured_turnarounds
+    from chainray.plan.advisor import batch_jobs_in_series, batch_or_online
+    from chainray.runner.batch_jobs import learned_limits, measured_turnarounds
     from chainray.runner.journal import journal_dir
     from chainray.sim.config import SimConfig
 
     forecast = batch_forecast(config, chain, strategy, inputs, window)
     prices = load_prices(config.prices)
-    llm = {s.id for s in chain.steps if s.kind == "llm"}
-    shares = [price.batch_share or 1.0 for s in chain.steps if s.kind == "llm"
-              if (price := prices.models.get(config.model or chain.settings_for(s).model
-                                             or DEFAULT_MODEL)) is not None]
-    jobs = sum(1 for phase in resolve(chain, strategy).phases if llm & set(phase))
+    models = {s.id: config.model or chain.settings_for(s).model or DEFAULT_MODEL
+              for s in chain.steps if s.kind == "llm"}
+    shares = [price.batch_share or 1.0 for model in models.values()
+              if (price := prices.models.get(model)) is not None]
+    limits = learned_limits(journal_dir(), endpoint_label(config.base_url)) \
+        if config.base_url else {}
+    jobs, cut_by = batch_jobs_in_series(resolve(chain, strategy).phases, models,
+                                        forecast.step_prompt_tokens, limits)
     measured = measured_turnarounds(journal_dir())
     if measured:
         turnaround = sorted(measured)[len(measured) // 2]
@@ -183,5 +188,10 @@ def batch_api_advice(config, chain: Chain, strategy: str, inputs: list[dict],
     else:
         turnaround = COMPLETION_WINDOW_S
         source = "the provider's documented completion window, its only promise"
-    return batch_or_online(config.deadline, forecast.makespan_s, forecast.cost,
-                           forecast.cost * max(shares, default=1.0), jobs, turnaround, source)
+    use, why = batch_or_online(config.deadline, forecast.makespan_s, forecast.cost,
+                               forecast.cost * max(shares, default=1.0), jobs, turnaround,
+                               source)
+    if cut_by:
+        why.insert(2, f"{' and '.join(cut_by)} (learned by earlier batches) cut the phases "
+                   "into jobs one after another")
+    return use, why

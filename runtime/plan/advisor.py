@@ -21,6 +21,7 @@ predicted to finish sooner than sharing the engine among them all.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Literal
 
@@ -197,12 +198,39 @@ def advise(chain: Chain, objective: Objective = "latency",
                   prefix_warmup=cold is None or chosen is not cold.get(strategy))
 
 
+# Batch API jobs are cut to this share of a model's stated enqueued-token limit: chainray's
+# token estimate is not the provider's tokenizer, and a job it undercounts would be refused.
+ENQUEUED_SHARE = 0.8
+
+
+def batch_jobs_in_series(phases: list[list[str]], step_models: Mapping[str, str],
+                         step_tokens: Mapping[str, int], limits: Mapping[str, int]
+                         ) -> tuple[int, list[str]]:
+    """How many Batch API turnarounds a batch waits, one after another, and which learned
+    limits made them more. A phase is a job per model, the models' jobs at once; a model
+    whose enqueued-token limit is known (``limits``) sends its phase's prompt tokens
+    (``step_tokens``, all runs) in jobs under ``ENQUEUED_SHARE`` of it, one after another."""
+    jobs, cut = 0, set()
+    for phase in phases:
+        tokens: dict[str, int] = {}
+        for step in phase:
+            if step in step_tokens:
+                tokens[step_models[step]] = tokens.get(step_models[step], 0) + step_tokens[step]
+        if not tokens:
+            continue
+        each = {model: max(1, math.ceil(n / (ENQUEUED_SHARE * limits[model])))
+                if model in limits else 1 for model, n in tokens.items()}
+        jobs += max(each.values())
+        cut |= {model for model, n in each.items() if n > 1}
+    return jobs, [f"{model}'s enqueued-token limit of {limits[model]:,}" for model in sorted(cut)]
+
+
 def batch_or_online(deadline_s: float, online_s: float, online_cost: float, batch_cost: float,
                     jobs: int, turnaround_s: float, turnaround_from: str
                     ) -> tuple[bool, list[str]]:
     """Whether a batch should go through the provider's Batch API (True) or online calls,
     for results needed within ``deadline_s``, and why. The Batch API's completion time is
-    ``jobs`` (one per phase, one after another) times a job's turnaround, which is not known
+    ``jobs`` (``batch_jobs_in_series``) times a job's turnaround, which is not known
     up front: ``turnaround_from`` says where ``turnaround_s`` came from (measured jobs, or
     the provider's completion window). Within the deadline the cheaper way wins; past it,
     the one that meets it; if neither does, the faster."""

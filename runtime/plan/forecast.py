@@ -49,6 +49,7 @@ class BatchForecast(BaseModel):
     bounds_s: dict[str, float]  # each bound's own time for the whole batch
     utilisation: dict[str, float]  # share of each given limit used on average
     run_makespan_s: float  # one run alone
+    step_prompt_tokens: dict[str, int] = {}  # each llm step's prompts over all the runs
 
 
 def _per_run(chain: Chain, strategy: Strategy, prices: PriceTable, model: LatencyModel,
@@ -100,4 +101,6 @@ def forecast_batch(chain: Chain, strategy: Strategy, prices: PriceTable, *, runs
         cost=round(runs * statistics.mean(p.cost for p in each), 6), binding=binding,
         bounds_s={k: round(v, 2) for k, v in bounds.items()},
         utilisation={k: round(min(1.0, v), 3) for k, v in utilisation.items()},
-        run_makespan_s=round(run_s, 2))
+        run_makespan_s=round(run_s, 2),
+        step_prompt_tokens={s: round(runs * statistics.mean(p.step_prompt_tokens[s]
+                                                            for p in each)) for s in llm})

@@ -59,6 +59,7 @@ class Prediction(BaseModel):
     lengths_from: dict[str, int] = {}  # where reply lengths came from -> llm steps
     infeasible: str | None = None  # the first step whose prompt and reply overflow the window
     cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
+    step_prompt_tokens: dict[str, int] = {}  # each llm step's expected prompt
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
         prompt_tokens=prompt_total, completion_tokens=completion_total,
         total_tokens=prompt_total + completion_total, cost=round(cost, 6),
         calls=len(llm_steps), makespan_range=(round(low, 2), round(high, 2)),
-        cached_tokens=sum(cached.values()),
+        cached_tokens=sum(cached.values()), step_prompt_tokens=prompt,
         tokens_range=(round(tlow), round(thigh)), lengths_from=sources, infeasible=infeasible,
         step_seconds={s: round(step_seconds(model, prompt[s], completion[s])
                                if s in prompt else model.overhead_s, 3) for s in order})

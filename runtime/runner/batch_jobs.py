@@ -29,7 +29,7 @@ from chainray.errors import EndpointError
 from chainray.runner.step_exec import StepRequest, llm_request
 
 __all__ = ["custom_id", "split_custom_id", "LineState", "line_outcome", "JobLog", "JobEntry",
-           "measured_turnarounds"]
+           "learned_limits", "measured_turnarounds"]
 
 
 def custom_id(run_id: str, step_id: str) -> str:
@@ -139,7 +139,7 @@ class JobLog:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.entries: dict[str, JobEntry] = {}  # by file id, in order
-        self.limits: dict[str, int] = {}  # model -> enqueued prompt tokens it may have
+        self.limits: dict[tuple[str, str], int] = {}  # (endpoint, model) -> enqueued tokens
         self._writing = threading.Lock()
         if path is not None and path.is_file():
             for text in path.read_text(encoding="utf-8").splitlines():
@@ -150,7 +150,7 @@ class JobLog:
 
     def _apply(self, event: dict) -> None:
         if event["event"] == "limit":
-            self.limits[event["model"]] = int(event["tokens"])
+            self.limits[event.get("endpoint", ""), event["model"]] = int(event["tokens"])
             return
         file_id = event["file"]
         if event["event"] == "uploaded":
@@ -181,9 +181,15 @@ class JobLog:
     def collected(self, file_id: str, turnaround_s: float | None) -> None:
         self._write({"event": "collected", "file": file_id, "turnaround_s": turnaround_s})
 
-    def limit(self, model: str, tokens: int) -> None:
-        """The endpoint stated ``model``'s enqueued-token limit (kept for a resume)."""
-        self._write({"event": "limit", "model": model, "tokens": tokens})
+    def limit(self, model: str, tokens: int, endpoint: str) -> None:
+        """The endpoint stated ``model``'s enqueued-token limit (kept for a resume and for
+        the deadline advisor: ``learned_limits``)."""
+        self._write({"event": "limit", "model": model, "tokens": tokens,
+                     "endpoint": endpoint})
+
+    def limits_at(self, endpoint: str) -> dict[str, int]:
+        """Each model's enqueued-token limit ``endpoint`` stated, by model."""
+        return {model: tokens for (at, model), tokens in self.limits.items() if at == endpoint}
 
     def unfinished(self) -> list[JobEntry]:
         """Jobs uploaded or created whose results were not collected, oldest first."""
@@ -191,6 +197,15 @@ class JobLog:
 
     def turnarounds(self) -> list[float]:
         return [e.turnaround_s for e in self.entries.values() if e.turnaround_s is not None]
+
+
+def learned_limits(runs_dir: Path, endpoint: str) -> dict[str, int]:
+    """Each model's enqueued-token limit at ``endpoint`` (a profile label) as the batches
+    under ``runs_dir`` learned it, the newest batch's last word winning."""
+    found: dict[str, int] = {}
+    for path in sorted(runs_dir.glob("*/jobs.jsonl"), key=lambda path: path.stat().st_mtime):
+        found.update(JobLog(path).limits_at(endpoint))
+    return found
 
 
 def measured_turnarounds(runs_dir: Path) -> list[float]:

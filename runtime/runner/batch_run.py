@@ -24,6 +24,8 @@ from chainray.call.error_table import error_code
 from chainray.call.structured import correction_message, schema_problem
 from chainray.errors import EndpointError
 from chainray.guards.call_guards import spend_cap_error, worst_case_tokens
+from chainray.plan.advisor import ENQUEUED_SHARE
+from chainray.plan.profiles import endpoint_label
 from chainray.plan.schedule import resolve
 from chainray.results import RunResult, StepResult
 from chainray.runner.batch_jobs import JobEntry, LineState, line_outcome, split_custom_id
@@ -104,7 +106,7 @@ class BatchExecution:
         by_model: dict[str, list[LineState]] = {}
         for line in lines:
             by_model.setdefault(line.model, []).append(line)
-        limits = self.services.log.limits
+        limits = self.services.log.limits_at(endpoint_label(self.services.base_url))
         turns = [partial(self._in_turn, _chunks(group, limits[model]) if model in limits
                          else [group]) for model, group in by_model.items()]
         return [sent for outcomes in _at_once(turns, self.services.client.stopping)
@@ -182,11 +184,11 @@ class BatchExecution:
             self.report.lines -= len(lines)
         stated = _stated_limit(refused.errors)
         if stated:
-            services.log.limit(model, stated)
+            services.log.limit(model, stated, endpoint_label(services.base_url))
         tokens = sum(estimate_prompt_tokens(line.messages) for line in lines)
         said = f"{model}'s limit, {stated:,} enqueued tokens" if stated else \
             f"no limit stated for {model}"
-        if len(lines) > 1 and (not stated or tokens > _LIMIT_SHARE * stated):
+        if len(lines) > 1 and (not stated or tokens > ENQUEUED_SHARE * stated):
             chunks = _chunks(lines, stated) if stated else [lines[:len(lines) // 2],
                                                              lines[len(lines) // 2:]]
             services.say(f"batch job {refused.id} refused for the endpoint's enqueued-token "
@@ -333,9 +335,6 @@ def _too_late() -> EndpointError:
 
 
 _QUEUE_TRIES = 8  # a job that fits the enqueued-token limit, refused while others hold it
-# Jobs are cut to this share of the stated limit: chainray's token estimate is not the
-# provider's tokenizer, and a job it undercounts would be refused as if the queue were full.
-_LIMIT_SHARE = 0.8
 
 
 def _over_enqueued_limit(job: BatchJob) -> bool:
@@ -350,12 +349,12 @@ def _stated_limit(errors: str) -> int | None:
 
 def _chunks(lines: list[LineState], limit: int) -> list[list[LineState]]:
     """``lines`` in order, in groups whose estimated prompt tokens stay within
-    ``_LIMIT_SHARE`` of ``limit`` (a line over it alone: the server says whether it fits)."""
+    ``ENQUEUED_SHARE`` of ``limit`` (a line over it alone: the server says whether it fits)."""
     chunks: list[list[LineState]] = [[]]
     total = 0
     for line in lines:
         tokens = estimate_prompt_tokens(line.messages)
-        if chunks[-1] and total + tokens > _LIMIT_SHARE * limit:
+        if chunks[-1] and total + tokens > ENQUEUED_SHARE * limit:
             chunks.append([])
             total = 0
         chunks[-1].append(line)
