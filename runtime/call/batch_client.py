@@ -83,8 +83,8 @@ def _transient(error: BaseException) -> bool:
 class BatchClient:
     """The Batch API of one endpoint. ``poll_first_s`` doubles up to ``poll_max_s`` between
     polls; a poll that fails with a retryable error (5xx, 429, a dropped connection) is
-    repeated within the endpoint's attempts. Threads may share it; setting ``stopping``
-    ends every wait of theirs at once (``Stopped``)."""
+    repeated within the endpoint's attempts. Threads may share it; once ``stopping`` is set,
+    every wait of theirs ends at once and no request is sent (``Stopped``)."""
 
     def __init__(self, endpoint: Endpoint, poll_first_s: float = 0.5,
                  poll_max_s: float = 60.0) -> None:
@@ -102,6 +102,7 @@ class BatchClient:
                                 wait=wait_exponential(self.endpoint.backoff_s, max=30),
                                 retry=retry_if_exception(_transient), reraise=True,
                                 sleep=self.pause):
+            self.pause(0)  # once told to stop, no request is sent
             with attempt, map_exceptions(self.endpoint.api_key.get_secret_value()):
                 with self._counting:
                     self.requests += 1
