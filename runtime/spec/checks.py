@@ -68,8 +68,7 @@ def graph_problems(inputs: Iterable[str], steps: list[StepView],
     and there is no cycle) the final step."""
     inputs = list(inputs)
     problems = _identity(inputs, steps, file)
-    duplicated = bool(problems) and any(p.field == "id" and "duplicate" in p.message
-                                        for p in problems)
+    duplicated = len({step.id for step in steps}) < len(steps)
     for step in steps:
         problems += _unknown_dependencies(steps, step, file)
     # The rest reads a misspelled dependency as the step it nearly names: its consequences
