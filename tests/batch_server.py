@@ -4,7 +4,8 @@ OpenAI's shapes, implemented its own way, counting every request it gets.
 A job ends after ``polls_to_finish`` retrieves (not by the clock, so tests do not depend on
 a loaded machine's timing), or never while ``hold`` is set or fewer than ``hold_until``
 jobs have been created. A file whose lines ask for more than one model is refused
-(``one_model_per_file``, as many providers do). Lines of the steps named in
+(``one_model_per_file``, as many providers do). A job of a model in ``broken_polls`` is in
+progress while another job is, and then every poll of it answers 500. Lines of the steps named in
 ``fail_once`` answer 500 the first time; lines of ``reject`` always answer 400. Every line
 answered 200 is billed in ``billed`` (prompt = characters / 4, completion = min(40,
 max_tokens)), so a test compares what chainray counted with what the server charged.
@@ -47,6 +48,7 @@ class BatchServer:
     reject: set[str] = field(default_factory=set)
     batch_api: bool = True
     missing_models: set[str] = field(default_factory=set)  # lines of these answer 404
+    broken_polls: set[str] = field(default_factory=set)  # models whose jobs' polls answer 500
     count: Counter = field(default_factory=Counter)
     billed: list[dict] = field(default_factory=list)  # custom_id, model, prompt, completion
     files: dict[str, bytes] = field(default_factory=dict)
@@ -117,6 +119,12 @@ class BatchServer:
     async def retrieve(self, request: web.Request) -> web.Response:
         self.count["batch_retrieve"] += 1
         job = self.jobs[request.match_info["id"]]
+        if job["_lines"][0]["body"]["model"] in self.broken_polls:
+            if any(other["status"] == "in_progress" for other in self.jobs.values()
+                   if other is not job):
+                return web.json_response(_public(job))
+            return web.json_response({"error": {"message": "poll failed",
+                                                "type": "server_error"}}, status=500)
         self.retrieved[job["id"]] += 1
         if job["status"] == "in_progress" and not self.hold and \
                 len(self.created_ids) >= self.hold_until and \

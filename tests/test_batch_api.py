@@ -22,6 +22,7 @@ from chainray.api.resume import prepare_batch
 from chainray.call.batch_client import BatchClient
 from chainray.call.endpoint import Endpoint
 from chainray.cli.main import main
+from chainray.errors import EndpointError
 from chainray.plan.cost import load_prices
 from chainray.plan.schedule import resolve
 from chainray.spec.chain import load_chain
@@ -295,6 +296,25 @@ def test_each_models_enqueued_limit_is_its_own_and_a_resume_keeps_it(tmp_path, m
     assert sum(r.run_totals.api_calls for r in ran.results) == 18  # both invocations'
 
 
+def test_a_model_whose_job_fails_leaves_the_others_answers_to_the_resume_unpaid_twice(
+        tmp_path):
+    # gpt-4o's job cannot be polled: the run fails with it, while gpt-4o-mini's job has
+    # answered. Its answers were not journaled, so the job is not marked collected either:
+    # the resume polls it again (free) instead of sending its lines again (paid twice).
+    server = BatchServer(broken_polls={"gpt-4o"})
+    with server.running() as url:
+        with pytest.raises(EndpointError):
+            _two_models(tmp_path, url, 3, batch_id="bbroken", backoff_s=0.2,
+                        max_attempts=3)
+        assert len(server.billed) == 3  # gpt-4o-mini's lines
+        server.broken_polls = set()
+        ran = _two_models(tmp_path, url, 3, resume="bbroken")
+    assert [r.status for r in ran.results] == ["ok"] * 3
+    assert ran.report.adopted_jobs == 2 and server.count["batch_create"] == 3
+    assert len(server.billed) == 9 == len({b["custom_id"] for b in server.billed})
+    assert sum(r.run_totals.api_calls for r in ran.results) == 9
+
+
 def test_the_spend_cap_reserves_a_jobs_worst_case_before_creating_it(inputs):
     server = BatchServer()
     with server.running() as url:
@@ -530,7 +550,7 @@ def test_ctrl_c_while_a_job_runs_exits_130_and_the_resume_polls_that_job(tmp_pat
         batch_id = next((Path(home) / "runs").iterdir()).name
         resumed = _driver(url, home, "--resume", batch_id)
         resumed.communicate(timeout=120)
-    assert driver.returncode == 130 and "a resume polls it" in err
+    assert driver.returncode == 130 and "a resume polls them" in err
     assert resumed.returncode == 0 and server.created_ids.count("job0") == 1
     assert server.count["batch_create"] == 4 and len(server.billed) == RUNS * 6
 
@@ -551,7 +571,7 @@ def test_ctrl_c_while_two_models_jobs_run_stops_both_and_the_resume_polls_them(t
         batch_id = next((Path(home) / "runs").iterdir()).name
         resumed = _driver(url, home, "--resume", batch_id, chain=str(chain))
         _, resumed_err = resumed.communicate(timeout=120)
-    assert driver.returncode == 130 and "a resume polls it" in err
+    assert driver.returncode == 130 and "a resume polls them" in err
     assert resumed.returncode == 0, resumed_err
     assert server.created_ids[:2] == ["job0", "job1"] and server.count["batch_create"] == 3
     assert len(server.billed) == RUNS * 3 == len({b["custom_id"] for b in server.billed})

@@ -19,7 +19,7 @@ from chainray.api.batch import (
 from chainray.api.config import SessionConfig, configure
 from chainray.api.resume import BatchRecord, PreparedBatch, prepare_batch
 from chainray.cli.flags import cap_message, pick_strategy, prepare, resume_hint
-from chainray.errors import InputError
+from chainray.errors import EndpointError, InputError
 from chainray.runner.journal import journal_dir
 from chainray.spec.chain import Chain
 
@@ -65,9 +65,15 @@ def _batch_api(batch: PreparedBatch, config: SessionConfig,
     try:
         ran = run_batch_api(batch, config, on_result=writer.add)
     except KeyboardInterrupt:  # the jobs are journaled: a resume polls them, paying nothing
-        print("chainray: the Batch API job in progress keeps running at the provider and "
-              "is paid for; a resume polls it instead of creating it again", file=sys.stderr)
+        print("chainray: the Batch API jobs in progress keep running at the provider and "
+              "are paid for; a resume polls them instead of creating them again",
+              file=sys.stderr)
         return None, True, []
+    except EndpointError:
+        print("chainray: the Batch API jobs created so far keep running at the provider and "
+              "are journaled; a resume polls them instead of creating them again",
+              file=sys.stderr)
+        raise
     writer.totals.batch_api = {"jobs": ran.report.jobs, "adopted_jobs": ran.report.adopted_jobs,
                                "lines": ran.report.lines, "requests": ran.report.requests,
                                "turnaround_s": ran.report.turnaround_s}

@@ -57,6 +57,10 @@ class BatchExecution:
         self.learned: dict[str, dict[str, Adaptation]] = {}  # model -> what it rejected
         self.ends = time.monotonic() + services.wait_s  # for every job of this invocation
         self._shared = threading.Lock()  # the report and the spend cap, across models' jobs
+        # Jobs read whose steps are not journaled yet (file id -> turnaround): the log marks
+        # them collected only after, so a job whose answers an interrupt or another model's
+        # error left unjournaled is polled again by the resume, not sent again.
+        self._read: dict[str, float | None] = {}
 
     def run(self, on_result: Callable[[RunResult], object] = lambda _: None
             ) -> list[RunResult]:
@@ -83,6 +87,7 @@ class BatchExecution:
             for line, outcome, job in self._send(lines):
                 if (again := self._settle(line, outcome, job, by_run)) is not None:
                     waiting.append(again)
+            self._journaled()
         self.report.requests = self.services.client.requests
         stuck = [state.job.run_id for state in states if not state.done]
         if stuck:  # every ready step became a line and every line ends: cannot happen
@@ -216,7 +221,7 @@ class BatchExecution:
     def _collect(self, entry: JobEntry) -> tuple[BatchJob, dict[str, dict]]:
         """Wait for a job to end (cancelling it when ``wait_s`` has run out), then read its
         output and error files: (the job, result lines by custom_id). The log marks it
-        collected only once the caller has its lines."""
+        collected once the caller has journaled its steps (``_journaled``)."""
         client, services = self.services.client, self.services
         job = client.wait(entry.job_id, self._left_s())
         if not job.ended:
@@ -232,13 +237,20 @@ class BatchExecution:
                  for line in client.read(job.output_file_id) + client.read(job.error_file_id)}
         turnaround = time.time() - entry.created_at if entry.created_at and not \
             _over_enqueued_limit(job) else None  # a refused job ran nothing: no turnaround
-        services.log.collected(entry.file_id, round(turnaround, 3) if turnaround else None)
-        if turnaround is not None:
-            with self._shared:
+        with self._shared:
+            self._read[entry.file_id] = round(turnaround, 3) if turnaround else None
+            if turnaround is not None:
                 self.report.turnaround_s.append(round(turnaround, 3))
         services.say(f"batch job {job.id} {job.status}: {job.completed} line(s) completed, "
                      f"{job.failed} failed")
         return job, lines
+
+    def _journaled(self) -> None:
+        """Mark collected the jobs read so far: their answered steps are journaled now."""
+        with self._shared:
+            read, self._read = self._read, {}
+        for file_id, turnaround in read.items():
+            self.services.log.collected(file_id, turnaround)
 
     def _settle(self, line: LineState, outcome: Outcome, job: BatchJob | None,
                 runs: dict[str, RunState]) -> LineState | None:
@@ -307,6 +319,7 @@ class BatchExecution:
                 if result is not None:
                     found.setdefault(run_id, {})[step_id] = result
                     journal_step(jobs[run_id], result)
+            self._journaled()
         return found
 
 
