@@ -38,11 +38,13 @@ def home(tmp_path, monkeypatch):
 
 
 def fake_run(chain: Chain, strategy: str, *, reply: int = 300, tps: float = 150.0,
-             ttft: float = 0.3, slots: int | None = None, model: str = "m",
-             start: float = 1000.0, run_id: str = "r") -> RunResult:
-    """A run as a server that always writes ``reply`` tokens (whatever max_tokens says) would
-    produce it: phases one after another, every step of a phase sent at once, each slowed by
-    ``max(1, k / slots)`` with k requests in the phase."""
+             ttft: float = 0.3, slots: int | None = None, model: str | None = "m",
+             start: float = 1000.0, run_id: str = "r",
+             reply_of: dict[str, int] | None = None) -> RunResult:
+    """A run as a server that always writes ``reply`` tokens (whatever max_tokens says; a
+    model in ``reply_of`` that many) would produce it: phases one after another, every step of
+    a phase sent at once, each slowed by ``max(1, k / slots)`` with k requests in the phase.
+    ``model`` None: each step's model is the chain's."""
     schedule = resolve(chain, strategy)
     outputs: dict[str, str] = {}
     steps, now = {}, start
@@ -59,7 +61,8 @@ def fake_run(chain: Chain, strategy: str, *, reply: int = 300, tps: float = 150.
                                             started_at=now, finished_at=now + 0.001)
                 continue
             cap = chain.settings_for(step).max_tokens or 512
-            tokens = min(reply, cap)
+            named = model or chain.settings_for(step).model
+            tokens = min((reply_of or {}).get(named, reply), cap)
             text = render_prompt(step.prompt or "", chain.inputs, seen, step.after)
             prompt = estimate_prompt_tokens([{"role": "user", "content": text}])
             seconds = (ttft + (tokens - 1) / tps) * slow
@@ -70,7 +73,7 @@ def fake_run(chain: Chain, strategy: str, *, reply: int = 300, tps: float = 150.
                 id=step_id, status="ok", output=outputs[step_id], started_at=now,
                 finished_at=now + seconds, latency_ms=seconds * 1000, ttft_ms=ttft * 1000,
                 prompt_tokens=prompt, completion_tokens=tokens, attempts=1,
-                attempt_log=(attempt,), truncated=tokens == cap and reply > cap, model=model)
+                attempt_log=(attempt,), truncated=tokens == cap and reply > cap, model=named)
             ends.append(seconds)
         now += max(ends, default=0.001) + 0.02  # chainray's own 20 ms between phases
     ordered = tuple(steps[p.id] for p in schedule.steps)
@@ -264,3 +267,33 @@ def test_after_its_own_runs_a_chain_with_a_python_join_is_predicted_closely():
         assert guess.lengths_from == {"this step, this strategy": 13}
         assert guess.total_tokens == pytest.approx(measured.total_tokens, rel=0.01), strategy
         assert guess.makespan_s == pytest.approx(measured.latency_ms / 1000, rel=0.05), strategy
+
+
+def test_each_models_steps_are_predicted_from_that_models_own_profile():
+    # A cheap model writes 60 tokens, a strong one 350 on the same endpoint: the strong
+    # model's step, predicted from the cheap model's profile, came out at the cheap one's
+    # typical reply (a newcomer's mixed chain: 34 % too cheap after learning).
+    chain = Chain.model_validate({
+        "name": "two_models", "inputs": {"topic": "tides"},
+        "defaults": {"model": "gpt-4o-mini", "max_tokens": 400},
+        "steps": [{"id": "facts", "prompt": "Facts about {topic}"},
+                  {"id": "question", "model": "gpt-4o", "prompt": "A question on {topic}"},
+                  {"id": "merge", "after": ["facts", "question"],
+                   "prompt": "Merge {facts} and {question}"}]})
+    server = dict(reply=60, reply_of={"gpt-4o": 350}, model=None)
+    learn(chain, **server)
+    found = plan(chain, base_url=URL, strict=True)
+    assert found.model == "gpt-4o-mini" and found.other_models == {"gpt-4o": 3}
+    for strategy in STRATEGIES:
+        measured = fake_run(chain, strategy, **server)
+        guess = found.predictions[strategy]
+        assert guess.completion_tokens == measured.completion_tokens, strategy
+        assert guess.total_tokens == pytest.approx(measured.total_tokens, rel=0.02), strategy
+    lines = "\n".join(found_lines(found))
+    assert "gpt-4o's steps: its own profile, 3 requests" in lines
+
+
+def found_lines(found) -> list[str]:
+    from chainray.cli.plan import _basis
+
+    return _basis(found)

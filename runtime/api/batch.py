@@ -186,12 +186,13 @@ def batch_forecast(config: SessionConfig, chain: Chain, strategy: str, inputs: l
     from chainray.plan.forecast import forecast_batch
 
     limits = stated_limits(config, config.uses_simulator)
-    latency, replies, *_ = endpoint_models(chain, config.base_url, config.model)
+    basis = endpoint_models(chain, config.base_url, config.model)
     return forecast_batch(chain, strategy, load_prices(config.prices), runs=len(inputs),
                           rpm=limits.rpm, tpm=limits.tpm,
                           max_concurrency=config.max_concurrency, window=window,
                           target_share=config.target_share, burst_s=limits.burst_s,
-                          inputs=inputs, model=latency, replies=replies)
+                          inputs=inputs, model=basis.latency, replies=basis.replies,
+                          others=basis.others)
 
 
 class BatchApiRun(NamedTuple):

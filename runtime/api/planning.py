@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -51,6 +52,9 @@ class Plan(BaseModel):
     model: str = DEFAULT_MODEL
     profiled: bool = False  # False: the defaults, nothing measured
     notes: tuple[str, ...] = ()  # a profile that could not be read, and the like
+    # the chain's other models: requests measured on the endpoint (0: none, so their steps
+    # are predicted by ``model``'s profile)
+    other_models: dict[str, int] = {}
     # ``predictions`` are with prefix warm-up (a run's default); these without it, for the
     # strategies where it changes anything; hints: how the prompts could share a prefix
     without_warmup: dict[str, Prediction] = {}
@@ -81,18 +85,53 @@ def _calibration(paths: list[str], label: str, model: str, chain: Chain) -> list
     return items
 
 
+class Basis(NamedTuple):
+    """What predictions of a chain on an endpoint rest on: the main model's latency model
+    and reply lengths (measured, or the stated defaults), and those of the chain's other
+    models measured there (``predict``'s ``others``)."""
+
+    latency: LatencyModel
+    replies: Replies
+    endpoint: str
+    model: str
+    profiled: bool
+    notes: tuple[str, ...]
+    others: dict[str, tuple[LatencyModel, Replies]]
+    other_requests: dict[str, int]  # each other model: requests measured (0: none)
+
+
+def _other_models(chain: Chain, label: str, main: str
+                  ) -> tuple[dict[str, tuple[LatencyModel, Replies]], dict[str, int], list[str]]:
+    """The profiles of the chain's models other than ``main`` on ``label``: (models, requests
+    each rests on, problems reading them)."""
+    measured, requests, notes = {}, {}, []
+    for name in dict.fromkeys(chain.settings_for(s).model or DEFAULT_MODEL
+                              for s in chain.steps if s.kind == "llm"):
+        if name == main:
+            continue
+        profile, problem = load_profile(label, name)
+        notes += [problem] if problem else []
+        requests[name] = profile.requests if profile is not None else 0
+        if profile is not None and profile.requests:
+            measured[name] = models(profile)
+    return measured, requests, notes
+
+
 def endpoint_models(chain: Chain, base_url: str | None = None, model: str | None = None,
-                    calibrate_from: Iterable[str] = (), strict: bool = False
-                    ) -> tuple[LatencyModel, Replies, str, str, bool, tuple[str, ...]]:
-    """The latency model and reply lengths for ``chain`` on an endpoint (label, model,
-    whether measured, notes). ``strict``: an endpoint with no profile is an ``InputError``."""
+                    calibrate_from: Iterable[str] = (), strict: bool = False) -> Basis:
+    """What predictions of ``chain`` on an endpoint rest on (``model``: every step's, else
+    the chain's most used one, the others' own profiles where measured). ``strict``: an
+    endpoint with no profile of the main model is an ``InputError``."""
     if base_url and base_url.startswith(SIMULATOR):
         label = base_url
     else:
         label = endpoint_label(base_url) if base_url else default_endpoint(os.environ)
-    model = model or _main_model(chain)
+    main = model or _main_model(chain)  # a model given is every step's
+    others, other_requests, other_notes = ({}, {}, []) if model else \
+        _other_models(chain, label, main)
+    model = main
     profile, problem = load_profile(label, model)
-    notes = (problem,) if problem else ()
+    notes = ((problem,) if problem else ()) + tuple(other_notes)
     paths = list(calibrate_from)
     if paths:
         profile = profile or Profile(endpoint=label, model=model)
@@ -104,9 +143,10 @@ def endpoint_models(chain: Chain, base_url: str | None = None, model: str | None
                 (f"{problem}; " if problem else "") + f"no profile of {label} ({model}): "
                 "nothing was measured there yet; run or bench a chain on it first, or pass "
                 "--calibrate FILE" + (f" (profiles: {'; '.join(known)})" if known else ""))
-        return LatencyModel(), DEFAULT_REPLIES, label, model, False, notes
+        return Basis(LatencyModel(), DEFAULT_REPLIES, label, model, False, notes, others,
+                     other_requests)
     latency, replies = models(profile)
-    return latency, replies, label, model, True, notes
+    return Basis(latency, replies, label, model, True, notes, others, other_requests)
 
 
 def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | None = None,
@@ -134,20 +174,23 @@ def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | 
         raise InputError(f"objective must be latency, cost or quality, got {objective!r}")
     chain = chain if isinstance(chain, Chain) else load_chain(str(chain))
     price_table = load_prices(prices)
-    latency, replies, label, name, profiled, notes = endpoint_models(
-        chain, base_url, model, calibrate_from, strict)
+    basis = endpoint_models(chain, base_url, model, calibrate_from, strict)
+    latency, replies = basis.latency, basis.replies
     schedules = {s: resolve(chain, s) for s in STRATEGIES}
     predictions = {s: predict(chain, s, price_table, latency, replies, schedules[s],
-                              prefix_warmup=True, min_prefix_tokens=min_prefix_tokens)
+                              prefix_warmup=True, min_prefix_tokens=min_prefix_tokens,
+                              others=basis.others)
                    for s in STRATEGIES}
-    cold = {s: predict(chain, s, price_table, latency, replies, schedules[s])
+    cold = {s: predict(chain, s, price_table, latency, replies, schedules[s],
+                       others=basis.others)
             for s in STRATEGIES if predictions[s].cached_tokens}
     cold = {s: p for s, p in cold.items() if p != predictions[s]}  # warm-up changed it
     advice = advise(chain, objective, predictions, latency, schedules, cold)
     return Plan(chain=chain.name, objective=objective, strategy=advice.strategy,
                 reasons=advice.reasons, schedules=schedules,
                 predictions=predictions, latency_model=latency, replies=replies,
-                endpoint=label, model=name, profiled=profiled, notes=notes,
+                endpoint=basis.endpoint, model=basis.model, profiled=basis.profiled,
+                notes=basis.notes, other_models=basis.other_requests,
                 without_warmup=cold, prefix_warmup=advice.prefix_warmup,
                 hints=tuple(prefix_hints(chain, schedules[advice.strategy],
                                          min_prefix_tokens)))

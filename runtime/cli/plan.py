@@ -29,7 +29,15 @@ def _basis(found: Plan) -> list[str]:
             f"ms/token, {model.tokens_per_s:.0f} tokens/s, {model.overhead_s * 1000:.0f} ms "
             "per step"
             + (f", full speed up to ~{model.slots} requests in flight" if model.slots else ""),
-            f"  reply lengths: {replies.source}"]
+            f"  reply lengths: {replies.source}",
+            *_other_models(found.other_models, found.model)]
+
+
+def _other_models(requests: dict[str, int], main: str) -> list[str]:
+    """Which of the chain's other models have a profile of their own."""
+    return [f"  {name}'s steps: its own profile, {n} requests" if n else
+            f"  {name}'s steps: nothing measured for {name} yet; predicted as {main}"
+            for name, n in requests.items()]
 
 
 def print_plan(scenario: str, objective: Objective = "latency", calibrate_from=(),
@@ -103,17 +111,21 @@ def print_forecast(scenario: str, *, strategy: str, objective: Objective, runs: 
 
     chain = load_chain(scenario)
     prices = load_prices(prices_path)
-    latency, replies, label, name, profiled, notes = endpoint_models(
-        chain, base_url, model, calibrate_from, strict=bool(base_url))
-    for note in notes:
+    basis = endpoint_models(chain, base_url, model, calibrate_from, strict=bool(base_url))
+    latency, replies, others = basis.latency, basis.replies, basis.others
+    for note in basis.notes:
         print(f"chainray: {note}", file=sys.stderr)
     inputs = read_batch_inputs(inputs_path, chain, dict(chain.inputs)) if inputs_path else None
     if strategy == "auto":
-        predictions = {s: predict(chain, s, prices, latency, replies) for s in STRATEGIES}
+        predictions = {s: predict(chain, s, prices, latency, replies, others=others)
+                       for s in STRATEGIES}
         strategy = advise(chain, objective, predictions, latency).strategy
     forecast = forecast_batch(chain, strategy, prices, runs=runs or 1, rpm=rpm, tpm=tpm,
                               max_concurrency=max_concurrency, window=window, model=latency,
-                              inputs=inputs, replies=replies)
-    print(f"{'profile' if profiled else 'defaults (nothing measured yet)'}: {label} ({name})")
+                              inputs=inputs, replies=replies, others=others)
+    print(f"{'profile' if basis.profiled else 'defaults (nothing measured yet)'}: "
+          f"{basis.endpoint} ({basis.model})")
+    for line in _other_models(basis.other_requests, basis.model):
+        print(line)
     for line in _describe(forecast, rpm, tpm, max_concurrency):
         print(line)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from chainray.plan.cost import PriceTable
 from chainray.plan.fit import LatencyModel
 from chainray.plan.lengths import Replies
-from chainray.plan.predict import Prediction, predict
+from chainray.plan.predict import Measured, Prediction, predict
 from chainray.plan.schedule import Strategy
 from chainray.spec.chain import Chain
 
@@ -53,12 +53,13 @@ class BatchForecast(BaseModel):
 
 
 def _per_run(chain: Chain, strategy: Strategy, prices: PriceTable, model: LatencyModel,
-             inputs: Sequence[dict] | None, replies: Replies | None) -> list[Prediction]:
+             inputs: Sequence[dict] | None, replies: Replies | None,
+             others: Measured | None) -> list[Prediction]:
     if not inputs:
-        return [predict(chain, strategy, prices, model, replies)]
+        return [predict(chain, strategy, prices, model, replies, others=others)]
     sample = list(inputs)[:: max(1, math.ceil(len(inputs) / SAMPLE_INPUTS))]
     return [predict(chain.model_copy(update={"inputs": {**chain.inputs, **line}}), strategy,
-                    prices, model, replies) for line in sample]
+                    prices, model, replies, others=others) for line in sample]
 
 
 def forecast_batch(chain: Chain, strategy: Strategy, prices: PriceTable, *, runs: int,
@@ -66,11 +67,13 @@ def forecast_batch(chain: Chain, strategy: Strategy, prices: PriceTable, *, runs
                    window: int = 64, target_share: float = 0.95, burst_s: float = 1.0,
                    model: LatencyModel | None = None,
                    inputs: Sequence[dict] | None = None,
-                   replies: Replies | None = None) -> BatchForecast:
-    """Forecast ``runs`` runs (or one per line of ``inputs``) of ``chain`` under the limits."""
+                   replies: Replies | None = None, others: Measured | None = None
+                   ) -> BatchForecast:
+    """Forecast ``runs`` runs (or one per line of ``inputs``) of ``chain`` under the limits
+    (``model``, ``replies``, ``others``: as ``predict`` takes them)."""
     model = model or LatencyModel()
     runs = len(inputs) if inputs else runs
-    each = _per_run(chain, strategy, prices, model, inputs, replies)
+    each = _per_run(chain, strategy, prices, model, inputs, replies, others)
     run_s = statistics.mean(p.makespan_s for p in each)
     tokens = statistics.mean(p.total_tokens for p in each)
     calls = each[0].calls

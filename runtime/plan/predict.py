@@ -6,7 +6,8 @@ them, the "previously covered" block (300 characters of each). It is measured, n
 the template is filled once with empty outputs and the outputs' predicted lengths are added,
 so a sequential chain of thousands of steps costs time linear in its size. Prompt tokens are
 chainray's estimate (``chainray.tokens``) times the endpoint's measured ratio of its own count
-to that estimate. Reply lengths come from ``chainray.plan.lengths``.
+to that estimate. Reply lengths come from ``chainray.plan.lengths``. Each step is predicted by
+its own model's profile where one was measured (``others``), else by the chain's main one.
 
 Latency: per llm step ``chainray.plan.fit.step_seconds``; a phase of parallel steps waits for
 the slowest of them, so the makespan is the mean over fixed draws of time to first token and
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
@@ -36,7 +38,10 @@ from chainray.spec.templates import template_fields
 from chainray.tokens import estimate_text_tokens
 
 __all__ = ["LatencyModel", "Prediction", "predict", "step_seconds", "StepShape", "step_shapes",
-           "prompt_chars"]
+           "prompt_chars", "Measured"]
+
+# A model's measured latency and reply lengths, by model (``predict``'s ``others``).
+Measured = Mapping[str, tuple[LatencyModel, Replies]]
 
 _DRAWS = 64  # at most; fewer for very large chains (the budget below)
 _DRAW_BUDGET = 16_000  # step evaluations over all draws (at least 8 draws)
@@ -161,8 +166,10 @@ def _percentiles(values: list[float]) -> tuple[float, float]:
 def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
             model: LatencyModel | None = None, replies: Replies | None = None,
             schedule: Schedule | None = None, prefix_warmup: bool = False,
-            min_prefix_tokens: int = MIN_PREFIX_TOKENS) -> Prediction:
-    """``schedule``: ``resolve(chain, strategy)`` when the caller has it already.
+            min_prefix_tokens: int = MIN_PREFIX_TOKENS, others: Measured | None = None
+            ) -> Prediction:
+    """``schedule``: ``resolve(chain, strategy)`` when the caller has it already; ``model``
+    and ``replies``: the main model's, for every step whose model has none in ``others``.
 
     A step reads the prefix it shares with a step it waits for from the provider's cache; with
     ``prefix_warmup``, siblings that share one start at their leader's first token and read
@@ -172,52 +179,55 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
     shapes = step_shapes(chain, schedule)
     order = [s.id for s in shapes]
     depends = {p.id: p.depends_on for p in schedule.steps}
+    own = {s.id: (others or {}).get(s.model, (model, replies)) for s in shapes}
+    lat = {s: pair[0] for s, pair in own.items()}
+    rep = {s: pair[1] for s, pair in own.items()}
     lengths, sources = {}, {}
     for shape in shapes:
         if shape.llm:
             unnamed = shape.prefix - len(shape.named) if shape.prefix else len(shape.extras)
             covered = unnamed + sum(1 for _, cap in shape.named if cap)  # excerpts shown
-            mean, sd, where = reply_tokens(replies, f"{chain.name}/{shape.id}", strategy,
-                                           shape.max_tokens, shape.opening, shape.withheld,
-                                           covered)
+            mean, sd, where = reply_tokens(rep[shape.id], f"{chain.name}/{shape.id}",
+                                           strategy, shape.max_tokens, shape.opening,
+                                           shape.withheld, covered)
             lengths[shape.id] = (mean, sd, shape.max_tokens)
             sources[where] = sources.get(where, 0) + 1
     python = {k.split("/", 1)[1]: v[strategy] for k, v in replies.python_chars.items()
               if k.split("/", 1)[0] == chain.name and strategy in v}
 
     def tokens(completion: dict[str, float]) -> tuple[dict[str, int], dict[str, int]]:
-        out = {s: c * replies.chars_per_token for s, c in completion.items()}
+        out = {s: c * rep[s].chars_per_token for s, c in completion.items()}
         chars = prompt_chars(shapes, out, python)
-        scale = replies.prompt_scale
-        prompt = {s.id: round(scale * (s.message_tokens + 3 + max(1, (chars[s.id] + 3) // 4)))
-                  for s in shapes if s.llm}
+        prompt = {s.id: round(rep[s.id].prompt_scale * (
+            s.message_tokens + 3 + max(1, (chars[s.id] + 3) // 4))) for s in shapes if s.llm}
         return prompt, {s: max(1, round(c)) for s, c in completion.items()}
 
     def span(prompt: dict[str, int], completion: dict[str, int], ttft: dict[str, float]
              ) -> float:
-        seconds = {s: step_seconds(model, max(0, prompt[s] - cached.get(s, 0)), completion[s],
-                                   ttft[s]) if s in prompt else model.overhead_s for s in order}
+        seconds = {s: step_seconds(lat[s], max(0, prompt[s] - cached.get(s, 0)),
+                                   completion[s], ttft[s]) if s in prompt else
+                   lat[s].overhead_s for s in order}
         for follower, lead in warm.items():  # it leaves at its leader's first token
-            seconds[follower] += ttft[lead] + model.prefill_s_per_token * prompt[lead]
+            seconds[follower] += ttft[lead] + lat[lead].prefill_s_per_token * prompt[lead]
         if model.slots is None:
             return longest_finish(order, depends, seconds)
         # the engine shares its decoding; time to first token is each request's own
-        work = {s: max(0, completion[s] - 1) / model.tokens_per_s if s in prompt else 0.0
+        work = {s: max(0, completion[s] - 1) / lat[s].tokens_per_s if s in prompt else 0.0
                 for s in order}
         return shared_finish(order, depends, work,
                              {s: seconds[s] - work[s] for s in order}, model.slots)
 
     prompt, completion = tokens({s: m for s, (m, _, _) in lengths.items()})
-    shared, warm = _cached(chain, schedule, shapes, lengths, python, replies,
+    shared, warm = _cached(chain, schedule, shapes, lengths, python, rep,
                            min_prefix_tokens, prefix_warmup)
-    cached = {s: min(prompt[s], round(replies.prompt_scale * n)) for s, n in shared.items()}
+    cached = {s: min(prompt[s], round(rep[s].prompt_scale * n)) for s, n in shared.items()}
     rng = random.Random(f"draws:{model.seed}")
-    median = model.ttft_s / math.exp(model.ttft_sigma**2 / 2)
+    median = {s: m.ttft_s / math.exp(m.ttft_sigma**2 / 2) for s, m in lat.items()}
     spans, totals = [], []
     for _ in range(_draws(len(order))):
         drawn = {s: min(cap, max(1.0, rng.gauss(m, sd))) for s, (m, sd, cap) in lengths.items()}
         p, c = tokens(drawn)
-        ttft = {s: median * rng.lognormvariate(0, model.ttft_sigma) for s in order}
+        ttft = {s: median[s] * rng.lognormvariate(0, lat[s].ttft_sigma) for s in order}
         spans.append(span(p, c, ttft))
         totals.append(sum(p.values()) + sum(c.values()))
     llm_steps = [s for s in shapes if s.llm]
@@ -234,16 +244,16 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
         calls=len(llm_steps), makespan_range=(round(low, 2), round(high, 2)),
         cached_tokens=sum(cached.values()), step_prompt_tokens=prompt,
         tokens_range=(round(tlow), round(thigh)), lengths_from=sources, infeasible=infeasible,
-        step_seconds={s: round(step_seconds(model, prompt[s], completion[s])
-                               if s in prompt else model.overhead_s, 3) for s in order})
+        step_seconds={s: round(step_seconds(lat[s], prompt[s], completion[s])
+                               if s in prompt else lat[s].overhead_s, 3) for s in order})
 
 
 def _cached(chain: Chain, schedule: Schedule, shapes: list[StepShape], lengths: dict,
-            python: dict[str, float], replies: Replies, min_tokens: int, warmup: bool
-            ) -> tuple[dict[str, int], dict[str, str]]:
+            python: dict[str, float], replies: Mapping[str, Replies], min_tokens: int,
+            warmup: bool) -> tuple[dict[str, int], dict[str, str]]:
     """Prompt-cached tokens per step and warm-up followers (``cached_prefixes``), with the
-    outputs at their mean predicted lengths."""
-    out = {s: m * replies.chars_per_token for s, (m, _, _) in lengths.items()}
+    outputs at their mean predicted lengths (``replies``: each step's own)."""
+    out = {s: m * replies[s].chars_per_token for s, (m, _, _) in lengths.items()}
     prompt_chars(shapes, out, python)  # fills in the python steps' outputs
     # what a request opens with: system message, template, inputs, the outputs it names
     opens = {s.id: 4 * s.message_tokens + s.base_chars + sum(
