@@ -132,3 +132,22 @@ def test_run_list_comparisons_never_return_a_failed_run():
     assert "parallel failed" in runs.verdicts()[0]
     none_ok = RunList([run("parallel", 0.4, status="failed")])
     assert none_ok.fastest() is None and none_ok.verdicts()[0].startswith("No verdict")
+
+
+def test_the_pick_weighs_what_was_measured_as_plan_weighs_predictions():
+    from chainray.api.runs import RunList
+
+    # parallel is fastest and cheapest but withholds declared context in quantum_research:
+    # it is named beside the pick, not picked; a strategy with no ok run is not weighed.
+    runs = RunList([run("sequential", 30.0, cost=0.0030), run("hybrid", 15.0, cost=0.0026),
+                    run("parallel", 10.0, cost=0.0020)])
+    latency = runs.advice("quantum_research", "latency")
+    assert latency.strategy == "hybrid"
+    assert "hybrid has the shortest measured makespan (15.0 s)" in latency.reasons[1]
+    assert any(r.startswith("parallel: 5.0 s faster") and "withholds declared context" in r
+               for r in latency.reasons)
+    assert runs.advice("quantum_research", "cost").strategy == "hybrid"
+    assert runs.advice("quantum_research", "quality").strategy == "sequential"
+    failed = RunList([run("sequential", 30.0), run("hybrid", 15.0, status="failed")])
+    assert failed.advice("quantum_research").strategy == "sequential"
+    assert RunList([run("hybrid", 1.0, status="failed")]).advice("quantum_research") is None

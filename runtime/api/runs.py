@@ -18,14 +18,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from chainray.api.options import cap_summary
+from chainray.api.options import as_chain, cap_summary
 from chainray.guards.call_guards import SPEND_CAP
+from chainray.plan.advisor import Advice, Objective, advise
 from chainray.plan.cost import load_prices
-from chainray.plan.schedule import resolve
+from chainray.plan.predict import Prediction
+from chainray.plan.schedule import STRATEGIES, resolve
 from chainray.report.bench import summarize_bench, verdicts
 from chainray.results import RunResult, StepResult
 from chainray.runner.jobs import RunJob
 from chainray.runner.summary import summarize_run
+from chainray.spec.chain import Chain
 
 if TYPE_CHECKING:
     from chainray.api.session import Driver
@@ -48,6 +51,7 @@ class RunList(list[RunResult]):
         runs.ok                 # the runs that finished; runs.failed: the others
         runs.fastest()          # the quickest ok run (None when none finished)
         runs.verdicts()[0]      # "Fastest: hybrid (2.05s, 1.5x faster than parallel)", or a tie
+        runs.advice(chain, "cost").strategy    # the pick, as plan's advisor weighs it
         never = [r for r in runs if r.run_id in runs.not_started]
     """
 
@@ -82,6 +86,22 @@ class RunList(list[RunResult]):
         """``chainray bench``'s verdict lines over these runs, by strategy: fastest, cheapest,
         longest output, each judged on ok runs, a tie when the spreads of repeats overlap."""
         return verdicts(summarize_bench(self)) if self else []
+
+    def advice(self, chain: Chain | str, objective: Objective = "latency") -> Advice | None:
+        """The strategy to pick for ``objective`` from what these runs of ``chain``
+        measured (medians of the ok runs), weighed as ``chainray.plan`` weighs predictions:
+        among the strategies that keep every declared dependency, the best for the
+        objective; the reasons compare the others (and say what they withhold). ``None``
+        when no strategy has an ok run."""
+        rows = [row for row in summarize_bench(self)
+                if row.strategy in STRATEGIES and row.failed < row.runs]
+        if not rows:
+            return None
+        measured = {row.strategy: Prediction(
+            strategy=row.strategy, makespan_s=row.latency_ms / 1000, prompt_tokens=0,
+            completion_tokens=0, total_tokens=round(row.total_tokens),
+            cost=row.estimated_cost, calls=round(row.api_calls)) for row in rows}
+        return advise(as_chain(chain), objective, measured, measured=True)
 
 
 def not_started_result(job: RunJob, spend: dict | None) -> RunResult:

@@ -121,6 +121,12 @@ def add_session_flags(parser: argparse.ArgumentParser, positive_int, positive_fl
         "predicts from)")
 
 
+def add_objective_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--objective`` (run, bench, plan): what the advisor optimises."""
+    parser.add_argument("--objective", choices=("latency", "cost", "quality"),
+                        default="latency", help=f"what {what} optimises (default latency)")
+
+
 def config_from_args(args: argparse.Namespace) -> SessionConfig:
     """The session the flags describe: the fields given, over the config's defaults (and
     live progress, unless ``--quiet``: a terminal shows it, a library keeps quiet)."""

@@ -138,8 +138,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _add_prediction_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--objective", choices=("latency", "cost", "quality"),
-                        default="latency", help="what the advice optimises (default latency)")
+    from chainray.cli.flags import add_objective_flag
+
+    add_objective_flag(parser, "the advice")
     parser.add_argument("--calibrate", metavar="JSON", action="append", default=[],
                         help="earlier run/bench JSON results to add to the endpoint's "
                         "profile (repeatable)")

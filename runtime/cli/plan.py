@@ -4,6 +4,7 @@ person; with ``--runs N`` or ``--inputs FILE``, the forecast of a batch under th
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 from chainray.api.planning import Plan, endpoint_models, plan
 from chainray.plan.advisor import Objective, advise
@@ -13,7 +14,15 @@ from chainray.plan.predict import predict
 from chainray.plan.schedule import STRATEGIES
 from chainray.spec.chain import load_chain
 
-__all__ = ["print_plan", "print_forecast"]
+__all__ = ["print_plan", "print_forecast", "print_advice"]
+
+
+def print_advice(heading: str, strategy: str, reasons: Sequence[str]) -> None:
+    """The advisor's pick and its reasons (``plan``'s from predictions, ``bench``'s from
+    what was measured)."""
+    print(f"{heading}: {strategy}")
+    for reason in reasons:
+        print(f"  - {reason}")
 
 
 def _basis(found: Plan) -> list[str]:
@@ -72,9 +81,7 @@ def print_plan(scenario: str, objective: Objective = "latency", calibrate_from=(
     for line in _basis(found):
         print(line)
     print("(ranges: 10th-90th percentile)")
-    print(f"recommended for {objective}: {found.strategy}")
-    for reason in found.reasons:
-        print(f"  - {reason}")
+    print_advice(f"recommended for {objective}", found.strategy, found.reasons)
     for hint in found.hints:
         print(f"prompt caching: {hint}")
 

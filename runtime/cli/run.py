@@ -14,8 +14,10 @@ from pydantic import TypeAdapter
 
 from chainray.api import options as opts
 from chainray.api.resume import is_batch, prepare_run
+from chainray.api.runs import RunList
 from chainray.cli.batch import cmd_batch
 from chainray.cli.flags import (
+    add_objective_flag,
     add_session_flags,
     cap_message,
     finish,
@@ -24,6 +26,7 @@ from chainray.cli.flags import (
     resume_hint,
     write_json,
 )
+from chainray.cli.plan import print_advice
 from chainray.errors import InputError
 from chainray.plan.schedule import STRATEGIES
 from chainray.report.bench import bench_summary
@@ -51,8 +54,7 @@ def add_run_parser(commands, positive_int, positive_float) -> None:
                      choices=("sequential", "parallel", "hybrid", "auto"),
                      help="how to schedule the steps (default hybrid: as declared; auto: "
                      "the advisor picks for --objective and says why)")
-    run.add_argument("--objective", choices=("latency", "cost", "quality"), default="latency",
-                     help="what --strategy auto optimises (default latency)")
+    add_objective_flag(run, "--strategy auto")
     run.add_argument("--resume", metavar="RUN|BATCH",
                      help="finish run RUN (a run of a batch too: BATCH-N) or batch BATCH "
                      "(its runs that are not ok run again): steps the journals hold as "
@@ -84,7 +86,9 @@ def add_bench_parser(commands, positive_int, positive_float) -> None:
         description="Run the chain under each strategy on identical inputs, one strategy "
         "after another (so they never share the rate-limit budget and distort each other), "
         "and print Strategy, Latency, Tokens, Calls, Cost and Output side by side, then the "
-        "fastest, cheapest and longest-output strategies.",
+        "fastest, cheapest and longest-output strategies, and the one to pick for --objective "
+        "from what was measured (weighed as plan weighs its predictions: a strategy that "
+        "withholds declared context from a step is named beside the pick, not picked).",
         epilog="examples:\n  chainray bench quantum_research\n"
         "  chainray bench code_review --strategies parallel,hybrid --repeat 5 --json b.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,6 +97,7 @@ def add_bench_parser(commands, positive_int, positive_float) -> None:
                        help="comma-separated (default sequential,parallel,hybrid)")
     bench.add_argument("--repeat", type=positive_int, default=1,
                        help="runs per strategy; the table shows medians and spread")
+    add_objective_flag(bench, "the pick")
     bench.add_argument("--summary-json", metavar="PATH",
                        help="write the table as JSON: per strategy medians, min-max, retries, "
                        "429s, queued time, redundancy; and the verdict lines")
@@ -157,6 +162,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             indent=2))
         print(f"summary written to {args.summary_json}", file=sys.stderr)
     print_bench(chain.name, results)
+    if (advice := RunList(results).advice(chain, args.objective)) is not None:
+        print_advice(f"Pick for {args.objective}, from what was measured", advice.strategy,
+                     advice.reasons)
     if (message := cap_message(spend)) is not None:
         print(message, file=sys.stderr)
         return 1

@@ -147,21 +147,24 @@ def advise(chain: Chain, objective: Objective = "latency",
            predictions: Mapping[str, Prediction] | None = None,
            model: LatencyModel | None = None,
            schedules: Mapping[str, Schedule] | None = None,
-           cold: Mapping[str, Prediction] | None = None) -> Advice:
-    """Recommend a strategy; ``predictions`` (strategy -> Prediction) default to ``predict``
-    with the bundled prices and ``model`` (default: the default latency model). ``cold``:
-    predictions without prefix warm-up (``predictions`` have it on), weighed per strategy
-    under ``objective``."""
+           cold: Mapping[str, Prediction] | None = None, measured: bool = False) -> Advice:
+    """Recommend a strategy among those of ``predictions`` (strategy -> Prediction; default:
+    ``predict`` of every strategy with the bundled prices and ``model``, default the default
+    latency model). ``cold``: predictions without prefix warm-up (``predictions`` have it
+    on), weighed per strategy under ``objective``. ``measured``: the "predictions" are what
+    runs measured (``chainray bench``), and the reasons say so."""
     if predictions is None:
         prices = load_prices()
         predictions = {s: predict(chain, s, prices, model) for s in STRATEGIES}
+    named = [s for s in STRATEGIES if s in predictions]
     schedules = schedules or {s: resolve(chain, s) for s in STRATEGIES}
-    withheld = {s: withheld_context(chain, schedules[s]) for s in STRATEGIES}
+    withheld = {s: withheld_context(chain, schedules[s]) for s in named}
     weighed = {s: _warmup(objective, predictions[s], (cold or {}).get(s), schedules[s])
-               for s in STRATEGIES}
-    predictions = {s: weighed[s][0] for s in STRATEGIES}
-    keeping = tuple(s for s in STRATEGIES if not withheld[s])
-    candidates = tuple(s for s in keeping if not predictions[s].infeasible) or keeping
+               for s in named}
+    predictions = {s: weighed[s][0] for s in named}
+    keeping = tuple(s for s in named if not withheld[s])
+    candidates = tuple(s for s in keeping if not predictions[s].infeasible) or keeping \
+        or tuple(named)
     strategy = min(candidates, key=lambda s: _score(objective, predictions[s], schedules[s]))
     chosen = predictions[strategy]
     declared = schedules["hybrid"]
@@ -174,22 +177,24 @@ def advise(chain: Chain, objective: Objective = "latency",
     reasons = [f"{shape}; {_names(list(candidates))} "
                f"keep{'s' if one else ''} every declared dependency"
                + (f" and fit{'s' if one else ''} the context window"
-                  if candidates != keeping else "")]
+                  if candidates != keeping else "") if keeping else
+               f"{shape}; none of {_names(named)} keeps every declared dependency"]
     if chosen.infeasible:
         reasons.append(f"{strategy} is infeasible too: {chosen.infeasible}")
-    measure = {"latency": f"the shortest predicted makespan ({chosen.makespan_s:.1f} s)",
-               "cost": f"the lowest predicted cost (${chosen.cost:.5f}, "
+    told = "measured" if measured else "predicted"
+    measure = {"latency": f"the shortest {told} makespan ({chosen.makespan_s:.1f} s)",
+               "cost": f"the lowest {told} cost (${chosen.cost:.5f}, "
                        f"{chosen.total_tokens} tokens)",
                "quality": "the most upstream context per step (each step sees "
                           f"{_context_seen(schedules[strategy])} upstream outputs in all), "
-                          f"predicted {chosen.makespan_s:.1f} s"}[objective]
+                          f"{told} {chosen.makespan_s:.1f} s"}[objective]
     reasons.append(f"{strategy} has {measure} of those")
-    for other in STRATEGIES:
+    for other in named:
         if other != strategy:
             reasons.append(_compare(predictions[other], chosen, withheld[other]))
             if predictions[other].infeasible:
                 reasons.append(f"{other} is infeasible: {predictions[other].infeasible}")
-    if model is not None and model.slots is not None:
+    if model is not None and model.slots is not None and {"parallel", "hybrid"} <= set(named):
         reasons.extend(_crowding(chain, schedules, strategy, predictions, model))
     if weighed[strategy][1] is not None:
         reasons.append(weighed[strategy][1])
