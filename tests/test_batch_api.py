@@ -71,6 +71,7 @@ def test_a_batch_of_runs_costs_one_job_per_phase_at_half_price(capsys, inputs):
         b["prompt"] + b["completion"] for b in server.billed)
     cost = sum(r["estimated_cost"] for r in runs)
     assert cost == pytest.approx(0.5 * _list_cost(server.billed), rel=0.01)
+    assert summary["estimated_cost"] == pytest.approx(cost) and summary["retries"] == 0
     assert all(s["batch_job"] for r in runs for s in r["steps"])
     # Upstream outputs reach the next phase's lines as online runs render them.
     synthesis = [b["body"] for b in server.billed if b["custom_id"].endswith("/synthesis")]
@@ -85,6 +86,7 @@ def test_a_failed_line_goes_into_the_next_job_and_is_paid_once(capsys, inputs):
     assert [r["status"] for r in runs] == ["ok"] * RUNS
     security = [s for r in runs for s in r["steps"] if s["id"] == "security"]
     assert [s["attempts"] for s in security] == [2] * RUNS  # one failed line, one retry
+    assert lines[-1]["batch"]["retries"] == RUNS == sum(r["retries"] for r in runs)
     # the retries ride in one extra job (academic waits for security), never more
     assert server.count["batch_create"] == 4 + 1
     assert server.count["chat"] == 0

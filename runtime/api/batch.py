@@ -79,9 +79,9 @@ class BatchTotals(BaseModel):
     """The summary line of a batch: ``{"batch": {...}}``.
 
     ``runs`` counts every run in the output (those an earlier invocation finished included,
-    ``resumed_runs`` of them); ``api_calls``, ``rate_limited`` and ``total_tokens`` count what
-    this invocation sent; ``run_totals`` what every invocation of the batch sent (see
-    ``sent_totals``).
+    ``resumed_runs`` of them); ``api_calls``, ``retries``, ``rate_limited``, tokens and
+    ``estimated_cost`` count what this invocation sent; ``run_totals`` what every invocation
+    of the batch sent (see ``sent_totals``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -94,8 +94,11 @@ class BatchTotals(BaseModel):
     resumed_runs: int = 0
     latency_ms: float = 0.0
     api_calls: int = 0
+    retries: int = 0
     rate_limited: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0
+    estimated_cost: float = 0.0  # at the price table's prices (batch prices under the Batch API)
     requests_per_min: float = 0.0
     tokens_per_min: float = 0.0
     run_totals: dict[str, int] = {"api_calls": 0, "rate_limited": 0, "total_tokens": 0}
@@ -116,8 +119,11 @@ class BatchTotals(BaseModel):
             self.resumed_runs += 1
             return
         self.api_calls += result.api_calls
+        self.retries += result.retries
         self.rate_limited += result.rate_limited
         self.total_tokens += result.total_tokens
+        self.cached_tokens += result.cached_tokens
+        self.estimated_cost = round(self.estimated_cost + result.estimated_cost, 8)
 
     def close(self, elapsed_s: float) -> None:
         self.latency_ms = round(elapsed_s * 1000, 1)

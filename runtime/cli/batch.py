@@ -139,8 +139,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
     print(f"batch of {totals.runs} runs ({totals.ok} ok, {totals.partial} partial, "
           f"{totals.failed} failed"
           + (f"; {totals.resumed_runs} finished earlier" if totals.resumed_runs else "")
-          + f") in {totals.latency_ms / 1000:.1f}s: {totals.api_calls} calls, "
-          f"{totals.rate_limited} 429s, {totals.total_tokens} tokens; "
+          + f") in {totals.latency_ms / 1000:.1f}s: {totals.api_calls} calls"
+          + (f" ({totals.retries} retries)" if totals.retries else "")
+          + f", {totals.rate_limited} 429s, {totals.total_tokens} tokens"
+          + (f" ({totals.cached_tokens} cached)" if totals.cached_tokens else "")
+          + f", ${totals.estimated_cost:.5f}; "
           f"{totals.requests_per_min:.0f} requests/min, {totals.tokens_per_min:.0f} tokens/min")
     if (api := totals.batch_api) is not None:
         polled = f", {api['adopted_jobs']} polled from an earlier invocation" if \
