@@ -21,6 +21,8 @@ from chainray.results import RunResult
 
 __all__ = ["ProgressView", "progress_line", "result_counts"]
 
+_HEARTBEAT_S = 60.0  # a log's line while nothing changes, so that it shows the run is alive
+
 
 def result_counts(result: RunResult) -> Counter:
     """What a finished run adds to the progress counters."""
@@ -69,7 +71,9 @@ def progress_line(label: str, counts: Mapping[str, int], elapsed: float,
 
 
 class ProgressView:
-    """A one-line live view on a terminal; a line every few seconds otherwise; or nothing."""
+    """A one-line live view on a terminal; otherwise (a log file, a pipe) a line at most
+    every ``every_s`` seconds when the counts changed, and every minute when they did not;
+    or nothing."""
 
     def __init__(self, label: str, enabled: bool = True, every_s: float = 5.0,
                  limits: Mapping[str, int | None] | None = None,
@@ -80,6 +84,7 @@ class ProgressView:
         self.live: Live | None = None
         self.started = time.perf_counter()
         self.last_print = 0.0
+        self.last_counts: dict[str, int] = {}
 
     def __enter__(self) -> ProgressView:
         if self.enabled and self.console.is_terminal:
@@ -94,8 +99,9 @@ class ProgressView:
         line = progress_line(self.label, counts, elapsed, self.limits, self.forecast_s)
         if self.live is not None:
             self.live.update(Text(line))
-        elif elapsed - self.last_print >= self.every_s:
-            self.last_print = elapsed
+        elif elapsed - self.last_print >= (self.every_s if dict(counts) != self.last_counts
+                                           else _HEARTBEAT_S):
+            self.last_print, self.last_counts = elapsed, dict(counts)
             print(line, file=sys.stderr, flush=True)
 
     def __exit__(self, *exc) -> None:
