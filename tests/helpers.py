@@ -37,13 +37,15 @@ def job(chain: Chain, strategy: str = "hybrid", **fields) -> RunJob:
                   inputs=dict(chain.inputs), **fields)
 
 
-def fan_chain(n: int, max_tokens: int = 20, name: str = "fan") -> Chain:
-    """n independent steps and a final step gathering them."""
+def fan_chain(n: int, max_tokens: int = 20, name: str = "fan", **defaults) -> Chain:
+    """n independent steps and a final step gathering them (``defaults``: more model
+    settings, e.g. ``temperature=0`` for the simulator's same answer to the same prompt)."""
     steps = [{"id": f"s{i}", "prompt": f"angle {i} of {{topic}}"} for i in range(n)]
     steps.append({"id": "final", "after": [f"s{i}" for i in range(n)],
                   "prompt": "combine " + " ".join(f"{{s{i}:.50}}" for i in range(n))})
     return chain_from_dict({"name": name, "inputs": {"topic": "tea"},
-                            "defaults": {"max_tokens": max_tokens}, "steps": steps})
+                            "defaults": {"max_tokens": max_tokens, **defaults},
+                            "steps": steps})
 
 
 def process_running(pid: int) -> bool:

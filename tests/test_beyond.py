@@ -311,7 +311,7 @@ def test_slow_simulator_requests_are_hedged_within_a_fraction_of_their_time(ray_
     factor = 8.0
     sim.configure(speed=2.0, ttft_sigma=0.0, faults={"slow": 0.1, "slow_factor": factor},
                   rpm=100_000, tpm=10_000_000)
-    runs = [job(fan_chain(6, max_tokens=30, name=f"s{i}")) for i in range(8)]
+    runs = [job(fan_chain(6, max_tokens=30, name=f"s{i}", temperature=0)) for i in range(8)]
     with session_for(sim, hedge_after=0.8, max_concurrency=400, rpm=100_000,
                      tpm=10_000_000) as session:
         results = list(session.run_many(runs, window=2))
@@ -328,7 +328,7 @@ def test_slow_simulator_requests_are_hedged_within_a_fraction_of_their_time(ray_
     cut = [r for r in log if r["status"] == 499]
     assert cut and all(r["completion_tokens"] == 0 for r in cut)
     # chainray counts each request as the server did: a hedged step pays a second prompt and
-    # no second output (the simulator's reply depends on the prompt only).
+    # no second output (at temperature 0 the simulator's reply depends on the prompt only).
     plain = {s.id: (s.prompt_tokens, s.completion_tokens) for s in steps
              if not s.hedged and s.attempts == 1}
     assert any(s.id in plain for s in hedged)

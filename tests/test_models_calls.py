@@ -83,7 +83,8 @@ def test_a_bad_structured_reply_is_sent_back_once(ray_session, hostile):
 
 def test_streamed_usage_equals_unstreamed_usage_and_measures_the_first_token(ray_session, sim):
     sim.configure(speed=50.0)
-    data = {"name": "s", "inputs": {"t": "tea"}, "defaults": {"max_tokens": 60}, "steps": [
+    data = {"name": "s", "inputs": {"t": "tea"}, "defaults": {"max_tokens": 60,
+                                                              "temperature": 0}, "steps": [
         {"id": "a", "prompt": "facts about {t}"},
         {"id": "b", "after": ["a"], "prompt": "summary of {a}"}]}
     with session_for(sim) as session:

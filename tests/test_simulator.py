@@ -38,19 +38,27 @@ def test_completion_shape_usage_and_headers(sim):
     assert stats["by_status"] == {"200": 1} and stats["total_tokens"] == usage.total_tokens
 
 
-def test_content_is_deterministic_and_draws_on_inputs(sim):
+def test_content_is_deterministic_at_temperature_0_sampled_above_and_draws_on_inputs(sim):
     prompt = [{"role": "user", "content": "Synthesize.\nHardware: a\nSoftware: b\nSecurity: c"}]
-    one = client(sim).chat.completions.create(model="m", messages=prompt, max_tokens=60)
-    two = client(sim).chat.completions.create(model="m", messages=prompt, max_tokens=60)
+
+    def ask(**settings):
+        return client(sim).chat.completions.create(model="m", messages=prompt, max_tokens=60,
+                                                   **settings)
+
+    one, two = ask(temperature=0), ask(temperature=0)
     text = one.choices[0].message.content
     assert text == two.choices[0].message.content
     assert "3 inputs (Hardware, Software, Security)" in text
+    # sampled (temperature above 0, or none given): worded anew, as long
+    hot = [ask(temperature=0.7), ask(temperature=0.7), ask()]
+    assert len({a.choices[0].message.content for a in hot} | {text}) == 4
+    assert {a.usage.completion_tokens for a in hot} == {one.usage.completion_tokens}
 
 
 async def test_async_streaming_sends_usage_chunk_and_same_text(sim):
     async_client = openai.AsyncOpenAI(base_url=sim.base_url, api_key="k", max_retries=0)
     stream = await async_client.chat.completions.create(
-        model="gpt-4o-mini", messages=MSG, max_tokens=30, stream=True,
+        model="gpt-4o-mini", messages=MSG, max_tokens=30, stream=True, temperature=0,
         stream_options={"include_usage": True})
     pieces, usage = [], None
     async for chunk in stream:
@@ -59,7 +67,7 @@ async def test_async_streaming_sends_usage_chunk_and_same_text(sim):
         if chunk.usage:
             usage = chunk.usage
     plain = await async_client.chat.completions.create(model="gpt-4o-mini", messages=MSG,
-                                                       max_tokens=30)
+                                                       max_tokens=30, temperature=0)
     assert "".join(pieces).strip() == plain.choices[0].message.content
     assert usage is not None and usage.completion_tokens == plain.usage.completion_tokens
     await async_client.close()
@@ -93,7 +101,7 @@ def test_streaming_time_to_first_token(sim):
 def _stream_chunks(sim, max_tokens: int) -> tuple[list[str], float, int]:
     """(content pieces, seconds from first to last piece, completion tokens) of one stream."""
     stream = client(sim).chat.completions.create(
-        model="m", messages=MSG, max_tokens=max_tokens, stream=True,
+        model="m", messages=MSG, max_tokens=max_tokens, stream=True, temperature=0,
         stream_options={"include_usage": True})
     pieces, times, tokens = [], [], 0
     for chunk in stream:
@@ -112,7 +120,8 @@ def test_a_fast_stream_holds_every_token_due_in_one_chunk_and_keeps_its_pace(sim
     expected = (tokens - 1) / 70 / 100
     assert len(pieces) < tokens / 5, "one chunk per token at 0.14 ms apart"
     assert expected * 0.9 < seconds < expected + 0.05
-    plain = client(sim).chat.completions.create(model="m", messages=MSG, max_tokens=600)
+    plain = client(sim).chat.completions.create(model="m", messages=MSG, max_tokens=600,
+                                                temperature=0)
     assert "".join(pieces).strip() == plain.choices[0].message.content
     assert plain.usage.completion_tokens == tokens
 

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from chainray.sim.config import SimConfig
 from chainray.sim.reasoning import is_reasoning_model, reject_parameter
-from chainray.sim.replies import plan_reply
+from chainray.sim.replies import plan_reply, sampled
 from chainray.sim.structured import conforming_json, schema_of
 from chainray.tokens import estimate_prompt_tokens
 
@@ -199,7 +199,7 @@ class BatchDesk:
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens")
                          or config.default_max_tokens)
         prompt = "\n".join(str(m.get("content") or "") for m in messages)
-        reply = plan_reply(config, prompt, prompt_tokens, max_tokens, rng)
+        reply = plan_reply(config, prompt, prompt_tokens, max_tokens, rng, sample=sampled(body))
         if (schema := schema_of(body.get("response_format"))) is not None:
             reply = reply.with_text(conforming_json(schema, prompt, reply.text.split()))
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(reply.tokens),

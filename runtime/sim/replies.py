@@ -1,7 +1,10 @@
 """What the simulated model says and how long it takes.
 
-Content and length depend only on the seed and the prompt (the same prompt gets the same
-answer); latency is drawn per request from the seeded generator. The text visibly draws on the
+Length depends only on the seed and the prompt; so does content at temperature 0, while a
+sampled request (temperature above 0, or none given: OpenAI's default is 1) words its answer
+anew, as a model does, so that identical requests of two runs do not share upstream text a
+real model would not repeat (and the prompt cache does not reward what a real one would
+not). Latency is drawn per request from the seeded generator. The text visibly draws on the
 prompt: it names the labelled inputs it received and the prompt's key terms. How long a reply
 is and how much general background it repeats follow ``chainray.sim.lengths``.
 """
@@ -128,10 +131,18 @@ def _words(prompt: str, count: int, rng: random.Random, background: float,
     return [(" " if i else "") + word for i, word in enumerate(words[:count])]
 
 
+def sampled(body: dict) -> bool:
+    """Whether a request samples its answer: temperature above 0, or none given."""
+    temperature = body.get("temperature")
+    return temperature is None or float(temperature) > 0
+
+
 def plan_reply(config: SimConfig, prompt: str, prefill_tokens: float, max_tokens: int,
-               latency_rng: random.Random, slow: bool = False) -> Reply:
-    """``prefill_tokens``: the prompt's tokens, a cached one counted as its share of one."""
-    digest = hashlib.sha256(f"{config.seed}:{prompt}".encode()).digest()
+               latency_rng: random.Random, slow: bool = False, sample: bool = False) -> Reply:
+    """``prefill_tokens``: the prompt's tokens, a cached one counted as its share of one;
+    ``sample``: word the answer anew (drawn from ``latency_rng``), its length unchanged."""
+    draw = f":{latency_rng.getrandbits(64)}" if sample else ""
+    digest = hashlib.sha256(f"{config.seed}:{prompt}{draw}".encode()).digest()
     content_rng = random.Random(digest)
     lengths, signals = config.lengths, read_signals(prompt)
     want = _wanted(config, prompt, signals, max_tokens)

@@ -20,7 +20,7 @@ from chainray.sim.capacity import Admission, DecodeSlots, LimitBuckets, due_time
 from chainray.sim.config import SimConfig
 from chainray.sim.prefix_cache import Lookup, PromptCache
 from chainray.sim.reasoning import is_reasoning_model, reject_parameter
-from chainray.sim.replies import Reply, plan_reply
+from chainray.sim.replies import Reply, plan_reply, sampled
 from chainray.sim.stats import RequestRecord, ServerStats
 from chainray.sim.structured import conforming_json, schema_of
 from chainray.tokens import estimate_prompt_tokens
@@ -174,7 +174,8 @@ class Simulator:
         found = self.prompt_cache.lookup(messages, prompt_tokens) if config.prompt_cache \
             else Lookup(0, ())
         prefill = prompt_tokens - found.cached * (1 - config.cached_prefill_share)
-        reply = plan_reply(config, prompt, prefill, max_tokens, self.rng, slow=fault == "slow")
+        reply = plan_reply(config, prompt, prefill, max_tokens, self.rng, slow=fault == "slow",
+                           sample=sampled(body))
         if (schema := schema_of(body.get("response_format"))) is not None:
             reply = reply.with_text(conforming_json(schema, prompt, reply.text.split()))
         record.prompt_tokens, record.completion_tokens = prompt_tokens, len(reply.tokens)
