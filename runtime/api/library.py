@@ -225,12 +225,8 @@ def _bench_jobs(chain: Chain | str, strategies: Sequence[str], repeat: int,
     if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
         raise opts.InputError(f"repeat must be a whole number of at least 1, got {repeat!r}")
     chain = opts.as_chain(chain)
-    # Each round starts with the next strategy: a provider's prompt cache, warmed by the
-    # strategy before on the same inputs, favours none of them over the repeats.
     return [opts.prepare_job(chain, strategy, inputs, "latency", config)
-            for round_ in range(repeat)
-            for strategy in [*strategies[round_ % len(strategies):],
-                             *strategies[:round_ % len(strategies)]]]
+            for _ in range(repeat) for strategy in strategies]
 
 
 def run(chain: Chain | str, strategy: StrategyName = "hybrid",
