@@ -100,53 +100,47 @@ class Basis(NamedTuple):
     other_requests: dict[str, int]  # each other model: requests measured (0: none)
 
 
-def _other_models(chain: Chain, label: str, main: str
-                  ) -> tuple[dict[str, tuple[LatencyModel, Replies]], dict[str, int], list[str]]:
-    """The profiles of the chain's models other than ``main`` on ``label``: (models, requests
-    each rests on, problems reading them)."""
-    measured, requests, notes = {}, {}, []
-    for name in dict.fromkeys(chain.settings_for(s).model or DEFAULT_MODEL
-                              for s in chain.steps if s.kind == "llm"):
-        if name == main:
-            continue
-        profile, problem = load_profile(label, name)
-        notes += [problem] if problem else []
-        requests[name] = profile.requests if profile is not None else 0
-        if profile is not None and profile.requests:
-            measured[name] = models(profile)
-    return measured, requests, notes
-
-
 def endpoint_models(chain: Chain, base_url: str | None = None, model: str | None = None,
                     calibrate_from: Iterable[str] = (), strict: bool = False) -> Basis:
     """What predictions of ``chain`` on an endpoint rest on (``model``: every step's, else
-    the chain's most used one, the others' own profiles where measured). ``strict``: an
-    endpoint with no profile of the main model is an ``InputError``."""
+    the chain's most used one, the others' own profiles where measured; ``calibrate_from``
+    adds runs' results to each model's). ``strict``: an endpoint with no profile of the main
+    model is an ``InputError``."""
     if base_url and base_url.startswith(SIMULATOR):
         label = base_url
     else:
         label = endpoint_label(base_url) if base_url else default_endpoint(os.environ)
     main = model or _main_model(chain)  # a model given is every step's
-    others, other_requests, other_notes = ({}, {}, []) if model else \
-        _other_models(chain, label, main)
-    model = main
-    profile, problem = load_profile(label, model)
-    notes = ((problem,) if problem else ()) + tuple(other_notes)
+    names = [main] if model else list(dict.fromkeys(
+        [main, *(chain.settings_for(s).model or DEFAULT_MODEL
+                 for s in chain.steps if s.kind == "llm")]))
+    profiles: dict[str, Profile | None] = {}
+    notes: list[str] = []
+    for name in names:
+        profiles[name], problem = load_profile(label, name)
+        notes += [problem] if problem else []
     paths = list(calibrate_from)
     if paths:
-        profile = profile or Profile(endpoint=label, model=model)
-        observe({model: profile}, _calibration(paths, label, model, chain))
+        filled = {name: found or Profile(endpoint=label, model=name)
+                  for name, found in profiles.items()}
+        observe(filled, _calibration(paths, label, main, chain))
+        profiles = {**filled}
+    others = {name: models(found) for name, found in profiles.items()
+              if name != main and found is not None and found.requests}
+    other_requests = {name: found.requests if found is not None else 0
+                      for name, found in profiles.items() if name != main}
+    profile = profiles[main]
     if profile is None or not profile.requests:
         if strict:
             known = [f"{e} ({m}, {n} requests)" for e, m, n in known_profiles()]
             raise InputError(
-                (f"{problem}; " if problem else "") + f"no profile of {label} ({model}): "
+                (f"{notes[0]}; " if notes else "") + f"no profile of {label} ({main}): "
                 "nothing was measured there yet; run or bench a chain on it first, or pass "
                 "--calibrate FILE" + (f" (profiles: {'; '.join(known)})" if known else ""))
-        return Basis(LatencyModel(), DEFAULT_REPLIES, label, model, False, notes, others,
-                     other_requests)
+        return Basis(LatencyModel(), DEFAULT_REPLIES, label, main, False, tuple(notes),
+                     others, other_requests)
     latency, replies = models(profile)
-    return Basis(latency, replies, label, model, True, notes, others, other_requests)
+    return Basis(latency, replies, label, main, True, tuple(notes), others, other_requests)
 
 
 def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | None = None,

@@ -192,7 +192,9 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
                                            shape.withheld, covered)
             lengths[shape.id] = (mean, sd, shape.max_tokens)
             sources[where] = sources.get(where, 0) + 1
-    python = {k.split("/", 1)[1]: v[strategy] for k, v in replies.python_chars.items()
+    python = {k.split("/", 1)[1]: v[strategy]  # learned under the chain's default model
+              for measured in [*(r for _, r in (others or {}).values()), replies]
+              for k, v in measured.python_chars.items()
               if k.split("/", 1)[0] == chain.name and strategy in v}
 
     def tokens(completion: dict[str, float]) -> tuple[dict[str, int], dict[str, int]]:
