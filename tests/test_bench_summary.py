@@ -148,6 +148,13 @@ def test_the_pick_weighs_what_was_measured_as_plan_weighs_predictions():
                for r in latency.reasons)
     assert runs.advice("quantum_research", "cost").strategy == "hybrid"
     assert runs.advice("quantum_research", "quality").strategy == "sequential"
-    failed = RunList([run("sequential", 30.0), run("hybrid", 15.0, status="failed")])
-    assert failed.advice("quantum_research").strategy == "sequential"
+    failed = RunList([run("sequential", 30.0), run("hybrid", 15.0, status="failed"),
+                      run("hybrid+batch", 600.0, cost=0.0013)])
+    advice = failed.advice("quantum_research")
+    assert advice.strategy == "sequential"
+    assert "hybrid: no ok run, not weighed" in advice.reasons
+    assert any(r.startswith("hybrid+batch: a Batch API row") for r in advice.reasons)
+    alone = RunList([run("parallel", 10.0)]).advice("quantum_research")
+    assert alone.strategy == "parallel"
+    assert "none of parallel keeps every declared dependency" in alone.reasons[0]
     assert RunList([run("hybrid", 1.0, status="failed")]).advice("quantum_research") is None

@@ -332,3 +332,26 @@ def test_a_python_steps_output_learned_under_the_chains_model_serves_another_mai
         measured = fake_run(chain, strategy, **server)
         guess = found.predictions[strategy]
         assert guess.prompt_tokens == pytest.approx(measured.prompt_tokens, rel=0.02), strategy
+
+
+def test_a_simulator_at_another_speed_is_forecast_from_its_own_profile():
+    from chainray.api.batch import batch_forecast
+    from chainray.api.config import SessionConfig
+
+    # Runs at --sim-speed 20 are learned as "embedded simulator --speed 20": a batch forecast
+    # at that speed read the speed-1 profile (a 5.7 s batch forecast at 29 s).
+    chain = load_chain("quantum_research")
+    config = SessionConfig(sim_speed=20)
+    assert config.profile_endpoint == "embedded simulator --speed 20"
+    assert SessionConfig(base_url=URL).profile_endpoint == URL
+    learner = Learner(config.profile_endpoint)
+    for i, strategy in enumerate(STRATEGIES):
+        result = fake_run(chain, strategy, reply=100, model=None, run_id=f"q-{strategy}",
+                          start=1000.0 + 100 * i)
+        learner.expect(result.run_id, chain, chain.inputs)
+        learner.add([result])
+    learner.flush()
+    forecast = batch_forecast(config, chain, "hybrid", [dict(chain.inputs)], 4)
+    measured = fake_run(chain, "hybrid", reply=100, model=None)
+    assert forecast.total_tokens == pytest.approx(measured.total_tokens, rel=0.02)
+    assert forecast.run_makespan_s == pytest.approx(measured.latency_ms / 1000, rel=0.05)

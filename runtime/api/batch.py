@@ -192,7 +192,7 @@ def batch_forecast(config: SessionConfig, chain: Chain, strategy: str, inputs: l
     from chainray.plan.forecast import forecast_batch
 
     limits = stated_limits(config, config.uses_simulator)
-    basis = endpoint_models(chain, config.base_url, config.model)
+    basis = endpoint_models(chain, config.profile_endpoint, config.model)
     return forecast_batch(chain, strategy, load_prices(config.prices), runs=len(inputs),
                           rpm=limits.rpm, tpm=limits.tpm,
                           max_concurrency=config.max_concurrency, window=window,

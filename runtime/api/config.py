@@ -21,6 +21,7 @@ from chainray.durations import parse_duration
 from chainray.errors import InputError
 from chainray.guards.cache import cache_dir
 from chainray.limit.limits import Limits
+from chainray.plan.profiles import endpoint_label
 from chainray.runner.jobs import RunOptions
 from chainray.sim.config import SimConfig
 
@@ -191,6 +192,16 @@ class SessionConfig(RunOptions):
         """True when nothing names an endpoint: the session starts the embedded simulator."""
         return not (self.base_url or self.env.get("OPENAI_BASE_URL") or self.api_key
                     or self.env.get("OPENAI_API_KEY"))
+
+    @property
+    def profile_endpoint(self) -> str | None:
+        """The endpoint as learned profiles name it: the embedded simulator with its speed
+        and flags when the session starts it (they change its latency), else ``base_url``
+        (None: the one the environment names)."""
+        if self.uses_simulator:
+            return endpoint_label(None, simulated=True, sim_speed=self.sim_speed,
+                                  sim_flags=self.sim_flags)
+        return self.base_url
 
     def endpoint_key(self) -> str | None:
         """The API key to send: ``api_key``, else ``OPENAI_API_KEY``."""

@@ -126,6 +126,6 @@ def prepare_job(chain: Chain | str, strategy: StrategyName, inputs: Mapping | No
     preflight.refuse(preflight.input_problems(chain, values, config.model, "inputs: "))
     if config.max_cost is not None:
         refuse_unpriced(chain, config.model, config.prices)
-    choice = choose_strategy(chain, strategy, objective, config.prices, config.base_url,
+    choice = choose_strategy(chain, strategy, objective, config.prices, config.profile_endpoint,
                              config.model)
     return run_job(chain, choice.strategy, values, choice.applied(config), run_id=run_id)

@@ -91,17 +91,24 @@ class RunList(list[RunResult]):
         """The strategy to pick for ``objective`` from what these runs of ``chain``
         measured (medians of the ok runs), weighed as ``chainray.plan`` weighs predictions:
         among the strategies that keep every declared dependency, the best for the
-        objective; the reasons compare the others (and say what they withhold). ``None``
-        when no strategy has an ok run."""
-        rows = [row for row in summarize_bench(self)
-                if row.strategy in STRATEGIES and row.failed < row.runs]
+        objective; the reasons compare the others (and say what they withhold), and name
+        the strategies not weighed: those with no ok run, and the Batch API rows (their time
+        is the provider's queue, not the schedule's). ``None`` when no strategy has an ok
+        online run."""
+        summary = summarize_bench(self)
+        rows = [row for row in summary if row.strategy in STRATEGIES and row.failed < row.runs]
         if not rows:
             return None
         measured = {row.strategy: Prediction(
             strategy=row.strategy, makespan_s=row.latency_ms / 1000, prompt_tokens=0,
             completion_tokens=0, total_tokens=round(row.total_tokens),
             cost=row.estimated_cost, calls=round(row.api_calls)) for row in rows}
-        return advise(as_chain(chain), objective, measured, measured=True)
+        advice = advise(as_chain(chain), objective, measured, measured=True)
+        unweighed = [f"{row.strategy}: no ok run, not weighed" if row.strategy in STRATEGIES
+                     else f"{row.strategy}: a Batch API row, compared above, not weighed "
+                     "(its time is the provider's queue, not the schedule's)"
+                     for row in summary if row not in rows]
+        return advice.model_copy(update={"reasons": (*advice.reasons, *unweighed)})
 
 
 def not_started_result(job: RunJob, spend: dict | None) -> RunResult:

@@ -190,7 +190,7 @@ class Driver:
         if self.simulator is not None:
             base_url, api_key = self.simulator.base_url, "sim-no-key-needed"
             # Its replies depend on its version and content flags (seed, lengths), not on
-            # its port or speed: a cached reply from an earlier simulator is the same reply.
+            # its port or speed: a cached reply from an earlier simulator is one it could give.
             identity = " ".join(("chainray-simulator", version("chainray"), *config.sim_flags))
         check_reachable(base_url or OPENAI_URL)
         return Endpoint(base_url=base_url or OPENAI_URL, api_key=SecretStr(api_key or "none"),

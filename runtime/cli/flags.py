@@ -140,7 +140,7 @@ def pick_strategy(chain: Chain, args: argparse.Namespace,
     """``--strategy``, or for ``auto`` the advisor's pick, with its reasons on stderr, and
     ``config`` with the advisor's prefix warm-up unless ``--no-prefix-warmup`` was given."""
     choice = opts.choose_strategy(chain, args.strategy, args.objective, config.prices,
-                                  config.base_url, config.model)
+                                  config.profile_endpoint, config.model)
     if args.strategy == "auto":
         print(f"auto: {choice.strategy} for {args.objective}, because:", file=sys.stderr)
         for reason in choice.reasons:

@@ -88,7 +88,8 @@ def add_bench_parser(commands, positive_int, positive_float) -> None:
         "and print Strategy, Latency, Tokens, Calls, Cost and Output side by side, then the "
         "fastest, cheapest and longest-output strategies, and the one to pick for --objective "
         "from what was measured (weighed as plan weighs its predictions: a strategy that "
-        "withholds declared context from a step is named beside the pick, not picked).",
+        "withholds declared context from a step is named beside the pick, not picked, unless "
+        "no strategy measured keeps every declared dependency).",
         epilog="examples:\n  chainray bench quantum_research\n"
         "  chainray bench code_review --strategies parallel,hybrid --repeat 5 --json b.json",
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,8 +1,9 @@
 """What the simulated model says and how long it takes.
 
-Length depends only on the seed and the prompt; so does content at temperature 0, while a
-sampled request (temperature above 0, or none given: OpenAI's default is 1) words its answer
-anew, as a model does, so that identical requests of two runs do not share upstream text a
+Length in tokens depends only on the seed and the prompt; so does content at temperature 0,
+while a sampled request (temperature above 0, or none given: OpenAI's default is 1) words its
+answer anew, as a model does (a structured reply's JSON, built from the words, varies a
+little in length too), so that identical requests of two runs do not share upstream text a
 real model would not repeat (and the prompt cache does not reward what a real one would
 not). Latency is drawn per request from the seeded generator. The text visibly draws on the
 prompt: it names the labelled inputs it received and the prompt's key terms. How long a reply

@@ -1,7 +1,8 @@
 """Replies that conform to a requested JSON Schema (``response_format: json_schema``).
 
 The simulator has no model, so it builds the smallest document the schema admits, filled
-deterministically from the prompt: the same prompt and schema always give the same JSON.
+from the reply's words: the same prompt and schema give the same JSON at temperature 0 (a
+sampled reply's words, and so its JSON's length, vary a little, as a model's do).
 """
 
 from __future__ import annotations
