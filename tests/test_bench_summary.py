@@ -158,3 +158,17 @@ def test_the_pick_weighs_what_was_measured_as_plan_weighs_predictions():
     assert alone.strategy == "parallel"
     assert "none of parallel keeps every declared dependency" in alone.reasons[0]
     assert RunList([run("hybrid", 1.0, status="failed")]).advice("quantum_research") is None
+
+
+def test_the_pick_says_when_the_repeats_make_it_a_tie():
+    from chainray.api.runs import RunList
+
+    runs = RunList([run("sequential", s) for s in (10.4, 9.8, 10.9)]
+                   + [run("hybrid", s) for s in (10.0, 9.5, 10.6)])
+    advice = runs.advice("quantum_research")
+    assert advice.strategy == "hybrid"
+    assert "hybrid and sequential overlap over the repeats: a tie for latency, within the " \
+           "noise" in advice.reasons
+    clear = RunList([run("sequential", s) for s in (20.0, 21.0)]
+                    + [run("hybrid", s) for s in (10.0, 11.0)]).advice("quantum_research")
+    assert not any("a tie" in reason for reason in clear.reasons)

@@ -24,7 +24,7 @@ from chainray.plan.advisor import Advice, Objective, advise
 from chainray.plan.cost import load_prices
 from chainray.plan.predict import Prediction
 from chainray.plan.schedule import STRATEGIES, resolve
-from chainray.report.bench import summarize_bench, verdicts
+from chainray.report.bench import best_of, summarize_bench, verdicts
 from chainray.results import RunResult, StepResult
 from chainray.runner.jobs import RunJob
 from chainray.runner.summary import summarize_run
@@ -104,11 +104,17 @@ class RunList(list[RunResult]):
             completion_tokens=0, total_tokens=round(row.total_tokens),
             cost=row.estimated_cost, calls=round(row.api_calls)) for row in rows}
         advice = advise(as_chain(chain), objective, measured, measured=True)
+        field = {"latency": "latency_ms", "cost": "estimated_cost"}.get(objective)
+        weighed = [row for row in rows if row.strategy in advice.candidates]
+        best, second, clear = best_of(weighed, field, lowest=True) if field else (None,) * 3
+        tie = [] if clear or second is None else [
+            f"{best.strategy} and {second.strategy} overlap over the repeats: a tie for "
+            f"{objective}, within the noise"]
         unweighed = [f"{row.strategy}: no ok run, not weighed" if row.strategy in STRATEGIES
                      else f"{row.strategy}: a Batch API row, compared above, not weighed "
                      "(its time is the provider's queue, not the schedule's)"
                      for row in summary if row not in rows]
-        return advice.model_copy(update={"reasons": (*advice.reasons, *unweighed)})
+        return advice.model_copy(update={"reasons": (*advice.reasons, *tie, *unweighed)})
 
 
 def not_started_result(job: RunJob, spend: dict | None) -> RunResult:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from chainray.results import RunResult
 
 __all__ = ["StrategySummary", "BenchSummary", "summarize_bench", "verdicts", "redundancy",
-           "bench_summary"]
+           "bench_summary", "best_of"]
 
 _WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
 
@@ -120,7 +120,7 @@ def summarize_bench(results: Sequence[RunResult]) -> list[StrategySummary]:
     return rows
 
 
-def _best(rows: Sequence[StrategySummary], field: str, lowest: bool
+def best_of(rows: Sequence[StrategySummary], field: str, lowest: bool
           ) -> tuple[StrategySummary, StrategySummary | None, bool]:
     """The best row, the runner-up, and whether the best is clear of the noise: its range over
     repeats does not overlap the runner-up's (with one run each, any gap counts)."""
@@ -158,7 +158,7 @@ def verdicts(rows: Sequence[StrategySummary]) -> list[str]:
     failed = _failures(rows)
     repeated = max(r.runs for r in rows) > 1
     noise = "their ranges over repeats overlap" if repeated else "they are equal"
-    best, second, clear = _best(ranked, "latency_ms", lowest=True)
+    best, second, clear = best_of(ranked, "latency_ms", lowest=True)
     if second is None or clear:
         slowest = max(ranked, key=lambda r: r.latency_ms)
         speedup = slowest.latency_ms / best.latency_ms if best.latency_ms else 0.0
@@ -168,7 +168,7 @@ def verdicts(rows: Sequence[StrategySummary]) -> list[str]:
     else:
         lines.append(f"Fastest: tie between {best.strategy} ({best.latency_ms / 1000:.2f}s) "
                      f"and {second.strategy} ({second.latency_ms / 1000:.2f}s): {noise}")
-    best, second, clear = _best(ranked, "estimated_cost", lowest=True)
+    best, second, clear = best_of(ranked, "estimated_cost", lowest=True)
     if second is None or clear:
         cached = f", {best.cached_tokens:.0f} of them cached at a lower price" \
             if best.cached_tokens else ""
@@ -177,7 +177,7 @@ def verdicts(rows: Sequence[StrategySummary]) -> list[str]:
     else:
         lines.append(f"Cheapest: tie between {best.strategy} (${best.estimated_cost:.5f}) and "
                      f"{second.strategy} (${second.estimated_cost:.5f}): {noise}")
-    best, second, clear = _best(ranked, "output_length", lowest=False)
+    best, second, clear = best_of(ranked, "output_length", lowest=False)
     if second is None or clear:
         lines.append(f"Longest output: {best.strategy} ({best.output_length:.0f} chars)")
     else:
