@@ -34,6 +34,22 @@ def test_the_binding_limit_is_the_slowest_bound():
     assert by_rpm.total_tokens == 1000 * predict(chain, "hybrid", PRICES).total_tokens
 
 
+def test_each_model_is_paced_by_its_own_limiter():
+    # Two steps on one model, one on another: each model's RateLimiter has the rpm, so the
+    # busiest model binds (2,000 calls), not all 3,000 as one budget.
+    chain = fan_chain(2, max_tokens=20)
+    chain = chain.model_copy(update={"steps": tuple(
+        step.model_copy(update={"model": "gpt-4o"}) if step.id == "final" else step
+        for step in chain.steps)})
+    forecast = forecast_batch(chain, "hybrid", PRICES, runs=1000, rpm=100, tpm=10**9,
+                              max_concurrency=64, window=64)
+    rate = 100 * 0.95 / 60
+    tail = forecast.bounds_s["rpm"] - (2000 - rate) / rate
+    assert forecast.binding == "rpm" and 0 < tail < 5
+    assert forecast.utilisation["rpm"] == pytest.approx(0.95, 0.01)
+    assert forecast.calls == 3000
+
+
 def test_a_file_of_inputs_is_forecast_line_by_line():
     chain = fan_chain(2, max_tokens=20)
     inputs = [{"topic": "tea"}] * 10 + [{"topic": "a much longer topic " * 20}] * 10

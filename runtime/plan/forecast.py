@@ -5,10 +5,11 @@ A batch is bounded by whichever of these is slowest:
 - **window**: at most ``window`` runs in flight (``run --batch-window``), each taking the
   predicted makespan of one run;
 - **max_concurrency**: the call-seconds of every llm step, spread over that many slots;
-- **rpm** / **tpm**: the RateLimiter paces requests and tokens at ``target_share`` of the
-  limits (tokens are charged as used: unused reservations are refunded), after a first
-  burst of ``burst_s`` seconds' worth that the limiter's full bucket admits at once. A limit
-  nobody gave is no bound: chainray does not pace it, so the forecast does not either.
+- **rpm** / **tpm**: each model's RateLimiter paces its requests and tokens at
+  ``target_share`` of the limits (tokens are charged as used: unused reservations are
+  refunded), after a first burst of ``burst_s`` seconds' worth that the limiter's full
+  bucket admits at once; the model with the most work binds. A limit nobody gave is no
+  bound: chainray does not pace it, so the forecast does not either.
 
 After the binding bound's work is admitted, the last run still finishes its final step (the
 "tail"). Utilisation is the share of each limit the forecast batch uses on average.
@@ -28,7 +29,7 @@ from chainray.plan.fit import LatencyModel
 from chainray.plan.lengths import Replies
 from chainray.plan.predict import Measured, Prediction, predict
 from chainray.plan.schedule import Strategy
-from chainray.spec.chain import Chain
+from chainray.spec.chain import DEFAULT_MODEL, Chain
 
 __all__ = ["BatchForecast", "forecast_batch", "SAMPLE_INPUTS"]
 
@@ -86,18 +87,28 @@ def forecast_batch(chain: Chain, strategy: Strategy, prices: PriceTable, *, runs
         "window": math.ceil(runs / window) * run_s,
         "max_concurrency": runs * call_s / max_concurrency + tail,
     }
-    for bound, limit, work in (("rpm", rpm, runs * calls), ("tpm", tpm, runs * tokens)):
+    steps_of: dict[str, list[str]] = {}  # each model's llm steps: one RateLimiter each
+    for step in chain.steps:
+        if step.kind == "llm":
+            steps_of.setdefault(chain.settings_for(step).model or DEFAULT_MODEL,
+                                []).append(step.id)
+    work = {"rpm": {m: runs * len(steps) for m, steps in steps_of.items()},
+            "tpm": {m: runs * statistics.mean(sum(p.step_prompt_tokens[s]
+                                                  + p.step_completion_tokens[s]
+                                                  for s in steps) for p in each)
+                    for m, steps in steps_of.items()}}
+    for bound, limit in (("rpm", rpm), ("tpm", tpm)):
         if limit:
             rate = limit * target_share / 60
-            bounds[bound] = max(0.0, work - max(1.0, rate * burst_s)) / rate + tail
+            bounds[bound] = max((max(0.0, w - max(1.0, rate * burst_s)) / rate
+                                 for w in work[bound].values()), default=0.0) + tail
     binding: Bound = max(bounds, key=bounds.__getitem__)  # type: ignore[assignment]
     makespan = bounds[binding]
     minutes = makespan / 60
     utilisation = {"max_concurrency": runs * call_s / makespan / max_concurrency}
-    if rpm:
-        utilisation["rpm"] = runs * calls / minutes / rpm
-    if tpm:
-        utilisation["tpm"] = runs * tokens / minutes / tpm
+    for bound, limit in (("rpm", rpm), ("tpm", tpm)):
+        if limit:  # the busiest model's limiter
+            utilisation[bound] = max(work[bound].values(), default=0) / minutes / limit
     return BatchForecast(
         runs=runs, strategy=strategy, makespan_s=round(makespan, 2),
         total_tokens=round(runs * tokens), calls=runs * calls,

@@ -65,6 +65,7 @@ class Prediction(BaseModel):
     infeasible: str | None = None  # the first step whose prompt and reply overflow the window
     cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
     step_prompt_tokens: dict[str, int] = {}  # each llm step's expected prompt
+    step_completion_tokens: dict[str, int] = {}  # and reply
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,7 @@ def predict(chain: Chain, strategy: Strategy, prices: PriceTable,
         total_tokens=prompt_total + completion_total, cost=round(cost, 6),
         calls=len(llm_steps), makespan_range=(round(low, 2), round(high, 2)),
         cached_tokens=sum(cached.values()), step_prompt_tokens=prompt,
+        step_completion_tokens=completion,
         tokens_range=(round(tlow), round(thigh)), lengths_from=sources, infeasible=infeasible,
         step_seconds={s: round(step_seconds(lat[s], prompt[s], completion[s])
                                if s in prompt else lat[s].overhead_s, 3) for s in order})
