@@ -264,3 +264,19 @@ def test_go_durations_round_trip():
     assert parse_duration("2m52.8s") == pytest.approx(172.8)
     with pytest.raises(ValueError):
         parse_duration("soon")
+
+
+def test_each_model_has_its_own_rate_limit(sim):
+    # OpenAI limits each model apart, and chainray keeps one limiter per model: so does the
+    # simulator (one shared bucket made a two-model chain meet 429s its limiters never saw).
+    sim.configure(speed=50.0, rpm=3, tpm=1_000_000)
+
+    def status(model: str) -> int:
+        try:
+            client(sim).chat.completions.create(model=model, messages=MSG, max_tokens=5)
+            return 200
+        except openai.RateLimitError:
+            return 429
+
+    assert [status("gpt-4o-mini") for _ in range(4)] == [200, 200, 200, 429]
+    assert [status("gpt-4o") for _ in range(3)] == [200, 200, 200]

@@ -42,7 +42,7 @@ class Simulator:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.stats = ServerStats()
-        self.buckets = LimitBuckets.for_config(config)
+        self.buckets: dict[str, LimitBuckets] = {}  # per model, as OpenAI limits each
         self.slots = DecodeSlots(config.slots)
         self.rng = random.Random(config.seed)
         self.fault_rng = random.Random(f"faults:{config.seed}")  # apart from latency draws
@@ -88,7 +88,7 @@ class Simulator:
     def _apply(self, config: SimConfig) -> None:
         self.config = config
         self.stats = ServerStats()
-        self.buckets = LimitBuckets.for_config(config)
+        self.buckets: dict[str, LimitBuckets] = {}  # per model, as OpenAI limits each
         self.slots = DecodeSlots(config.slots)
         self.rng = random.Random(config.seed)
         self.fault_rng = random.Random(f"faults:{config.seed}")
@@ -162,13 +162,13 @@ class Simulator:
         prompt_tokens = estimate_prompt_tokens(messages)
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens")
                          or config.default_max_tokens)
-        admission = self.buckets.admit(prompt_tokens + max_tokens)
+        admission = self._buckets(record.model).admit(prompt_tokens + max_tokens)
         if not admission.admitted:
             return self._rate_limited(admission, record.model, prompt_tokens + max_tokens)
         fault = self._draw_fault()
         if fault != "none":
             if (answer := await self._fault(fault, request, record)) is not False:
-                self.buckets.refund(prompt_tokens + max_tokens)
+                self._buckets(record.model).refund(prompt_tokens + max_tokens)
                 return answer
         prompt = "\n".join(str(m.get("content") or "") for m in messages)
         found = self.prompt_cache.lookup(messages, prompt_tokens) if config.prompt_cache \
@@ -181,7 +181,7 @@ class Simulator:
         record.prompt_tokens, record.completion_tokens = prompt_tokens, len(reply.tokens)
         record.cached_tokens = found.cached
         if config.refund_unused:
-            self.buckets.refund(max_tokens - len(reply.tokens))
+            self._buckets(record.model).refund(max_tokens - len(reply.tokens))
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(reply.tokens),
                  "total_tokens": prompt_tokens + len(reply.tokens)}
         if config.prompt_cache:
@@ -195,14 +195,21 @@ class Simulator:
         record.decoded(await self.slots.decode(due_times(reply.itl_s)))
         return web.json_response(_completion(record, reply, usage), headers=self._headers(record))
 
+    def _buckets(self, model: str) -> LimitBuckets:
+        """``model``'s rate-limit buckets (each model has its own, as OpenAI's do)."""
+        if model not in self.buckets:
+            self.buckets[model] = LimitBuckets.for_config(self.config)
+        return self.buckets[model]
+
     def _headers(self, record: RequestRecord) -> dict[str, str]:
         elapsed_ms = int((time.time() - record.start) * 1000)
-        return {**self.buckets.headers(), "x-request-id": record.id,
+        return {**self._buckets(record.model).headers(), "x-request-id": record.id,
                 "openai-processing-ms": str(elapsed_ms)}
 
     def _rate_limited(self, admission: Admission, model: str, requested: int) -> web.Response:
-        headers = self.buckets.headers()
-        limit = self.buckets.tokens if admission.dimension == "tokens" else self.buckets.requests
+        buckets = self._buckets(model)
+        headers = buckets.headers()
+        limit = buckets.tokens if admission.dimension == "tokens" else buckets.requests
         unit = "tokens per min (TPM)" if admission.dimension == "tokens" else \
             "requests per min (RPM)"
         if admission.too_large:
@@ -235,9 +242,10 @@ class Simulator:
         """Answer a drawn fault; ``False`` means go on (a slow reply is served normally)."""
         if fault == "error_500":
             return _error(500, "The server had an error while processing your request.",
-                          "server_error", None, self.buckets.headers())
+                          "server_error", None, self._buckets(record.model).headers())
         if fault == "error_429":
-            headers = {**self.buckets.headers(), "retry-after-ms": "200", "retry-after": "1"}
+            headers = {**self._buckets(record.model).headers(), "retry-after-ms": "200",
+                       "retry-after": "1"}
             return _error(429, "Rate limit reached (simulated spike). Please try again in 200ms.",
                           "requests", "rate_limit_exceeded", headers)
         if fault == "drop":
