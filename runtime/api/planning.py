@@ -125,22 +125,24 @@ def endpoint_models(chain: Chain, base_url: str | None = None, model: str | None
                   for name, found in profiles.items()}
         observe(filled, _calibration(paths, label, main, chain))
         profiles = {**filled}
-    others = {name: models(found) for name, found in profiles.items()
+    profile = profiles[main]
+    profiled = profile is not None and bool(profile.requests)
+    if not profiled and strict:
+        known = [f"{e} ({m}, {n} requests)" for e, m, n in known_profiles()]
+        raise InputError(
+            (f"{notes[0]}; " if notes else "") + f"no profile of {label} ({main}): "
+            "nothing was measured there yet; run or bench a chain on it first, or pass "
+            "--calibrate FILE" + (f" (profiles: {'; '.join(known)})" if known else ""))
+    latency, replies = models(profile) if profiled else (LatencyModel(), DEFAULT_REPLIES)
+    # Another model on the same endpoint: what its few requests cannot pin down (decode
+    # speed from three replies, say) keeps the main model's fitted value, not the defaults.
+    prior = latency.model_copy(update={"overhead_s": LatencyModel().overhead_s})  # own dispatch
+    others = {name: models(found, base=prior) for name, found in profiles.items()
               if name != main and found is not None and found.requests}
     other_requests = {name: found.requests if found is not None else 0
                       for name, found in profiles.items() if name != main}
-    profile = profiles[main]
-    if profile is None or not profile.requests:
-        if strict:
-            known = [f"{e} ({m}, {n} requests)" for e, m, n in known_profiles()]
-            raise InputError(
-                (f"{notes[0]}; " if notes else "") + f"no profile of {label} ({main}): "
-                "nothing was measured there yet; run or bench a chain on it first, or pass "
-                "--calibrate FILE" + (f" (profiles: {'; '.join(known)})" if known else ""))
-        return Basis(LatencyModel(), DEFAULT_REPLIES, label, main, False, tuple(notes),
-                     others, other_requests)
-    latency, replies = models(profile)
-    return Basis(latency, replies, label, main, True, tuple(notes), others, other_requests)
+    return Basis(latency, replies, label, main, profiled, tuple(notes), others,
+                 other_requests)
 
 
 def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | None = None,
