@@ -359,3 +359,23 @@ def test_a_simulator_at_another_speed_is_forecast_from_its_own_profile():
     measured = fake_run(chain, "hybrid", reply=100, model=None)
     assert forecast.total_tokens == pytest.approx(measured.total_tokens, rel=0.02)
     assert forecast.run_makespan_s == pytest.approx(measured.latency_ms / 1000, rel=0.05)
+
+
+def test_plan_reads_what_runs_at_a_simulator_speed_learned(capsys):
+    # Runs with --sim-speed 20 learn "embedded simulator --speed 20"; plan had no way to it.
+    chain = load_chain("quantum_research")
+    learner = Learner("embedded simulator --speed 20")
+    for i, strategy in enumerate(STRATEGIES):
+        result = fake_run(chain, strategy, reply=100, model=None, run_id=f"q-{strategy}",
+                          start=1000.0 + 100 * i)
+        learner.expect(result.run_id, chain, chain.inputs)
+        learner.add([result])
+    learner.flush()
+    assert main(["plan", "quantum_research"]) == 0
+    assert "measured there at other speeds: plan --sim-speed 20 (18 requests)" in \
+        capsys.readouterr().out
+    assert main(["plan", "quantum_research", "--sim-speed", "20"]) == 0
+    assert "profile: embedded simulator --speed 20 (gpt-4o-mini), 18 requests" in \
+        capsys.readouterr().out
+    assert main(["plan", "quantum_research", "--sim-speed", "20", "--base-url", URL]) == 2
+    assert "does not go with --base-url" in capsys.readouterr().err

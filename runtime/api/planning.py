@@ -148,11 +148,13 @@ def endpoint_models(chain: Chain, base_url: str | None = None, model: str | None
 def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | None = None,
          calibrate_from: Iterable[str] = (), base_url: str | None = None,
          model: str | None = None, strict: bool = False,
-         min_prefix_tokens: int = MIN_PREFIX_TOKENS) -> Plan:
+         min_prefix_tokens: int = MIN_PREFIX_TOKENS, sim_speed: float | None = None) -> Plan:
     """Resolve every strategy's schedule, predict its makespan, tokens and cost, and advise.
 
     The predictions use the profile of ``base_url`` and ``model`` (default: the endpoint
-    ``chainray.run`` would call and the chain's model), learned from earlier runs there;
+    ``chainray.run`` would call and the chain's model; ``sim_speed``: the embedded
+    simulator's at that speed, as runs with ``sim_speed`` learn it), learned from earlier runs
+    there;
     ``calibrate_from`` adds runs' JSON results to it. With ``strict``, an endpoint nothing was
     measured on is an ``InputError``; otherwise the stated defaults apply. Predictions are
     with prefix warm-up (siblings that share a prompt prefix of ``min_prefix_tokens`` or more
@@ -168,6 +170,11 @@ def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | 
     """
     if objective not in ("latency", "cost", "quality"):
         raise InputError(f"objective must be latency, cost or quality, got {objective!r}")
+    if sim_speed is not None:
+        if base_url:
+            raise InputError("sim_speed names the embedded simulator's profile; it does not "
+                             "go with base_url")
+        base_url = endpoint_label(None, simulated=True, sim_speed=sim_speed)
     chain = chain if isinstance(chain, Chain) else load_chain(str(chain))
     price_table = load_prices(prices)
     basis = endpoint_models(chain, base_url, model, calibrate_from, strict)

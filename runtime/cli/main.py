@@ -147,6 +147,9 @@ def _add_prediction_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", metavar="URL", help="predict from this endpoint's "
                         "profile, learned from every run there (default: the endpoint run "
                         "would call)")
+    parser.add_argument("--sim-speed", type=_positive_float, metavar="N",
+                        help="predict from the embedded simulator's profile at this speed "
+                        "(what runs with --sim-speed N learned)")
     parser.add_argument("--model", help="the model whose profile to use (default: the "
                         "chain's)")
     parser.add_argument("--prices", metavar="PATH",
@@ -207,6 +210,13 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from chainray.cli.plan import print_forecast, print_plan
 
+    if args.sim_speed is not None:
+        if args.base_url:
+            raise InputError("--sim-speed names the embedded simulator's profile; it does "
+                             "not go with --base-url")
+        from chainray.plan.profiles import endpoint_label
+
+        args.base_url = endpoint_label(None, simulated=True, sim_speed=args.sim_speed)
     if args.runs or args.inputs:
         print_forecast(args.scenario, strategy=args.strategy, objective=args.objective,
                        runs=args.runs, inputs_path=args.inputs, rpm=args.rpm, tpm=args.tpm,

@@ -11,6 +11,7 @@ from chainray.plan.advisor import Objective, advise
 from chainray.plan.cost import load_prices
 from chainray.plan.forecast import BatchForecast, forecast_batch
 from chainray.plan.predict import predict
+from chainray.plan.profiles import SIMULATOR, known_profiles
 from chainray.plan.schedule import STRATEGIES
 from chainray.spec.chain import load_chain
 
@@ -25,13 +26,23 @@ def print_advice(heading: str, strategy: str, reasons: Sequence[str]) -> None:
         print(f"  - {reason}")
 
 
+def _sim_flags(endpoint: str) -> str:
+    """``embedded simulator --speed 20`` as plan's flag: ``--sim-speed 20``."""
+    return endpoint.removeprefix(SIMULATOR).strip().replace("--speed", "--sim-speed", 1)
+
+
 def _basis(found: Plan) -> list[str]:
     """Which profile the predictions rest on, or that they are defaults."""
     model, replies = found.latency_model, found.replies
+    elsewhere = [f"plan {_sim_flags(endpoint)} ({n} requests)"
+                 for endpoint, name, n in known_profiles()
+                 if endpoint.startswith(SIMULATOR) and endpoint != found.endpoint
+                 and name == found.model and n] if found.endpoint.startswith(SIMULATOR) else []
     head = (f"profile: {found.endpoint} ({found.model}), {model.requests} requests"
             if found.profiled else
             f"defaults: nothing measured on {found.endpoint} ({found.model}) yet; run or bench "
-            "there (or --calibrate FILE) and plan learns it")
+            "there (or --calibrate FILE) and plan learns it"
+            + (f"; measured there at other speeds: {', '.join(elsewhere)}" if elsewhere else ""))
     return [head,
             f"  latency: {model.source}: time to first token {model.ttft_s:.2f}s (lognormal "
             f"sigma {model.ttft_sigma:.2f}), prefill {model.prefill_s_per_token * 1000:.3f} "
