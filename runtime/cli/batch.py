@@ -149,7 +149,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
         polled = f", {api['adopted_jobs']} polled from an earlier invocation" if \
             api["adopted_jobs"] else ""
         print(f"Batch API: {api['jobs']} job(s) created{polled}, {api['lines']} lines, "
-              f"{api['requests']} Batch API requests; no direct chat request")
+              f"{api['requests']} Batch API requests (uploads, creates, polls, reads); no "
+              "direct chat request; the cost above is at the price table's batch prices")
     if interrupted:
         print(f"chainray: interrupted; every reply received is kept. Resume with: "
               f"{resume_hint(args, strategy, batch.batch_id)}", file=sys.stderr)
