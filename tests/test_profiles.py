@@ -16,6 +16,7 @@ from chainray.plan.learn import Learner
 from chainray.plan.makespan import capped_finish, longest_finish, shared_finish
 from chainray.plan.profiles import (
     MAX_SAMPLES,
+    SIMULATOR,
     endpoint_label,
     load_profile,
     profiles_dir,
@@ -91,7 +92,9 @@ def fake_run(chain: Chain, strategy: str, *, reply: int = 300, tps: float = 150.
 
 
 def learn(chain: Chain, label: str = URL, **server) -> None:
-    learner = Learner(endpoint_label(label))
+    """One fake run of ``chain`` per strategy, learned into ``label``'s profiles (a URL, or
+    the embedded simulator's name as-is)."""
+    learner = Learner(label if label.startswith(SIMULATOR) else endpoint_label(label))
     for i, strategy in enumerate(STRATEGIES):
         result = fake_run(chain, strategy, run_id=f"{chain.name}-{strategy}", **server,
                           start=1000.0 + 100 * i)
@@ -348,13 +351,7 @@ def test_a_simulator_at_another_speed_is_forecast_from_its_own_profile():
     config = SessionConfig(sim_speed=20)
     assert config.profile_endpoint == "embedded simulator --speed 20"
     assert SessionConfig(base_url=URL).profile_endpoint == URL
-    learner = Learner(config.profile_endpoint)
-    for i, strategy in enumerate(STRATEGIES):
-        result = fake_run(chain, strategy, reply=100, model=None, run_id=f"q-{strategy}",
-                          start=1000.0 + 100 * i)
-        learner.expect(result.run_id, chain, chain.inputs)
-        learner.add([result])
-    learner.flush()
+    learn(chain, config.profile_endpoint, reply=100, model=None)
     forecast = batch_forecast(config, chain, "hybrid", [dict(chain.inputs)], 4)
     measured = fake_run(chain, "hybrid", reply=100, model=None)
     assert forecast.total_tokens == pytest.approx(measured.total_tokens, rel=0.02)
@@ -364,13 +361,7 @@ def test_a_simulator_at_another_speed_is_forecast_from_its_own_profile():
 def test_plan_reads_what_runs_at_a_simulator_speed_learned(capsys):
     # Runs with --sim-speed 20 learn "embedded simulator --speed 20"; plan had no way to it.
     chain = load_chain("quantum_research")
-    learner = Learner("embedded simulator --speed 20")
-    for i, strategy in enumerate(STRATEGIES):
-        result = fake_run(chain, strategy, reply=100, model=None, run_id=f"q-{strategy}",
-                          start=1000.0 + 100 * i)
-        learner.expect(result.run_id, chain, chain.inputs)
-        learner.add([result])
-    learner.flush()
+    learn(chain, "embedded simulator --speed 20", reply=100, model=None)
     assert main(["plan", "quantum_research"]) == 0
     assert "measured there at other speeds: plan --sim-speed 20 (18 requests)" in \
         capsys.readouterr().out

@@ -124,7 +124,7 @@ def endpoint_models(chain: Chain, base_url: str | None = None, model: str | None
         filled = {name: found or Profile(endpoint=label, model=name)
                   for name, found in profiles.items()}
         observe(filled, _calibration(paths, label, main, chain))
-        profiles = {**filled}
+        profiles = dict(filled)
     profile = profiles[main]
     profiled = profile is not None and bool(profile.requests)
     if not profiled and strict:
@@ -154,8 +154,8 @@ def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | 
     The predictions use the profile of ``base_url`` and ``model`` (default: the endpoint
     ``chainray.run`` would call and the chain's model; ``sim_speed``: the embedded
     simulator's at that speed, as runs with ``sim_speed`` learn it), learned from earlier runs
-    there;
-    ``calibrate_from`` adds runs' JSON results to it. With ``strict``, an endpoint nothing was
+    there, each step from its own model's where one was measured; ``calibrate_from`` adds
+    runs' JSON results to them. With ``strict``, an endpoint nothing was
     measured on is an ``InputError``; otherwise the stated defaults apply. Predictions are
     with prefix warm-up (siblings that share a prompt prefix of ``min_prefix_tokens`` or more
     start at their leader's first token), ``without_warmup`` without it. Sends nothing
