@@ -63,8 +63,7 @@ class Plan(BaseModel):
 
 
 def _main_model(chain: Chain) -> str:
-    named = Counter(chain.settings_for(s).model or DEFAULT_MODEL for s in chain.steps
-                    if s.kind == "llm")
+    named = Counter(chain.model_for(s) for s in chain.steps if s.kind == "llm")
     return named.most_common(1)[0][0] if named else DEFAULT_MODEL
 
 
@@ -112,8 +111,7 @@ def endpoint_models(chain: Chain, base_url: str | None = None, model: str | None
         label = endpoint_label(base_url) if base_url else default_endpoint(os.environ)
     main = model or _main_model(chain)  # a model given is every step's
     names = [main] if model else list(dict.fromkeys(
-        [main, *(chain.settings_for(s).model or DEFAULT_MODEL
-                 for s in chain.steps if s.kind == "llm")]))
+        [main, *(chain.model_for(s) for s in chain.steps if s.kind == "llm")]))
     profiles: dict[str, Profile | None] = {}
     notes: list[str] = []
     for name in names:
@@ -145,6 +143,17 @@ def endpoint_models(chain: Chain, base_url: str | None = None, model: str | None
                  other_requests)
 
 
+def profile_endpoint(base_url: str | None, sim_speed: float | None) -> str | None:
+    """The endpoint whose profiles to predict from: ``base_url``, or with ``sim_speed`` the
+    embedded simulator at that speed (as runs at that speed learn it)."""
+    if sim_speed is None:
+        return base_url
+    if base_url:
+        raise InputError("--sim-speed (sim_speed) names the embedded simulator's profile; it "
+                         "does not go with --base-url (base_url)")
+    return endpoint_label(None, simulated=True, sim_speed=sim_speed)
+
+
 def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | None = None,
          calibrate_from: Iterable[str] = (), base_url: str | None = None,
          model: str | None = None, strict: bool = False,
@@ -170,11 +179,7 @@ def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | 
     """
     if objective not in ("latency", "cost", "quality"):
         raise InputError(f"objective must be latency, cost or quality, got {objective!r}")
-    if sim_speed is not None:
-        if base_url:
-            raise InputError("sim_speed names the embedded simulator's profile; it does not "
-                             "go with base_url")
-        base_url = endpoint_label(None, simulated=True, sim_speed=sim_speed)
+    base_url = profile_endpoint(base_url, sim_speed)
     chain = chain if isinstance(chain, Chain) else load_chain(str(chain))
     price_table = load_prices(prices)
     basis = endpoint_models(chain, base_url, model, calibrate_from, strict)
@@ -210,21 +215,23 @@ def batch_api_advice(config, chain: Chain, strategy: str, inputs: list[dict],
     from chainray.api.batch import batch_forecast
     from chainray.call.batch_client import COMPLETION_WINDOW_S
     from chainray.plan.advisor import batch_jobs_in_series, batch_or_online
-    from chainray.runner.batch_jobs import learned_limits, measured_turnarounds
+    from chainray.runner.batch_jobs import journaled_jobs
     from chainray.runner.journal import journal_dir
     from chainray.sim.config import SimConfig
 
     forecast = batch_forecast(config, chain, strategy, inputs, window)
     prices = load_prices(config.prices)
-    models = {s.id: config.model or chain.settings_for(s).model or DEFAULT_MODEL
+    models = {s.id: config.model or chain.model_for(s)
               for s in chain.steps if s.kind == "llm"}
     shares = [price.batch_share or 1.0 for model in models.values()
               if (price := prices.models.get(model)) is not None]
-    limits = learned_limits(journal_dir(), endpoint_label(config.base_url)) \
+    logs = journaled_jobs(journal_dir())  # the newest batch's word on a limit wins
+    limits = {model: tokens for log in logs
+              for model, tokens in log.limits_at(endpoint_label(config.base_url)).items()} \
         if config.base_url else {}
     jobs, cut_by = batch_jobs_in_series(resolve(chain, strategy).phases, models,
                                         forecast.step_prompt_tokens, limits)
-    measured = measured_turnarounds(journal_dir())
+    measured = [t for log in logs for t in log.turnarounds()]
     if measured:
         turnaround = sorted(measured)[len(measured) // 2]
         source = f"median of {len(measured)} job(s) earlier batches measured"

@@ -208,15 +208,10 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from chainray.api.planning import profile_endpoint
     from chainray.cli.plan import print_forecast, print_plan
 
-    if args.sim_speed is not None:
-        if args.base_url:
-            raise InputError("--sim-speed names the embedded simulator's profile; it does "
-                             "not go with --base-url")
-        from chainray.plan.profiles import endpoint_label
-
-        args.base_url = endpoint_label(None, simulated=True, sim_speed=args.sim_speed)
+    args.base_url = profile_endpoint(args.base_url, args.sim_speed)
     if args.runs or args.inputs:
         print_forecast(args.scenario, strategy=args.strategy, objective=args.objective,
                        runs=args.runs, inputs_path=args.inputs, rpm=args.rpm, tpm=args.tpm,

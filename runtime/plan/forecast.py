@@ -29,7 +29,7 @@ from chainray.plan.fit import LatencyModel
 from chainray.plan.lengths import Replies
 from chainray.plan.predict import Measured, Prediction, predict
 from chainray.plan.schedule import Strategy
-from chainray.spec.chain import DEFAULT_MODEL, Chain
+from chainray.spec.chain import Chain
 
 __all__ = ["BatchForecast", "forecast_batch", "SAMPLE_INPUTS"]
 
@@ -90,8 +90,7 @@ def forecast_batch(chain: Chain, strategy: Strategy, prices: PriceTable, *, runs
     steps_of: dict[str, list[str]] = {}  # each model's llm steps: one RateLimiter each
     for step in chain.steps:
         if step.kind == "llm":
-            steps_of.setdefault(chain.settings_for(step).model or DEFAULT_MODEL,
-                                []).append(step.id)
+            steps_of.setdefault(chain.model_for(step), []).append(step.id)
     work = {"rpm": {m: runs * len(steps) for m, steps in steps_of.items()},
             "tpm": {m: runs * statistics.mean(sum(p.step_prompt_tokens[s]
                                                   + p.step_completion_tokens[s]

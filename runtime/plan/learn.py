@@ -85,7 +85,7 @@ def _model_of(step: StepResult, chain: Chain | None) -> str:
     if step.model:
         return step.model
     if chain is not None and step.id in chain.by_id:
-        return chain.settings_for(chain.by_id[step.id]).model or DEFAULT_MODEL
+        return chain.model_for(chain.by_id[step.id])
     return DEFAULT_MODEL
 
 

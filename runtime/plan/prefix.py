@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Mapping
 
 from chainray.plan.schedule import Schedule
-from chainray.spec.chain import DEFAULT_MODEL, Chain
+from chainray.spec.chain import Chain
 from chainray.spec.prompts import render_prompt
 from chainray.spec.templates import fill_template, template_fields
 from chainray.tokens import estimate_text_tokens
@@ -116,7 +116,7 @@ def cached_prefixes(chain: Chain, schedule: Schedule, out_chars: Mapping[str, fl
         if step.kind == "llm" and not short:  # (64: the system message's framing, at most)
             requests[step_id] = text = predicted_request(chain, step_id, out_chars)
             if len(text) >= opening:
-                model = chain.settings_for(step).model or DEFAULT_MODEL
+                model = chain.model_for(step)
                 by_key.setdefault((model, text[:opening]), []).append(step_id)
     writers, followers = {}, {}
     for ids in by_key.values():
@@ -139,7 +139,7 @@ def siblings(chain: Chain, schedule: Schedule) -> list[list[str]]:
     for plan in schedule.steps:
         step = chain.by_id[plan.id]
         if step.kind == "llm":
-            model = chain.settings_for(step).model or DEFAULT_MODEL
+            model = chain.model_for(step)
             sets.setdefault((frozenset(plan.depends_on), model), []).append(plan.id)
     return [ids for ids in sets.values() if len(ids) > 1]
 

@@ -29,7 +29,7 @@ from chainray.errors import EndpointError
 from chainray.runner.step_exec import StepRequest, llm_request
 
 __all__ = ["custom_id", "split_custom_id", "LineState", "line_outcome", "JobLog", "JobEntry",
-           "learned_limits", "measured_turnarounds"]
+           "journaled_jobs"]
 
 
 def custom_id(run_id: str, step_id: str) -> str:
@@ -183,7 +183,7 @@ class JobLog:
 
     def limit(self, model: str, tokens: int, endpoint: str) -> None:
         """The endpoint stated ``model``'s enqueued-token limit (kept for a resume and for
-        the deadline advisor: ``learned_limits``)."""
+        the deadline advisor)."""
         self._write({"event": "limit", "model": model, "tokens": tokens,
                      "endpoint": endpoint})
 
@@ -199,16 +199,8 @@ class JobLog:
         return [e.turnaround_s for e in self.entries.values() if e.turnaround_s is not None]
 
 
-def learned_limits(runs_dir: Path, endpoint: str) -> dict[str, int]:
-    """Each model's enqueued-token limit at ``endpoint`` (a profile label) as the batches
-    under ``runs_dir`` learned it, the newest batch's last word winning."""
-    found: dict[str, int] = {}
-    for path in sorted(runs_dir.glob("*/jobs.jsonl"), key=lambda path: path.stat().st_mtime):
-        found.update(JobLog(path).limits_at(endpoint))
-    return found
-
-
-def measured_turnarounds(runs_dir: Path) -> list[float]:
-    """Every job turnaround (seconds) the batches under ``runs_dir`` journaled."""
-    return [t for path in sorted(runs_dir.glob("*/jobs.jsonl"))
-            for t in JobLog(path).turnarounds()]
+def journaled_jobs(runs_dir: Path) -> list[JobLog]:
+    """The job logs of the batches under ``runs_dir``, oldest first (what they measured:
+    turnarounds; what they learned: each model's enqueued-token limit)."""
+    return [JobLog(path) for path in sorted(runs_dir.glob("*/jobs.jsonl"),
+                                            key=lambda path: path.stat().st_mtime)]

@@ -56,6 +56,7 @@ class BatchExecution:
         self.report = BatchReport()
         self.learned: dict[str, dict[str, Adaptation]] = {}  # model -> what it rejected
         self.ends = time.monotonic() + services.wait_s  # for every job of this invocation
+        self.endpoint = endpoint_label(services.base_url)  # as the job log keys its limits
         self._shared = threading.Lock()  # the report and the spend cap, across models' jobs
         # Jobs read whose steps are not journaled yet (file id -> turnaround): the log marks
         # them collected only after, so a job whose answers an interrupt or another model's
@@ -111,7 +112,7 @@ class BatchExecution:
         by_model: dict[str, list[LineState]] = {}
         for line in lines:
             by_model.setdefault(line.model, []).append(line)
-        limits = self.services.log.limits_at(endpoint_label(self.services.base_url))
+        limits = self.services.log.limits_at(self.endpoint)
         turns = [partial(self._in_turn, _chunks(group, limits[model]) if model in limits
                          else [group]) for model, group in by_model.items()]
         return [sent for outcomes in _at_once(turns, self.services.client.stopping)
@@ -189,7 +190,7 @@ class BatchExecution:
             self.report.lines -= len(lines)
         stated = _stated_limit(refused.errors)
         if stated:
-            services.log.limit(model, stated, endpoint_label(services.base_url))
+            services.log.limit(model, stated, self.endpoint)
         tokens = sum(estimate_prompt_tokens(line.messages) for line in lines)
         said = f"{model}'s limit, {stated:,} enqueued tokens" if stated else \
             f"no limit stated for {model}"

@@ -237,6 +237,11 @@ class Chain(BaseModel):
         marked = [step for step in self.steps if step.final]
         return marked[0] if marked else _sinks(self)[0]
 
+    def model_for(self, step: Step) -> str:
+        """The model a step calls first: its own, else the chain's default, else
+        ``DEFAULT_MODEL``."""
+        return step.model or self.defaults.model or DEFAULT_MODEL
+
     def settings_for(self, step: Step) -> ModelSettings:
         """The step's model settings, falling back to the chain's defaults."""
         fields = ModelSettings.model_fields
