@@ -86,6 +86,41 @@ def _predicted(columns: list[list[float]], coef: list[float]) -> list[float]:
             for k in range(len(columns[0]))]
 
 
+def _unexplained(columns: list[list[float]], k: int) -> list[float]:
+    """What of column ``k`` the other columns do not explain (Frisch-Waugh)."""
+    others = columns[:k] + columns[k + 1:]
+    if not others:
+        return columns[k]
+    fitted = _predicted(others, _lstsq(others, columns[k]))
+    return [a - b for a, b in zip(columns[k], fitted, strict=True)]
+
+
+def _significant(columns: list[list[float]], y: list[float], k: int) -> bool:
+    """Coefficient ``k`` of ``y ~ columns`` is at least two standard errors above zero."""
+    free = len(y) - len(columns)
+    if free <= 0:
+        return False
+    coef, alone = _lstsq(columns, y), _unexplained(columns, k)
+    spread = sum((a - b) ** 2 for a, b in zip(y, _predicted(columns, coef), strict=True)) / free
+    leverage = sum(a * a for a in alone)
+    return leverage > 0 and coef[k] > 2 * math.sqrt(spread / leverage)
+
+
+def _pinned(columns: list[list[float]], y: list[float], k: int) -> bool:
+    """Whether the data pin coefficient ``k`` down as positive, with and without the one
+    request that weighs most on it. Time to first token varies by a factor of two from
+    request to request: a handful of similar prompts and one long one cannot tell prefill
+    from that noise, and a slope fitted to it would price a long prompt in seconds a token."""
+    try:
+        alone = _unexplained(columns, k)
+        heaviest = max(range(len(y)), key=lambda i: abs(alone[i]))
+        rest = [i for i in range(len(y)) if i != heaviest]
+        return _significant(columns, y, k) and _significant(
+            [[c[i] for i in rest] for c in columns], [y[i] for i in rest], k)
+    except ValueError:  # singular: the others explain column k entirely
+        return False
+
+
 def _fit(samples: list[Sample], base: LatencyModel
          ) -> tuple[LatencyModel, list[float]] | None:
     """One least-squares fit; the model and each request's residual, or None if unusable."""
@@ -99,6 +134,10 @@ def _fit(samples: list[Sample], base: LatencyModel
     try:
         if streamed:
             ttft = [s.ttft_s for s in samples]
+            varied = varied and _pinned([ones, prompt], ttft, 1)  # type: ignore[arg-type]
+            if not varied:
+                ttft = [t - base.prefill_s_per_token * p  # type: ignore[operator]
+                        for t, p in zip(ttft, prompt, strict=True)]
             columns = [ones, prompt] if varied else [ones]
             coef = _lstsq(columns, ttft)  # type: ignore[arg-type]
             residual = [t - p for t, p in zip(ttft, _predicted(columns, coef), strict=True)]
@@ -113,6 +152,7 @@ def _fit(samples: list[Sample], base: LatencyModel
                         for f, x, d in zip(flight, fixed, decode, strict=True)]
             intercept, prefill = base.overhead_s + base.ttft_s, base.prefill_s_per_token
         else:
+            varied = varied and _pinned([ones, decode, prompt], flight, 2)
             columns = [ones, decode] + ([prompt] if varied else [])
             target = flight if varied else [
                 f - base.prefill_s_per_token * p for f, p in zip(flight, prompt, strict=True)]
