@@ -6,7 +6,8 @@ The rule is one line: among the strategies that keep every dependency the chain 
 any), pick the one the predictions show best on the objective. Latency compares predicted
 makespan, cost predicted dollars (tokens when there is no price), quality how much upstream
 output the steps see (sequential: everything earlier), then makespan. Ties go to the strategy
-that gives the steps more context. ``auto`` uses exactly this.
+that gives the steps more context; makespans within ``LATENCY_TIE`` of the shortest are a tie
+(closer than the predictions can tell apart). ``auto`` uses exactly this.
 
 Prefix warm-up (siblings that share a prompt prefix start at their leader's first token, so a
 provider's cache serves them) is weighed per strategy on the same objective when ``cold``
@@ -38,6 +39,9 @@ __all__ = ["Objective", "Advice", "advise", "withheld_context"]
 
 Objective = Literal["latency", "cost", "quality"]
 _CONTEXT_RANK = {"sequential": 0, "hybrid": 1, "parallel": 2}  # most context first
+# Predicted makespans land within ~3 % of measured ones on servers we did not write, and
+# repeated runs differ as much: a strategy less than this share faster has not shown it is.
+LATENCY_TIE = 0.02
 
 
 class Advice(BaseModel):
@@ -165,7 +169,14 @@ def advise(chain: Chain, objective: Objective = "latency",
     keeping = tuple(s for s in named if not withheld[s])
     candidates = tuple(s for s in keeping if not predictions[s].infeasible) or keeping \
         or tuple(named)
-    strategy = min(candidates, key=lambda s: _score(objective, predictions[s], schedules[s]))
+    shortest = min(predictions[s].makespan_s for s in candidates)
+    if objective == "latency":
+        tied = [s for s in candidates
+                if predictions[s].makespan_s <= shortest * (1 + LATENCY_TIE) + 0.005]
+        strategy = min(tied, key=_CONTEXT_RANK.__getitem__)
+    else:
+        strategy = min(candidates,
+                       key=lambda s: _score(objective, predictions[s], schedules[s]))
     chosen = predictions[strategy]
     declared = schedules["hybrid"]
     widest = max(len(p) for p in declared.phases)
@@ -182,7 +193,8 @@ def advise(chain: Chain, objective: Objective = "latency",
     if chosen.infeasible:
         reasons.append(f"{strategy} is infeasible too: {chosen.infeasible}")
     told = "measured" if measured else "predicted"
-    measure = {"latency": f"the shortest {told} makespan ({chosen.makespan_s:.1f} s)",
+    near = f" within {LATENCY_TIE:.0%}" if chosen.makespan_s > shortest + 0.005 else ""
+    measure = {"latency": f"the shortest {told} makespan{near} ({chosen.makespan_s:.1f} s)",
                "cost": f"the lowest {told} cost (${chosen.cost:.5f}, "
                        f"{chosen.total_tokens} tokens)",
                "quality": "the most upstream context per step (each step sees "
