@@ -22,6 +22,15 @@ from chainray.sim.reasoning import REASONING_MODELS  # noqa: E402
 SIM_SEED = 7  # the session simulator's seed; each test starts from it
 
 
+@pytest.fixture(autouse=True)
+def own_home(tmp_path_factory, monkeypatch):
+    """Each test its own ``$CHAINRAY_HOME``: what one test's runs learned (profiles,
+    journals, the cache) never decides another's advice, whatever order they run in."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("CHAINRAY_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def simulator():
     with start_simulator("--speed", "20", "--seed", str(SIM_SEED)) as sim:

@@ -29,8 +29,7 @@ def test_run_writes_the_json_contract(ray_session, tmp_path, capsys):
     assert "synthesis" in capsys.readouterr().out
 
 
-def test_auto_strategy_says_why(ray_session, capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("CHAINRAY_HOME", str(tmp_path))  # no profile other tests left behind
+def test_auto_strategy_says_why(ray_session, capsys):
     assert main(["run", "progressive_refinement", "--strategy", "auto", *FAST]) == 0
     err = capsys.readouterr().err
     assert "auto: sequential" in err and "every step needs the one before" in err
