@@ -67,9 +67,9 @@ class LengthModel(BaseModel):
     covered_floor: float = Field(0.6, gt=0, le=1, description="the most the cut removes")
     context_gain: float = Field(1.5, ge=0, description="longer answer with rich upstream "
                                 "context")
-    context_min: int = Field(2200, ge=0, description="distinct upstream 3-grams below which "
+    context_min: int = Field(1200, ge=0, description="distinct upstream 3-grams below which "
                              "context does not lengthen the answer (short excerpts)")
-    context_full: int = Field(3000, gt=0, description="distinct upstream 3-grams for the full "
+    context_full: int = Field(1650, gt=0, description="distinct upstream 3-grams for the full "
                               "gain")
 
 

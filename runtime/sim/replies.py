@@ -73,6 +73,9 @@ _BACKGROUND = (
 )
 
 
+_TOKEN_CHARS = 5  # pieces of up to five characters average four over the simulator's prose
+
+
 @dataclass(frozen=True)
 class Reply:
     tokens: tuple[str, ...]
@@ -114,8 +117,12 @@ def _sentence(templates: tuple[str, ...], terms: list[str], rng: random.Random) 
     return rng.choice(templates).format(a=a, b=b)
 
 
-def _words(prompt: str, count: int, rng: random.Random, background: float,
-           seed: int) -> list[str]:
+def _tokens(prompt: str, count: int, rng: random.Random, background: float,
+            seed: int) -> list[str]:
+    """``count`` tokens of an answer to ``prompt``. A token is a piece of a word of up to
+    ``_TOKEN_CHARS`` characters, its leading space included: about four characters a token,
+    as ``chainray.tokens`` counts a prompt, so a reply fed to the next step costs what it
+    cost to write (whole words were ~7 characters a token: prompts downstream cost twice)."""
     terms, labels = _key_terms(prompt), _labels(prompt)
     topic = _key_terms(" ".join(prompt.split()[:8]))[:3]  # what siblings have in common
     shared = random.Random(f"{seed}:background:{' '.join(topic)}")
@@ -123,13 +130,15 @@ def _words(prompt: str, count: int, rng: random.Random, background: float,
     if len(labels) >= 2:
         sentences.append(f"Drawing on {len(labels)} inputs ({', '.join(labels)}), "
                          f"the common thread is {terms[0]}.")
-    words: list[str] = []
-    while len(words) < count:
+    tokens: list[str] = []
+    while len(tokens) < count:
         if not sentences:
             sentences.append(_sentence(_BACKGROUND, topic, shared) if rng.random() < background
                              else _specific(terms, rng))
-        words.extend(sentences.pop(0).split())
-    return [(" " if i else "") + word for i, word in enumerate(words[:count])]
+        for word in sentences.pop(0).split():
+            word = (" " if tokens else "") + word
+            tokens.extend(word[i:i + _TOKEN_CHARS] for i in range(0, len(word), _TOKEN_CHARS))
+    return tokens[:count]
 
 
 def sampled(body: dict) -> bool:
@@ -148,8 +157,8 @@ def plan_reply(config: SimConfig, prompt: str, prefill_tokens: float, max_tokens
     lengths, signals = config.lengths, read_signals(prompt)
     want = _wanted(config, prompt, signals, max_tokens)
     count = want if config.ignore_max_tokens else min(max_tokens, want)
-    tokens = _words(prompt, count, content_rng, background_share(lengths, signals),
-                    config.seed)
+    tokens = _tokens(prompt, count, content_rng, background_share(lengths, signals),
+                     config.seed)
     factor = (config.faults.slow_factor if slow else 1.0) / config.speed
     ttft = (latency_rng.lognormvariate(0, config.ttft_sigma) * config.ttft_median_s
             + config.prefill_s_per_token * prefill_tokens) * factor
