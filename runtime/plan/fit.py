@@ -135,12 +135,11 @@ def _fit(samples: list[Sample], base: LatencyModel
         if streamed:
             ttft = [s.ttft_s for s in samples]
             varied = varied and _pinned([ones, prompt], ttft, 1)  # type: ignore[arg-type]
-            if not varied:
-                ttft = [t - base.prefill_s_per_token * p  # type: ignore[operator]
-                        for t, p in zip(ttft, prompt, strict=True)]
             columns = [ones, prompt] if varied else [ones]
-            coef = _lstsq(columns, ttft)  # type: ignore[arg-type]
-            residual = [t - p for t, p in zip(ttft, _predicted(columns, coef), strict=True)]
+            target = ttft if varied else [t - base.prefill_s_per_token * p  # type: ignore
+                                          for t, p in zip(ttft, prompt, strict=True)]
+            coef = _lstsq(columns, target)  # type: ignore[arg-type]
+            residual = [t - p for t, p in zip(target, _predicted(columns, coef), strict=True)]
             rest = [f - t for f, t in zip(flight, ttft, strict=True)]  # type: ignore[operator]
             per_token = _lstsq([decode], rest)[0]
             intercept, prefill = coef[0], coef[1] if varied else base.prefill_s_per_token
