@@ -172,7 +172,7 @@ def advise(chain: Chain, objective: Objective = "latency",
     shortest = min(predictions[s].makespan_s for s in candidates)
     if objective == "latency":
         tied = [s for s in candidates
-                if predictions[s].makespan_s <= shortest * (1 + LATENCY_TIE) + 0.005]
+                if predictions[s].makespan_s <= shortest * (1 + LATENCY_TIE)]
         strategy = min(tied, key=_CONTEXT_RANK.__getitem__)
     else:
         strategy = min(candidates,
@@ -193,7 +193,7 @@ def advise(chain: Chain, objective: Objective = "latency",
     if chosen.infeasible:
         reasons.append(f"{strategy} is infeasible too: {chosen.infeasible}")
     told = "measured" if measured else "predicted"
-    near = f" within {LATENCY_TIE:.0%}" if chosen.makespan_s > shortest + 0.005 else ""
+    near = f" within {LATENCY_TIE:.0%}" if chosen.makespan_s > shortest else ""
     measure = {"latency": f"the shortest {told} makespan{near} ({chosen.makespan_s:.1f} s)",
                "cost": f"the lowest {told} cost (${chosen.cost:.5f}, "
                        f"{chosen.total_tokens} tokens)",
