@@ -112,3 +112,14 @@ def test_the_seed_story_holds_at_other_simulator_seeds_with_margin(seed):
     assert par["latency_s"] / seq["latency_s"] == pytest.approx(0.29, rel=0.15)
     runner_up = max(seq["output_length"], par["output_length"])
     assert hyb["output_length"] > 1.1 * runner_up
+
+
+def test_a_reply_token_is_about_four_characters_as_a_prompt_counts_them():
+    from chainray.tokens import estimate_text_tokens
+
+    reply = plan_reply(CONFIG, "Write a detailed, comprehensive report on " + PLAIN, 50, 1200,
+                       random.Random(0))
+    assert len(reply.tokens) > 1000
+    assert 3.6 < len(reply.text) / len(reply.tokens) < 4.4
+    # fed to the next step, it costs about what it cost to write
+    assert estimate_text_tokens(reply.text) == pytest.approx(len(reply.tokens), rel=0.1)

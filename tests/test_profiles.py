@@ -370,3 +370,21 @@ def test_plan_reads_what_runs_at_a_simulator_speed_learned(capsys):
         capsys.readouterr().out
     assert main(["plan", "quantum_research", "--sim-speed", "20", "--base-url", URL]) == 2
     assert "does not go with --base-url" in capsys.readouterr().err
+
+
+def test_a_profile_of_an_earlier_simulator_is_set_aside_and_replaced():
+    from chainray.plan.profiles import known_profiles
+
+    learn(load_chain("code_review"), SIMULATOR)
+    learn(load_chain("code_review"))
+    (old,) = [p for p in profiles_dir().glob("*.json")
+              if json.loads(p.read_text())["endpoint"] == SIMULATOR]
+    data = json.loads(old.read_text())
+    del data["simulator"]  # as the simulator of whole-word tokens wrote it
+    old.write_text(json.dumps(data))
+    model = data["model"]
+    assert load_profile(SIMULATOR, model) == (None, None)
+    assert [e for e, _, _ in known_profiles()] == [endpoint_label(URL)]
+    assert load_profile(URL, "m")[0].runs == 3  # another endpoint's profile stands
+    learn(load_chain("code_review"), SIMULATOR)
+    assert load_profile(SIMULATOR, model)[0].runs == 3  # learned afresh

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import tempfile
@@ -34,6 +33,9 @@ MAX_SAMPLES = 400
 MAX_STEPS = 300
 MAX_WEIGHT = 50
 VERSION = 1
+# What the embedded simulator is like: a profile it wrote under another generation describes a
+# simulator that no longer exists (2: a reply token became ~4 characters, not a whole word).
+SIMULATOR_GENERATION = 2
 
 
 class Acc(BaseModel):
@@ -79,6 +81,7 @@ class Profile(BaseModel):
     version: int = VERSION
     endpoint: str
     model: str
+    simulator: int | None = None  # SIMULATOR_GENERATION of the simulator it measured
     runs: int = 0
     requests: int = 0
     truncations: int = 0
@@ -134,10 +137,17 @@ def _path(label: str, model: str) -> Path:
     return profiles_dir() / f"{readable}-{digest}.json"
 
 
+def _current(profile: Profile) -> bool:
+    return not profile.endpoint.startswith(SIMULATOR) or \
+        profile.simulator == SIMULATOR_GENERATION
+
+
 def _read(path: Path) -> tuple[Profile | None, str | None]:
-    """The profile at ``path`` (None if absent) and, if it is unreadable, why in one line."""
+    """The profile at ``path`` (None if absent, or if it measured an earlier simulator) and,
+    if it is unreadable, why in one line."""
     try:
-        return Profile.model_validate_json(path.read_bytes()), None
+        profile = Profile.model_validate_json(path.read_bytes())
+        return (profile if _current(profile) else None), None
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError, ValidationError) as exc:
@@ -173,7 +183,8 @@ def update_profile(label: str, model: str, merge: Callable[[Profile], None]) -> 
     with _locked(path):
         profile, problem = _read(path)
         if profile is None or (profile.endpoint, profile.model) != (label, model):
-            profile = Profile(endpoint=label, model=model)
+            profile = Profile(endpoint=label, model=model, simulator=SIMULATOR_GENERATION
+                              if label.startswith(SIMULATOR) else None)
         merge(profile)
         text = profile.bound().model_dump_json()
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".profile-", suffix=".tmp")
@@ -189,12 +200,6 @@ def update_profile(label: str, model: str, merge: Callable[[Profile], None]) -> 
 
 
 def known_profiles() -> list[tuple[str, str, int]]:
-    """Every readable stored profile: (endpoint, model, requests)."""
-    found = []
-    for path in sorted(profiles_dir().glob("*.json")):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            found.append((str(data["endpoint"]), str(data["model"]), int(data["requests"])))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return found
+    """Every readable, current stored profile: (endpoint, model, requests)."""
+    profiles = (_read(path)[0] for path in sorted(profiles_dir().glob("*.json")))
+    return [(p.endpoint, p.model, p.requests) for p in profiles if p is not None]
