@@ -14,6 +14,12 @@ def test_plan_prints_critical_paths(capsys):
     assert "critical path: 6 steps" in out
     assert "critical path: 2 steps" in out
     assert "critical path: 4 steps" in out
+    # the pick names what it passed over, so "parallel is fastest" above does not read as
+    # another answer
+    assert "recommended for latency: hybrid (not parallel: it withholds declared context)" in out
+    assert main(["plan", "quantum_research", "--objective", "quality"]) == 0
+    assert ("sequential has the most upstream context per step of those (each step sees 15 "
+            "upstream outputs in all; predicted") in capsys.readouterr().out
 
 
 def test_cycle_exits_2_naming_it(tmp_path, capsys):

@@ -45,6 +45,7 @@ def test_bench_table_json_and_timeline(ray_session, tmp_path, capsys):
     for word in ("Strategy", "Latency", "Tokens", "Calls", "Cost", "Output", "Fastest:",
                  "Cheapest:", "Longest output:", "medians of 2 runs"):
         assert word in text, word
+    assert "Pick for latency, from what was measured: parallel\n" in text  # withholds nothing
     page = chart.read_text()
     assert page.count("<svg") == 4 + 2 and page.count("<rect x=") >= 4 * 6  # + 2 time axes
 

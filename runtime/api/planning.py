@@ -44,6 +44,7 @@ class Plan(BaseModel):
     objective: Objective
     strategy: Strategy
     reasons: tuple[str, ...]
+    withholding: tuple[Strategy, ...] = ()  # weighed, but withhold declared context
     schedules: dict[str, Schedule]
     predictions: dict[str, Prediction]
     latency_model: LatencyModel
@@ -195,7 +196,7 @@ def plan(chain: Chain | str, objective: Objective = "latency", *, prices: str | 
     cold = {s: p for s, p in cold.items() if p != predictions[s]}  # warm-up changed it
     advice = advise(chain, objective, predictions, latency, schedules, cold)
     return Plan(chain=chain.name, objective=objective, strategy=advice.strategy,
-                reasons=advice.reasons, schedules=schedules,
+                reasons=advice.reasons, withholding=advice.withholding, schedules=schedules,
                 predictions=predictions, latency_model=latency, replies=replies,
                 endpoint=basis.endpoint, model=basis.model, profiled=basis.profiled,
                 notes=basis.notes, other_models=basis.other_requests,

@@ -18,10 +18,15 @@ from chainray.spec.chain import load_chain
 __all__ = ["print_plan", "print_forecast", "print_advice"]
 
 
-def print_advice(heading: str, strategy: str, reasons: Sequence[str]) -> None:
+def print_advice(heading: str, strategy: str, reasons: Sequence[str],
+                 withholding: Sequence[str] = ()) -> None:
     """The advisor's pick and its reasons (``plan``'s from predictions, ``bench``'s from
-    what was measured)."""
-    print(f"{heading}: {strategy}")
+    what was measured), naming beside the pick the strategies it passed over for withholding
+    declared context (the fastest or cheapest figure above may be one of them)."""
+    passed = [s for s in withholding if s != strategy]
+    verb = "it withholds" if len(passed) == 1 else "they withhold"
+    aside = f" (not {' or '.join(passed)}: {verb} declared context)" if passed else ""
+    print(f"{heading}: {strategy}{aside}")
     for reason in reasons:
         print(f"  - {reason}")
 
@@ -91,8 +96,10 @@ def print_plan(scenario: str, objective: Objective = "latency", calibrate_from=(
     print()
     for line in _basis(found):
         print(line)
-    print("(ranges: 10th-90th percentile)")
-    print_advice(f"recommended for {objective}", found.strategy, found.reasons)
+    print("(ranges: 10th-90th percentile of reply lengths and first tokens as they vary; "
+          "the fit itself can be off by more)")
+    print_advice(f"recommended for {objective}", found.strategy, found.reasons,
+                 found.withholding)
     for hint in found.hints:
         print(f"prompt caching: {hint}")
 

@@ -165,7 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print_bench(chain.name, results)
     if (advice := RunList(results).advice(chain, args.objective)) is not None:
         print_advice(f"Pick for {args.objective}, from what was measured", advice.strategy,
-                     advice.reasons)
+                     advice.reasons, advice.withholding)
     if (message := cap_message(spend)) is not None:
         print(message, file=sys.stderr)
         return 1

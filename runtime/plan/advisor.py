@@ -51,6 +51,7 @@ class Advice(BaseModel):
     objective: Objective
     reasons: tuple[str, ...]
     candidates: tuple[Strategy, ...]  # those that keep every declared dependency (and fit)
+    withholding: tuple[Strategy, ...] = ()  # weighed, but withhold declared context
     prefix_warmup: bool = True  # keep it on (False: --no-prefix-warmup serves the objective)
 
 
@@ -197,10 +198,10 @@ def advise(chain: Chain, objective: Objective = "latency",
     measure = {"latency": f"the shortest {told} makespan{near} ({chosen.makespan_s:.1f} s)",
                "cost": f"the lowest {told} cost (${chosen.cost:.5f}, "
                        f"{chosen.total_tokens} tokens)",
-               "quality": "the most upstream context per step (each step sees "
-                          f"{_context_seen(schedules[strategy])} upstream outputs in all), "
-                          f"{told} {chosen.makespan_s:.1f} s"}[objective]
-    reasons.append(f"{strategy} has {measure} of those")
+               "quality": "the most upstream context per step"}[objective]
+    detail = (f" (each step sees {_context_seen(schedules[strategy])} upstream outputs in all; "
+              f"{told} {chosen.makespan_s:.1f} s)" if objective == "quality" else "")
+    reasons.append(f"{strategy} has {measure} of those{detail}")
     for other in named:
         if other != strategy:
             reasons.append(_compare(predictions[other], chosen, withheld[other]))
@@ -211,7 +212,7 @@ def advise(chain: Chain, objective: Objective = "latency",
     if weighed[strategy][1] is not None:
         reasons.append(weighed[strategy][1])
     return Advice(strategy=strategy, objective=objective, reasons=tuple(reasons),
-                  candidates=candidates,
+                  candidates=candidates, withholding=tuple(s for s in named if withheld[s]),
                   prefix_warmup=cold is None or chosen is not cold.get(strategy))
 
 
