@@ -203,7 +203,8 @@ def test_plan_names_the_profile_and_its_spread(capsys):
     assert main(["plan", "quantum_research", "--base-url", URL + "/", "--model", "m"]) == 0
     out = capsys.readouterr().out
     assert f"profile: {URL} (m), 15 requests" in out  # 3 runs x 5 llm steps
-    assert "the endpoint's typical reply" in out and "(ranges: 10th-90th percentile)" in out
+    assert "the endpoint's typical reply" in out
+    assert "(ranges: 10th-90th percentile of reply lengths" in out
 
 
 def test_calibrate_with_another_models_runs_is_refused(tmp_path, capsys):
