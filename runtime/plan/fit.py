@@ -95,12 +95,14 @@ def _unexplained(columns: list[list[float]], k: int) -> list[float]:
     return [a - b for a, b in zip(columns[k], fitted, strict=True)]
 
 
-def _significant(columns: list[list[float]], y: list[float], k: int) -> bool:
-    """Coefficient ``k`` of ``y ~ columns`` is at least two standard errors above zero."""
+def _significant(columns: list[list[float]], y: list[float], k: int,
+                 alone: list[float]) -> bool:
+    """Coefficient ``k`` of ``y ~ columns`` is at least two standard errors above zero
+    (``alone``: ``_unexplained(columns, k)``)."""
     free = len(y) - len(columns)
     if free <= 0:
         return False
-    coef, alone = _lstsq(columns, y), _unexplained(columns, k)
+    coef = _lstsq(columns, y)
     spread = sum((a - b) ** 2 for a, b in zip(y, _predicted(columns, coef), strict=True)) / free
     leverage = sum(a * a for a in alone)
     return leverage > 0 and coef[k] > 2 * math.sqrt(spread / leverage)
@@ -115,8 +117,9 @@ def _pinned(columns: list[list[float]], y: list[float], k: int) -> bool:
         alone = _unexplained(columns, k)
         heaviest = max(range(len(y)), key=lambda i: abs(alone[i]))
         rest = [i for i in range(len(y)) if i != heaviest]
-        return _significant(columns, y, k) and _significant(
-            [[c[i] for i in rest] for c in columns], [y[i] for i in rest], k)
+        fewer = [[c[i] for i in rest] for c in columns]
+        return _significant(columns, y, k, alone) and _significant(
+            fewer, [y[i] for i in rest], k, _unexplained(fewer, k))
     except ValueError:  # singular: the others explain column k entirely
         return False
 
